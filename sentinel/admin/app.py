@@ -1,0 +1,48 @@
+"""`create_admin_app`: the FastAPI app served on the admin port (never on the proxy port)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from sentinel import __version__
+
+
+@dataclass
+class AdminState:
+    """What the admin endpoints read: the registry to expose and the checks behind `/readyz`."""
+
+    registry: CollectorRegistry
+    ready_checks: dict[str, Any] = field(default_factory=dict)
+    """name -> callable returning (ok: bool, detail: str)."""
+
+
+def create_admin_app(state: AdminState) -> FastAPI:
+    app = FastAPI(title="Sentinel admin API", version=__version__, docs_url="/docs", redoc_url=None)
+    app.state.sentinel = state
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """Liveness: the process is up and serving."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        """Readiness: every dependency check passes (upstream reachable, recorder running, ...)."""
+        results = {}
+        ready = True
+        for name, check in state.ready_checks.items():
+            ok, detail = check()
+            results[name] = {"ok": ok, "detail": detail}
+            ready = ready and ok
+        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    return app

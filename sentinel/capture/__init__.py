@@ -1,0 +1,1 @@
+"""Turning what the proxy saw (an `Exchange`) into an `Interaction`, off the request path."""

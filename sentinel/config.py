@@ -1,0 +1,223 @@
+"""The one typed settings object: read once at start from YAML, env (`SENTINEL_*`) and CLI flags.
+
+Precedence, highest first: CLI flags, environment, the YAML file (`--config` / `SENTINEL_CONFIG`),
+defaults. Nested sections map to env names with one underscore: `upstream.read_timeout` is
+`SENTINEL_UPSTREAM_READ_TIMEOUT`. Secrets are read from env or from a `*_file`, never from flags.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "SENTINEL_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the key, its env var and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
+    if path is None:
+        return None
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {key} file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{key} file {path} is empty")
+    return SecretStr(value)
+
+
+class UpstreamSettings(_Section):
+    """The model server Sentinel fronts.
+
+    ``url`` is its base, e.g. ``http://vllm:8000``; the incoming path is appended unchanged.
+    """
+
+    url: str | None = None
+    api_key: SecretStr | None = Field(default=None, description="Replaces the caller's Authorization header when set.")
+    api_key_file: Path | None = None
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=300.0, gt=0, description="Longest silence between two chunks.")
+    max_connections: int = Field(default=1024, ge=1)
+    keepalive_timeout: float = Field(
+        default=4.0, gt=0, description="Idle upstream connections are closed after this; keep it below the server's."
+    )
+    health_path: str = Field(default="/v1/models", description="Probed to export sentinel_upstream_up.")
+    health_interval: float = Field(default=15.0, gt=0)
+    provider: str = Field(
+        default="auto",
+        description="gen_ai.provider.name; 'auto' says openai for /v1 routes and ollama for /api routes.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> UpstreamSettings:
+        if self.api_key is None:
+            self.api_key = _read_secret_file(self.api_key_file, "upstream.api_key")
+        return self
+
+
+class MetricsSettings(_Section):
+    models: list[str] = Field(
+        default_factory=list,
+        description="Model names kept as label values; others fold into 'other'. Empty: the first max_models seen.",
+    )
+    max_models: int = Field(default=20, ge=1, le=500)
+
+
+class TracingSettings(_Section):
+    exporter: Literal["auto", "none", "otlp", "console"] = Field(
+        default="auto", description="'auto' exports over OTLP when an endpoint is set, else nothing."
+    )
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP http/protobuf traces URL, e.g. http://collector:4318/v1/traces."
+    )
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    service_name: str = "sentinel"
+
+    @property
+    def exporting(self) -> bool:
+        if self.exporter == "auto":
+            return bool(self.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        return self.exporter != "none"
+
+
+class SinkSettings(_Section):
+    queue_size: int = Field(default=10_000, ge=1, description="Interactions a sink may fall behind by.")
+    jsonl_path: Path | None = Field(default=None, description="Write each interaction as a JSON line here.")
+    jsonl_include_content: bool = Field(
+        default=False, description="Also write prompts and responses in plaintext (debugging only)."
+    )
+
+
+class Settings(BaseSettings):
+    """Everything Sentinel reads at start. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    admin_host: str = "127.0.0.1"
+    admin_port: int = Field(default=9464, ge=0, le=65535)
+    data_dir: Path = Path("sentinel-data")
+    instance_id: str | None = Field(
+        default=None, description="This instance's name in records and chains; default: kept in the data dir."
+    )
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024, description="Larger requests get 413.")
+    max_capture_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=0, description="Bytes of each body kept for the record; the rest is only counted."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = False
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    sinks: SinkSettings = Field(default_factory=SinkSettings)
+
+    yaml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_file))
+        return tuple(sources)
+
+    def resolve_path(self, path: Path) -> Path:
+        """A relative path in the settings is relative to the data directory."""
+        return path if path.is_absolute() else self.data_dir / path
+
+
+def env_name(loc: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + "_".join(str(part) for part in loc).upper()
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(part) for part in loc) or "(settings)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif (
+            "input" in item
+            and not isinstance(item["input"], dict)
+            and "key" not in key
+            and repr(item["input"]) not in message
+        ):
+            message += f" (got {item['input']!r})"
+        lines.append(f"  {key} (env {env_name(loc)}): {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read settings once. ``overrides`` (from CLI flags) use the nested shape, e.g. ``upstream={"url": ...}``.
+
+    Raises :class:`ConfigError` naming every bad key.
+    """
+    path = config_file or os.environ.get(ENV_PREFIX + "CONFIG")
+    yaml_file: Path | None = None
+    if path:
+        yaml_file = Path(path)
+        try:
+            loaded = yaml.safe_load(yaml_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {yaml_file}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {yaml_file} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {yaml_file} must hold a mapping of settings")
+    cleaned = {k: v for k, v in overrides.items() if v is not None}
+    settings_cls = type("Settings", (Settings,), {"yaml_file": yaml_file})
+    try:
+        return settings_cls(**cleaned)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

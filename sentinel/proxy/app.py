@@ -1,0 +1,373 @@
+"""`ProxyApp`: the pure-ASGI reverse proxy on the request path.
+
+It forwards method, path, query, headers and body to the upstream unchanged (hop-by-hop headers
+aside), forwards the response bytes as they arrive, and keeps a copy plus timestamps in an
+`Exchange` that it hands to the recorder when the call ends. Nothing is awaited here but the
+client and the upstream; parsing, metrics, spans and sinks all happen on the recorder task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import aiohttp
+from yarl import URL
+
+from sentinel.capture.routes import classify
+from sentinel.interaction import ErrorType, Operation, Outcome, new_interaction_id
+from sentinel.proxy.errors import error_body
+from sentinel.proxy.exchange import Exchange
+from sentinel.proxy.headers import HOP_BY_HOP, connection_tokens, response_headers
+from sentinel.telemetry.tracing import TraceStarter
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("sentinel.proxy")
+
+_perf = time.perf_counter
+_now = time.time
+
+STREAM_TYPES = (b"text/event-stream", b"application/x-ndjson")
+_BUFFER_LIMIT = 4 * 1024 * 1024
+"""Non-streamed responses up to this size are read whole and sent in one write."""
+_DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"traceparent"}
+
+
+class UpstreamAborted(Exception):
+    """Raised after the response has started, to make the server cut the client connection.
+
+    The client must see a truncated response as broken, not as a clean end.
+    """
+
+
+class ExchangeRecorder(TypingProtocol):
+    def submit(self, exchange: Exchange) -> None: ...
+
+
+class ProxyApp:
+    """Forward every request to ``upstream_url`` and record each exchange.
+
+    >>> app = ProxyApp("http://127.0.0.1:8000", recorder)   # doctest: +SKIP
+    >>> uvicorn.run(app)                                      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        upstream_url: str,
+        recorder: ExchangeRecorder,
+        *,
+        traces: TraceStarter | None = None,
+        upstream_api_key: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        max_connections: int = 1024,
+        keepalive_timeout: float = 4.0,
+        max_body_bytes: int = 32 * 1024 * 1024,
+        max_capture_bytes: int = 16 * 1024 * 1024,
+        in_flight: Any = None,
+    ) -> None:
+        self.upstream_url = upstream_url.rstrip("/")
+        self.recorder = recorder
+        self.traces = traces or TraceStarter()
+        self._auth = ("Bearer " + upstream_api_key) if upstream_api_key else None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._max_connections = max_connections
+        self._keepalive_timeout = keepalive_timeout
+        self.max_body_bytes = max_body_bytes
+        self.max_capture_bytes = max_capture_bytes
+        self._in_flight = in_flight
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_timeout
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._handle(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1003})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t_start = _perf()
+        path: str = scope["path"]
+        protocol, operation = classify(path)
+        headers: list[tuple[str, str]] = []
+        traceparent = tracestate = authorization = content_type = user_agent = None
+        content_length = -1
+        extra_hop: frozenset[bytes] = frozenset()
+        for name, value in scope["headers"]:
+            if name in _DROP_REQUEST:
+                if name == b"traceparent":
+                    traceparent = value
+                elif name == b"content-length":
+                    content_length = int(value) if value.isdigit() else -1
+                elif name == b"connection":
+                    extra_hop = connection_tokens(value)
+                continue
+            if name == b"authorization":
+                authorization = value
+                if self._auth is not None:
+                    continue
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"user-agent":
+                user_agent = value
+            elif name == b"tracestate":
+                tracestate = value
+            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if extra_hop:
+            headers = [(n, v) for n, v in headers if n.encode("latin-1") not in extra_hop]
+
+        trace = self.traces.start(traceparent, tracestate)
+        headers.append(("traceparent", trace.upstream_traceparent().decode()))
+        if self._auth is not None:
+            headers.append(("authorization", self._auth))
+        client = scope.get("client")
+        query: bytes = scope.get("query_string", b"")
+        ex = Exchange(
+            id=new_interaction_id(),
+            started_at=_now(),
+            t_start=t_start,
+            method=scope["method"],
+            path=path,
+            query=query.decode("latin-1"),
+            protocol=protocol,
+            operation=operation,
+            trace=trace,
+            client_address=client[0] if client else None,
+            user_agent=user_agent.decode("latin-1") if user_agent else None,
+            authorization=authorization,
+            request_content_type=content_type,
+        )
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight.inc()
+        try:
+            await self._exchange(ex, scope, headers, content_length, receive, send)
+        finally:
+            if in_flight is not None:
+                in_flight.dec()
+            ex.t_end = _perf()
+            self.recorder.submit(ex)
+
+    async def _exchange(
+        self,
+        ex: Exchange,
+        scope: Scope,
+        headers: list[tuple[str, str]],
+        content_length: int,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        if content_length > self.max_body_bytes:
+            await self._refuse_too_large(ex, send, content_length)
+            return
+        body = await self._read_body(ex, receive)
+        if body is None:
+            if not ex.client_disconnected:
+                await self._refuse_too_large(ex, send, ex.request_bytes)
+            return
+        ex.request_body = body
+
+        main = asyncio.current_task()
+        assert main is not None
+        watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ex, main))
+        try:
+            await self._forward(ex, scope, headers, body, send)
+        except asyncio.CancelledError:
+            if ex.client_disconnected and main.cancelling():
+                main.uncancel()
+                ex.outcome = Outcome.ABORTED
+                ex.error_type = ErrorType.CLIENT_DISCONNECT
+                ex.error_message = "client disconnected before the response was complete"
+                return
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _read_body(self, ex: Exchange, receive: Receive) -> bytes | None:
+        """The whole request body, or None if it exceeds the limit or the client left."""
+        message = await receive()
+        body: bytes = message.get("body", b"")
+        if message["type"] == "http.disconnect":
+            ex.client_disconnected = True
+            ex.outcome = Outcome.ABORTED
+            ex.error_type = ErrorType.CLIENT_DISCONNECT
+            return None
+        ex.request_bytes = len(body)
+        if not message.get("more_body", False):
+            return body if ex.request_bytes <= self.max_body_bytes else None
+        parts = [body]
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                ex.client_disconnected = True
+                ex.outcome = Outcome.ABORTED
+                ex.error_type = ErrorType.CLIENT_DISCONNECT
+                return None
+            chunk = message.get("body", b"")
+            ex.request_bytes += len(chunk)
+            if ex.request_bytes > self.max_body_bytes:
+                return None
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _forward(
+        self, ex: Exchange, scope: Scope, headers: list[tuple[str, str]], body: bytes, send: Send
+    ) -> None:
+        session = self._session
+        if session is None:
+            await self.start()
+            session = self._session
+            assert session is not None
+        raw_path: bytes | None = scope.get("raw_path")
+        target = self.upstream_url + (raw_path.decode("latin-1") if raw_path else ex.path)
+        if ex.query:
+            target += "?" + ex.query
+        ex.t_upstream_start = _perf()
+        try:
+            async with session.request(
+                ex.method,
+                URL(target, encoded=True),
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+            ) as resp:
+                ex.upstream_status = ex.status = resp.status
+                content_type = resp.headers.get("Content-Type", "")
+                ex.response_content_type = content_type
+                ex.response_content_encoding = resp.headers.get("Content-Encoding", "")
+                out_headers = response_headers(resp.raw_headers)
+                length = resp.content_length
+                streaming = content_type.startswith(("text/event-stream", "application/x-ndjson"))
+                if not streaming and length is not None and length <= _BUFFER_LIMIT:
+                    payload = await resp.read()
+                    ex.t_upstream_headers = _perf()
+                    ex.response_bytes = len(payload)
+                    if ex.operation is not Operation.OTHER or resp.status >= 400:
+                        ex.chunks.append(payload)
+                        ex.chunk_times.append(ex.t_upstream_headers)
+                    ex.t_response_start = _perf()
+                    ex.completed = True
+                    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+                    await send({"type": "http.response.body", "body": payload, "more_body": False})
+                    return
+                ex.t_upstream_headers = _perf()
+                ex.t_response_start = ex.t_upstream_headers
+                await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+                await self._stream_body(ex, resp, send)
+        except aiohttp.ClientConnectorError as exc:
+            await self._fail(ex, send, 502, ErrorType.UPSTREAM_UNREACHABLE, f"upstream unreachable: {exc.os_error}")
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            await self._fail(ex, send, 504, ErrorType.UPSTREAM_TIMEOUT, "upstream timed out")
+        except aiohttp.ClientError as exc:
+            broken = ex.t_response_start is not None
+            error_type = ErrorType.UPSTREAM_BROKEN_STREAM if broken else ErrorType.UPSTREAM_UNREACHABLE
+            await self._fail(ex, send, 502, error_type, f"upstream connection failed: {exc!r}")
+
+    async def _stream_body(self, ex: Exchange, resp: aiohttp.ClientResponse, send: Send) -> None:
+        capture = ex.operation is not Operation.OTHER or resp.status >= 400
+        cap = self.max_capture_bytes
+        chunks, times = ex.chunks, ex.chunk_times
+        async for chunk in resp.content.iter_any():
+            now = _perf()
+            ex.response_bytes += len(chunk)
+            if capture:
+                if ex.captured_bytes < cap:
+                    chunks.append(chunk)
+                    times.append(now)
+                    ex.captured_bytes += len(chunk)
+                else:
+                    ex.truncated = True
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        ex.completed = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _fail(self, ex: Exchange, send: Send, status: int, error_type: ErrorType, message: str) -> None:
+        ex.outcome = Outcome.ERROR
+        ex.error_type = error_type
+        ex.error_message = message
+        if ex.t_response_start is not None:
+            # Headers are out: the only honest signal left is to cut the connection.
+            log.warning("upstream failed mid-response: %s (interaction %s)", message, ex.id)
+            raise UpstreamAborted(message)
+        await self._respond(ex, send, status, error_type, message)
+
+    async def _refuse_too_large(self, ex: Exchange, send: Send, size: int) -> None:
+        ex.outcome = Outcome.REJECTED
+        ex.error_type = ErrorType.REQUEST_TOO_LARGE
+        message = f"request body of {size} bytes exceeds the limit of {self.max_body_bytes} bytes"
+        ex.error_message = message
+        await self._respond(ex, send, 413, ErrorType.REQUEST_TOO_LARGE, message)
+
+    async def _respond(self, ex: Exchange, send: Send, status: int, error_type: str, message: str) -> None:
+        body = error_body(ex.protocol, status, error_type, message)
+        ex.status = status
+        ex.t_response_start = _perf()
+        ex.completed = True
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _watch_disconnect(receive: Receive, ex: Exchange, main: asyncio.Task[Any]) -> None:
+    """Cancel the forwarding task when the client goes away before the response is complete."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not ex.completed:
+                ex.client_disconnected = True
+                main.cancel()
+            return
+
+
+class SuppressAbortTraceback(logging.Filter):
+    """Keep uvicorn from logging a traceback for `UpstreamAborted`; the proxy already logged why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], UpstreamAborted))

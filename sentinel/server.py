@@ -1,0 +1,225 @@
+"""Booting Sentinel: build every part from `Settings`, serve the proxy and admin ports, shut down cleanly.
+
+`run_server(settings)` is an async context manager that tests use to boot the real thing on real
+sockets (port 0 picks free ports); `serve(settings)` is what `sentinel serve` runs until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from opentelemetry.sdk.trace import SpanProcessor
+from prometheus_client import CollectorRegistry
+
+from sentinel.admin.app import AdminState, create_admin_app
+from sentinel.config import ConfigError, Settings
+from sentinel.proxy.app import ProxyApp
+from sentinel.recorder import Recorder
+from sentinel.sinks import Sink, SinkRunner, sink_counters
+from sentinel.sinks.jsonl import JsonlSink
+from sentinel.telemetry.metrics import ModelLabels, ProxyMetrics, ReadAtScrape
+from sentinel.telemetry.tracing import SpanEmitter, TraceStarter
+from sentinel.telemetry.upstream import UpstreamProbe
+
+log = logging.getLogger("sentinel")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: `serve` handles signals for both ports."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def instance_id(settings: Settings) -> str:
+    """This instance's stable name: from settings, else created once and kept in the data directory."""
+    if settings.instance_id:
+        return settings.instance_id
+    path = settings.data_dir / "instance-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        value = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value + "\n")
+        return value
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+@dataclass
+class Sentinel:
+    """A running instance: its parts and the URLs it listens on."""
+
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: ProxyMetrics
+    recorder: Recorder
+    proxy: ProxyApp
+    probe: UpstreamProbe
+    proxy_url: str = ""
+    admin_url: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def build(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    sinks: Sequence[Sink] = (),
+    span_processor: SpanProcessor | None = None,
+) -> Sentinel:
+    if not settings.upstream.url:
+        raise ConfigError("upstream.url (env SENTINEL_UPSTREAM_URL, flag --upstream) is required")
+    registry = registry or CollectorRegistry()
+    gauges = ReadAtScrape()
+    registry.register(gauges)
+    metrics = ProxyMetrics(registry, ModelLabels(settings.metrics.models, settings.metrics.max_models))
+    written, dropped, failures = sink_counters(registry)
+    all_sinks: list[Sink] = list(sinks)
+    if settings.sinks.jsonl_path is not None:
+        all_sinks.append(
+            JsonlSink(
+                settings.resolve_path(settings.sinks.jsonl_path), include_content=settings.sinks.jsonl_include_content
+            )
+        )
+    runners = [SinkRunner(sink, settings.sinks.queue_size, written, dropped, failures) for sink in all_sinks]
+    spans = SpanEmitter.from_settings(settings.tracing, span_processor)
+    recorder = Recorder(
+        registry,
+        metrics,
+        runners,
+        spans=spans,
+        capacity=settings.sinks.queue_size,
+        instance=instance_id(settings),
+        provider=settings.upstream.provider,
+        upstream_url=settings.upstream.url,
+    )
+    recorder.register_gauges(gauges)
+    api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
+    proxy = ProxyApp(
+        settings.upstream.url,
+        recorder,
+        traces=TraceStarter(settings.tracing.sample_ratio),
+        upstream_api_key=api_key,
+        connect_timeout=settings.upstream.connect_timeout,
+        read_timeout=settings.upstream.read_timeout,
+        max_connections=settings.upstream.max_connections,
+        keepalive_timeout=settings.upstream.keepalive_timeout,
+        max_body_bytes=settings.max_body_bytes,
+        max_capture_bytes=settings.max_capture_bytes,
+        in_flight=metrics.in_flight,
+    )
+    probe = UpstreamProbe(
+        settings.upstream.url,
+        registry,
+        path=settings.upstream.health_path,
+        interval=settings.upstream.health_interval,
+        api_key=api_key,
+    )
+    return Sentinel(settings, registry, metrics, recorder, proxy, probe)
+
+
+@contextlib.asynccontextmanager
+async def run_server(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    sinks: Sequence[Sink] = (),
+    span_processor: SpanProcessor | None = None,
+) -> AsyncIterator[Sentinel]:
+    """Start Sentinel on its two ports; stop it (draining records) when the block exits."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sentinel = build(settings, registry=registry, sinks=sinks, span_processor=span_processor)
+    proxy_sock = _bind(settings.host, settings.port)
+    admin_sock = _bind(settings.admin_host, settings.admin_port)
+    sentinel.proxy_url, sentinel.admin_url = _url(proxy_sock), _url(admin_sock)
+
+    admin_state = AdminState(sentinel.registry)
+    admin_state.ready_checks["upstream"] = lambda: (
+        sentinel.probe.up is not False,
+        "unknown yet" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
+    )
+    sentinel.extras["admin_state"] = admin_state
+    admin_app = create_admin_app(admin_state)
+
+    common: dict[str, Any] = {
+        "lifespan": "off",
+        "log_config": None,
+        "server_header": False,
+        "date_header": False,
+        "timeout_keep_alive": 75,
+        "timeout_graceful_shutdown": 30,
+    }
+    proxy_server = _Server(uvicorn.Config(sentinel.proxy, http="httptools", access_log=settings.access_log, **common))
+    admin_server = _Server(uvicorn.Config(admin_app, http="h11", access_log=False, **common))
+
+    await sentinel.recorder.start()
+    await sentinel.proxy.start()
+    sentinel.probe.start()
+    loop = asyncio.get_running_loop()
+    tasks = [
+        loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
+        loop.create_task(admin_server.serve(sockets=[admin_sock]), name="admin-server"),
+    ]
+    try:
+        while not (proxy_server.started and admin_server.started):
+            for task in tasks:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("server stopped during start-up")
+            await asyncio.sleep(0.01)
+        yield sentinel
+    finally:
+        proxy_server.should_exit = admin_server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sentinel.probe.stop()
+        await sentinel.proxy.close()
+        await sentinel.recorder.stop()
+        proxy_sock.close()
+        admin_sock.close()
+
+
+async def serve(settings: Settings, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight requests and pending records."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with run_server(settings) as sentinel:
+        log.info(
+            "Sentinel proxying %s on %s (metrics and admin API on %s)",
+            settings.upstream.url,
+            sentinel.proxy_url,
+            sentinel.admin_url,
+        )
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down: finishing in-flight requests and pending records")

@@ -1,0 +1,1 @@
+"""Prometheus metrics, OpenTelemetry spans and GPU collectors, all fed from `Interaction` records."""

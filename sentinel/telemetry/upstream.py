@@ -1,0 +1,77 @@
+"""`UpstreamProbe`: is the model server reachable? Exported as `sentinel_upstream_up` and used by `/readyz`.
+
+Any HTTP answer counts as up (even 401 or 404: the server is there); a refused, reset or timed-out
+connection counts as down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Gauge
+
+log = logging.getLogger("sentinel.upstream")
+
+
+class UpstreamProbe:
+    def __init__(
+        self,
+        upstream_url: str,
+        registry: CollectorRegistry,
+        *,
+        path: str = "/v1/models",
+        interval: float = 15.0,
+        timeout: float = 5.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.url = upstream_url.rstrip("/") + path
+        self.interval = interval
+        self.timeout = timeout
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.up: bool | None = None
+        self.last_checked: float | None = None
+        self._up = Gauge(
+            "sentinel_upstream_up", "1 if the model server answered the last probe, else 0.", registry=registry
+        )
+        self._latency = Gauge(
+            "sentinel_upstream_probe_duration_seconds", "How long the last probe took.", registry=registry
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self, session: aiohttp.ClientSession) -> bool:
+        started = time.perf_counter()
+        try:
+            async with session.get(self.url, headers=self._headers, allow_redirects=False) as resp:
+                await resp.read()
+            up = True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            up = False
+            if self.up is not False:
+                log.warning("upstream %s is not reachable: %r", self.url, exc)
+        if up and self.up is False:
+            log.info("upstream %s is reachable again", self.url)
+        self.up = up
+        self.last_checked = time.time()
+        self._up.set(1 if up else 0)
+        self._latency.set(time.perf_counter() - started)
+        return up
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                await self.check(session)
+                await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="upstream-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
