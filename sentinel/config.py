@@ -117,6 +117,7 @@ class TracingSettings(_Section):
 
 class SinkSettings(_Section):
     queue_size: int = Field(default=10_000, ge=1, description="Interactions a sink may fall behind by.")
+    drain_timeout: float = Field(default=10.0, ge=0, description="At shutdown, how long sinks may take to drain.")
     jsonl_path: Path | None = Field(default=None, description="Write each interaction as a JSON line here.")
     jsonl_include_content: bool = Field(
         default=False, description="Also write prompts and responses in plaintext (debugging only)."
@@ -216,7 +217,7 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {yaml_file} must hold a mapping of settings")
     cleaned = {k: v for k, v in overrides.items() if v is not None}
-    settings_cls = type("Settings", (Settings,), {"yaml_file": yaml_file})
+    settings_cls: type[Settings] = type("Settings", (Settings,), {"yaml_file": yaml_file})
     try:
         return settings_cls(**cleaned)
     except ValidationError as exc:

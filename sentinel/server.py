@@ -201,7 +201,7 @@ async def run_server(
         await asyncio.gather(*tasks, return_exceptions=True)
         await sentinel.probe.stop()
         await sentinel.proxy.close()
-        await sentinel.recorder.stop()
+        await sentinel.recorder.stop(settings.sinks.drain_timeout)
         proxy_sock.close()
         admin_sock.close()
 

@@ -14,7 +14,11 @@ import time
 import aiohttp
 from prometheus_client import CollectorRegistry, Gauge
 
+from sentinel import __version__
+
 log = logging.getLogger("sentinel.upstream")
+
+PROBE_USER_AGENT = f"sentinel-probe/{__version__}"
 
 
 class UpstreamProbe:
@@ -31,7 +35,9 @@ class UpstreamProbe:
         self.url = upstream_url.rstrip("/") + path
         self.interval = interval
         self.timeout = timeout
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"User-Agent": PROBE_USER_AGENT}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self.up: bool | None = None
         self.last_checked: float | None = None
         self._up = Gauge(

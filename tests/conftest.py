@@ -1,0 +1,103 @@
+"""Shared fixtures: real servers on real sockets, run on a background event loop."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sentinel.config import Settings, load_settings
+from sentinel.interaction import Interaction
+from sentinel.server import Sentinel, run_server
+from sentinel.sinks.memory import MemorySink
+from tests.support.loop import BackgroundLoop
+from tests.support.upstream import ScriptedUpstream, running_upstream
+
+os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
+
+
+@pytest.fixture
+def servers() -> Iterator[BackgroundLoop]:
+    loop = BackgroundLoop()
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def upstream(servers: BackgroundLoop) -> ScriptedUpstream:
+    return servers.enter(running_upstream())
+
+
+class Running:
+    """A Sentinel instance under test, with its in-memory sink and metrics registry."""
+
+    def __init__(self, sentinel: Sentinel, sink: MemorySink, servers: BackgroundLoop) -> None:
+        self.sentinel = sentinel
+        self.sink = sink
+        self.servers = servers
+        self.url = sentinel.proxy_url
+        self.admin_url = sentinel.admin_url
+        self.registry: CollectorRegistry = sentinel.registry
+
+    def records(self, count: int = 1, timeout: float = 10.0) -> list[Interaction]:
+        return self.servers.run(self.sink.wait_for(count, timeout), timeout + 5)
+
+    def record(self) -> Interaction:
+        records = self.records(1)
+        assert len(records) == 1, records
+        return records[0]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+def make_settings(tmp_path: Path, upstream_url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "admin_port": 0,
+        "data_dir": tmp_path / "data",
+        "sinks": {"drain_timeout": 1.0},
+    }
+    if "sinks" in overrides:
+        base["sinks"] = {**base["sinks"], **overrides.pop("sinks")}
+    upstream = {"url": upstream_url, "health_interval": 3600}
+    upstream.update(overrides.pop("upstream", {}))
+    base.update(overrides)
+    return load_settings(None, upstream=upstream, **base)
+
+
+@pytest.fixture
+def start_sentinel(servers: BackgroundLoop, tmp_path: Path) -> Callable[..., Running]:
+    def start(
+        upstream_url: str, *, span_processor: Any = None, sinks: Any = (), sinks_: Any = None, **overrides: Any
+    ) -> Running:
+        """Boot Sentinel in front of `upstream_url`; `sinks_` are sink settings, `sinks` extra sink objects."""
+        if sinks_:
+            overrides["sinks"] = sinks_
+        settings = make_settings(tmp_path, upstream_url, **overrides)
+        sink = MemorySink()
+        sentinel = servers.enter(run_server(settings, sinks=[sink, *sinks], span_processor=span_processor))
+        return Running(sentinel, sink, servers)
+
+    return start
+
+
+@pytest.fixture
+def proxy(upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]) -> Running:
+    return start_sentinel(upstream.url)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)

@@ -1,0 +1,210 @@
+"""Failure behaviour: each way the upstream or the client can go wrong, through the real proxy."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import ollama
+import openai
+import orjson
+import pytest
+import requests
+
+from sentinel.interaction import ErrorType, Outcome
+from tests.conftest import Running, wait_until
+from tests.support.frames import NDJSON_HEADERS, SSE_HEADERS, vllm_chat_stream
+from tests.support.upstream import Script, ScriptedUpstream, free_port
+
+CHAT = {"model": "deepseek-r1", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_upstream_refused_gives_502_openai_error(start_sentinel: Callable[..., Running]) -> None:
+    proxy = start_sentinel(f"http://127.0.0.1:{free_port()}")
+    with openai.OpenAI(base_url=proxy.url + "/v1", api_key="k", max_retries=0) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(**CHAT)
+    assert caught.value.status_code == 502
+    body = caught.value.response.json()
+    assert body["error"]["type"] == "upstream_unreachable" and body["error"]["code"] == "bad_gateway"
+    record = proxy.record()
+    assert record.outcome is Outcome.ERROR and record.error_type == ErrorType.UPSTREAM_UNREACHABLE
+    assert record.status_code == 502 and record.upstream_status is None
+    assert proxy.metric("sentinel_errors_total", gen_ai_operation_name="chat", error_type="upstream_unreachable") == 1
+
+
+def test_upstream_refused_on_ollama_route_gives_ollama_error(start_sentinel: Callable[..., Running]) -> None:
+    proxy = start_sentinel(f"http://127.0.0.1:{free_port()}")
+    with ollama.Client(host=proxy.url) as client, pytest.raises(ollama.ResponseError) as caught:
+        client.chat(model="m", messages=[{"role": "user", "content": "x"}], stream=False)
+    assert caught.value.status_code == 502 and "upstream unreachable" in caught.value.error
+
+
+def test_upstream_that_never_answers_gives_504(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]
+) -> None:
+    upstream.script("/v1/chat/completions", Script(first_delay=30, chunks=[b"{}"]))
+    proxy = start_sentinel(upstream.url, upstream={"read_timeout": 0.3})
+    started = time.monotonic()
+    response = requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert response.status_code == 504 and time.monotonic() - started < 5
+    assert response.json()["error"]["type"] == "upstream_timeout"
+    record = proxy.record()
+    assert record.outcome is Outcome.ERROR and record.error_type == ErrorType.UPSTREAM_TIMEOUT
+
+
+def test_connect_timeout_gives_504(start_sentinel: Callable[..., Running]) -> None:
+    """A listener whose accept backlog is full never completes the TCP handshake."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        fillers = []
+        for _ in range(4):  # fill the backlog so further connects hang
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        proxy = start_sentinel(f"http://127.0.0.1:{listener.getsockname()[1]}", upstream={"connect_timeout": 0.3})
+        response = requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=10)
+        for filler in fillers:
+            filler.close()
+    assert response.status_code in (502, 504)  # kernels differ: SYN dropped (timeout) or refused
+    assert proxy.record().outcome is Outcome.ERROR
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500, 503])
+def test_upstream_errors_pass_through_unchanged(upstream: ScriptedUpstream, proxy: Running, status: int) -> None:
+    body = orjson.dumps({"object": "error", "message": f"upstream says {status}", "type": "X", "code": status})
+    upstream.script(
+        "/v1/chat/completions",
+        Script(
+            status=status,
+            headers={"Content-Type": "application/json", "X-Upstream": "yes"},
+            chunks=[body],
+            content_length=True,
+        ),
+    )
+    response = requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=10)
+    assert response.status_code == status and response.content == body
+    assert response.headers["x-upstream"] == "yes"
+    record = proxy.record()
+    assert record.outcome is Outcome.ERROR and record.upstream_status == status
+    assert record.error_type == ("upstream_5xx" if status >= 500 else "upstream_4xx")
+    assert record.error_message == f"upstream says {status}"
+
+
+def test_body_over_limit_gets_413_and_never_reaches_upstream(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]
+) -> None:
+    upstream.script("/v1/chat/completions", Script(chunks=[b"{}"]))
+    proxy = start_sentinel(upstream.url, max_body_bytes=4096)
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 10_000}]}
+    response = requests.post(proxy.url + "/v1/chat/completions", json=big, timeout=10)
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+    def chunked() -> object:  # no Content-Length: the limit must hold while reading
+        for _ in range(10):
+            yield b"x" * 1000
+
+    response = requests.post(proxy.url + "/v1/chat/completions", data=chunked(), timeout=10)
+    assert response.status_code == 413
+    assert upstream.seen == []
+    first, second = proxy.records(2)
+    assert first.outcome is Outcome.REJECTED and first.error_type == ErrorType.REQUEST_TOO_LARGE
+    assert second.outcome is Outcome.REJECTED and second.request_bytes > 4096
+
+
+def test_malformed_json_is_forwarded_and_recorded(upstream: ScriptedUpstream, proxy: Running) -> None:
+    error = b'{"error":{"message":"Expecting value","type":"BadRequestError","code":400}}'
+    upstream.script("/v1/chat/completions", Script(status=400, chunks=[error], content_length=True))
+    broken = b'{"model": "deepseek-r1", "messages": [{"role": '
+    response = requests.post(
+        proxy.url + "/v1/chat/completions", data=broken, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert response.status_code == 400 and response.content == error
+    assert upstream.seen[0].body == broken
+    record = proxy.record()
+    assert record.request_json_valid is False and record.error_type == "upstream_4xx"
+    assert record.error_message == "Expecting value"
+
+
+def test_client_disconnect_mid_stream_cancels_upstream(upstream: ScriptedUpstream, proxy: Running) -> None:
+    upstream.script(
+        "/v1/chat/completions",
+        Script(headers=SSE_HEADERS, chunks=vllm_chat_stream([], [f"w{i} " for i in range(500)]), delay=0.01),
+    )
+    with requests.post(
+        proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}, stream=True, timeout=10
+    ) as response:
+        iterator = response.iter_content(chunk_size=None)
+        next(iterator)
+        next(iterator)
+    # Leaving the block closes the client socket mid-stream.
+    wait_until(lambda: any(seen.cancelled for seen in upstream.seen), timeout=5)
+    record = proxy.record()
+    assert record.outcome is Outcome.ABORTED and record.error_type == ErrorType.CLIENT_DISCONNECT
+    assert record.response_bytes < len(b"".join(upstream.scripts["/v1/chat/completions"].chunks))
+    assert proxy.metric("sentinel_requests_in_flight") == 0
+
+
+def test_client_disconnect_while_upstream_thinks(upstream: ScriptedUpstream, proxy: Running) -> None:
+    """A non-streamed call to a slow reasoning model: the client gives up before any byte arrives."""
+    upstream.script("/v1/chat/completions", Script(first_delay=30, chunks=[b"{}"]))
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=(5, 0.3))
+    wait_until(lambda: any(seen.cancelled for seen in upstream.seen), timeout=5)
+    assert proxy.record().outcome is Outcome.ABORTED
+
+
+def test_error_object_inside_200_stream_is_recorded_as_error(upstream: ScriptedUpstream, proxy: Running) -> None:
+    frames = vllm_chat_stream([], ["partial"], include_usage=False)[:3]  # role, keep-alive, "partial"
+    frames += [
+        b'data: {"error": {"object": "error", "message": "CUDA out of memory", "type": "InternalServerError",'
+        b' "code": 500}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=frames))
+    response = requests.post(proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10)
+    assert response.status_code == 200 and response.content == b"".join(frames)
+    record = proxy.record()
+    assert record.outcome is Outcome.ERROR and record.error_type == ErrorType.STREAM_ERROR
+    assert record.error_message == "CUDA out of memory" and record.response_text == "partial"
+
+
+def test_ollama_error_line_in_stream_is_recorded(upstream: ScriptedUpstream, proxy: Running) -> None:
+    lines = [
+        b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n',
+        b'{"error":"model runner has unexpectedly stopped"}\n',
+    ]
+    upstream.script("/api/chat", Script(headers=NDJSON_HEADERS, chunks=lines))
+    requests.post(proxy.url + "/api/chat", json={"model": "m", "messages": []}, timeout=10)
+    record = proxy.record()
+    assert record.error_type == ErrorType.STREAM_ERROR and "unexpectedly stopped" in (record.error_message or "")
+
+
+def test_upstream_dying_mid_stream_cuts_the_client(upstream: ScriptedUpstream, proxy: Running) -> None:
+    frames = vllm_chat_stream([], [f"w{i} " for i in range(20)])
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=frames, break_after=5, delay=0.01))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with requests.post(
+            proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}, stream=True, timeout=10
+        ) as response:
+            b"".join(response.iter_content(chunk_size=None))
+    record = proxy.record()
+    assert record.outcome is Outcome.ERROR and record.error_type == ErrorType.UPSTREAM_BROKEN_STREAM
+
+
+def test_upstream_stalling_mid_stream_times_out(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]
+) -> None:
+    frames = vllm_chat_stream([], [f"w{i} " for i in range(20)])
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=frames, stall_after=3))
+    proxy = start_sentinel(upstream.url, upstream={"read_timeout": 0.3})
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        with requests.post(
+            proxy.url + "/v1/chat/completions", json={**CHAT, "stream": True}, stream=True, timeout=10
+        ) as response:
+            b"".join(response.iter_content(chunk_size=None))
+    record = proxy.record()
+    assert record.error_type == ErrorType.UPSTREAM_TIMEOUT and record.status_code == 200
