@@ -8,6 +8,7 @@ defaults. Nested sections map to env names with one underscore: `upstream.read_t
 from __future__ import annotations
 
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -111,8 +112,33 @@ class TracingSettings(_Section):
     @property
     def exporting(self) -> bool:
         if self.exporter == "auto":
-            return bool(self.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            return bool(self.otlp_endpoint or _otel_env("TRACES_ENDPOINT") or _otel_env("ENDPOINT"))
         return self.exporter != "none"
+
+    def traces_endpoint(self) -> str:
+        """The OTLP traces URL: ours, else OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT
+        plus `/v1/traces` (as the OTLP exporter specification says), else the collector default."""
+        if self.otlp_endpoint:
+            return self.otlp_endpoint
+        if traces := _otel_env("TRACES_ENDPOINT"):
+            return traces
+        if base := _otel_env("ENDPOINT"):
+            return base.rstrip("/") + "/v1/traces"
+        return "http://localhost:4318/v1/traces"
+
+    def otlp_headers(self) -> dict[str, str]:
+        """Headers from OTEL_EXPORTER_OTLP_(TRACES_)HEADERS (`key=value,key2=value2`), e.g. collector auth."""
+        raw = _otel_env("TRACES_HEADERS") or _otel_env("HEADERS") or ""
+        headers = {}
+        for item in raw.split(","):
+            key, _, value = item.partition("=")
+            if key.strip() and value:
+                headers[key.strip()] = urllib.parse.unquote(value.strip())
+        return headers
+
+
+def _otel_env(name: str) -> str | None:
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{name}") or None
 
 
 class SinkSettings(_Section):

@@ -8,7 +8,6 @@ audit trail knows what to encrypt; everything else is metadata that stays search
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -164,14 +163,16 @@ CONTENT_FIELDS: tuple[str, ...] = (
 """Fields holding what people wrote or the model said, or who the end user is: encrypted at rest."""
 
 
-_rand = random.SystemRandom()
+_getrandbits = random.getrandbits
 
 
 def new_interaction_id() -> str:
-    """A UUIDv7-shaped id: time-ordered (so stores index it well) and random in its low 74 bits."""
+    """A UUIDv7-shaped id: time-ordered (so stores index it well) and random in its low 74 bits.
+
+    Ids need to be unique, not secret, so the fast PRNG (seeded from the OS at start) is enough.
+    """
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62
-    value |= rand & ((1 << 62) - 1)
+    rand = _getrandbits(74)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -23,6 +23,8 @@ log = logging.getLogger("sentinel.recorder")
 
 _SLICE = 4
 """Exchanges handled between two yields to the event loop, to keep request latency flat under load."""
+_CATCH_UP = 64
+"""When the queue is long, handle this many per slice: recording must keep up, even at some latency."""
 
 
 class Recorder:
@@ -77,6 +79,8 @@ class Recorder:
     async def start(self) -> None:
         for runner in self.sinks:
             await runner.start()
+        if self.spans is not None:
+            self.spans.start()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="recorder")
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -90,15 +94,17 @@ class Recorder:
         for runner in self.sinks:
             await runner.stop(grace)
         if self.spans is not None:
-            self.spans.shutdown()
+            await self.spans.aclose()
 
     async def _run(self) -> None:
         while True:
-            batch = await self.mailbox.take(_SLICE)
+            batch = await self.mailbox.take(_SLICE if len(self.mailbox) < 256 else _CATCH_UP)
             if not batch:
                 return
             for exchange in batch:
                 self.record(exchange)
+            if self.spans is not None:
+                self.spans.after_slice()
             await asyncio.sleep(0)
 
     def record(self, exchange: Exchange) -> None:

@@ -83,6 +83,11 @@ class Mailbox(Generic[T]):
         count = min(max_items, len(items))
         return [items.popleft() for _ in range(count)]
 
+    def take_now(self, max_items: int) -> list[T]:
+        """Up to `max_items` already queued, without waiting."""
+        items = self._items
+        return [items.popleft() for _ in range(min(max_items, len(items)))]
+
     def close(self) -> None:
         self.closed = True
         self._ready.set()
@@ -99,10 +104,12 @@ class SinkRunner:
         dropped: Counter,
         failures: Counter,
         batch_size: int = 256,
+        linger: float = 0.05,
     ) -> None:
         self.sink = sink
         self.mailbox: Mailbox[Interaction] = Mailbox(capacity)
         self._batch_size = batch_size
+        self._linger = linger
         self._written = written.labels(sink.name)
         self._dropped = dropped.labels(sink.name)
         self._failures = failures.labels(sink.name)
@@ -122,6 +129,10 @@ class SinkRunner:
             batch = await self.mailbox.take(self._batch_size)
             if not batch:
                 return
+            if len(batch) < self._batch_size and self._linger and not self.mailbox.closed:
+                # Give a trickle of records a moment to become a batch: one write per batch, not per record.
+                await asyncio.sleep(self._linger)
+                batch += self.mailbox.take_now(self._batch_size - len(batch))
             try:
                 await self.sink.write(batch)
             except Exception as exc:

@@ -7,24 +7,32 @@ audit trail is where content is kept, encrypted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
 from sentinel.interaction import CONTENT_FIELDS, Interaction
 
 
-def metadata_only(record: dict[str, Any]) -> dict[str, Any]:
-    """The record with every content field blanked (None), the rest untouched."""
-    for name in CONTENT_FIELDS:
-        holder = record
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            holder = holder[parent]
-        holder[leaf] = None
-    return record
+def metadata_only(interaction: Interaction) -> Interaction:
+    """A shallow copy with every content field (see `CONTENT_FIELDS`) blanked to None."""
+    return dataclasses.replace(
+        interaction,
+        request_messages=None,
+        response_text=None,
+        reasoning_text=None,
+        tool_calls=None,
+        extra_choices=None,
+        caller=dataclasses.replace(interaction.caller, user=None),
+    )
+
+
+assert {"request_messages", "response_text", "reasoning_text", "tool_calls", "extra_choices", "caller.user"} == set(
+    CONTENT_FIELDS
+), "metadata_only must blank every content field"
 
 
 class JsonlSink:
@@ -42,13 +50,11 @@ class JsonlSink:
         return open(self.path, "ab")  # held open for the sink lifetime
 
     async def write(self, batch: Sequence[Interaction]) -> None:
-        lines = []
-        for interaction in batch:
-            record = interaction.to_dict()
-            if not self.include_content:
-                record = metadata_only(record)
-            lines.append(orjson.dumps(record) + b"\n")
-        await asyncio.to_thread(self._append, b"".join(lines))
+        if self.include_content:
+            data = b"".join(orjson.dumps(interaction) + b"\n" for interaction in batch)
+        else:
+            data = b"".join(orjson.dumps(metadata_only(interaction)) + b"\n" for interaction in batch)
+        await asyncio.to_thread(self._append, data)
 
     def _append(self, data: bytes) -> None:
         assert self._file is not None

@@ -114,34 +114,76 @@ class ProxyMetrics:
         self.bytes = Counter(
             "sentinel_http_body_bytes", "Body bytes forwarded, by direction.", ["direction"], registry=registry
         )
+        self._request_bytes = self.bytes.labels("request")
+        self._response_bytes = self.bytes.labels("response")
+        self._children: dict[tuple[str, str, str, str, str], _Children] = {}
         Info("sentinel_build", "Sentinel version.", registry=registry).info({"version": __version__})
 
     def observe(self, i: Interaction) -> None:
         op = i.operation.value
         model = self.models(i.model_requested)
         error_type = i.error_type or ""
-        status_class = f"{i.status_code // 100}xx" if i.status_code else "none"
-        self.requests.labels(op, model, status_class, i.outcome.value, error_type).inc()
-        self.request_duration.labels(op, model, error_type).observe(i.duration_s)
-        if i.outcome is not Outcome.OK:
-            self.errors.labels(op, error_type).inc()
+        status_class = _STATUS_CLASS.get(i.status_code // 100, "none")
+        key = (op, model, status_class, i.outcome.value, error_type)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = _Children(self, key)
+        children.requests.inc()
+        children.duration.observe(i.duration_s)
+        if children.errors is not None:
+            children.errors.inc()
         if i.ttft_s is not None:
-            self.ttft.labels(op, model).observe(i.ttft_s)
+            children.ttft.observe(i.ttft_s)
         if i.overhead_s is not None:
-            self.overhead.labels(op).observe(i.overhead_s)
+            children.overhead.observe(i.overhead_s)
         usage = i.usage
         if usage.input_tokens is not None:
-            self.token_usage.labels(op, model, "input").observe(usage.input_tokens)
-            self.tokens.labels(op, model, "input").inc(usage.input_tokens)
+            children.input_usage.observe(usage.input_tokens)
+            children.input_tokens.inc(usage.input_tokens)
         if usage.output_tokens is not None:
-            self.token_usage.labels(op, model, "output").observe(usage.output_tokens)
-            self.tokens.labels(op, model, "output").inc(usage.output_tokens)
+            children.output_usage.observe(usage.output_tokens)
+            children.output_tokens.inc(usage.output_tokens)
         if usage.reasoning_tokens:
-            self.tokens.labels(op, model, "reasoning").inc(usage.reasoning_tokens)
-        if usage.source is None and i.outcome is Outcome.OK and i.operation.value != "other":
-            self.usage_unknown.labels(op, model).inc()
-        self.bytes.labels("request").inc(i.request_bytes)
-        self.bytes.labels("response").inc(i.response_bytes)
+            children.reasoning_tokens.inc(usage.reasoning_tokens)
+        if usage.source is None and i.outcome is Outcome.OK and op != "other":
+            children.usage_unknown.inc()
+        self._request_bytes.inc(i.request_bytes)
+        self._response_bytes.inc(i.response_bytes)
+
+
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+class _Children:
+    """The labelled series one label combination touches, looked up once and cached (labels() is not free)."""
+
+    __slots__ = (
+        "duration",
+        "errors",
+        "input_tokens",
+        "input_usage",
+        "output_tokens",
+        "output_usage",
+        "overhead",
+        "reasoning_tokens",
+        "requests",
+        "ttft",
+        "usage_unknown",
+    )
+
+    def __init__(self, m: ProxyMetrics, key: tuple[str, str, str, str, str]) -> None:
+        op, model, status_class, outcome, error_type = key
+        self.requests = m.requests.labels(op, model, status_class, outcome, error_type)
+        self.duration = m.request_duration.labels(op, model, error_type)
+        self.errors = m.errors.labels(op, error_type) if outcome != Outcome.OK.value else None
+        self.ttft = m.ttft.labels(op, model)
+        self.overhead = m.overhead.labels(op)
+        self.input_usage = m.token_usage.labels(op, model, "input")
+        self.output_usage = m.token_usage.labels(op, model, "output")
+        self.input_tokens = m.tokens.labels(op, model, "input")
+        self.output_tokens = m.tokens.labels(op, model, "output")
+        self.reasoning_tokens = m.tokens.labels(op, model, "reasoning")
+        self.usage_unknown = m.usage_unknown.labels(op, model)
 
 
 class ReadAtScrape(Collector):

@@ -1,28 +1,34 @@
 """OpenTelemetry traces: one SERVER span per request and one CLIENT span for its upstream call.
 
-The request path only decides ids (honouring an incoming `traceparent`) and injects a
-`traceparent` upstream; the spans themselves are built afterwards on the recorder task from
-the exchange's timestamps, with exactly those ids, so tracing costs the request path next to
-nothing. Attributes follow the GenAI semantic conventions; no prompt or response content ever
-goes on a span.
+The request path only decides ids and sampling (honouring an incoming `traceparent`, otherwise
+like `ParentBased(TraceIdRatioBased)`) and injects a `traceparent` upstream; the spans themselves
+are built afterwards on the recorder task from the exchange's timestamps, with exactly those ids,
+so tracing costs the request path next to nothing.
+
+The SERVER span carries the HTTP view plus the operation and model; the CLIENT span is the GenAI
+inference span with the full `gen_ai.*` attribute set. No prompt, response or raw end-user id
+ever goes on a span.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import CollectorRegistry
 
 from sentinel import __version__
 from sentinel.interaction import Interaction, Operation, Outcome
+from sentinel.telemetry.otlp import OtlpSpanQueue
 
 if TYPE_CHECKING:
     from sentinel.config import TracingSettings
@@ -93,93 +99,145 @@ class TraceStarter:
         )
 
 
-class _PresetIds(IdGenerator):
-    """Hands the SDK the ids the request path already chose (falls back to random ones)."""
-
-    def __init__(self) -> None:
-        self.trace_id: int | None = None
-        self.span_id: int | None = None
-
-    def generate_trace_id(self) -> int:
-        value, self.trace_id = self.trace_id, None
-        return value if value is not None else _getrandbits(128)
-
-    def generate_span_id(self) -> int:
-        value, self.span_id = self.span_id, None
-        return value if value is not None else _getrandbits(64)
-
-
 class SpanEmitter:
-    """Builds the spans of finished interactions and hands them to the configured exporter."""
+    """Builds the two spans of each finished, sampled interaction and hands them to a span processor.
 
-    def __init__(self, provider: TracerProvider, ids: _PresetIds) -> None:
-        self._provider = provider
-        self._ids = ids
-        self._tracer = provider.get_tracer("sentinel", __version__)
+    The spans are assembled as SDK `ReadableSpan`s from the recorded ids and timestamps rather than
+    started and ended live through a `Tracer`: the request path has already decided every id (it had
+    to, to send `traceparent` upstream), and building them here costs a fraction of a live span's
+    bookkeeping. Export, batching and retries are the SDK's (`BatchSpanProcessor`, OTLP exporter).
+    """
+
+    def __init__(self, processor: SpanProcessor | OtlpSpanQueue, resource: Resource) -> None:
+        self._processor = processor
+        self._queue = processor if isinstance(processor, OtlpSpanQueue) else None
+        self._resource = resource
+        self._scope = InstrumentationScope("sentinel", __version__)
 
     @classmethod
-    def from_settings(cls, settings: TracingSettings, processor: SpanProcessor | None = None) -> SpanEmitter | None:
+    def from_settings(
+        cls, settings: TracingSettings, registry: CollectorRegistry, processor: SpanProcessor | None = None
+    ) -> SpanEmitter | None:
         """None when nothing would receive the spans (no exporter configured, no processor given)."""
-        if processor is None:
-            if not settings.exporting:
-                return None
-            if settings.exporter == "console":
-                processor = BatchSpanProcessor(ConsoleSpanExporter())
-            else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        base = Resource.create({"service.name": settings.service_name, "service.version": __version__})
+        resource = _Resource(base.attributes, base.schema_url)
+        if processor is not None:
+            return cls(processor, resource)
+        if not settings.exporting:
+            return None
+        if settings.exporter == "console":
+            return cls(BatchSpanProcessor(ConsoleSpanExporter()), resource)
+        return cls(OtlpSpanQueue(settings.traces_endpoint(), registry, headers=settings.otlp_headers()), resource)
 
-                processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
-        ids = _PresetIds()
-        provider = TracerProvider(
-            resource=Resource.create({"service.name": settings.service_name, "service.version": __version__}),
-            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
-            id_generator=ids,
-        )
-        provider.add_span_processor(processor)
-        return cls(provider, ids)
+    def start(self) -> None:
+        if self._queue is not None:
+            self._queue.start()
+
+    def after_slice(self) -> None:
+        """Called by the recorder after each slice of its work: encode a few spans, cooperatively."""
+        if self._queue is not None:
+            self._queue.encode_some()
+
+    async def aclose(self) -> None:
+        if self._queue is not None:
+            await self._queue.aclose()
+        else:
+            self._processor.shutdown()
 
     def emit(self, interaction: Interaction, trace: TraceContext, timings: SpanTimings, upstream: str) -> None:
         if not trace.sampled:
             return
-        parent = None
-        if trace.parent_span_id is not None:
-            remote = trace_api.SpanContext(
-                trace.trace_id,
-                trace.parent_span_id,
-                is_remote=True,
-                trace_flags=trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED),
-            )
-            parent = trace_api.set_span_in_context(trace_api.NonRecordingSpan(remote))
-        attributes = span_attributes(interaction)
-        name = span_name(interaction)
-        self._ids.trace_id, self._ids.span_id = trace.trace_id, trace.span_id
-        server = self._tracer.start_span(
-            name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=timings.start_ns
+        flags = _SAMPLED
+        server_ctx = trace_api.SpanContext(trace.trace_id, trace.span_id, False, flags, _state(trace))
+        parent = (
+            trace_api.SpanContext(trace.trace_id, trace.parent_span_id, True, flags, _state(trace))
+            if trace.parent_span_id is not None
+            else None
         )
+        name = span_name(interaction)
+        status = _status(interaction)
+        server_attrs: dict[str, Any] = {
+            "gen_ai.operation.name": interaction.operation.value,
+            "gen_ai.provider.name": interaction.provider,
+            "http.request.method": interaction.method,
+            "url.path": interaction.path,
+            "http.response.status_code": interaction.status_code,
+            "sentinel.interaction.id": interaction.id,
+            "sentinel.outcome": interaction.outcome.value,
+        }
+        if interaction.model_requested:
+            server_attrs["gen_ai.request.model"] = interaction.model_requested
+        if interaction.error_type:
+            server_attrs["error.type"] = interaction.error_type
         if timings.upstream_start_ns is not None:
-            self._ids.span_id = trace.upstream_span_id
-            client_attrs = dict(attributes)
-            host, _, port = upstream.partition("://")[2].partition("/")[0].partition(":")
+            client_attrs = span_attributes(interaction)
+            address = upstream.partition("://")[2].partition("/")[0]
+            host, _, port = address.rpartition(":") if address.count(":") == 1 else (address, "", "")
             client_attrs["server.address"] = host
             if port.isdigit():
                 client_attrs["server.port"] = int(port)
-            client = self._tracer.start_span(
-                name,
-                context=trace_api.set_span_in_context(server),
-                kind=SpanKind.CLIENT,
-                attributes=client_attrs,
-                start_time=timings.upstream_start_ns,
+            client_ctx = trace_api.SpanContext(trace.trace_id, trace.upstream_span_id, False, flags, _state(trace))
+            self._processor.on_end(
+                ReadableSpan(
+                    name,
+                    client_ctx,
+                    server_ctx,
+                    self._resource,
+                    client_attrs,
+                    kind=SpanKind.CLIENT,
+                    status=status,
+                    start_time=timings.upstream_start_ns,
+                    end_time=timings.upstream_end_ns,
+                    instrumentation_scope=self._scope,
+                )
             )
-            _set_status(client, interaction)
-            client.end(end_time=timings.upstream_end_ns)
-        _set_status(server, interaction)
-        server.end(end_time=timings.end_ns)
-
-    def shutdown(self) -> None:
-        self._provider.shutdown()
+        self._processor.on_end(
+            ReadableSpan(
+                name,
+                server_ctx,
+                parent,
+                self._resource,
+                server_attrs,
+                kind=SpanKind.SERVER,
+                status=status,
+                start_time=timings.start_ns,
+                end_time=timings.end_ns,
+                instrumentation_scope=self._scope,
+            )
+        )
 
     def force_flush(self) -> None:
-        self._provider.force_flush()
+        self._processor.force_flush()
+
+
+class _Resource(Resource):
+    """A Resource whose hash is computed once: the OTLP encoder hashes it for every span it groups."""
+
+    @functools.cached_property
+    def _cached_hash(self) -> int:
+        return super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._cached_hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or super().__eq__(other)
+
+
+_SAMPLED = trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
+
+
+def _state(trace: TraceContext) -> trace_api.TraceState | None:
+    if not trace.tracestate:
+        return None
+    return trace_api.TraceState.from_header([trace.tracestate.decode("latin-1")])
+
+
+def _status(interaction: Interaction) -> Status:
+    if interaction.outcome is Outcome.ERROR or interaction.outcome is Outcome.REJECTED:
+        return Status(StatusCode.ERROR, interaction.error_type)
+    return _UNSET
 
 
 @dataclass(slots=True)
@@ -198,16 +256,14 @@ def span_name(interaction: Interaction) -> str:
 
 
 def span_attributes(i: Interaction) -> dict[str, Any]:
-    """GenAI semantic-convention attributes: metadata only, never content, never the raw end-user id."""
+    """The GenAI inference span's attributes: metadata only, never content, never the raw end-user id.
+
+    HTTP details and Sentinel's own ids are on the SERVER span only, to keep export cheap.
+    """
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": i.operation.value,
         "gen_ai.provider.name": i.provider,
         "gen_ai.request.stream": i.stream,
-        "http.request.method": i.method,
-        "url.path": i.path,
-        "http.response.status_code": i.status_code,
-        "sentinel.interaction.id": i.id,
-        "sentinel.outcome": i.outcome.value,
     }
     if i.model_requested:
         attrs["gen_ai.request.model"] = i.model_requested
@@ -218,7 +274,7 @@ def span_attributes(i: Interaction) -> dict[str, Any]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             attrs[f"gen_ai.request.{key}"] = value
     if i.finish_reason:
-        attrs["gen_ai.response.finish_reasons"] = [i.finish_reason]
+        attrs["gen_ai.response.finish_reasons"] = (i.finish_reason,)
     if i.usage.input_tokens is not None:
         attrs["gen_ai.usage.input_tokens"] = i.usage.input_tokens
     if i.usage.output_tokens is not None:
@@ -230,8 +286,3 @@ def span_attributes(i: Interaction) -> dict[str, Any]:
     if i.error_type:
         attrs["error.type"] = i.error_type
     return attrs
-
-
-def _set_status(span: trace_api.Span, interaction: Interaction) -> None:
-    if interaction.outcome is Outcome.ERROR or interaction.outcome is Outcome.REJECTED:
-        span.set_status(Status(StatusCode.ERROR, interaction.error_type))

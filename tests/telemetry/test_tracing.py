@@ -55,7 +55,12 @@ def test_server_and_client_spans_follow_genai_conventions(
     sent = upstream.seen[0].header("traceparent")
     assert sent == f"00-{incoming_trace}-{client.context.span_id:016x}-01"
 
-    attrs = dict(server.attributes or {})
+    server_attrs = dict(server.attributes or {})
+    assert server_attrs["gen_ai.operation.name"] == "chat" and server_attrs["gen_ai.request.model"] == "deepseek-r1"
+    assert server_attrs["http.request.method"] == "POST" and server_attrs["url.path"] == "/v1/chat/completions"
+    assert server_attrs["http.response.status_code"] == 200
+    assert server_attrs["sentinel.interaction.id"] == record.id
+    attrs = dict(client.attributes or {})
     assert attrs["gen_ai.operation.name"] == "chat"
     assert attrs["gen_ai.provider.name"] == "openai"
     assert attrs["gen_ai.request.model"] == "deepseek-r1"
@@ -65,7 +70,7 @@ def test_server_and_client_spans_follow_genai_conventions(
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert attrs["gen_ai.request.stream"] is True
     assert attrs["gen_ai.response.time_to_first_chunk"] == record.ttft_s
-    assert dict(client.attributes or {})["server.address"] == "127.0.0.1"
+    assert attrs["server.address"] == "127.0.0.1" and attrs["server.port"] == int(upstream.url.rsplit(":", 1)[1])
     assert server.start_time <= client.start_time <= client.end_time <= server.end_time
     everything = repr([dict(s.attributes or {}) for s in (server, client)])
     for secret in ("John Doe", "123-45-6789", "think", "answer", "end-user-1"):

@@ -1,0 +1,41 @@
+# The few commands a contributor needs. Everything runs from a local virtualenv (.venv).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UPSTREAM ?= http://127.0.0.1:8000
+
+.PHONY: help setup deps serve demo test lint format bench rules-test generate
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install Sentinel with its dev and test tools
+
+deps:  ## install the system packages the tests use (Debian/Ubuntu; needs root or sudo)
+	scripts/install-system-deps
+
+serve: setup  ## run Sentinel on embedded defaults in front of UPSTREAM (default http://127.0.0.1:8000)
+	$(VENV)/bin/sentinel serve --upstream $(UPSTREAM)
+
+demo: setup  ## see Sentinel work with a built-in demo model server
+	$(VENV)/bin/sentinel demo
+
+test: setup deps  ## run the whole test suite
+	$(PY) -m pytest
+
+lint: setup  ## ruff, formatting check and mypy
+	$(VENV)/bin/ruff check sentinel tests bench
+	$(VENV)/bin/ruff format --check sentinel tests bench
+	$(VENV)/bin/mypy
+
+format: setup  ## apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff check --fix sentinel tests bench
+	$(VENV)/bin/ruff format sentinel tests bench
+
+bench: setup deps  ## proxy overhead benchmark (direct vs via Sentinel), results in bench/results/
+	$(PY) bench/proxy.py
