@@ -98,7 +98,8 @@ def build(
 ) -> Sentinel:
     if not settings.upstream.url:
         raise ConfigError("upstream.url (env SENTINEL_UPSTREAM_URL, flag --upstream) is required")
-    disable_created_metrics()  # `_created` series double the exposition and nothing here uses them
+    # `_created` series double the exposition and nothing here uses them.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = registry or CollectorRegistry()
     gauges = ReadAtScrape()
     registry.register(gauges)

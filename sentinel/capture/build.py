@@ -117,6 +117,7 @@ def build_interaction(ex: Exchange, *, instance: str = "", provider: str = "auto
         response_bytes=ex.response_bytes,
         chunks=len(ex.chunks),
         content_truncated=ex.truncated,
+        annotations=ex.annotations,
     )
     if ex.t_upstream_start is not None:
         interaction.upstream_duration_s = t_end - ex.t_upstream_start

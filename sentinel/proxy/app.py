@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
 
@@ -23,6 +23,7 @@ from sentinel.interaction import ErrorType, Operation, Outcome, new_interaction_
 from sentinel.proxy.errors import error_body
 from sentinel.proxy.exchange import Exchange
 from sentinel.proxy.headers import HOP_BY_HOP, connection_tokens, response_headers
+from sentinel.proxy.hooks import Journal, JournalUnavailable, RequestHook, ResponseFilter
 from sentinel.telemetry.tracing import TraceStarter
 
 Scope = MutableMapping[str, Any]
@@ -73,6 +74,8 @@ class ProxyApp:
         max_body_bytes: int = 32 * 1024 * 1024,
         max_capture_bytes: int = 16 * 1024 * 1024,
         in_flight: Any = None,
+        request_hooks: Sequence[RequestHook] = (),
+        journal: Journal | None = None,
     ) -> None:
         self.upstream_url = upstream_url.rstrip("/")
         self.recorder = recorder
@@ -86,6 +89,8 @@ class ProxyApp:
         self.max_body_bytes = max_body_bytes
         self.max_capture_bytes = max_capture_bytes
         self._in_flight = in_flight
+        self.request_hooks = list(request_hooks)
+        self.journal = journal
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -207,12 +212,33 @@ class ProxyApp:
                 await self._refuse_too_large(ex, send, ex.request_bytes)
             return
         ex.request_body = body
+        filters: list[ResponseFilter] = []
+        for hook in self.request_hooks:
+            refusal = hook.on_request(ex)
+            if refusal is not None:
+                ex.outcome = Outcome.REJECTED
+                ex.error_type = refusal.error_type
+                ex.error_message = refusal.message
+                await self._respond(ex, send, refusal.status, refusal.error_type, refusal.message)
+                return
+            response_filter = hook.response_filter(ex)
+            if response_filter is not None:
+                filters.append(response_filter)
+        if self.journal is not None:
+            try:
+                await self.journal.begin(ex)
+            except JournalUnavailable as exc:
+                ex.outcome = Outcome.REJECTED
+                ex.error_type = ErrorType.AUDIT_UNAVAILABLE
+                ex.error_message = f"the audit trail cannot record this request: {exc}"
+                await self._respond(ex, send, 503, ErrorType.AUDIT_UNAVAILABLE, ex.error_message)
+                return
 
         main = asyncio.current_task()
         assert main is not None
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ex, main))
         try:
-            await self._forward(ex, scope, headers, body, send)
+            await self._forward(ex, scope, headers, ex.request_body, send, filters)
         except asyncio.CancelledError:
             if ex.client_disconnected and main.cancelling():
                 main.uncancel()
@@ -253,7 +279,13 @@ class ProxyApp:
                 return b"".join(parts)
 
     async def _forward(
-        self, ex: Exchange, scope: Scope, headers: list[tuple[str, str]], body: bytes, send: Send
+        self,
+        ex: Exchange,
+        scope: Scope,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        send: Send,
+        filters: list[ResponseFilter],
     ) -> None:
         session = self._session
         if session is None:
@@ -287,6 +319,11 @@ class ProxyApp:
                     if ex.operation is not Operation.OTHER or resp.status >= 400:
                         ex.chunks.append(payload)
                         ex.chunk_times.append(ex.t_upstream_headers)
+                    if filters:
+                        payload = _feed(filters, payload) + _finish(filters, b"")
+                        out_headers = _with_length(out_headers, len(payload))
+                    if self.journal is not None and not await self._complete(ex, send):
+                        return
                     ex.t_response_start = _perf()
                     ex.completed = True
                     await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
@@ -294,8 +331,10 @@ class ProxyApp:
                     return
                 ex.t_upstream_headers = _perf()
                 ex.t_response_start = ex.t_upstream_headers
+                if filters:
+                    out_headers = [(name, value) for name, value in out_headers if name != b"content-length"]
                 await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
-                await self._stream_body(ex, resp, send)
+                await self._stream_body(ex, resp, send, filters)
         except aiohttp.ClientConnectorError as exc:
             await self._fail(ex, send, 502, ErrorType.UPSTREAM_UNREACHABLE, f"upstream unreachable: {exc.os_error}")
         except (aiohttp.ServerTimeoutError, TimeoutError):
@@ -305,10 +344,14 @@ class ProxyApp:
             error_type = ErrorType.UPSTREAM_BROKEN_STREAM if broken else ErrorType.UPSTREAM_UNREACHABLE
             await self._fail(ex, send, 502, error_type, f"upstream connection failed: {exc!r}")
 
-    async def _stream_body(self, ex: Exchange, resp: aiohttp.ClientResponse, send: Send) -> None:
+    async def _stream_body(
+        self, ex: Exchange, resp: aiohttp.ClientResponse, send: Send, filters: list[ResponseFilter]
+    ) -> None:
         capture = ex.operation is not Operation.OTHER or resp.status >= 400
         cap = self.max_capture_bytes
         chunks, times = ex.chunks, ex.chunk_times
+        journal = self.journal is not None
+        held = b""  # strict mode: the final frame waits until the record is durable
         async for chunk in resp.content.iter_any():
             now = _perf()
             ex.response_bytes += len(chunk)
@@ -319,9 +362,44 @@ class ProxyApp:
                     ex.captured_bytes += len(chunk)
                 else:
                     ex.truncated = True
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if filters:
+                chunk = _feed(filters, chunk)
+            if journal:
+                if held:
+                    await send({"type": "http.response.body", "body": held, "more_body": True})
+                    held = b""
+                if _looks_final(chunk):
+                    held = chunk
+                    continue
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        last = held + _finish(filters, b"") if filters else held
+        if journal and not await self._complete(ex, send):
+            return
         ex.completed = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await send({"type": "http.response.body", "body": last, "more_body": False})
+
+    async def _complete(self, ex: Exchange, send: Send) -> bool:
+        """Strict mode: make the finished record durable before the last byte goes out.
+
+        If it cannot be made durable the client does not get a complete answer: a 503 when nothing
+        was sent yet, a cut connection otherwise.
+        """
+        assert self.journal is not None
+        ex.completed = True  # from here on a client disconnect must not cancel the write
+        ex.t_end = _perf()
+        try:
+            await self.journal.complete(ex)
+        except JournalUnavailable as exc:
+            ex.outcome = Outcome.ERROR
+            ex.error_type = ErrorType.AUDIT_UNAVAILABLE
+            ex.error_message = f"the audit trail could not record the response: {exc}"
+            if ex.t_response_start is None:
+                await self._respond(ex, send, 503, ErrorType.AUDIT_UNAVAILABLE, ex.error_message)
+                return False
+            log.error("%s (interaction %s); cutting the client connection", ex.error_message, ex.id)
+            raise UpstreamAborted(ex.error_message) from exc
+        return True
 
     async def _fail(self, ex: Exchange, send: Send, status: int, error_type: ErrorType, message: str) -> None:
         ex.outcome = Outcome.ERROR
@@ -353,6 +431,31 @@ class ProxyApp:
             }
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _feed(filters: list[ResponseFilter], chunk: bytes) -> bytes:
+    for response_filter in filters:
+        chunk = response_filter.feed(chunk)
+    return chunk
+
+
+def _finish(filters: list[ResponseFilter], tail: bytes) -> bytes:
+    """Flush the filter chain: each filter's leftovers pass through the filters after it."""
+    for response_filter in filters:
+        tail = (response_filter.feed(tail) if tail else b"") + response_filter.finish()
+    return tail
+
+
+def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:
+    kept = [(name, value) for name, value in headers if name != b"content-length"]
+    kept.append((b"content-length", b"%d" % length))
+    return kept
+
+
+def _looks_final(chunk: bytes) -> bool:
+    """The last frame of a stream: SSE `data: [DONE]`, or Ollama's NDJSON object with `done: true`."""
+    tail = chunk[-64:].rstrip()
+    return tail.endswith(b"[DONE]") or (tail.endswith(b"}") and (b'"done":true' in chunk or b'"done": true' in chunk))
 
 
 async def _watch_disconnect(receive: Receive, ex: Exchange, main: asyncio.Task[Any]) -> None:

@@ -7,6 +7,7 @@ later, on the recorder task, so the request path only appends bytes and timestam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sentinel.interaction import Operation, Outcome, Protocol
 from sentinel.telemetry.tracing import TraceContext
@@ -53,3 +54,5 @@ class Exchange:
     client_disconnected: bool = False
     completed: bool = False
     """Set just before the last byte goes to the client; after it a disconnect is not an abort."""
+    annotations: dict[str, Any] = field(default_factory=dict)
+    """Plaintext findings from request hooks (policy decisions, PHI categories); copied to the record."""
