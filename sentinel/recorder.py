@@ -109,7 +109,9 @@ class Recorder:
 
     def record(self, exchange: Exchange) -> None:
         try:
-            interaction = build_interaction(exchange, instance=self.instance, provider=self.provider)
+            interaction = exchange.interaction or build_interaction(
+                exchange, instance=self.instance, provider=self.provider
+            )
             self.metrics.observe(interaction)
             if self.spans is not None:
                 self.spans.emit(interaction, exchange.trace, _timings(exchange), self.upstream_url)

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
+from sentinel.audit.service import AuditService
 from sentinel.config import ConfigError, Settings
 from sentinel.proxy.app import ProxyApp
 from sentinel.recorder import Recorder
@@ -84,6 +85,7 @@ class Sentinel:
     recorder: Recorder
     proxy: ProxyApp
     probe: UpstreamProbe
+    audit: AuditService | None = None
     proxy_url: str = ""
     admin_url: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
@@ -106,6 +108,16 @@ def build(
     metrics = ProxyMetrics(registry, ModelLabels(settings.metrics.models, settings.metrics.max_models))
     written, dropped, failures = sink_counters(registry)
     all_sinks: list[Sink] = list(sinks)
+    instance = instance_id(settings)
+    audit: AuditService | None = None
+    journal = None
+    if settings.audit.mode != "off":
+        audit = AuditService(settings, registry, instance)
+        audit.register_gauges(gauges)
+        if settings.audit.mode == "strict":
+            journal = audit.journal(settings.upstream.provider)
+        else:
+            all_sinks.append(audit.sink())
     if settings.sinks.jsonl_path is not None:
         all_sinks.append(
             JsonlSink(
@@ -120,7 +132,7 @@ def build(
         runners,
         spans=spans,
         capacity=settings.sinks.queue_size,
-        instance=instance_id(settings),
+        instance=instance,
         provider=settings.upstream.provider,
         upstream_url=settings.upstream.url,
     )
@@ -138,6 +150,7 @@ def build(
         max_body_bytes=settings.max_body_bytes,
         max_capture_bytes=settings.max_capture_bytes,
         in_flight=metrics.in_flight,
+        journal=journal,
     )
     probe = UpstreamProbe(
         settings.upstream.url,
@@ -146,7 +159,7 @@ def build(
         interval=settings.upstream.health_interval,
         api_key=api_key,
     )
-    return Sentinel(settings, registry, metrics, recorder, proxy, probe)
+    return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit)
 
 
 @contextlib.asynccontextmanager
@@ -169,6 +182,9 @@ async def run_server(
         sentinel.probe.up is not False,
         "unknown yet" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
     )
+    if sentinel.audit is not None:
+        admin_state.ready_checks["audit"] = sentinel.audit.ready
+        admin_state.audit = sentinel.audit
     sentinel.extras["admin_state"] = admin_state
     admin_app = create_admin_app(admin_state)
 
@@ -184,6 +200,8 @@ async def run_server(
     proxy_server = _Server(uvicorn.Config(sentinel.proxy, http="httptools", access_log=settings.access_log, **common))
     admin_server = _Server(uvicorn.Config(admin_app, http="h11", access_log=False, **common))
 
+    if sentinel.audit is not None:
+        await sentinel.audit.start()
     await sentinel.recorder.start()
     await sentinel.proxy.start()
     sentinel.probe.start()
@@ -206,6 +224,8 @@ async def run_server(
         await sentinel.probe.stop()
         await sentinel.proxy.close()
         await sentinel.recorder.stop(settings.sinks.drain_timeout)
+        if sentinel.audit is not None:
+            await sentinel.audit.stop(settings.sinks.drain_timeout)
         proxy_sock.close()
         admin_sock.close()
 

@@ -19,6 +19,8 @@ class AdminState:
     registry: CollectorRegistry
     ready_checks: dict[str, Any] = field(default_factory=dict)
     """name -> callable returning (ok: bool, detail: str)."""
+    audit: Any = None
+    """The AuditService, when the audit trail is on."""
 
 
 def create_admin_app(state: AdminState) -> FastAPI:

@@ -73,11 +73,35 @@ def _response_facts(ex: Exchange, stream_expected: bool) -> ResponseFacts:
     return facts
 
 
+def request_interaction(ex: Exchange, *, instance: str = "", provider: str = "auto") -> Interaction:
+    """What is known before the upstream answers: the request alone (the strict journal's first record)."""
+    request = _request_facts(ex)
+    return _interaction(ex, request, ResponseFacts(), instance, provider, ex.t_start)
+
+
 def build_interaction(ex: Exchange, *, instance: str = "", provider: str = "auto") -> Interaction:
     request = _request_facts(ex)
     response = _response_facts(ex, request.stream)
     t_end = ex.t_end if ex.t_end is not None else ex.t_start
-    interaction = Interaction(
+    interaction = _interaction(ex, request, response, instance, provider, t_end)
+    if ex.t_upstream_start is not None:
+        interaction.upstream_duration_s = t_end - ex.t_upstream_start
+        overhead = ex.t_upstream_start - ex.t_start
+        if ex.t_upstream_headers is not None and ex.t_response_start is not None:
+            overhead += max(0.0, ex.t_response_start - ex.t_upstream_headers)
+        interaction.overhead_s = overhead
+    elif ex.t_response_start is not None:
+        interaction.overhead_s = ex.t_response_start - ex.t_start
+    if request.stream and response.first_token_chunk is not None and response.first_token_chunk < len(ex.chunk_times):
+        interaction.ttft_s = ex.chunk_times[response.first_token_chunk] - ex.t_start
+    _judge(interaction, response)
+    return interaction
+
+
+def _interaction(
+    ex: Exchange, request: RequestFacts, response: ResponseFacts, instance: str, provider: str, t_end: float
+) -> Interaction:
+    return Interaction(
         id=ex.id,
         started_at=ex.started_at,
         method=ex.method,
@@ -119,18 +143,6 @@ def build_interaction(ex: Exchange, *, instance: str = "", provider: str = "auto
         content_truncated=ex.truncated,
         annotations=ex.annotations,
     )
-    if ex.t_upstream_start is not None:
-        interaction.upstream_duration_s = t_end - ex.t_upstream_start
-        overhead = ex.t_upstream_start - ex.t_start
-        if ex.t_upstream_headers is not None and ex.t_response_start is not None:
-            overhead += max(0.0, ex.t_response_start - ex.t_upstream_headers)
-        interaction.overhead_s = overhead
-    elif ex.t_response_start is not None:
-        interaction.overhead_s = ex.t_response_start - ex.t_start
-    if request.stream and response.first_token_chunk is not None and response.first_token_chunk < len(ex.chunk_times):
-        interaction.ttft_s = ex.chunk_times[response.first_token_chunk] - ex.t_start
-    _judge(interaction, response)
-    return interaction
 
 
 def _judge(interaction: Interaction, response: ResponseFacts) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.interaction import Operation, Outcome, Protocol
+from sentinel.interaction import Interaction, Operation, Outcome, Protocol
 from sentinel.telemetry.tracing import TraceContext
 
 
@@ -55,4 +55,6 @@ class Exchange:
     completed: bool = False
     """Set just before the last byte goes to the client; after it a disconnect is not an abort."""
     annotations: dict[str, Any] = field(default_factory=dict)
+    interaction: Interaction | None = None
+    """The record, when something on the request path already built it (the strict audit journal)."""
     """Plaintext findings from request hooks (policy decisions, PHI categories); copied to the record."""

@@ -1,0 +1,244 @@
+"""`AuditService`: the audit trail's parts, built from settings, started and stopped together.
+
+Used by `sentinel serve` (one chain per instance), by the admin API, and by the CLI, which writes
+its own events (content access, key rotation) into a separate chain, `<instance>.cli`, so two
+processes never append to the same chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client import CollectorRegistry
+
+from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
+from sentinel.audit.keyring import KeyRing
+from sentinel.audit.record import Event, RecordCorrupt, decrypt
+from sentinel.audit.shipper import Shipper
+from sentinel.audit.spool import Spool, SpoolUnavailable
+from sentinel.audit.store import AuditStore, SearchQuery
+from sentinel.audit.store.embedded import EmbeddedStore
+from sentinel.audit.trail import AuditJournal, AuditMetrics, AuditSink, AuditTrail
+from sentinel.audit.verify import VerifyReport, verify
+from sentinel.config import ConfigError, Settings
+from sentinel.telemetry.metrics import ReadAtScrape
+
+log = logging.getLogger("sentinel.audit")
+
+
+def open_store(settings: Settings, *, read_only: bool = False) -> AuditStore:
+    use_es = settings.audit.store == "elasticsearch" or (
+        settings.audit.store == "auto" and settings.elasticsearch.url is not None
+    )
+    if not use_es:
+        return EmbeddedStore(settings.resolve_path(settings.audit.store_path), read_only=read_only)
+    es = settings.elasticsearch
+    if not es.url:
+        raise ConfigError(
+            "audit.store is elasticsearch but elasticsearch.url (env SENTINEL_ELASTICSEARCH_URL) is unset"
+        )
+    from elasticsearch import AsyncElasticsearch
+
+    from sentinel.audit.store.elasticsearch import ElasticsearchStore
+
+    kwargs: dict[str, Any] = {"request_timeout": es.request_timeout, "verify_certs": es.verify_certs}
+    if es.api_key is not None:
+        kwargs["api_key"] = es.api_key.get_secret_value()
+    elif es.username and es.password is not None:
+        kwargs["basic_auth"] = (es.username, es.password.get_secret_value())
+    if es.ca_certs is not None:
+        kwargs["ca_certs"] = str(es.ca_certs)
+    client = AsyncElasticsearch([u.strip() for u in es.url.split(",")], **kwargs)
+    return ElasticsearchStore(
+        client, prefix=es.index_prefix, retention_days=es.retention_days, shards=es.shards, replicas=es.replicas
+    )
+
+
+def load_or_create_keks(path: Path, spool_has_keys: bool) -> LocalKeyFile:
+    """The KEK file; on a fresh install (nothing encrypted yet) a missing one is created, loudly."""
+    if path.exists() or spool_has_keys:
+        return LocalKeyFile.load(path)
+    keks = LocalKeyFile.create(path)
+    banner = "=" * 78
+    log.warning(
+        "\n%s\nCreated a new key-encryption key %s in %s (mode 0600).\n"
+        "Every audit record is encrypted under keys it protects. Back it up somewhere SAFE and SEPARATE\n"
+        "(not with the data, not in Elasticsearch, not in Sentinel backups): without it the audit\n"
+        "trail cannot be read.\n%s",
+        banner,
+        keks.active_id,
+        path,
+        banner,
+    )
+    return keks
+
+
+@dataclass
+class Reader:
+    """What reading the trail needs: the store and a key ring that knows the store's keys."""
+
+    store: AuditStore
+    keyring: KeyRing | None
+
+    def public_key(self, kid: str) -> Ed25519PublicKey | None:
+        if self.keyring is None:
+            return None
+        try:
+            return self.keyring.public_key(kid)
+        except KeyUnavailable:
+            return None
+
+
+class AuditService:
+    def __init__(self, settings: Settings, registry: CollectorRegistry, instance: str, *, cli: bool = False) -> None:
+        self.settings = settings
+        self.instance = f"{instance}.cli" if cli else instance
+        self.cli = cli
+        spool_path = settings.resolve_path(settings.audit.spool_path)
+        if cli:
+            spool_path = spool_path.with_name("cli-" + spool_path.name)
+        self.spool = Spool(spool_path, synchronous="FULL")
+        self.metrics = AuditMetrics(registry)
+        self.store = open_store(settings)
+        self.keyring: KeyRing | None = None
+        self.trail = AuditTrail(
+            self.spool,
+            self.instance,
+            self.metrics,
+            checkpoint_every=settings.audit.checkpoint_every,
+            checkpoint_interval=settings.audit.checkpoint_interval,
+        )
+        self.shipper: Shipper | None = None
+        self.error: str | None = None
+        self._lock_fd: int | None = None
+
+    async def start(self) -> None:
+        """Open everything. A spool that cannot be opened is not fatal here: the service reports
+        itself unavailable (strict mode then refuses requests, best_effort counts losses)."""
+        if self.cli:
+            self._lock()
+        try:
+            await self.spool.run(self.spool.open)
+        except SpoolUnavailable as exc:
+            self.error = str(exc)
+            self.trail.unavailable = f"audit trail unavailable: {exc}"
+            log.error("audit trail unavailable: %s", exc)
+            return
+        spool_keys = await self.spool.run(self.spool.stored_keys)
+        keks = load_or_create_keks(self.settings.resolve_path(self.settings.key_file), bool(spool_keys))
+        self.keyring = KeyRing(keks, self.spool)
+        await self.trail.start(self.keyring)
+        await self.store.open()
+        self.shipper = Shipper(
+            self.spool, self.store, self.metrics, spool_retention=self.settings.audit.spool_retention_hours * 3600
+        )
+        if not self.cli:
+            self.shipper.start()
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        if self.keyring is not None:
+            await self.trail.stop()
+        if self.shipper is not None:
+            if self.cli:
+                await self.ship_now()
+            else:
+                await self.shipper.stop(drain_timeout)
+        await self.store.close()
+        if self.error is None:
+            await asyncio.to_thread(self.spool.close)
+        self._unlock()
+
+    async def ship_now(self) -> bool:
+        """Ship everything pending (CLI). False if the store is unreachable (the spool keeps it)."""
+        assert self.shipper is not None
+        try:
+            while await self.shipper.ship_once():
+                pass
+        except Exception as exc:
+            log.warning("could not ship audit events yet (kept locally, shipped on the next run): %s", exc)
+            return False
+        return True
+
+    def _lock(self) -> None:
+        path = self.spool.path.with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- wiring ------------------------------------------------------------------------------
+    def sink(self) -> AuditSink:
+        return AuditSink(self.trail)
+
+    def journal(self, provider: str = "auto") -> AuditJournal:
+        return AuditJournal(self.trail, instance=self.instance, provider=provider)
+
+    def register_gauges(self, gauges: ReadAtScrape) -> None:
+        self.metrics.register_gauges(gauges)
+
+    def ready(self) -> tuple[bool, str]:
+        if self.keyring is None:
+            return False, f"audit trail unavailable: {self.error}"
+        if self.shipper is not None and self.shipper.down_since is not None:
+            return True, "store unreachable; records are spooled locally"
+        return True, f"recording (sequence {self.trail.head.seq})"
+
+    # -- reading -----------------------------------------------------------------------------
+    async def reader(self) -> Reader:
+        keyring = self.keyring
+        if keyring is not None:
+            keyring.learn(await self.store.keys())
+        return Reader(self.store, keyring)
+
+    async def record_event(self, event: Event) -> None:
+        await self.trail.record_event(event)
+
+    async def search(self, query: SearchQuery) -> list[dict[str, Any]]:
+        return await self.store.search(query)
+
+    async def show(self, record_id: str, *, decrypt_content: bool, actor: str, reason: str | None) -> dict[str, Any]:
+        """A record's metadata, and with `decrypt_content` its content — after the access itself is
+        durably recorded in the trail (no reason, or a trail that cannot record it: no content)."""
+        doc = await self.store.get(record_id)
+        if doc is None:
+            raise LookupError(f"no audit record {record_id}")
+        if not decrypt_content:
+            doc.pop("encrypted", None)
+            return doc
+        if not reason or not reason.strip():
+            raise PermissionError("decrypting audit content requires a stated reason")
+        await self.record_event(
+            Event(
+                "content_access",
+                actor,
+                {"record": doc["doc_id"], "interaction": (doc.get("interaction") or {}).get("id")},
+                reason=reason.strip(),
+            )
+        )
+        reader = await self.reader()
+        if reader.keyring is None:
+            raise KeyUnavailable("no key ring")
+        doc["content"] = decrypt(reader.keyring, doc)
+        doc.pop("encrypted", None)
+        return doc
+
+    async def verify(
+        self, since: float | None = None, until: float | None = None, instance: str | None = None
+    ) -> VerifyReport:
+        reader = await self.reader()
+        return await verify(reader.store, reader.public_key, since=since, until=until, instance=instance)
+
+
+__all__ = ["AuditService", "KeyUnavailable", "RecordCorrupt", "open_store"]

@@ -1,0 +1,129 @@
+"""`Shipper`: moves audit records from the spool to the store, in order, until none are left behind.
+
+Keys ship before the records that need them, checkpoints after the records they cover. A failed
+batch is retried with exponential backoff (1 s doubling to 60 s) for as long as it takes; since
+writes are create-only with deterministic ids, a batch that partly landed before a failure is
+simply created again and the duplicates are ignored. After a restart it resumes from the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import orjson
+
+from sentinel.audit.spool import Spool
+from sentinel.audit.store import AuditStore, StoreUnavailable
+from sentinel.audit.trail import AuditMetrics
+
+log = logging.getLogger("sentinel.audit.shipper")
+
+
+class Shipper:
+    def __init__(
+        self,
+        spool: Spool,
+        store: AuditStore,
+        metrics: AuditMetrics,
+        *,
+        batch: int = 500,
+        idle_interval: float = 0.5,
+        max_backoff: float = 60.0,
+        spool_retention: float = 24 * 3600.0,
+    ) -> None:
+        self.spool = spool
+        self.store = store
+        self.metrics = metrics
+        self.batch = batch
+        self.idle_interval = idle_interval
+        self.max_backoff = max_backoff
+        self.spool_retention = spool_retention
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.down_since: float | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-shipper")
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def stop(self, drain_timeout: float = 5.0) -> None:
+        """Try to ship what is left for a moment; whatever remains stays safe in the spool."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def ship_once(self) -> int:
+        """Ship one batch; returns how many records it carried (0 when the spool is drained)."""
+        keys, records, checkpoints = await self.spool.run(lambda: self.spool.unshipped(self.batch))
+        if not (keys or records or checkpoints):
+            return 0
+        key_docs = [orjson.loads(k) for k in keys]
+        if key_docs:
+            await self.store.put_keys(key_docs)
+        if records:
+            await self.store.put_records([(r.doc_id, r.body) for r in records])
+        checkpoint_docs = [orjson.loads(c) for c in checkpoints]
+        if checkpoint_docs:
+            await self.store.put_checkpoints(checkpoint_docs)
+        last_seq = records[-1].seq if records else None
+        await self.spool.run(
+            lambda: self.spool.mark_shipped(
+                [(k["kid"], k["kek_id"]) for k in key_docs], last_seq, [c["seq"] for c in checkpoint_docs]
+            )
+        )
+        self.metrics.shipped.inc(len(records))
+        count, oldest = await self.spool.run(self.spool.backlog)
+        self.metrics.unshipped, self.metrics.oldest_unshipped = count, oldest
+        return len(records) + len(key_docs) + len(checkpoint_docs)
+
+    async def _run(self) -> None:
+        backoff = 1.0
+        last_prune = 0.0
+        while True:
+            try:
+                shipped = await self.ship_once()
+            except StoreUnavailable as exc:
+                self.metrics.ship_failures.inc()
+                if self.down_since is None:
+                    self.down_since = time.time()
+                    log.warning("audit store unavailable, records stay in the spool: %s", exc)
+                if self._stopping:
+                    return
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            except Exception:
+                log.exception("audit shipper failed; retrying")
+                self.metrics.ship_failures.inc()
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if self.down_since is not None:
+                log.info("audit store reachable again after %.0fs", time.time() - self.down_since)
+                self.down_since = None
+            backoff = 1.0
+            if shipped:
+                continue
+            if self._stopping:
+                return
+            if time.time() - last_prune > 600:
+                last_prune = time.time()
+                await self.spool.run(lambda: self.spool.prune(time.time() - self.spool_retention))
+            await self._sleep(self.idle_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)

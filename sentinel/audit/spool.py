@@ -1,0 +1,225 @@
+"""`Spool`: the durable local queue every audit record enters first (SQLite, WAL, group commit).
+
+A record is durable once its batch's transaction has committed (`synchronous=FULL` fsyncs the
+WAL on each commit). The shipper later copies records to the store and marks them shipped;
+shipped records older than the retention are pruned, except the newest, which carries the chain
+head across restarts. All database work runs on the spool's own single thread, serialised, so the
+event loop never waits on disk; callers get awaitables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from sentinel.audit.chain import ChainHead
+from sentinel.audit.keyring import WrappedKey
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    doc_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    body BLOB NOT NULL,
+    shipped INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS records_unshipped ON records(shipped, seq);
+CREATE TABLE IF NOT EXISTS keys (
+    kid TEXT NOT NULL,
+    kek_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    shipped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kid, kek_id)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    body BLOB NOT NULL,
+    shipped INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class SpoolUnavailable(Exception):
+    """The spool cannot be opened or written (read-only directory, disk full, corrupt file)."""
+
+
+@dataclass(slots=True)
+class Row:
+    seq: int
+    doc_id: str
+    kind: str
+    recorded_at: float
+    body: bytes
+
+
+class Spool:
+    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-spool")
+        self._db: sqlite3.Connection | None = None
+
+    # -- running work on the spool thread -----------------------------------------------------
+    def run_sync(self, fn: Callable[[], T]) -> T:
+        """Run on the spool thread and wait (for start-up and rare key writes)."""
+        return self._executor.submit(fn).result()
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        self._executor.submit(_close).result()
+        self._executor.shutdown(wait=True)
+
+    # -- everything below runs on the spool thread --------------------------------------------
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.executescript(_SCHEMA)
+            # Prove the database is writable now rather than on the first request.
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolUnavailable(f"cannot open audit spool {self.path}: {exc}") from exc
+        self._db = db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolUnavailable(f"audit spool {self.path} is not open")
+        return self._db
+
+    def head(self) -> ChainHead:
+        row = self.db.execute("SELECT body FROM records ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return ChainHead()
+        doc = orjson.loads(row[0])
+        return ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
+
+    def last_checkpoint(self) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT body FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
+        return orjson.loads(row[0]) if row else None
+
+    def write(self, rows: list[Row], checkpoint: dict[str, Any] | None = None) -> None:
+        """One transaction: the batch is durable when this returns."""
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO records (seq, doc_id, kind, recorded_at, body) VALUES (?, ?, ?, ?, ?)",
+                [(r.seq, r.doc_id, r.kind, r.recorded_at, r.body) for r in rows],
+            )
+            if checkpoint is not None:
+                db.execute(
+                    "INSERT INTO checkpoints (seq, body) VALUES (?, ?)", (checkpoint["seq"], orjson.dumps(checkpoint))
+                )
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise SpoolUnavailable(f"cannot write to audit spool {self.path}: {exc}") from exc
+
+    def stored_keys(self) -> list[WrappedKey]:
+        return [WrappedKey.from_dict(orjson.loads(b)) for (b,) in self.db.execute("SELECT body FROM keys")]
+
+    # KeyTable (used by KeyRing, from any thread but the spool's own)
+    def load_keys(self) -> list[WrappedKey]:
+        return self.run_sync(self.stored_keys)
+
+    def save_keys(self, keys: Iterable[WrappedKey]) -> None:
+        items = list(keys)
+
+        def _save() -> None:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT OR REPLACE INTO keys (kid, kek_id, body, shipped) VALUES (?, ?, ?, 0)",
+                [(k.kid, k.kek_id, orjson.dumps(k.to_dict())) for k in items],
+            )
+            db.execute("COMMIT")
+
+        self.run_sync(_save)
+
+    # shipping
+    def unshipped(self, limit: int) -> tuple[list[bytes], list[Row], list[bytes]]:
+        """Keys, records and checkpoints not yet in the store, oldest first."""
+        db = self.db
+        keys = [b for (b,) in db.execute("SELECT body FROM keys WHERE shipped = 0")]
+        records = [
+            Row(*r)
+            for r in db.execute(
+                "SELECT seq, doc_id, kind, recorded_at, body FROM records WHERE shipped = 0 ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+        ]
+        last_seq = records[-1].seq if records else None
+        if last_seq is None:
+            checkpoints = [b for (b,) in db.execute("SELECT body FROM checkpoints WHERE shipped = 0 ORDER BY seq")]
+        else:
+            # A checkpoint ships only after the records it covers.
+            checkpoints = [
+                b
+                for (b,) in db.execute(
+                    "SELECT body FROM checkpoints WHERE shipped = 0 AND seq <= ? ORDER BY seq", (last_seq,)
+                )
+            ]
+        return keys, records, checkpoints
+
+    def mark_shipped(self, key_ids: list[tuple[str, str]], last_seq: int | None, checkpoint_seqs: list[int]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("UPDATE keys SET shipped = 1 WHERE kid = ? AND kek_id = ?", key_ids)
+        if last_seq is not None:
+            db.execute("UPDATE records SET shipped = 1 WHERE shipped = 0 AND seq <= ?", (last_seq,))
+        db.executemany("UPDATE checkpoints SET shipped = 1 WHERE seq = ?", [(s,) for s in checkpoint_seqs])
+        db.execute("COMMIT")
+
+    def backlog(self) -> tuple[int, float | None]:
+        """(records not yet shipped, recorded_at of the oldest of them)."""
+        count, oldest = self.db.execute("SELECT COUNT(*), MIN(recorded_at) FROM records WHERE shipped = 0").fetchone()
+        return int(count), oldest
+
+    def prune(self, older_than: float) -> int:
+        """Delete shipped records recorded before `older_than`, never the newest record."""
+        db = self.db
+        cursor = db.execute(
+            "DELETE FROM records WHERE shipped = 1 AND recorded_at < ? AND seq < (SELECT MAX(seq) FROM records)",
+            (older_than,),
+        )
+        db.execute("DELETE FROM checkpoints WHERE shipped = 1 AND seq < (SELECT MAX(seq) FROM checkpoints)")
+        return cursor.rowcount
+
+    def incomplete_since(self, since: float) -> list[dict[str, Any]]:
+        """Strict-mode `interaction_started` records with no completed record after them (crash evidence)."""
+        started = {}
+        for (body,) in self.db.execute(
+            "SELECT body FROM records WHERE kind IN ('interaction_started', 'interaction') AND recorded_at >= ? "
+            "ORDER BY seq",
+            (since,),
+        ):
+            doc = orjson.loads(body)
+            interaction_id = doc["interaction"]["id"]
+            if doc["kind"] == "interaction_started":
+                started[interaction_id] = doc
+            else:
+                started.pop(interaction_id, None)
+        return list(started.values())

@@ -1,0 +1,82 @@
+"""Where shipped audit records live and are read back: Elasticsearch, or the embedded SQLite store.
+
+Both implement `AuditStore`. Writes are idempotent (deterministic ids, create-only), so a retried
+batch never duplicates a record. Reads serve `audit search/show/verify`, reports and backups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sentinel.audit.keyring import WrappedKey
+
+
+@dataclass(slots=True, frozen=True)
+class ChainLink:
+    """What verification needs of one stored record."""
+
+    seq: int
+    doc_id: str
+    prev_hash: str
+    claimed_hash: str
+    """The `hash` field as stored."""
+    content_hash: str
+    """SHA-256 recomputed over the stored content."""
+    recorded_at: float
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or refused a write; the shipper backs off and retries."""
+
+
+@dataclass(slots=True)
+class SearchQuery:
+    """Filters over record metadata (all optional; combined with AND)."""
+
+    since: float | None = None
+    until: float | None = None
+    model: str | None = None
+    operation: str | None = None
+    outcome: str | None = None
+    status: int | None = None
+    user_index: str | None = None
+    api_key_id: str | None = None
+    kind: str | None = None
+    instance: str | None = None
+    limit: int = 100
+
+
+class AuditStore(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def put_keys(self, keys: Sequence[dict[str, Any]]) -> None: ...
+
+    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> None:
+        """Create each `(doc_id, json)`; a doc that already exists is not an error (retries)."""
+
+    async def put_checkpoints(self, docs: Sequence[dict[str, Any]]) -> None: ...
+
+    async def keys(self) -> list[WrappedKey]: ...
+
+    async def get(self, record_id: str) -> dict[str, Any] | None:
+        """A record by its doc id (`instance:seq`) or by interaction id (the completed record)."""
+
+    async def search(self, query: SearchQuery) -> list[dict[str, Any]]:
+        """Newest first, documents without their `encrypted` part."""
+
+    async def instances(self) -> list[str]: ...
+
+    def chain(self, instance: str, from_seq: int = 1, to_seq: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Full documents of one instance in sequence order."""
+
+    def chain_links(self, instance: str, from_seq: int = 1, to_seq: int | None = None) -> AsyncIterator[ChainLink]:
+        """The chain fields of one instance's records in sequence order, hashes recomputed."""
+
+    async def seq_range(self, instance: str, since: float | None, until: float | None) -> tuple[int, int] | None:
+        """First and last sequence numbers recorded in [since, until] (by `recorded_at`)."""
+
+    async def checkpoints(self, instance: str) -> list[dict[str, Any]]: ...

@@ -1,0 +1,304 @@
+"""`AuditTrail`: seals entries into chained, encrypted records and makes them durable in group commits.
+
+Callers `await append(...)`; entries that arrive while a commit is in flight wait together and go
+in the next transaction, so a busy proxy pays one fsync per batch, not per record. Sealing
+(encryption, chaining, hashing) happens on the event loop in small slices, right before the batch
+is written: the chain head only advances once a batch is durable, and a failed write rolls it back.
+
+Two ways in:
+- `AuditSink` (mode `best_effort`): a sink behind the recorder; the proxy never waits; a record
+  that cannot be written is counted in `sentinel_audit_records_lost_total`.
+- `AuditJournal` (mode `strict`): on the request path; a request is recorded (as
+  `interaction_started`) before it is forwarded and the completed record is durable before the
+  response's last byte is released. A request that cannot be recorded is refused with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from sentinel.audit import record as records
+from sentinel.audit.chain import ChainHead, make_checkpoint
+from sentinel.audit.keyring import KeyRing
+from sentinel.audit.record import Event
+from sentinel.audit.spool import Row, Spool, SpoolUnavailable
+from sentinel.capture.build import build_interaction, request_interaction
+from sentinel.interaction import Interaction
+from sentinel.proxy.exchange import Exchange
+from sentinel.proxy.hooks import JournalUnavailable
+from sentinel.telemetry.metrics import ReadAtScrape
+
+log = logging.getLogger("sentinel.audit")
+
+_SEAL_SLICE = 32
+"""Records sealed between two yields to the event loop."""
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: str
+    interaction: Interaction | None = None
+    event: Event | None = None
+
+
+class AuditMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.written = Counter(
+            "sentinel_audit_records_written", "Audit records made durable in the spool.", registry=registry
+        )
+        self.lost = Counter(
+            "sentinel_audit_records_lost",
+            "Interactions that could not be recorded (best_effort mode: served anyway).",
+            registry=registry,
+        )
+        self.refused = Counter(
+            "sentinel_audit_refused",
+            "Requests refused or cut because the audit trail could not record them (strict mode).",
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            "sentinel_audit_commit_duration_seconds",
+            "Time to make one group commit durable.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "sentinel_audit_commit_batch_records",
+            "Records per group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=registry,
+        )
+        self.shipped = Counter("sentinel_audit_shipped", "Audit records accepted by the store.", registry=registry)
+        self.ship_failures = Counter(
+            "sentinel_audit_ship_failures", "Failed attempts to ship a batch to the store.", registry=registry
+        )
+        self.unshipped = 0
+        self.oldest_unshipped: float | None = None
+        self.last_checkpoint: float | None = None
+
+    def register_gauges(self, gauges: ReadAtScrape) -> None:
+        gauges.gauge(
+            "sentinel_audit_spool_records",
+            "Audit records in the spool not yet shipped to the store.",
+            [],
+            lambda: [((), self.unshipped)],
+        )
+        gauges.gauge(
+            "sentinel_audit_shipping_lag_seconds",
+            "Age of the oldest audit record not yet shipped to the store (0 when none).",
+            [],
+            lambda: [((), time.time() - self.oldest_unshipped if self.oldest_unshipped else 0.0)],
+        )
+        gauges.gauge(
+            "sentinel_audit_last_checkpoint_timestamp_seconds",
+            "When this instance last signed a chain checkpoint.",
+            [],
+            lambda: [((), self.last_checkpoint)] if self.last_checkpoint else [],
+        )
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        spool: Spool,
+        instance: str,
+        metrics: AuditMetrics,
+        *,
+        checkpoint_every: int = 1000,
+        checkpoint_interval: float = 300.0,
+    ) -> None:
+        self.spool = spool
+        self.keyring: KeyRing | None = None
+        """Set by `start`; until then (or if the spool cannot be opened) every append fails."""
+        self.unavailable = "the audit trail has not started"
+        self.instance = instance
+        self.metrics = metrics
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
+        self._head = ChainHead()
+        self._last_checkpoint: dict[str, Any] | None = None
+        self._pending: list[tuple[Entry, asyncio.Future[None]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._checkpoint_requested = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self, keyring: KeyRing) -> None:
+        self._head = await self.spool.run(self.spool.head)
+        self._last_checkpoint = await self.spool.run(self.spool.last_checkpoint)
+        if self._last_checkpoint is not None:
+            self.metrics.last_checkpoint = self._last_checkpoint["time"]
+        count, oldest = await self.spool.run(self.spool.backlog)
+        self.metrics.unshipped, self.metrics.oldest_unshipped = count, oldest
+        self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="audit-checkpoints")
+        self.keyring = keyring
+        log.info("audit trail for instance %s at sequence %d", self.instance, self._head.seq)
+
+    async def stop(self) -> None:
+        """Write what is pending plus a final checkpoint, then stop."""
+        self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._checkpoint_requested = True
+        self._ensure_flushing()
+        while self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+
+    @property
+    def head(self) -> ChainHead:
+        return self._head
+
+    # -- appending -----------------------------------------------------------------------------
+    def append(self, entries: Sequence[Entry]) -> asyncio.Future[None]:
+        """Queue entries; the returned future resolves once they are durable (or fails)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        if self._closed or self.keyring is None:
+            reason = "the audit trail is shutting down" if self._closed else self.unavailable
+            done.set_exception(JournalUnavailable(reason))
+            return done
+        if not entries:
+            done.set_result(None)
+            return done
+        last = len(entries) - 1
+        for index, entry in enumerate(entries):
+            # Only the last entry's future is handed out; the batch is committed atomically.
+            self._pending.append((entry, done if index == last else loop.create_future()))
+        self._ensure_flushing()
+        return done
+
+    def _ensure_flushing(self) -> None:
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush(), name="audit-flush")
+
+    async def record_event(self, event: Event) -> None:
+        await self.append([Entry(records.EVENT, event=event)])
+
+    async def _flush(self) -> None:
+        while self._pending or self._checkpoint_requested:
+            batch, self._pending = self._pending, []
+            force, self._checkpoint_requested = self._checkpoint_requested, False
+            await self._commit(batch, force_checkpoint=force)
+
+    async def _commit(self, batch: list[tuple[Entry, asyncio.Future[None]]], force_checkpoint: bool = False) -> None:
+        started = time.perf_counter()
+        keyring = self.keyring
+        assert keyring is not None
+        head = ChainHead(self._head.seq, self._head.hash, self._head.recorded_at)
+        rows: list[Row] = []
+        try:
+            for index, (entry, _) in enumerate(batch):
+                doc = records.seal(
+                    keyring,
+                    instance=self.instance,
+                    seq=head.seq + 1,
+                    prev_hash=head.hash,
+                    kind=entry.kind,
+                    interaction=entry.interaction,
+                    event=entry.event,
+                )
+                head = ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
+                rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], records.encode(doc)))
+                if index % _SEAL_SLICE == _SEAL_SLICE - 1:
+                    await asyncio.sleep(0)
+            checkpoint = None
+            if self._checkpoint_due(head=head, force=force_checkpoint):
+                kid, key = keyring.signing_key()
+                checkpoint = make_checkpoint(self.instance, head, self._last_checkpoint, kid, key)
+            if rows or checkpoint is not None:
+                await self.spool.run(lambda: self.spool.write(rows, checkpoint))
+        except Exception as exc:  # the chain head stays where the spool is
+            error = exc if isinstance(exc, SpoolUnavailable) else SpoolUnavailable(f"{type(exc).__name__}: {exc}")
+            log.error("audit spool write failed for %d records: %s", len(rows), error)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(JournalUnavailable(str(error)))
+            return
+        self._head = head
+        if checkpoint is not None:
+            self._last_checkpoint = checkpoint
+            self.metrics.last_checkpoint = checkpoint["time"]
+        if rows:
+            self.metrics.written.inc(len(rows))
+            self.metrics.unshipped += len(rows)
+            if self.metrics.oldest_unshipped is None:
+                self.metrics.oldest_unshipped = rows[0].recorded_at
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(rows))
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _checkpoint_due(self, head: ChainHead | None = None, force: bool = False) -> bool:
+        head = head or self._head
+        last = self._last_checkpoint
+        if head.seq == 0 or (last is not None and last["seq"] >= head.seq):
+            return False
+        if force or last is None:
+            return True
+        return bool(
+            head.seq - last["seq"] >= self.checkpoint_every or time.time() - last["time"] >= self.checkpoint_interval
+        )
+
+    async def _tick(self) -> None:
+        """Sign a checkpoint for a quiet chain once the interval has passed."""
+        while True:
+            await asyncio.sleep(min(self.checkpoint_interval, 60.0) / 4)
+            if self._checkpoint_due():
+                self._checkpoint_requested = True
+                self._ensure_flushing()
+
+
+class AuditSink:
+    """`best_effort` mode: records interactions after the fact; never slows or fails a request."""
+
+    name = "audit"
+
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
+
+    async def start(self) -> None:
+        pass
+
+    async def write(self, batch: Sequence[Interaction]) -> None:
+        try:
+            await self.trail.append([Entry(records.INTERACTION, interaction=i) for i in batch])
+        except JournalUnavailable:
+            self.trail.metrics.lost.inc(len(batch))
+
+    async def stop(self) -> None:
+        pass
+
+
+class AuditJournal:
+    """`strict` mode: the request path waits for durability, twice per call (see module docstring)."""
+
+    def __init__(self, trail: AuditTrail, *, instance: str = "", provider: str = "auto") -> None:
+        self.trail = trail
+        self.instance = instance
+        self.provider = provider
+
+    async def begin(self, exchange: Exchange) -> None:
+        started = request_interaction(exchange, instance=self.instance, provider=self.provider)
+        try:
+            await self.trail.append([Entry(records.INTERACTION_STARTED, interaction=started)])
+        except JournalUnavailable:
+            self.trail.metrics.refused.inc()
+            raise
+
+    async def complete(self, exchange: Exchange) -> None:
+        interaction = build_interaction(exchange, instance=self.instance, provider=self.provider)
+        exchange.interaction = interaction  # the recorder reuses it instead of parsing twice
+        try:
+            await self.trail.append([Entry(records.INTERACTION, interaction=interaction)])
+        except JournalUnavailable:
+            self.trail.metrics.refused.inc()
+            raise
