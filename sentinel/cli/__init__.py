@@ -91,10 +91,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import demo, serve
+    from sentinel.cli import demo, generate, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
+    main.add_command(generate.generate)
 
 
 _register()

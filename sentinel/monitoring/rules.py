@@ -192,8 +192,8 @@ ALERTS: list[Alert] = [
         threshold=0,
         for_="0m",
         summary="Interactions were not recorded",
-        description="{{ $value | humanize }} interactions on {{ $labels.instance }} were dropped before recording in 15m "
-        "(recorder queue full): they are missing from metrics, traces and the audit trail.",
+        description="{{ $value | humanize }} interactions on {{ $labels.instance }} were dropped before "
+        "recording in 15m (recorder queue full): they are missing from metrics, traces and the audit trail.",
         group="sentinel.errors",
     ),
     Alert(
@@ -204,8 +204,8 @@ ALERTS: list[Alert] = [
         threshold=0,
         for_="0m",
         summary="Sink {{ $labels.sink }} is losing records",
-        description="{{ $value | humanize }} interactions were dropped or failed to write in sink {{ $labels.sink }} on "
-        "{{ $labels.instance }} in 15m.",
+        description="{{ $value | humanize }} interactions were dropped or failed to write in sink "
+        "{{ $labels.sink }} on {{ $labels.instance }} in 15m.",
         group="sentinel.errors",
     ),
     *_levels(
@@ -260,7 +260,7 @@ ALERTS: list[Alert] = [
         for_="15m",
         summary="Audit shipping keeps failing",
         description="Shipping audit records from {{ $labels.instance }} to Elasticsearch has failed for 15m "
-        "({{ printf \"%.3f\" $value }} failures/s); records wait in the spool.",
+        '({{ printf "%.3f" $value }} failures/s); records wait in the spool.',
         group="sentinel.audit",
     ),
     Alert(
@@ -270,8 +270,8 @@ ALERTS: list[Alert] = [
         threshold=0,
         for_="0m",
         summary="Audit records were lost",
-        description="{{ $value | humanize }} audit records on {{ $labels.instance }} were lost in 15m (best-effort mode): the "
-        "audit trail has a gap.",
+        description="{{ $value | humanize }} audit records on {{ $labels.instance }} were lost in 15m "
+        "(best-effort mode): the audit trail has a gap.",
         group="sentinel.audit",
     ),
     Alert(
