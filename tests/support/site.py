@@ -1,7 +1,7 @@
 """`StaticSite`: a real HTTP server on a real socket answering fixed bodies per path, changeable mid-test.
 
-For sources Sentinel polls (model server `/metrics`, Ollama `/api/ps`, a DCGM exporter): tests set
-what each path answers and count how often it was asked.
+For sources Sentinel polls (model server `/metrics`, Ollama `/api/ps`, a DCGM exporter) or posts to
+(an OTLP endpoint): tests set what each path answers, whatever the method, and count the requests.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class StaticSite:
 async def running_site() -> AsyncIterator[StaticSite]:
     site = StaticSite()
     app = web.Application()
-    app.router.add_route("GET", "/{tail:.*}", site.handle)
+    app.router.add_route("*", "/{tail:.*}", site.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = socket.socket()
