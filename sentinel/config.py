@@ -220,6 +220,9 @@ class GrafanaSettings(_Section):
     )
     elasticsearch_index: str = Field(default="sentinel-audit-*", description="Index pattern of the audit records.")
     elasticsearch_time_field: str = "@timestamp"
+    elasticsearch_user: str | None = Field(default=None, description="Basic auth user Grafana uses for Elasticsearch.")
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_password_file: Path | None = None
     alert_rules: bool = Field(default=False, description="Also create Grafana-managed copies of the alert rules.")
     timeout: float = Field(default=10.0, gt=0)
 
@@ -229,6 +232,10 @@ class GrafanaSettings(_Section):
             self.token = _read_secret_file(self.token_file, "grafana.token")
         if self.password is None:
             self.password = _read_secret_file(self.password_file, "grafana.password")
+        if self.elasticsearch_password is None:
+            self.elasticsearch_password = _read_secret_file(
+                self.elasticsearch_password_file, "grafana.elasticsearch_password"
+            )
         return self
 
 

@@ -55,6 +55,14 @@ class Alert:
         return expr
 
     @property
+    def bool_expr(self) -> str:
+        """1 where the alert condition holds, 0 where not, for every series: what Grafana-managed rules evaluate."""
+        expr = f"{self.query} {self.op} bool {number(self.threshold)}"
+        if self.unless:
+            expr = f"({expr})\nunless {self.unless}"
+        return expr
+
+    @property
     def anchor(self) -> str:
         return self.name.lower()
 
