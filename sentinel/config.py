@@ -176,7 +176,7 @@ class GpuSettings(_Section):
     @field_validator("metrics_url", "ollama_url", "dcgm_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
+        if value is None or not value.strip():  # an empty env var (compose `${VAR:-}`) means unset
             return None
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
