@@ -37,5 +37,12 @@ format: setup  ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff check --fix sentinel tests bench
 	$(VENV)/bin/ruff format sentinel tests bench
 
+generate: setup  ## regenerate rules/, dashboards/ and docs/dashboards.md from sentinel/monitoring
+	$(VENV)/bin/sentinel generate
+
+rules-test: deps  ## promtool: check the alert rules and run their unit tests (rules/tests)
+	promtool check rules rules/sentinel.rules.yml
+	promtool test rules rules/tests/*.yml
+
 bench: setup deps  ## proxy overhead benchmark (direct vs via Sentinel), results in bench/results/
 	$(PY) bench/proxy.py

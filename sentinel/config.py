@@ -192,6 +192,95 @@ class ElasticsearchSettings(_Section):
         return self
 
 
+GpuSource = Literal["auto", "nvml", "vllm", "sglang", "llamacpp", "ollama", "dcgm"]
+
+
+class GpuSettings(_Section):
+    """Where GPU memory and KV-cache usage are read from (exported as ``sentinel_gpu_*``).
+
+    ``sources: [auto]`` uses NVML when a GPU and driver are present, detects the model server behind
+    ``upstream.url`` (vLLM, SGLang, llama.cpp ``/metrics`` or Ollama ``/api/ps``) and reads a DCGM
+    exporter when ``dcgm_url`` is set. An explicit list, e.g. ``[nvml, vllm]``, reports every listed
+    source, as absent (``sentinel_gpu_source_up 0``) while it cannot be read. ``[]`` turns GPU metrics off.
+    """
+
+    sources: list[GpuSource] = Field(default_factory=lambda: list[GpuSource](["auto"]))
+    metrics_url: str | None = Field(
+        default=None, description="The model server's Prometheus endpoint; default: upstream.url + /metrics."
+    )
+    ollama_url: str | None = Field(default=None, description="Ollama's base URL for /api/ps; default: upstream.url.")
+    dcgm_url: str | None = Field(
+        default=None, description="A DCGM exporter's metrics URL, e.g. http://dcgm-exporter:9400/metrics."
+    )
+    interval: float = Field(default=15.0, gt=0, description="How often HTTP sources are polled.")
+    timeout: float = Field(default=5.0, gt=0, description="How long one poll may take.")
+
+    @field_validator("metrics_url", "ollama_url", "dcgm_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():  # an empty env var (compose `${VAR:-}`) means unset
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, value: list[GpuSource]) -> list[GpuSource]:
+        if "auto" in value and len(value) > 1:
+            raise ValueError("'auto' cannot be combined with explicit sources")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _dcgm_needs_url(self) -> GpuSettings:
+        if "dcgm" in self.sources and self.dcgm_url is None:
+            raise ValueError("source 'dcgm' needs gpu.dcgm_url (env SENTINEL_GPU_DCGM_URL)")
+        return self
+
+
+class GrafanaSettings(_Section):
+    """The Grafana that `sentinel grafana provision` sets up: datasources, a folder, dashboards, alert rules.
+
+    Credentials come from env or files only: a service account token (``token`` / ``token_file``) or
+    a user and password (``user`` with ``password`` / ``password_file``).
+    """
+
+    url: str = "http://127.0.0.1:3000"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    folder_uid: str = "sentinel"
+    folder_title: str = "Sentinel"
+    prometheus_url: str = Field(
+        default="http://prometheus:9090", description="Prometheus as Grafana's server reaches it."
+    )
+    elasticsearch_url: str | None = Field(
+        default=None, description="Elasticsearch as Grafana reaches it; unset: no Elasticsearch datasource."
+    )
+    elasticsearch_index: str = Field(default="sentinel-audit-*", description="Index pattern of the audit records.")
+    elasticsearch_time_field: str = "@timestamp"
+    elasticsearch_user: str | None = Field(default=None, description="Basic auth user Grafana uses for Elasticsearch.")
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_password_file: Path | None = None
+    alert_rules: bool = Field(default=False, description="Also create Grafana-managed copies of the alert rules.")
+    timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> GrafanaSettings:
+        if self.token is None:
+            self.token = _read_secret_file(self.token_file, "grafana.token")
+        if self.password is None:
+            self.password = _read_secret_file(self.password_file, "grafana.password")
+        if self.elasticsearch_password is None:
+            self.elasticsearch_password = _read_secret_file(
+                self.elasticsearch_password_file, "grafana.elasticsearch_password"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Everything Sentinel reads at start. Build it with :func:`load_settings`."""
 
@@ -233,6 +322,8 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
+    gpu: GpuSettings = Field(default_factory=GpuSettings)
+    grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
 
     yaml_file: ClassVar[Path | None] = None
 

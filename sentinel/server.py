@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.audit.service import AuditService
 from sentinel.config import ConfigError, Settings
+from sentinel.gpu.monitor import GpuMonitor
 from sentinel.proxy.app import ProxyApp
 from sentinel.recorder import Recorder
 from sentinel.sinks import Sink, SinkRunner, sink_counters
@@ -86,6 +87,7 @@ class Sentinel:
     proxy: ProxyApp
     probe: UpstreamProbe
     audit: AuditService | None = None
+    gpu: GpuMonitor | None = None
     proxy_url: str = ""
     admin_url: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
@@ -159,7 +161,9 @@ def build(
         interval=settings.upstream.health_interval,
         api_key=api_key,
     )
-    return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit)
+    gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url)
+    registry.register(gpu.collector)
+    return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu)
 
 
 @contextlib.asynccontextmanager
@@ -205,6 +209,8 @@ async def run_server(
     await sentinel.recorder.start()
     await sentinel.proxy.start()
     sentinel.probe.start()
+    if sentinel.gpu is not None:
+        sentinel.gpu.start()
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
@@ -222,6 +228,8 @@ async def run_server(
         proxy_server.should_exit = admin_server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         await sentinel.probe.stop()
+        if sentinel.gpu is not None:
+            await sentinel.gpu.stop()
         await sentinel.proxy.close()
         await sentinel.recorder.stop(settings.sinks.drain_timeout)
         if sentinel.audit is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,42 @@ def test_cli_serve_bad_value_exits_2_naming_key(tmp_path: Path) -> None:
 def test_cli_serve_without_upstream_says_how(tmp_path: Path) -> None:
     result = run_cli("serve", "--data-dir", str(tmp_path))
     assert result.returncode == 2 and "SENTINEL_UPSTREAM_URL" in result.stderr and "--upstream" in result.stderr
+
+
+def test_gpu_and_grafana_env_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    token = tmp_path / "grafana-token"
+    token.write_text("glsa_from_file\n")
+    for name, value in {
+        "SENTINEL_GPU_SOURCES": '["nvml", "vllm", "dcgm"]',
+        "SENTINEL_GPU_METRICS_URL": "http://vllm:8000/metrics",
+        "SENTINEL_GPU_DCGM_URL": "http://dcgm-exporter:9400/metrics",
+        "SENTINEL_GPU_OLLAMA_URL": "",  # compose's `${VAR:-}`: unset
+        "SENTINEL_GPU_INTERVAL": "5",
+        "SENTINEL_GRAFANA_URL": "http://grafana:3000",
+        "SENTINEL_GRAFANA_TOKEN_FILE": str(token),
+        "SENTINEL_GRAFANA_ELASTICSEARCH_URL": "http://elasticsearch:9200",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.gpu.sources == ["nvml", "vllm", "dcgm"] and settings.gpu.interval == 5
+    assert settings.gpu.dcgm_url == "http://dcgm-exporter:9400/metrics" and settings.gpu.ollama_url is None
+    assert settings.grafana.url == "http://grafana:3000"
+    assert settings.grafana.token is not None and settings.grafana.token.get_secret_value() == "glsa_from_file"
+    assert "glsa_from_file" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SENTINEL_GPU_SOURCES": '["auto", "nvml"]'}, "gpu.sources"),
+        ({"SENTINEL_GPU_SOURCES": '["cuda"]'}, "gpu.sources"),
+        ({"SENTINEL_GPU_SOURCES": '["dcgm"]'}, "SENTINEL_GPU_DCGM_URL"),
+        ({"SENTINEL_GPU_METRICS_URL": "vllm:8000/metrics"}, "gpu.metrics_url"),
+        ({"SENTINEL_GPU_INTERVAL": "0"}, "gpu.interval"),
+    ],
+)
+def test_bad_gpu_setting_names_the_key(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        load_settings()

@@ -91,10 +91,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import demo, serve
+    from sentinel.cli import demo, generate, grafana, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
+    main.add_command(generate.generate)
+    main.add_command(grafana.grafana)
 
 
 _register()

@@ -23,6 +23,8 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# Boundaries at the alert thresholds (sentinel/monitoring/thresholds.py) so quantiles are exact there.
+ANSWER_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 OTHER_MODEL = "other"
 NO_MODEL = "none"
@@ -63,6 +65,15 @@ class ProxyMetrics:
             "Time from request arrival to the last response byte, as seen by Sentinel.",
             [op, model, "error_type"],
             buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        # The GenAI histogram has no stream label (and a large label set); alerting on non-streamed latency
+        # needs one, so this small histogram adds it: operations x {true,false} x buckets.
+        self.answer_duration = Histogram(
+            "sentinel_request_duration_seconds",
+            "Request arrival to last response byte for requests that ended ok, by operation and streaming.",
+            [op, "stream"],
+            buckets=ANSWER_BUCKETS,
             registry=registry,
         )
         self.ttft = Histogram(
@@ -116,7 +127,7 @@ class ProxyMetrics:
         )
         self._request_bytes = self.bytes.labels("request")
         self._response_bytes = self.bytes.labels("response")
-        self._children: dict[tuple[str, str, str, str, str], _Children] = {}
+        self._children: dict[tuple[str, str, str, str, str, bool], _Children] = {}
         Info("sentinel_build", "Sentinel version.", registry=registry).info({"version": __version__})
 
     def observe(self, i: Interaction) -> None:
@@ -124,12 +135,14 @@ class ProxyMetrics:
         model = self.models(i.model_requested)
         error_type = i.error_type or ""
         status_class = _STATUS_CLASS.get(i.status_code // 100, "none")
-        key = (op, model, status_class, i.outcome.value, error_type)
+        key = (op, model, status_class, i.outcome.value, error_type, i.stream)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = _Children(self, key)
         children.requests.inc()
         children.duration.observe(i.duration_s)
+        if children.answer_duration is not None:
+            children.answer_duration.observe(i.duration_s)
         if children.errors is not None:
             children.errors.inc()
         if i.ttft_s is not None:
@@ -158,6 +171,7 @@ class _Children:
     """The labelled series one label combination touches, looked up once and cached (labels() is not free)."""
 
     __slots__ = (
+        "answer_duration",
         "duration",
         "errors",
         "input_tokens",
@@ -171,11 +185,13 @@ class _Children:
         "usage_unknown",
     )
 
-    def __init__(self, m: ProxyMetrics, key: tuple[str, str, str, str, str]) -> None:
-        op, model, status_class, outcome, error_type = key
+    def __init__(self, m: ProxyMetrics, key: tuple[str, str, str, str, str, bool]) -> None:
+        op, model, status_class, outcome, error_type, stream = key
+        ok = outcome == Outcome.OK.value
+        self.answer_duration = m.answer_duration.labels(op, "true" if stream else "false") if ok else None
         self.requests = m.requests.labels(op, model, status_class, outcome, error_type)
         self.duration = m.request_duration.labels(op, model, error_type)
-        self.errors = m.errors.labels(op, error_type) if outcome != Outcome.OK.value else None
+        self.errors = m.errors.labels(op, error_type) if not ok else None
         self.ttft = m.ttft.labels(op, model)
         self.overhead = m.overhead.labels(op)
         self.input_usage = m.token_usage.labels(op, model, "input")

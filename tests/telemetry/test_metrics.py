@@ -107,3 +107,28 @@ def test_not_ready_while_upstream_unreachable(start_sentinel: Callable[..., Runn
     proxy = start_sentinel(f"http://127.0.0.1:{free_port()}")
     wait_until(lambda: requests.get(proxy.admin_url + "/readyz", timeout=5).status_code == 503)
     assert proxy.metric("sentinel_upstream_up") == 0
+
+
+def test_answer_duration_is_split_by_streaming_and_counts_only_ok(upstream: ScriptedUpstream, proxy: Running) -> None:
+    from tests.support.frames import chat_completion
+
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=vllm_chat_stream(["r"], ["a"])))
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "stream": True}, timeout=10)
+    upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("hi")]))
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=10)
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=10)
+    upstream.script("/v1/chat/completions", Script(status=503, chunks=[b'{"error":{"message":"busy"}}']))
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=10)
+    proxy.records(4)
+
+    def count(stream: str) -> float | None:
+        return proxy.metric("sentinel_request_duration_seconds_count", gen_ai_operation_name="chat", stream=stream)
+
+    assert count("true") == 1
+    assert count("false") == 2  # the 503 is an error, counted by the error rate, not as a latency
+    assert (
+        proxy.metric(
+            "sentinel_request_duration_seconds_bucket", gen_ai_operation_name="chat", stream="false", le="300.0"
+        )
+        == 2
+    )
