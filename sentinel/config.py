@@ -29,6 +29,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from sentinel.backup.settings import BackupSettings
+
 ENV_PREFIX = "SENTINEL_"
 
 
@@ -180,6 +182,11 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     sinks: SinkSettings = Field(default_factory=SinkSettings)
+    key_file: Path = Field(
+        default=Path("keys/kek.key"),
+        description="The key-encryption key (relative: to data_dir). It never enters a backup.",
+    )
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
     yaml_file: ClassVar[Path | None] = None
 
