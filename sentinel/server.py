@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
+from sentinel.backup.metrics import BackupCollector
+from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
 from sentinel.proxy.app import ProxyApp
 from sentinel.recorder import Recorder
@@ -125,6 +127,8 @@ def build(
         upstream_url=settings.upstream.url,
     )
     recorder.register_gauges(gauges)
+    # Backups run in their own processes; their outcomes are read from the run log at scrape time.
+    registry.register(BackupCollector(RunLog(settings.resolve_path(settings.backup.state_file)), settings.backup.plans))
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
     proxy = ProxyApp(
         settings.upstream.url,
@@ -187,6 +191,14 @@ async def run_server(
     await sentinel.recorder.start()
     await sentinel.proxy.start()
     sentinel.probe.start()
+    backups = None
+    if settings.backup.schedule_in_serve:
+        from sentinel.backup.scheduler import BackupScheduler
+
+        # A scheduler thread that only waits on child processes: the backup work never runs here.
+        backups = BackupScheduler(settings)
+        backups.start()
+        sentinel.extras["backup_scheduler"] = backups
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
@@ -202,6 +214,8 @@ async def run_server(
         yield sentinel
     finally:
         proxy_server.should_exit = admin_server.should_exit = True
+        if backups is not None:
+            backups.shutdown(wait=False)
         await asyncio.gather(*tasks, return_exceptions=True)
         await sentinel.probe.stop()
         await sentinel.proxy.close()

@@ -91,10 +91,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import demo, serve
+    from sentinel.cli import backup, demo, drill, scheduler, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
+    main.add_command(backup.backup)
+    main.add_command(drill.drill)
+    main.add_command(scheduler.scheduler)
 
 
 _register()

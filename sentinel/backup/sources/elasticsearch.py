@@ -113,6 +113,7 @@ class ElasticsearchSource(Source):
         client = self._client or es_client(self.spec.url, self.spec)
         counts: dict[str, int] = {}
         self.meta["url"] = self.spec.url
+        self.meta["timestamp_field"] = self.spec.timestamp_field
         try:
             try:
                 found = client.indices.get(index=",".join(self.spec.indices), expand_wildcards="open")
