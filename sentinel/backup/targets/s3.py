@@ -96,7 +96,7 @@ class S3Target:
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
     def _fail(self, what: str, key: str, exc: Exception) -> TargetError:
-        return TargetError(f"{what} {self.describe()}{key} failed: {exc}")
+        return TargetError(f"{what} {key} in {self.describe()} failed: {exc}")
 
     def _lock_args(self) -> dict[str, Any]:
         if not self.lock_mode:
