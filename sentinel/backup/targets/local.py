@@ -56,7 +56,9 @@ class LocalTarget:
             raise TargetError(f"cannot read {self._path(key)}: {exc.strerror}") from exc
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        # Like S3, a prefix need not end at a directory: `locks/backup-` lists `locks/backup-*`.
+        directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        base = self._path(directory) if directory else self.root
         if not base.is_dir():
             return
         for directory, dirs, files in os.walk(base):
@@ -70,6 +72,8 @@ class LocalTarget:
                 except FileNotFoundError:  # deleted while listing
                     continue
                 key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
                 yield ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
 
     def delete(self, key: str) -> None:
