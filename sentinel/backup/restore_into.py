@@ -52,6 +52,7 @@ def restore_into_psql(restorer: Restorer, snapshot: Snapshot, source: str, dsn: 
         raise
     code = process.wait()
     reader.join(timeout=10)
+    process.stderr.close()
     if code != 0:
         message = b"".join(errors).decode(errors="replace").strip()
         raise RestoreError(f"psql failed (exit {code}) restoring {source}: {message[-500:]}")

@@ -66,6 +66,7 @@ class PostgresSource(Source):
             process.stdout.close()
             code = process.wait()
             reader.join(timeout=10)
+            process.stderr.close()
         if code != 0:
             message = b"".join(errors).decode(errors="replace").strip().splitlines()
             raise SourceError(f"source {self.name!r}: pg_dump failed (exit {code}): {' '.join(message[-3:])}")
