@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 DEFAULT_SCHEDULE = "0 2 * * *"
-DEFAULT_DRILL_SCHEDULE = "0 4 * * 0"
+DEFAULT_DRILL_SCHEDULE = "0 4 * * sun"  # names: APScheduler 3 numbers weekdays from Monday = 0
 
 
 class _Section(BaseModel):
