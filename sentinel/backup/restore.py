@@ -52,7 +52,7 @@ class Restorer:
         self.concurrency = concurrency
         self.progress = progress or Progress()
 
-    def chunks(self, entry: FileEntry, pool: ThreadPoolExecutor) -> Iterator[bytes]:
+    def chunks(self, entry: FileEntry, pool: ThreadPoolExecutor, *, check_ids: bool = False) -> Iterator[bytes]:
         """The file's plaintext chunks in order, `concurrency * 2` fetched ahead; raises RestoreError."""
         pending: deque[tuple[str, Future[bytes]]] = deque()
         refs = iter(entry.chunks)
@@ -63,7 +63,7 @@ class Restorer:
                     ref = next(refs, None)
                     if ref is None:
                         break
-                    pending.append((ref.id, pool.submit(self.repo.get_chunk, ref.id)))
+                    pending.append((ref.id, pool.submit(self.repo.get_chunk, ref.id, check_id=check_ids)))
                 if not pending:
                     return
                 chunk_id, future = pending.popleft()

@@ -91,7 +91,7 @@ def verify_snapshot(
             progress.item(f"{entry.source}/{entry.path}")
             digest = hashlib.sha256()
             try:
-                for data in restorer.chunks(entry, pool):
+                for data in restorer.chunks(entry, pool, check_ids=True):
                     digest.update(data)
                     progress.advance(len(data))
             except RestoreError as exc:
