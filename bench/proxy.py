@@ -61,11 +61,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def pinned(cpu: int, args: list[str]) -> list[str]:
-    return (
-        ["taskset", "-c", str(cpu), *args]
-        if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1
-        else args
-    )
+    return ["taskset", "-c", str(cpu), *args] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else args
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,17 +70,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def loadgen(url: str, concurrency: int, seconds: float, stream: bool, prompt_bytes: int) -> dict[str, float]:
-    args = [
-        PY,
-        str(HERE / "loadgen.py"),
-        url,
-        "-c",
-        str(concurrency),
-        "-d",
-        str(seconds),
-        "--prompt-bytes",
-        str(prompt_bytes),
-    ]
+    args = [PY, str(HERE / "loadgen.py"), url, "-c", str(concurrency), "-d", str(seconds),
+            "--prompt-bytes", str(prompt_bytes)]
     if stream:
         args.append("--stream")
     out = subprocess.run(pinned(1, args), capture_output=True, text=True, check=True)
@@ -120,13 +107,9 @@ def main() -> None:
         key, _, value = item.partition("=")
         env[key] = value
 
-    results: dict[str, object] = {
-        "label": args.label,
-        "env": {k: v for k, v in env.items() if k.startswith("SENTINEL_")},
-        "scenarios": {},
-    }
+    results: dict[str, object] = {"label": args.label, "env": {k: v for k, v in env.items()
+                                                                 if k.startswith("SENTINEL_")}, "scenarios": {}}
     with ExitStack() as stack:
-
         def spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
             process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
             stack.callback(process.wait, 30)
@@ -146,9 +129,8 @@ def main() -> None:
             rounds: dict[str, list[dict[str, float]]] = {"direct": [], "sentinel": []}
             cpu = 0.0
             for _ in range(args.rounds):
-                rounds["direct"].append(
-                    loadgen(direct_url, scenario["concurrency"], args.seconds, scenario["stream"], args.prompt_bytes)
-                )
+                rounds["direct"].append(loadgen(direct_url, scenario["concurrency"], args.seconds,
+                                                scenario["stream"], args.prompt_bytes))
                 before = cpu_seconds(sentinel.pid)
                 run = loadgen(proxy_url, scenario["concurrency"], args.seconds, scenario["stream"], args.prompt_bytes)
                 run["cpu_us_per_request"] = (cpu_seconds(sentinel.pid) - before) / max(1, run["requests"]) * 1e6
@@ -159,13 +141,9 @@ def main() -> None:
             print(name, json.dumps(summary), flush=True)
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics").read().decode()
-        results["dropped"] = [
-            line
-            for line in metrics.splitlines()
-            if line.startswith(
-                ("sentinel_recorder_dropped_total", "sentinel_sink_dropped_total", "sentinel_trace_spans_dropped_total")
-            )
-        ]
+        results["dropped"] = [line for line in metrics.splitlines()
+                              if line.startswith(("sentinel_recorder_dropped_total", "sentinel_sink_dropped_total",
+                                                  "sentinel_trace_spans_dropped_total"))]
         print("\n".join(results["dropped"]))  # type: ignore[arg-type]
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -220,12 +198,8 @@ def markdown(results: dict[str, object]) -> str:
         )
     streams = [(n, d["summary"]) for n, d in results["scenarios"].items() if "added_per_chunk_us" in d["summary"]]  # type: ignore[attr-defined]
     if streams:
-        lines += [
-            "",
-            "| stream scenario | direct TTFB p99 ms | Sentinel TTFB p50 / p99 ms | added per chunk µs "
-            "| Sentinel CPU µs/chunk |",
-            "|---|---|---|---|---|",
-        ]
+        lines += ["", "| stream scenario | direct TTFB p99 ms | Sentinel TTFB p50 / p99 ms | added per chunk µs "
+                      "| Sentinel CPU µs/chunk |", "|---|---|---|---|---|"]
         for name, s in streams:
             lines.append(
                 f"| {name} | {s['direct_ttfb_p99_ms']:.2f} | {s['sentinel_ttfb_p50_ms']:.2f} / "
