@@ -142,12 +142,8 @@ def main() -> None:
     args = parser.parse_args()
     content = "x" * args.prompt_bytes
     body = json.dumps(
-        {
-            "model": "bench",
-            "messages": [{"role": "user", "content": content}],
-            "stream": args.stream,
-            "user": "bench-user",
-        },
+        {"model": "bench", "messages": [{"role": "user", "content": content}], "stream": args.stream,
+         "user": "bench-user"},
         separators=(",", ":"),
     ).encode()
     result = uvloop.run(run(args.url, args.concurrency, args.duration, body))
