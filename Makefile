@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 UPSTREAM ?= http://127.0.0.1:8000
 
-.PHONY: help setup deps serve demo test lint format bench rules-test generate
+.PHONY: help setup deps serve demo test lint format bench bench-backup rules-test generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,3 +46,6 @@ rules-test: deps  ## promtool: check the alert rules and run their unit tests (r
 
 bench: setup deps  ## proxy overhead benchmark (direct vs via Sentinel), results in bench/results/
 	$(PY) bench/proxy.py
+
+bench-backup: setup deps  ## backup/restore throughput vs plain boto3 and restic on SeaweedFS (SIZE_GIB=2)
+	$(PY) bench/backup.py --size-gib $(or $(SIZE_GIB),2)

@@ -29,6 +29,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from sentinel.backup.settings import BackupSettings
+
 ENV_PREFIX = "SENTINEL_"
 
 
@@ -324,6 +326,7 @@ class Settings(BaseSettings):
     sinks: SinkSettings = Field(default_factory=SinkSettings)
     gpu: GpuSettings = Field(default_factory=GpuSettings)
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
     yaml_file: ClassVar[Path | None] = None
 

@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.audit.service import AuditService
+from sentinel.backup.metrics import BackupCollector
+from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
 from sentinel.gpu.monitor import GpuMonitor
 from sentinel.proxy.app import ProxyApp
@@ -139,6 +141,8 @@ def build(
         upstream_url=settings.upstream.url,
     )
     recorder.register_gauges(gauges)
+    # Backups run in their own processes; their outcomes are read from the run log at scrape time.
+    registry.register(BackupCollector(RunLog(settings.resolve_path(settings.backup.state_file)), settings.backup.plans))
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
     proxy = ProxyApp(
         settings.upstream.url,
@@ -211,6 +215,14 @@ async def run_server(
     sentinel.probe.start()
     if sentinel.gpu is not None:
         sentinel.gpu.start()
+    backups = None
+    if settings.backup.schedule_in_serve:
+        from sentinel.backup.scheduler import BackupScheduler
+
+        # A scheduler thread that only waits on child processes: the backup work never runs here.
+        backups = BackupScheduler(settings)
+        backups.start()
+        sentinel.extras["backup_scheduler"] = backups
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
@@ -226,6 +238,8 @@ async def run_server(
         yield sentinel
     finally:
         proxy_server.should_exit = admin_server.should_exit = True
+        if backups is not None:
+            backups.shutdown(wait=False)
         await asyncio.gather(*tasks, return_exceptions=True)
         await sentinel.probe.stop()
         if sentinel.gpu is not None:

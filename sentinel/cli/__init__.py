@@ -91,12 +91,15 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import demo, generate, grafana, serve
+    from sentinel.cli import backup, demo, drill, generate, grafana, scheduler, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
     main.add_command(generate.generate)
     main.add_command(grafana.grafana)
+    main.add_command(backup.backup)
+    main.add_command(drill.drill)
+    main.add_command(scheduler.scheduler)
 
 
 _register()

@@ -1,0 +1,107 @@
+"""`backup prune`: forget snapshots the retention policy no longer keeps, then delete unreferenced chunks.
+
+Safety rules. A chunk is deleted only if no remaining snapshot, of any plan, names it. The prune
+holds the exclusive `prune` lease and refuses to start while any `backup-*` lease is live (and
+backups refuse to start while it holds it), so a running backup that decided to reuse an existing
+chunk cannot lose it underneath. Snapshots of plans not in the configuration are never forgotten.
+When Object Lock refuses a delete, that is reported and the prune carries on: a locked snapshot
+stays (and so do its chunks, which it still references), a locked chunk simply stays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sentinel.backup.lease import Lease, LeaseHeld, live_leases
+from sentinel.backup.progress import Progress
+from sentinel.backup.repository import Repository, chunk_key, snapshot_key
+from sentinel.backup.retention import RetentionPolicy
+from sentinel.backup.targets import ObjectLocked, TargetError
+
+log = logging.getLogger("sentinel.backup")
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool
+    kept: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
+    chunks_deleted: int = 0
+    bytes_deleted: int = 0
+    chunks_in_use: int = 0
+    locked: list[tuple[str, datetime | None]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def prune(
+    repo: Repository,
+    policies: Mapping[str, RetentionPolicy],
+    *,
+    dry_run: bool = False,
+    lease_ttl: float = 300.0,
+    progress: Progress | None = None,
+) -> PruneReport:
+    progress = progress or Progress()
+    report = PruneReport(dry_run)
+    with Lease(repo.target, "prune", ttl=lease_ttl, purpose="prune") as lease:
+        running = live_leases(repo.target, "backup-")
+        if running:
+            raise LeaseHeld("a backup is running (" + "; ".join(r.describe() for r in running) + "); prune later")
+        snapshots = repo.snapshots()
+        remaining = {s.id: s for s in snapshots}
+        for plan in sorted({s.plan for s in snapshots}):
+            mine = [s for s in snapshots if s.plan == plan]
+            policy = policies.get(plan)
+            if policy is None:  # unknown plan: keep everything, never guess
+                report.kept.extend(s.id for s in mine)
+                continue
+            keep, forget = policy.apply(mine)
+            report.kept.extend(s.id for s in keep)
+            for snapshot in forget:
+                lease.check()
+                if dry_run:
+                    report.forgotten.append(snapshot.id)
+                    del remaining[snapshot.id]
+                    continue
+                try:
+                    repo.delete_snapshot(snapshot.id)
+                except ObjectLocked as exc:
+                    report.locked.append((snapshot_key(snapshot.id), exc.until))
+                    report.kept.append(snapshot.id)
+                    continue
+                except TargetError as exc:
+                    report.errors.append(f"snapshot {snapshot.id}: {exc}")
+                    report.kept.append(snapshot.id)
+                    continue
+                report.forgotten.append(snapshot.id)
+                del remaining[snapshot.id]
+        if report.errors:
+            # Unsure which snapshots exist: deleting chunks now could hurt one of them.
+            return report
+        referenced: set[str] = set()
+        for snapshot in remaining.values():
+            referenced |= snapshot.chunk_ids()
+        report.chunks_in_use = len(referenced)
+        unreferenced = [(cid, size) for cid, size in repo.chunk_sizes().items() if cid not in referenced]
+        progress.begin("deleting unreferenced chunks", len(unreferenced))
+        for chunk_id, size in unreferenced:
+            lease.check()
+            if not dry_run:
+                try:
+                    repo.target.delete(chunk_key(chunk_id))
+                except ObjectLocked as exc:
+                    report.locked.append((chunk_key(chunk_id), exc.until))
+                    progress.advance(1)
+                    continue
+                except TargetError as exc:
+                    report.errors.append(f"chunk {chunk_id}: {exc}")
+                    progress.advance(1)
+                    continue
+            report.chunks_deleted += 1
+            report.bytes_deleted += size
+            progress.advance(1)
+        progress.end()
+    return report

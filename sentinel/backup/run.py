@@ -1,0 +1,214 @@
+"""Taking a snapshot: read every source, chunk, deduplicate, seal and upload new chunks, then commit.
+
+Memory stays bounded whatever the file sizes: the chunker holds two maximum-size chunks, and at
+most `max_in_flight` sealed chunks wait for upload. Chunk ids already in the repository (listed at
+start) or uploaded earlier in this run are not uploaded again, which is also how a run resumes
+after a failed one: its finished chunks are in the listing. Files whose size, mtime and inode
+match the previous snapshot of the plan reuse its chunk list without being read. The manifest is
+written last; until then the snapshot does not exist.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentinel.backup.chunking import Chunker, HashingReader
+from sentinel.backup.progress import Progress
+from sentinel.backup.repository import CorruptSnapshot, Repository
+from sentinel.backup.snapshot import ChunkRef, FileEntry, Snapshot, SourceRecord, new_snapshot_id
+from sentinel.backup.sources import Source, SourceError, SourceItem
+from sentinel.backup.targets import TargetError
+
+log = logging.getLogger("sentinel.backup")
+
+
+class BackupFailed(Exception):
+    """The run did not complete; no snapshot was written. Chunks already uploaded are kept for the next run."""
+
+
+@dataclass
+class RunStats:
+    files: int = 0
+    bytes_read: int = 0
+    bytes_unchanged: int = 0
+    chunks_new: int = 0
+    chunks_reused: int = 0
+    uploaded_bytes: int = 0
+
+
+def safe_relative(path: str) -> bool:
+    parts = path.split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts and "" not in parts
+
+
+class BackupRun:
+    def __init__(
+        self,
+        repository: Repository,
+        plan: str,
+        sources: Iterable[Source],
+        *,
+        concurrency: int = 8,
+        progress: Progress | None = None,
+        scheduled_for: float | None = None,
+        scratch_root: Path | None = None,
+    ) -> None:
+        self.repo = repository
+        self.plan = plan
+        self.sources = list(sources)
+        self.concurrency = concurrency
+        self.progress = progress or Progress()
+        self.scheduled_for = scheduled_for
+        self.scratch_root = scratch_root
+        self.stats = RunStats()
+        self._known: set[str] = set()
+        self._slots = threading.BoundedSemaphore(concurrency * 2)
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._futures: list[Future[None]] = []
+
+    def _parent(self) -> dict[tuple[str, str], FileEntry]:
+        try:
+            previous = self.repo.snapshots(self.plan)
+        except CorruptSnapshot as exc:  # a bad old manifest must not stop today's backup
+            log.warning("ignoring previous snapshots for change detection: %s", exc)
+            return {}
+        if not previous:
+            return {}
+        return {(f.source, f.path): f for f in previous[-1].files if f.type == "file"}
+
+    def run(self) -> Snapshot:
+        started = time.time()
+        snapshot = Snapshot(
+            id=new_snapshot_id(started),
+            plan=self.plan,
+            started=started,
+            hostname=socket.gethostname(),
+            scheduled_for=self.scheduled_for,
+        )
+        self.progress.begin("listing repository", None)
+        self._known = set(self.repo.chunk_sizes())
+        parent = self._parent()
+        self.progress.end()
+        chunker = Chunker(self.repo.chunker)
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="backup-upload")
+        try:
+            with tempfile.TemporaryDirectory(prefix="sentinel-backup-", dir=self.scratch_root) as scratch:
+                for source in self.sources:
+                    record = SourceRecord(source.name, source.kind)
+                    source_scratch = Path(scratch, source.name)
+                    source_scratch.mkdir(mode=0o700)
+                    self.progress.begin(f"{self.plan}: {source.name}", None)
+                    for item in source.items(source_scratch):
+                        self._raise_if_failed()
+                        if not safe_relative(item.path):
+                            raise SourceError(f"source {source.name!r} produced an unsafe path {item.path!r}")
+                        snapshot.files.append(self._entry(source, item, parent, chunker, pool))
+                    record.meta = dict(source.meta)
+                    snapshot.sources.append(record)
+                    self.progress.end()
+                self.progress.begin("finishing uploads", None)
+                for future in self._futures:
+                    future.result()
+                self.progress.end()
+        except (SourceError, TargetError) as exc:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise BackupFailed(str(self._error or exc)) from exc
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        snapshot.finished = time.time()
+        snapshot.uploaded_bytes = self.stats.uploaded_bytes
+        return snapshot
+
+    def commit(self, snapshot: Snapshot) -> None:
+        try:
+            self.repo.save_snapshot(snapshot)
+        except TargetError as exc:
+            raise BackupFailed(f"could not write the manifest of snapshot {snapshot.id}: {exc}") from exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise TargetError(str(self._error))
+
+    def _entry(
+        self,
+        source: Source,
+        item: SourceItem,
+        parent: dict[tuple[str, str], FileEntry],
+        chunker: Chunker,
+        pool: ThreadPoolExecutor,
+    ) -> FileEntry:
+        entry = FileEntry(source.name, item.path, item.type, mode=item.mode, mtime_ns=item.mtime_ns, link=item.link)
+        if item.type != "file":
+            return entry
+        self.stats.files += 1
+        self.progress.item(f"{source.name}/{item.path}")
+        previous = parent.get((source.name, item.path)) if source.reuse_unchanged else None
+        if (
+            previous is not None
+            and item.size == previous.size
+            and item.mtime_ns == previous.mtime_ns
+            and item.inode == previous.inode
+            and all(c.id in self._known for c in previous.chunks)
+        ):
+            entry.size, entry.sha256, entry.chunks = previous.size, previous.sha256, previous.chunks
+            entry.inode = item.inode
+            self.stats.bytes_unchanged += previous.size
+            self.stats.chunks_reused += len(previous.chunks)
+            self.progress.advance(previous.size)
+            return entry
+        assert item.opener is not None
+        try:
+            with item.opener() as stream:
+                reader = HashingReader(stream)
+                for view in chunker.chunks(reader):
+                    entry.chunks.append(ChunkRef(self._chunk(view, pool), len(view)))
+                    self.progress.advance(len(view))
+        except (SourceError, TargetError):
+            raise
+        except Exception as exc:  # OSError, a client library's error mid-stream, ...
+            raise SourceError(f"source {source.name!r}: reading {item.path} failed: {exc}") from exc
+        entry.size = reader.size
+        entry.sha256 = reader.sha256.hexdigest()
+        entry.inode = item.inode
+        self.stats.bytes_read += reader.size
+        return entry
+
+    def _chunk(self, view: memoryview, pool: ThreadPoolExecutor) -> str:
+        chunk_id = self.repo.key.chunk_id(view)
+        if chunk_id in self._known:
+            self.stats.chunks_reused += 1
+            return chunk_id
+        self._known.add(chunk_id)
+        self.stats.chunks_new += 1
+        data = bytes(view)  # the chunker reuses its buffer for the next chunk
+        self._slots.acquire()
+        self._raise_if_failed()
+        future = pool.submit(self._upload, chunk_id, data)
+        future.add_done_callback(self._done)
+        self._futures.append(future)
+        return chunk_id
+
+    def _upload(self, chunk_id: str, data: bytes) -> None:
+        blob = self.repo.seal_chunk(chunk_id, data)
+        self.repo.put_chunk(chunk_id, blob)
+        with self._lock:
+            self.stats.uploaded_bytes += len(blob)
+
+    def _done(self, future: Future[None]) -> None:
+        self._slots.release()
+        with contextlib.suppress(BaseException):
+            error = future.exception()
+            if error is not None and self._error is None:
+                self._error = error

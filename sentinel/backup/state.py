@@ -1,0 +1,133 @@
+"""Outcomes of backup and drill runs, kept in a small SQLite file in the data directory.
+
+Runs happen in their own processes (`sentinel backup run`, `sentinel drill run`, started by the
+scheduler); they append a row here, and `/metrics` reads the latest rows at scrape time. WAL mode
+lets a scrape read while a run writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,            -- backup | drill | prune
+    plan TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL NOT NULL,
+    outcome TEXT NOT NULL,         -- success | failure
+    size INTEGER,                  -- backup: snapshot bytes
+    uploaded INTEGER,              -- backup: sealed bytes uploaded
+    snapshot TEXT,
+    error TEXT,
+    rto REAL,                      -- drill
+    rpo REAL,                      -- drill
+    passed INTEGER,                -- drill: 1 when every check passed and RTO/RPO met their targets
+    report TEXT                    -- drill: path of the report
+);
+CREATE INDEX IF NOT EXISTS runs_kind_plan ON runs (kind, plan, finished);
+"""
+
+
+@dataclass
+class RunRecord:
+    kind: str
+    plan: str
+    started: float
+    finished: float
+    outcome: str
+    size: int | None = None
+    uploaded: int | None = None
+    snapshot: str | None = None
+    error: str | None = None
+    rto: float | None = None
+    rpo: float | None = None
+    passed: bool | None = None
+    report: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.finished - self.started
+
+
+_COLUMNS = "kind, plan, started, finished, outcome, size, uploaded, snapshot, error, rto, rpo, passed, report"
+
+
+class RunLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool) -> Iterator[sqlite3.Connection]:
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30)
+        else:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
+        try:
+            if write:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
+
+    def record(self, run: RunRecord) -> None:
+        with self._connect(write=True) as conn:
+            conn.execute(
+                f"INSERT INTO runs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.kind,
+                    run.plan,
+                    run.started,
+                    run.finished,
+                    run.outcome,
+                    run.size,
+                    run.uploaded,
+                    run.snapshot,
+                    run.error,
+                    run.rto,
+                    run.rpo,
+                    None if run.passed is None else int(run.passed),
+                    run.report,
+                ),
+            )
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        if not self.path.exists():
+            return []
+        with self._connect(write=False) as conn:
+            try:
+                return list(conn.execute(sql, args))
+            except sqlite3.OperationalError:  # no table yet
+                return []
+
+    @staticmethod
+    def _record(row: tuple[object, ...]) -> RunRecord:
+        values = list(row)
+        values[11] = None if values[11] is None else bool(values[11])
+        return RunRecord(*values)  # type: ignore[arg-type]
+
+    def latest(self, kind: str, *, outcome: str | None = None) -> dict[str, RunRecord]:
+        """The most recent run of `kind` per plan (only `outcome` ones if given)."""
+        where = "kind = ?" + (" AND outcome = ?" if outcome else "")
+        args: tuple[object, ...] = (kind, outcome) if outcome else (kind,)
+        rows = self._rows(
+            f"SELECT {_COLUMNS} FROM runs WHERE id IN (SELECT max(id) FROM runs WHERE {where} GROUP BY plan)", args
+        )
+        return {str(row[1]): self._record(row) for row in rows}
+
+    def counts(self, kind: str) -> dict[tuple[str, str], int]:
+        rows = self._rows("SELECT plan, outcome, count(*) FROM runs WHERE kind = ? GROUP BY plan, outcome", (kind,))
+        return {(str(plan), str(outcome)): int(str(count)) for plan, outcome, count in rows}
+
+    def history(self, kind: str | None = None, limit: int = 50) -> list[RunRecord]:
+        where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
+        rows = self._rows(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit))
+        return [self._record(row) for row in rows]
