@@ -23,7 +23,10 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.config import ConfigError, Settings
+from sentinel.policy import ModerationEndpoint, PolicyError, PolicyHistory, PolicyHook, PolicyMetrics, PolicyStore
+from sentinel.policy.changes import log_change
 from sentinel.proxy.app import ProxyApp
+from sentinel.proxy.hooks import RequestHook
 from sentinel.recorder import Recorder
 from sentinel.sinks import Sink, SinkRunner, sink_counters
 from sentinel.sinks.jsonl import JsonlSink
@@ -125,6 +128,20 @@ def build(
         upstream_url=settings.upstream.url,
     )
     recorder.register_gauges(gauges)
+    extras: dict[str, Any] = {}
+    hooks: list[RequestHook] = []
+    if settings.policy.file is not None:
+        policy_metrics = PolicyMetrics(registry, settings.policy.max_rule_labels)
+        store = PolicyStore(settings.policy.file, interval=settings.policy.reload_interval, metrics=policy_metrics)
+        store.subscribe(log_change)
+        store.subscribe(PolicyHistory(settings.resolve_path(settings.policy.history_file)))
+        try:
+            store.load()
+        except PolicyError as exc:
+            raise ConfigError(f"policy.file (env SENTINEL_POLICY_FILE): {exc}") from None
+        hooks.append(PolicyHook(store, policy_metrics))
+        extras["policy"] = store
+        extras["policy_metrics"] = policy_metrics
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
     proxy = ProxyApp(
         settings.upstream.url,
@@ -138,6 +155,7 @@ def build(
         max_body_bytes=settings.max_body_bytes,
         max_capture_bytes=settings.max_capture_bytes,
         in_flight=metrics.in_flight,
+        request_hooks=hooks,
     )
     probe = UpstreamProbe(
         settings.upstream.url,
@@ -146,7 +164,7 @@ def build(
         interval=settings.upstream.health_interval,
         api_key=api_key,
     )
-    return Sentinel(settings, registry, metrics, recorder, proxy, probe)
+    return Sentinel(settings, registry, metrics, recorder, proxy, probe, extras=extras)
 
 
 @contextlib.asynccontextmanager
@@ -170,6 +188,18 @@ async def run_server(
         "unknown yet" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
     )
     sentinel.extras["admin_state"] = admin_state
+    store: PolicyStore | None = sentinel.extras.get("policy")
+    if store is not None:
+        admin_state.ready_checks["policy"] = lambda: (
+            store.current is not None,
+            store.current.digest[:19] if store.current else "not loaded",
+        )
+    if settings.policy.moderation_token is not None:
+        admin_state.moderation = ModerationEndpoint(
+            settings.policy.moderation_token.get_secret_value(),
+            lambda: store.current if store is not None else None,
+            sentinel.extras.get("policy_metrics"),
+        )
     admin_app = create_admin_app(admin_state)
 
     common: dict[str, Any] = {
@@ -187,6 +217,8 @@ async def run_server(
     await sentinel.recorder.start()
     await sentinel.proxy.start()
     sentinel.probe.start()
+    if store is not None:
+        store.start()
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
@@ -204,6 +236,8 @@ async def run_server(
         proxy_server.should_exit = admin_server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         await sentinel.probe.stop()
+        if store is not None:
+            await store.stop()
         await sentinel.proxy.close()
         await sentinel.recorder.stop(settings.sinks.drain_timeout)
         proxy_sock.close()
