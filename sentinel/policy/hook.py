@@ -187,6 +187,7 @@ class PolicyFilter:
         self.mode: str | None = None
         self.rewriter: SseRewriter | NdjsonRewriter | None = None
         self.body: list[bytes] = []
+        self.observed = False
 
     def _start(self) -> str:
         ex = self.ex
@@ -215,13 +216,23 @@ class PolicyFilter:
         if mode == "stream":
             assert self.rewriter is not None
             try:
-                return self.rewriter.feed(chunk)
+                out = self.rewriter.feed(chunk)
             except Blocked as blocked:
                 raise self._stop(blocked) from None
+            if self.rewriter.ended and not self.observed:
+                self._end()
+            return out
         if mode == "json":
             self.body.append(chunk)
-            return b""
-        return chunk
+        elif mode == "observe" and not self.observed and _final(chunk):
+            self._end()
+        return b"" if mode == "json" else chunk
+
+    def _end(self) -> None:
+        # The answer's last frame went through: record now, since clients (openai's) hang up right
+        # after [DONE], which may be before the upstream's end of body reaches `finish`.
+        self._observe()
+        self._conclude()
 
     def finish(self) -> bytes:
         mode = self.mode or self._set_mode()
@@ -237,7 +248,8 @@ class PolicyFilter:
         except Blocked as blocked:
             raise self._stop(blocked) from None
         if mode != "pass":
-            self._observe()
+            if not self.observed:
+                self._observe()
             self._conclude()
         return out
 
@@ -248,7 +260,8 @@ class PolicyFilter:
     def _stop(self, blocked: Blocked) -> StopResponse:
         """End the answer: an error the caller's client raises, after what was already cleared to send."""
         self.findings.count_block(blocked.detector)
-        self._observe()
+        if not self.observed:
+            self._observe()
         self._conclude()
         _notes(self.ex, self.policy)["blocked"] = {"stage": "response", "rule": blocked.detector.rule}
         message = block_message(blocked.detector, "response")
@@ -266,6 +279,7 @@ class PolicyFilter:
     def _observe(self) -> None:
         """Flag-only rules: scan the answer as the upstream sent it (the proxy's own copy)."""
         scanner = self.active.observe
+        self.observed = True
         if not scanner or not self.ex.chunks:
             return
         for text in _answer_texts(self.ex):
@@ -280,6 +294,11 @@ class PolicyFilter:
         if self.metrics is not None:
             self.metrics.findings(self.findings, "response")
         self.findings = Findings()
+
+
+def _final(chunk: bytes) -> bool:
+    """Whether a chunk carries the last frame: SSE `data: [DONE]`, or Ollama's `done: true` line."""
+    return chunk.rstrip().endswith(b"[DONE]") or b'"done":true' in chunk or b'"done": true' in chunk
 
 
 def _answer_texts(ex: Exchange) -> list[str]:

@@ -145,6 +145,8 @@ class SseRewriter:
         self.streams = _Streams(scanner, findings)
         self.pending = b""
         self.template: dict[str, Any] | None = None
+        self.ended = False
+        """`data: [DONE]` went through."""
 
     def feed(self, chunk: bytes) -> bytes:
         delimiters = (b"\n\n", b"\r\n\r\n") if b"\r" in chunk or b"\r" in self.pending else (b"\n\n",)
@@ -170,6 +172,7 @@ class SseRewriter:
             return event
         payload = body[5:].strip()
         if payload == b"[DONE]":
+            self.ended = True
             return self._leftovers() + event
         try:
             obj = orjson.loads(payload)
@@ -226,6 +229,8 @@ class NdjsonRewriter:
         self.pending = b""
         self.chat: bool | None = None
         self.template: dict[str, Any] = {}
+        self.ended = False
+        """The `done: true` line went through."""
 
     def feed(self, chunk: bytes) -> bytes:
         lines, self.pending = _split(self.pending + chunk, (b"\n",))
@@ -251,6 +256,7 @@ class NdjsonRewriter:
         if not isinstance(obj, dict):
             return line
         finishing = obj.get("done") is True
+        self.ended |= finishing
         self.template = {k: obj[k] for k in ("model", "created_at") if k in obj}
         message = obj.get("message")
         prelude: dict[str, str] = {}
