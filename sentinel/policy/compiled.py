@@ -24,6 +24,14 @@ from sentinel.policy.scope import caller_matches, needs_request, route_matches
 _sre_parse: Any = importlib.import_module("re._parser")
 _UNBOUNDED = 1 << 31
 
+_USUAL_ROUTES = (
+    ("/v1/chat/completions", Operation.CHAT),
+    ("/v1/completions", Operation.TEXT_COMPLETION),
+    ("/v1/embeddings", Operation.EMBEDDINGS),
+    ("/api/chat", Operation.CHAT),
+    ("/api/generate", Operation.TEXT_COMPLETION),
+    ("/api/embed", Operation.EMBEDDINGS),
+)
 _PLAN_CACHE = 512
 _ACTIVE_CACHE = 256
 
@@ -209,6 +217,11 @@ class Policy:
         unscoped = [item for item in self.items if item.scope.unrestricted]
         self.moderation_input = Scanner([d for item in unscoped for d in item.request])
         self.moderation_output = Scanner([d for item in unscoped for d in item.response])
+        # Compile the scanners of the usual routes now (a set takes milliseconds), off the request path:
+        # this runs at start or on the reload thread, before the policy takes effect.
+        for path, operation in _USUAL_ROUTES:
+            plan = self.plan(path, operation)
+            self.active(plan.fixed, plan.generates)
 
     def plan(self, path: str, operation: Operation) -> RoutePlan:
         key = (path, operation)

@@ -85,6 +85,15 @@ class PolicyHook:
         """Response rules chosen in on_request, taken by response_filter for the same exchange."""
 
     def on_request(self, exchange: Exchange) -> Refusal | None:
+        try:
+            return self._on_request(exchange)
+        except Exception:
+            # Fail closed: a policy that silently stopped applying would be a compliance gap.
+            log.exception("policy evaluation failed for %s; refusing the call", exchange.id)
+            self._pending.pop(exchange.id, None)
+            return Refusal(500, ErrorType.INTERNAL, "Sentinel could not apply its policy to this request")
+
+    def _on_request(self, exchange: Exchange) -> Refusal | None:
         policy = self.source.current
         if policy is None:
             return None

@@ -70,14 +70,6 @@ class Findings:
         if self.block is None:
             self.block = detector
 
-    def merge(self, other: Findings) -> None:
-        for key, value in other.rules.items():
-            self.rules[key] = self.rules.get(key, 0) + value
-        for key2, value in other.phi.items():
-            self.phi[key2] = self.phi.get(key2, 0) + value
-        if self.block is None:
-            self.block = other.block
-
     def __bool__(self) -> bool:
         return bool(self.rules)
 

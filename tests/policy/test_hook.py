@@ -342,3 +342,31 @@ def test_completions_stream_text_redacted(upstream: ScriptedUpstream, start_with
     with client(proxy.url) as api:
         text = "".join(c.choices[0].text for c in api.completions.create(model="m", prompt="x", stream=True))
     assert text == "Code name: [REDACTED] ok"
+
+
+def test_policy_failure_fails_closed() -> None:
+    from sentinel.interaction import Operation, Protocol
+    from sentinel.policy.compiled import Policy
+    from sentinel.policy.hook import PolicyHook
+    from sentinel.proxy.exchange import Exchange
+    from sentinel.telemetry.tracing import TraceStarter
+
+    class Broken:
+        @property
+        def current(self) -> Policy | None:
+            raise RuntimeError("corrupt policy state")
+
+    exchange = Exchange(
+        id="x",
+        started_at=0.0,
+        t_start=0.0,
+        method="POST",
+        path="/v1/chat/completions",
+        query="",
+        protocol=Protocol.OPENAI,
+        operation=Operation.CHAT,
+        trace=TraceStarter().start(None, None),
+        request_body=b"{}",
+    )
+    refusal = PolicyHook(Broken()).on_request(exchange)
+    assert refusal is not None and refusal.status == 500 and refusal.error_type == "internal"
