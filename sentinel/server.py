@@ -27,7 +27,10 @@ from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
 from sentinel.gpu.monitor import GpuMonitor
+from sentinel.policy import ModerationEndpoint, PolicyError, PolicyHistory, PolicyHook, PolicyMetrics, PolicyStore
+from sentinel.policy.changes import log_change
 from sentinel.proxy.app import ProxyApp
+from sentinel.proxy.hooks import RequestHook
 from sentinel.recorder import Recorder
 from sentinel.sinks import Sink, SinkRunner, sink_counters
 from sentinel.sinks.jsonl import JsonlSink
@@ -143,6 +146,20 @@ def build(
     recorder.register_gauges(gauges)
     # Backups run in their own processes; their outcomes are read from the run log at scrape time.
     registry.register(BackupCollector(RunLog(settings.resolve_path(settings.backup.state_file)), settings.backup.plans))
+    extras: dict[str, Any] = {}
+    hooks: list[RequestHook] = []
+    if settings.policy.file is not None:
+        policy_metrics = PolicyMetrics(registry, settings.policy.max_rule_labels)
+        store = PolicyStore(settings.policy.file, interval=settings.policy.reload_interval, metrics=policy_metrics)
+        store.subscribe(log_change)
+        store.subscribe(PolicyHistory(settings.resolve_path(settings.policy.history_file)))
+        try:
+            store.load()
+        except PolicyError as exc:
+            raise ConfigError(f"policy.file (env SENTINEL_POLICY_FILE): {exc}") from None
+        hooks.append(PolicyHook(store, policy_metrics))
+        extras["policy"] = store
+        extras["policy_metrics"] = policy_metrics
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
     proxy = ProxyApp(
         settings.upstream.url,
@@ -157,6 +174,7 @@ def build(
         max_capture_bytes=settings.max_capture_bytes,
         in_flight=metrics.in_flight,
         journal=journal,
+        request_hooks=hooks,
     )
     probe = UpstreamProbe(
         settings.upstream.url,
@@ -167,7 +185,7 @@ def build(
     )
     gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url)
     registry.register(gpu.collector)
-    return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu)
+    return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu, extras=extras)
 
 
 @contextlib.asynccontextmanager
@@ -194,6 +212,18 @@ async def run_server(
         admin_state.ready_checks["audit"] = sentinel.audit.ready
         admin_state.audit = sentinel.audit
     sentinel.extras["admin_state"] = admin_state
+    store: PolicyStore | None = sentinel.extras.get("policy")
+    if store is not None:
+        admin_state.ready_checks["policy"] = lambda: (
+            store.current is not None,
+            store.current.digest[:19] if store.current else "not loaded",
+        )
+    if settings.policy.moderation_token is not None:
+        admin_state.moderation = ModerationEndpoint(
+            settings.policy.moderation_token.get_secret_value(),
+            lambda: store.current if store is not None else None,
+            sentinel.extras.get("policy_metrics"),
+        )
     admin_app = create_admin_app(admin_state)
 
     common: dict[str, Any] = {
@@ -223,6 +253,8 @@ async def run_server(
         backups = BackupScheduler(settings)
         backups.start()
         sentinel.extras["backup_scheduler"] = backups
+    if store is not None:
+        store.start()
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
@@ -244,6 +276,8 @@ async def run_server(
         await sentinel.probe.stop()
         if sentinel.gpu is not None:
             await sentinel.gpu.stop()
+        if store is not None:
+            await store.stop()
         await sentinel.proxy.close()
         await sentinel.recorder.stop(settings.sinks.drain_timeout)
         if sentinel.audit is not None:

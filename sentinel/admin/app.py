@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -21,6 +21,8 @@ class AdminState:
     """name -> callable returning (ok: bool, detail: str)."""
     audit: Any = None
     """The AuditService, when the audit trail is on."""
+    moderation: Any = None
+    """A `sentinel.policy.ModerationEndpoint` when a moderation token is configured."""
 
 
 def create_admin_app(state: AdminState) -> FastAPI:
@@ -46,5 +48,14 @@ def create_admin_app(state: AdminState) -> FastAPI:
             results[name] = {"ok": ok, "detail": detail}
             ready = ready and ok
         return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+
+    @app.post("/dify/moderation")
+    async def dify_moderation(request: Request) -> JSONResponse:
+        """Dify "API-based extension" for moderation (`ping`, `app.moderation.input`, `app.moderation.output`),
+        answered with the policy in force; Dify sends the configured API key as a bearer token."""
+        if state.moderation is None:
+            return JSONResponse({"error": "moderation endpoint is off: set SENTINEL_POLICY_MODERATION_TOKEN"}, 404)
+        status, body = state.moderation.handle(request.headers.get("authorization"), await request.body())
+        return JSONResponse(body, status_code=status)
 
     return app

@@ -23,7 +23,7 @@ from sentinel.interaction import ErrorType, Operation, Outcome, new_interaction_
 from sentinel.proxy.errors import error_body
 from sentinel.proxy.exchange import Exchange
 from sentinel.proxy.headers import HOP_BY_HOP, connection_tokens, response_headers
-from sentinel.proxy.hooks import Journal, JournalUnavailable, RequestHook, ResponseFilter
+from sentinel.proxy.hooks import Journal, JournalUnavailable, Refusal, RequestHook, ResponseFilter, StopResponse
 from sentinel.telemetry.tracing import TraceStarter
 
 Scope = MutableMapping[str, Any]
@@ -216,10 +216,7 @@ class ProxyApp:
         for hook in self.request_hooks:
             refusal = hook.on_request(ex)
             if refusal is not None:
-                ex.outcome = Outcome.REJECTED
-                ex.error_type = refusal.error_type
-                ex.error_message = refusal.message
-                await self._respond(ex, send, refusal.status, refusal.error_type, refusal.message)
+                await self._refuse(ex, send, refusal)
                 return
             response_filter = hook.response_filter(ex)
             if response_filter is not None:
@@ -320,7 +317,11 @@ class ProxyApp:
                         ex.chunks.append(payload)
                         ex.chunk_times.append(ex.t_upstream_headers)
                     if filters:
-                        payload = _feed(filters, payload) + _finish(filters, b"")
+                        try:
+                            payload = _feed(filters, payload) + _finish(filters, b"")
+                        except StopResponse as stop:
+                            await self._refuse(ex, send, stop.refusal)
+                            return
                         out_headers = _with_length(out_headers, len(payload))
                     if self.journal is not None and not await self._complete(ex, send):
                         return
@@ -352,6 +353,7 @@ class ProxyApp:
         chunks, times = ex.chunks, ex.chunk_times
         journal = self.journal is not None
         held = b""  # strict mode: the final frame waits until the record is durable
+        stopped: bytes | None = None
         async for chunk in resp.content.iter_any():
             now = _perf()
             ex.response_bytes += len(chunk)
@@ -363,7 +365,11 @@ class ProxyApp:
                 else:
                     ex.truncated = True
             if filters:
-                chunk = _feed(filters, chunk)
+                try:
+                    chunk = _feed(filters, chunk)
+                except StopResponse as stop:
+                    stopped = _stopped(ex, stop)
+                    break  # leaving the upstream response unread closes it: the generation is cancelled
             if journal:
                 if held:
                     await send({"type": "http.response.body", "body": held, "more_body": True})
@@ -373,7 +379,13 @@ class ProxyApp:
                     continue
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        last = held + _finish(filters, b"") if filters else held
+        if stopped is not None:
+            last = held + stopped
+        else:
+            try:
+                last = held + _finish(filters, b"") if filters else held
+            except StopResponse as stop:
+                last = held + _stopped(ex, stop)
         if journal and not await self._complete(ex, send):
             return
         ex.completed = True
@@ -418,6 +430,12 @@ class ProxyApp:
         ex.error_message = message
         await self._respond(ex, send, 413, ErrorType.REQUEST_TOO_LARGE, message)
 
+    async def _refuse(self, ex: Exchange, send: Send, refusal: Refusal) -> None:
+        ex.outcome = Outcome.REJECTED
+        ex.error_type = refusal.error_type
+        ex.error_message = refusal.message
+        await self._respond(ex, send, refusal.status, refusal.error_type, refusal.message)
+
     async def _respond(self, ex: Exchange, send: Send, status: int, error_type: str, message: str) -> None:
         body = error_body(ex.protocol, status, error_type, message)
         ex.status = status
@@ -444,6 +462,14 @@ def _finish(filters: list[ResponseFilter], tail: bytes) -> bytes:
     for response_filter in filters:
         tail = (response_filter.feed(tail) if tail else b"") + response_filter.finish()
     return tail
+
+
+def _stopped(ex: Exchange, stop: StopResponse) -> bytes:
+    """A filter ended a started response: record why; its tail is the last thing the client gets."""
+    ex.outcome = Outcome.REJECTED
+    ex.error_type = stop.refusal.error_type
+    ex.error_message = stop.refusal.message
+    return stop.tail
 
 
 def _with_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:

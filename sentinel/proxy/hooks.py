@@ -32,9 +32,24 @@ class Refusal:
     message: str
 
 
+class StopResponse(Exception):
+    """Raised by a `ResponseFilter`'s `feed` or `finish` to end the answer early (a policy blocked it).
+
+    If nothing was sent yet (a buffered body) the client gets `refusal`, like a refused request; if the
+    stream has started, `tail` (e.g. an error event) is the last thing it gets. Either way the upstream
+    response is abandoned, which cancels the generation, and the record says `rejected`.
+    """
+
+    def __init__(self, refusal: Refusal, tail: bytes) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+        self.tail = tail
+
+
 class ResponseFilter(Protocol):
     """Rewrites one response as it streams. `feed` returns the bytes to send now (it may hold some
-    back, e.g. a possible keyword split across chunks); `finish` returns what is left at the end."""
+    back, e.g. a possible keyword split across chunks); `finish` returns what is left at the end.
+    Either may raise `StopResponse`."""
 
     def feed(self, chunk: bytes) -> bytes: ...
 

@@ -1,0 +1,273 @@
+"""`Policy`: a validated policy file compiled for the request path.
+
+Everything that can be decided ahead of time is: patterns are compiled once, rules are sorted into
+per-route plans (cached by path) and each distinct set of applicable rules gets its scanners built
+once and cached, so a call pays for one dict lookup, its scope checks and the scans it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from sentinel.interaction import Operation
+from sentinel.policy.engine import compile_pattern, escape
+from sentinel.policy.matching import PHI_RULE, Detector, Scanner
+from sentinel.policy.model import Action, ContentRule, PhiPolicy, PolicyFile, SamplingRule, Scope
+from sentinel.policy.phi import FORMS, Form
+from sentinel.policy.scope import caller_matches, needs_request, route_matches
+
+# Python's own regex parser measures how long a pattern's match can be; RE2 does not say. Private,
+# but present under this name since Python 3.11.
+_sre_parse: Any = importlib.import_module("re._parser")
+_UNBOUNDED = 1 << 31
+
+_USUAL_ROUTES = (
+    ("/v1/chat/completions", Operation.CHAT),
+    ("/v1/completions", Operation.TEXT_COMPLETION),
+    ("/v1/embeddings", Operation.EMBEDDINGS),
+    ("/api/chat", Operation.CHAT),
+    ("/api/generate", Operation.TEXT_COMPLETION),
+    ("/api/embed", Operation.EMBEDDINGS),
+)
+_PLAN_CACHE = 512
+_ACTIVE_CACHE = 256
+
+
+class RuleError(ValueError):
+    """A rule that cannot be compiled; `where` names it (`rules[2] 'codenames' -> patterns[0]`)."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+
+
+def pattern_width(pattern: str) -> int | None:
+    """The longest text `pattern` can match, or None if unbounded (or not parseable by Python)."""
+    try:
+        high = int(_sre_parse.parse(pattern).getwidth()[1])
+    except Exception:  # RE2-only syntax Python cannot read: the rule must say max_length
+        return None
+    return None if high >= _UNBOUNDED else high
+
+
+def _word(char: str) -> bool:
+    return char.isascii() and (char.isalnum() or char == "_")
+
+
+def keyword_pattern(keyword: str, whole_word: bool) -> str:
+    """The literal, with RE2's (ASCII) word boundaries only on edges that are letters or digits, so
+    whole-word matching still finds keywords in Chinese or next to punctuation."""
+    pattern = escape(keyword)
+    if whole_word and _word(keyword[0]):
+        pattern = r"\b" + pattern
+    if whole_word and _word(keyword[-1]):
+        pattern += r"\b"
+    return pattern
+
+
+def content_detector(rule: ContentRule, where: str) -> Detector:
+    alternatives: list[str] = []
+    widths: list[int] = []
+    if rule.keywords:
+        keywords = "|".join(keyword_pattern(k, rule.whole_word) for k in rule.keywords)
+        alternatives.append(f"(?:{keywords})" if rule.case_sensitive else f"(?i:{keywords})")
+        widths.append(max(len(k) for k in rule.keywords))
+    for index, pattern in enumerate(rule.patterns):
+        try:
+            compile_pattern(pattern)
+        except ValueError as exc:
+            raise RuleError(f"{where} -> patterns[{index}]", f"not a valid RE2 pattern: {exc}") from None
+        width = pattern_width(pattern)
+        if width is None:
+            rewrites_stream = "response" in rule.stages and rule.action != "flag"
+            if rule.max_length is None and rewrites_stream:
+                raise RuleError(
+                    f"{where} -> patterns[{index}]",
+                    "unbounded pattern (* or + or {n,}): a streamed answer can only be redacted or blocked by "
+                    "bounded patterns; bound the repetition (e.g. {1,40}) or set max_length",
+                )
+            width = rule.max_length or 4096
+        widths.append(width)
+        alternatives.append(f"(?i:{pattern})" if rule.case_sensitive is False else f"(?:{pattern})")
+    combined = "|".join(alternatives)
+    prefixes = None
+    if not rule.patterns:
+        prefixes = frozenset(k.casefold()[:size] for k in rule.keywords for size in range(1, len(k) + 1))
+    return Detector(
+        rule=rule.name,
+        action=rule.action,
+        pattern=combined,
+        regex=compile_pattern(combined),
+        max_length=min(rule.max_length or max(widths), max(widths)),
+        replacement=rule.replacement,
+        message=rule.message,
+        prefixes=prefixes,
+    )
+
+
+@cache
+def _form_regex(form: Form) -> tuple[Any, int]:
+    width = pattern_width(form.pattern)
+    assert width is not None, form.pattern  # every PHI form is bounded by construction
+    return compile_pattern(form.pattern), width
+
+
+def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
+    if not phi.enabled:
+        return []
+    wanted = set(phi.categories)
+    detectors = []
+    for form in FORMS:
+        if form.category not in wanted:
+            continue
+        regex, width = _form_regex(form)
+        detectors.append(
+            Detector(
+                rule=PHI_RULE,
+                action=action,
+                pattern=form.pattern,
+                regex=regex,
+                max_length=width,
+                replacement=phi.replacement.replace("{category}", form.category.value.upper()),
+                message=phi.message,
+                category=form.category.value,
+                validator=form.validator,
+                group=form.group,
+            )
+        )
+    return detectors
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Item:
+    """One selectable unit of the policy: a sampling rule, a content rule, or the PHI detectors."""
+
+    name: str
+    scope: Scope
+    sampling: SamplingRule | None = None
+    request: tuple[Detector, ...] = ()
+    response: tuple[Detector, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Active:
+    """What applies to one call."""
+
+    sampling: tuple[SamplingRule, ...]
+    request: Scanner
+    rewrite: Scanner
+    """Response detectors that change the answer (redact, block): a stream is rewritten for them."""
+    observe: Scanner
+    """Response detectors that only flag: the answer passes untouched and is scanned at its end."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.sampling or self.request or self.rewrite or self.observe)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RoutePlan:
+    """The items whose route and operation scope admit one path; `fixed` apply to every caller."""
+
+    fixed: tuple[int, ...]
+    conditional: tuple[int, ...]
+    generates: bool
+    """chat or text completion: sampling bounds and response rules apply (not to embeddings)."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.fixed and not self.conditional
+
+
+class Policy:
+    """A compiled policy file; immutable, swapped whole on reload."""
+
+    def __init__(self, source: PolicyFile, text: str = "", digest: str = "") -> None:
+        self.source = source
+        self.text = text
+        self.digest = digest
+        self.preset_response = source.moderation.preset_response
+        items: list[Item] = [Item(rule.name, rule.scope, sampling=rule) for rule in source.sampling]
+        for index, rule in enumerate(source.rules):
+            detector = content_detector(rule, f"rules[{index}] {rule.name!r}")
+            items.append(
+                Item(
+                    rule.name,
+                    rule.scope,
+                    request=(detector,) if "request" in rule.stages else (),
+                    response=(detector,) if "response" in rule.stages else (),
+                )
+            )
+        if source.phi.enabled:
+            items.append(
+                Item(
+                    PHI_RULE,
+                    source.phi.scope,
+                    request=tuple(phi_detectors(source.phi, source.phi.request)),
+                    response=tuple(phi_detectors(source.phi, source.phi.response)),
+                )
+            )
+        self.items = tuple(items)
+        self._plans: dict[tuple[str, Operation], RoutePlan] = {}
+        self._active: dict[tuple[tuple[int, ...], bool], Active] = {}
+        # The Dify moderation endpoint knows no model, caller or route: only unscoped rules apply there.
+        unscoped = [item for item in self.items if item.scope.unrestricted]
+        self.moderation_input = Scanner([d for item in unscoped for d in item.request])
+        self.moderation_output = Scanner([d for item in unscoped for d in item.response])
+        # Compile the scanners of the usual routes now (a set takes milliseconds), off the request path:
+        # this runs at start or on the reload thread, before the policy takes effect.
+        for path, operation in _USUAL_ROUTES:
+            plan = self.plan(path, operation)
+            self.active(plan.fixed, plan.generates)
+
+    def plan(self, path: str, operation: Operation) -> RoutePlan:
+        key = (path, operation)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()  # arbitrary paths must not grow this without bound
+            fixed: list[int] = []
+            conditional: list[int] = []
+            generates = operation in (Operation.CHAT, Operation.TEXT_COMPLETION)
+            if operation is not Operation.OTHER:
+                for index, item in enumerate(self.items):
+                    if item.sampling is not None and not generates:
+                        continue
+                    if route_matches(item.scope, path, operation):
+                        (conditional if needs_request(item.scope) else fixed).append(index)
+            plan = self._plans[key] = RoutePlan(tuple(fixed), tuple(conditional), generates)
+        return plan
+
+    def select(self, plan: RoutePlan, model: str | None, user: str | None, key_id: Any) -> Active:
+        chosen = plan.fixed
+        if plan.conditional:
+            extra = tuple(i for i in plan.conditional if caller_matches(self.items[i].scope, model, user, key_id))
+            if extra:
+                chosen = tuple(sorted(chosen + extra))
+        return self.active(chosen, plan.generates)
+
+    def active(self, chosen: tuple[int, ...], generates: bool) -> Active:
+        key = (chosen, generates)
+        active = self._active.get(key)
+        if active is None:
+            if len(self._active) >= _ACTIVE_CACHE:
+                self._active.clear()
+            items = [self.items[i] for i in chosen]
+            response = [d for item in items for d in item.response] if generates else []
+            active = self._active[key] = Active(
+                sampling=tuple(item.sampling for item in items if item.sampling is not None) if generates else (),
+                request=Scanner([d for item in items for d in item.request]),
+                rewrite=Scanner([d for d in response if d.action != "flag"]),
+                observe=Scanner([d for d in response if d.action == "flag"]),
+            )
+        return active
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "sampling": len(self.source.sampling),
+            "content": len(self.source.rules),
+            "phi_forms": sum(len(item.request or item.response) for item in self.items if item.name == PHI_RULE),
+        }

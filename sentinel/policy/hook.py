@@ -1,0 +1,329 @@
+"""`PolicyHook`: the policy in force, applied on the request path (a `sentinel.proxy.hooks.RequestHook`).
+
+Per call it parses the body once (orjson), bounds the sampling parameters, scans the prompt for
+rule keywords/patterns and PHI, and may rewrite or refuse the request; then it picks a response
+filter: none when no response rule applies, an observer that leaves the bytes alone and scans the
+answer at its end when rules only flag, or a rewriter that redacts or blocks as the answer streams.
+What it did goes into `exchange.annotations["policy"]` (rules, actions, counts, PHI categories;
+never the matched text) and into `PolicyMetrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from typing import Protocol as TypingProtocol
+
+import orjson
+
+from sentinel.capture import ollama as ollama_capture
+from sentinel.capture import openai as openai_capture
+from sentinel.capture.build import api_key_id
+from sentinel.capture.facts import ResponseFacts
+from sentinel.interaction import ErrorType, Protocol
+from sentinel.policy.compiled import Active, Policy
+from sentinel.policy.matching import Detector, Findings, Scanner, redact
+from sentinel.policy.metrics import PolicyMetrics
+from sentinel.policy.payload import text_slots
+from sentinel.policy.sampling import apply_bounds
+from sentinel.policy.streams import Blocked, NdjsonRewriter, SseRewriter, rewrite_json
+from sentinel.proxy.errors import error_body
+from sentinel.proxy.exchange import Exchange
+from sentinel.proxy.hooks import Refusal, ResponseFilter, StopResponse
+
+log = logging.getLogger("sentinel.policy")
+
+ANNOTATION = "policy"
+BLOCK_STATUS = 400
+_PENDING_LIMIT = 10_000
+
+
+class PolicySource(TypingProtocol):
+    """Anything holding the policy in force (`PolicyStore`, or a fixed one in tests)."""
+
+    @property
+    def current(self) -> Policy | None: ...
+
+
+def block_message(detector: Detector, stage: str) -> str:
+    if detector.message:
+        return detector.message
+    what = "request" if stage == "request" else "response"
+    if detector.category is not None:
+        return (
+            f"the {what} was blocked by Sentinel policy: it contains protected health information ({detector.category})"
+        )
+    return f"the {what} was blocked by Sentinel policy rule {detector.rule!r}"
+
+
+def _notes(ex: Exchange, policy: Policy) -> dict[str, Any]:
+    notes: dict[str, Any] | None = ex.annotations.get(ANNOTATION)
+    if notes is None:
+        notes = ex.annotations[ANNOTATION] = {"version": policy.digest[:23]}
+    return notes
+
+
+def record(notes: dict[str, Any], findings: Findings, stage: str) -> None:
+    """Add a scan's findings to a record's policy annotations: rule hits and PHI counts, no text."""
+    actions: list[dict[str, Any]] = notes.setdefault("actions", [])
+    for (rule, action), count in findings.rules.items():
+        actions.append({"rule": rule, "action": action, "stage": stage, "count": count})
+    if findings.phi:
+        phi: dict[str, dict[str, int]] = notes.setdefault("phi", {})
+        mine = phi.setdefault(stage, {})
+        for category, count in findings.phi.items():
+            mine[category] = mine.get(category, 0) + count
+
+
+class PolicyHook:
+    """Applies `source.current` to every call; does nothing while no policy is loaded."""
+
+    def __init__(self, source: PolicySource, metrics: PolicyMetrics | None = None) -> None:
+        self.source = source
+        self.metrics = metrics
+        self._pending: dict[str, tuple[Policy, Active]] = {}
+        """Response rules chosen in on_request, taken by response_filter for the same exchange."""
+
+    def on_request(self, exchange: Exchange) -> Refusal | None:
+        try:
+            return self._on_request(exchange)
+        except Exception:
+            # Fail closed: a policy that silently stopped applying would be a compliance gap.
+            log.exception("policy evaluation failed for %s; refusing the call", exchange.id)
+            self._pending.pop(exchange.id, None)
+            return Refusal(500, ErrorType.INTERNAL, "Sentinel could not apply its policy to this request")
+
+    def _on_request(self, exchange: Exchange) -> Refusal | None:
+        policy = self.source.current
+        if policy is None:
+            return None
+        plan = policy.plan(exchange.path, exchange.operation)
+        if plan.empty or not exchange.request_body:
+            return None
+        try:
+            body = orjson.loads(exchange.request_body)
+        except orjson.JSONDecodeError:
+            return None  # not ours to judge: the model server answers malformed requests itself
+        if not isinstance(body, dict):
+            return None
+        model, user = body.get("model"), body.get("user")
+        active = policy.select(
+            plan,
+            model if isinstance(model, str) else None,
+            user if isinstance(user, str) else None,
+            lambda: api_key_id(exchange.authorization),
+        )
+        if active.empty:
+            return None
+        changed = False
+        if active.sampling:
+            outcome = apply_bounds(body, exchange.protocol, active.sampling)
+            if outcome.notes:
+                _notes(exchange, policy)["sampling"] = outcome.notes
+                self._count_sampling(outcome.notes)
+            if outcome.refusal is not None:
+                _notes(exchange, policy)["blocked"] = {"stage": "request", "reason": "sampling"}
+                return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, outcome.refusal)
+            changed = outcome.changed
+        if active.request:
+            scanned = self._scan_request(exchange, policy, body, active.request)
+            if isinstance(scanned, Refusal):
+                return scanned
+            changed |= scanned
+        if changed:
+            exchange.request_body = orjson.dumps(body)
+        if active.rewrite or active.observe:
+            if len(self._pending) > _PENDING_LIMIT:
+                self._pending.clear()  # only if response_filter stopped being called: never grow unbounded
+            self._pending[exchange.id] = (policy, active)
+        return None
+
+    def _count_sampling(self, notes: dict[str, dict[str, Any]]) -> None:
+        if self.metrics is None:
+            return
+        for entry in notes.values():
+            if entry["action"] != "within":
+                self.metrics.action(entry["rule"], entry["action"], "request")
+
+    def _scan_request(self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner) -> bool | Refusal:
+        slots = text_slots(body, ex.protocol, ex.operation)
+        if not slots:
+            return False
+        texts = [container[key] for container, key in slots]
+        # One pass over all the text; only if something may match is each piece located and rewritten.
+        which = scanner.triggered(texts[0] if len(texts) == 1 else "\n".join(texts))
+        if not which:
+            return False
+        findings = Findings()
+        changed = False
+        for (container, key), text in zip(slots, texts, strict=True):
+            hits = scanner.scan(text, which)
+            if hits:
+                new = redact(text, hits, findings)
+                if new != text:
+                    container[key] = new
+                    changed = True
+        if not findings:
+            return False
+        notes = _notes(ex, policy)
+        record(notes, findings, "request")
+        if self.metrics is not None:
+            self.metrics.findings(findings, "request")
+        if findings.block is not None:
+            notes["blocked"] = {"stage": "request", "rule": findings.block.rule}
+            return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, block_message(findings.block, "request"))
+        return changed
+
+    def response_filter(self, exchange: Exchange) -> ResponseFilter | None:
+        pending = self._pending.pop(exchange.id, None)
+        if pending is None:
+            return None
+        policy, active = pending
+        return PolicyFilter(exchange, policy, active, self.metrics)
+
+
+class PolicyFilter:
+    """The response side of one call. The format is decided at the first bytes (the headers are known
+    by then): SSE and NDJSON streams are rewritten frame by frame, JSON bodies whole at the end; error
+    answers and compressed bodies pass untouched (the latter noted in the record)."""
+
+    def __init__(self, ex: Exchange, policy: Policy, active: Active, metrics: PolicyMetrics | None) -> None:
+        self.ex = ex
+        self.policy = policy
+        self.active = active
+        self.metrics = metrics
+        self.findings = Findings()
+        self.mode: str | None = None
+        self.rewriter: SseRewriter | NdjsonRewriter | None = None
+        self.body: list[bytes] = []
+        self.observed = False
+
+    def _start(self) -> str:
+        ex = self.ex
+        content_type = ex.response_content_type.lower()
+        encoding = ex.response_content_encoding.lower()
+        if (ex.upstream_status or 0) >= 400:
+            return "pass"
+        if encoding not in ("", "identity"):
+            _notes(ex, self.policy)["response_unchecked"] = f"content-encoding {encoding}"
+            log.warning("response of %s not checked by policy: content-encoding %s", ex.id, encoding)
+            return "pass"
+        if not self.active.rewrite:
+            return "observe"
+        if content_type.startswith("text/event-stream"):
+            self.rewriter = SseRewriter(self.active.rewrite, self.findings)
+            return "stream"
+        if content_type.startswith("application/x-ndjson") or (
+            ex.protocol is Protocol.OLLAMA and not content_type.startswith("application/json")
+        ):
+            self.rewriter = NdjsonRewriter(self.active.rewrite, self.findings)
+            return "stream"
+        return "json"
+
+    def feed(self, chunk: bytes) -> bytes:
+        mode = self.mode or self._set_mode()
+        if mode == "stream":
+            assert self.rewriter is not None
+            try:
+                out = self.rewriter.feed(chunk)
+            except Blocked as blocked:
+                raise self._stop(blocked) from None
+            if self.rewriter.ended and not self.observed:
+                self._end()
+            return out
+        if mode == "json":
+            self.body.append(chunk)
+        elif mode == "observe" and not self.observed and _final(chunk):
+            self._end()
+        return b"" if mode == "json" else chunk
+
+    def _end(self) -> None:
+        # The answer's last frame went through: record now, since clients (openai's) hang up right
+        # after [DONE], which may be before the upstream's end of body reaches `finish`.
+        self._observe()
+        self._conclude()
+
+    def finish(self) -> bytes:
+        mode = self.mode or self._set_mode()
+        out = b""
+        try:
+            if mode == "stream":
+                assert self.rewriter is not None
+                out = self.rewriter.finish()
+            elif mode == "json":
+                out = rewrite_json(
+                    b"".join(self.body), self.active.rewrite, self.findings, self.ex.protocol is Protocol.OLLAMA
+                )
+        except Blocked as blocked:
+            raise self._stop(blocked) from None
+        if mode != "pass":
+            if not self.observed:
+                self._observe()
+            self._conclude()
+        return out
+
+    def _set_mode(self) -> str:
+        self.mode = self._start()
+        return self.mode
+
+    def _stop(self, blocked: Blocked) -> StopResponse:
+        """End the answer: an error the caller's client raises, after what was already cleared to send."""
+        self.findings.count_block(blocked.detector)
+        if not self.observed:
+            self._observe()
+        self._conclude()
+        _notes(self.ex, self.policy)["blocked"] = {"stage": "response", "rule": blocked.detector.rule}
+        message = block_message(blocked.detector, "response")
+        refusal = Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, message)
+        protocol = self.ex.protocol
+        error = error_body(protocol, BLOCK_STATUS, ErrorType.POLICY_BLOCKED, message)
+        if self.mode == "json":
+            tail = error
+        elif isinstance(self.rewriter, NdjsonRewriter):
+            tail = blocked.emitted + error + b"\n"
+        else:
+            tail = blocked.emitted + b"data: " + error + b"\n\ndata: [DONE]\n\n"
+        return StopResponse(refusal, tail)
+
+    def _observe(self) -> None:
+        """Flag-only rules: scan the answer as the upstream sent it (the proxy's own copy)."""
+        scanner = self.active.observe
+        self.observed = True
+        if not scanner or not self.ex.chunks:
+            return
+        for text in _answer_texts(self.ex):
+            hits = scanner.scan(text)
+            for hit in hits:
+                self.findings.count(hit)
+
+    def _conclude(self) -> None:
+        if not self.findings:
+            return
+        record(_notes(self.ex, self.policy), self.findings, "response")
+        if self.metrics is not None:
+            self.metrics.findings(self.findings, "response")
+        self.findings = Findings()
+
+
+def _final(chunk: bytes) -> bool:
+    """Whether a chunk carries the last frame: SSE `data: [DONE]`, or Ollama's `done: true` line."""
+    return chunk.rstrip().endswith(b"[DONE]") or b'"done":true' in chunk or b'"done": true' in chunk
+
+
+def _answer_texts(ex: Exchange) -> list[str]:
+    """The generated text of a finished exchange (answer and reasoning, every choice), parsed from
+    the bytes the upstream sent."""
+    content_type = ex.response_content_type
+    facts: ResponseFacts
+    if content_type.startswith("text/event-stream"):
+        facts = openai_capture.parse_sse(ex.chunks)
+    elif ex.protocol is Protocol.OLLAMA:
+        if content_type.startswith("application/json"):
+            facts = ollama_capture.parse_body(b"".join(ex.chunks), ex.operation)
+        else:
+            facts = ollama_capture.parse_ndjson(ex.chunks, ex.operation)
+    else:
+        facts = openai_capture.parse_body(b"".join(ex.chunks), ex.operation)
+    texts = ["".join(parts) for parts in facts.texts.values()]
+    texts += ["".join(parts) for parts in facts.reasoning.values()]
+    return [text for text in texts if text]
