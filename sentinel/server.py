@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import SpanProcessor
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
+from sentinel.admin.auth import AdminAuth, load_tokens
+from sentinel.audit.record import Event
 from sentinel.audit.service import AuditService
 from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
@@ -147,6 +149,8 @@ def build(
     # Backups run in their own processes; their outcomes are read from the run log at scrape time.
     registry.register(BackupCollector(RunLog(settings.resolve_path(settings.backup.state_file)), settings.backup.plans))
     extras: dict[str, Any] = {}
+    tokens = load_tokens(settings.resolve_path(settings.admin_tokens_file)) if settings.admin_tokens_file else {}
+    extras["auth"] = AdminAuth(tokens, registry, on_failure=_auth_failure_recorder(audit))
     hooks: list[RequestHook] = []
     if settings.policy.file is not None:
         policy_metrics = PolicyMetrics(registry, settings.policy.max_rule_labels)
@@ -188,6 +192,19 @@ def build(
     return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu, extras=extras)
 
 
+def _auth_failure_recorder(audit: AuditService | None) -> Any:
+    """Failed admin logins go into the audit trail (reports list them as anomalies)."""
+    if audit is None:
+        return None
+
+    async def record(reason: str, path: str, client: str | None) -> None:
+        await audit.record_event(
+            Event("admin_auth_failed", f"client:{client or 'unknown'}", {"reason": reason, "path": path})
+        )
+
+    return record
+
+
 @contextlib.asynccontextmanager
 async def run_server(
     settings: Settings,
@@ -211,6 +228,7 @@ async def run_server(
     if sentinel.audit is not None:
         admin_state.ready_checks["audit"] = sentinel.audit.ready
         admin_state.audit = sentinel.audit
+    admin_state.auth = sentinel.extras["auth"]
     sentinel.extras["admin_state"] = admin_state
     store: PolicyStore | None = sentinel.extras.get("policy")
     if store is not None:

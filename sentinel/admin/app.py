@@ -23,6 +23,8 @@ class AdminState:
     """The AuditService, when the audit trail is on."""
     moderation: Any = None
     """A `sentinel.policy.ModerationEndpoint` when a moderation token is configured."""
+    auth: Any = None
+    """The `AdminAuth` guarding the audit (and report) endpoints."""
 
 
 def create_admin_app(state: AdminState) -> FastAPI:
@@ -58,4 +60,8 @@ def create_admin_app(state: AdminState) -> FastAPI:
         status, body = state.moderation.handle(request.headers.get("authorization"), await request.body())
         return JSONResponse(body, status_code=status)
 
+    if state.audit is not None and state.auth is not None:
+        from sentinel.admin.audit_routes import audit_router
+
+        app.include_router(audit_router(state.audit, state.auth))
     return app

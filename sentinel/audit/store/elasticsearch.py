@@ -205,7 +205,8 @@ class ElasticsearchStore:
                 if status not in (200, 201, 409):
                     error = result.get("error", {})
                     raise StoreUnavailable(
-                        f"Elasticsearch refused {result.get('_id')}: {status} {error.get('type')}: {error.get('reason')}"
+                        f"Elasticsearch refused {result.get('_id')}: {status} "
+                        f"{error.get('type')}: {error.get('reason')}"
                     )
 
     async def put_keys(self, keys: Sequence[dict[str, Any]]) -> None:

@@ -1,0 +1,108 @@
+"""Admin API over the audit trail: search metadata, show (and, for auditors, decrypt) a record, verify.
+
+Decrypting requires the `auditor` role and a stated reason, and the access is written to the
+audit trail before any content is returned.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from sentinel.admin.auth import AdminAuth, Principal
+from sentinel.audit.kek import KeyUnavailable
+from sentinel.audit.record import RecordCorrupt, blind_index
+from sentinel.audit.service import AuditService
+from sentinel.audit.store import SearchQuery, StoreUnavailable
+from sentinel.periods import parse_time
+from sentinel.proxy.hooks import JournalUnavailable
+
+
+def _time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
+    router = APIRouter(prefix="/audit", tags=["audit"])
+    anyone = Depends(auth.require("auditor", "operator"))
+
+    @router.get("/records")
+    async def search(
+        principal: Annotated[Principal, anyone],
+        since: str | None = None,
+        until: str | None = None,
+        model: str | None = None,
+        operation: str | None = None,
+        outcome: str | None = None,
+        status: int | None = None,
+        user: Annotated[str | None, Query(description="A Dify end-user id; matched by blind index")] = None,
+        api_key_id: str | None = None,
+        kind: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Audit record metadata (never content), newest first."""
+        user_index = None
+        if user is not None:
+            if service.keyring is None:
+                raise HTTPException(503, "the audit trail is unavailable")
+            user_index = blind_index(service.keyring.index_key(), user)
+        query = SearchQuery(
+            since=_time(since),
+            until=_time(until),
+            model=model,
+            operation=operation,
+            outcome=outcome,
+            status=status,
+            user_index=user_index,
+            api_key_id=api_key_id,
+            kind=kind,
+            limit=limit,
+        )
+        try:
+            return {"records": await service.search(query)}
+        except StoreUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @router.get("/records/{record_id}")
+    async def show(
+        record_id: str,
+        principal: Annotated[Principal, anyone],
+        decrypt: bool = False,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """One record's metadata; with `decrypt=true` (auditors, with a `reason`) its content too."""
+        if decrypt and principal.role != "auditor":
+            raise HTTPException(403, "only auditors may decrypt audit content")
+        try:
+            return await service.show(
+                record_id, decrypt_content=decrypt, actor=f"admin-api:{principal.name}", reason=reason
+            )
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from None
+        except PermissionError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except JournalUnavailable as exc:
+            raise HTTPException(503, f"the access could not be recorded, so no content is shown: {exc}") from None
+        except (KeyUnavailable, RecordCorrupt) as exc:
+            raise HTTPException(500, str(exc)) from None
+        except StoreUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @router.get("/verify")
+    async def verify(
+        principal: Annotated[Principal, anyone], since: str | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """Recompute the hash chains against their signed checkpoints."""
+        try:
+            report = await service.verify(_time(since), _time(until))
+        except StoreUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
+        return report.to_dict()
+
+    return router

@@ -1,0 +1,140 @@
+"""Who may call the admin API: bearer tokens with roles, kept hashed in a file.
+
+Roles:
+- `auditor`: read audit metadata, decrypt content (stating a reason; the access is itself
+  recorded), verify the chain, pull compliance reports;
+- `operator`: read audit metadata and verify the chain (no content).
+
+The tokens file (`SENTINEL_ADMIN_TOKENS_FILE`) holds only SHA-256 digests of the tokens:
+
+    tokens:
+      - name: alice
+        role: auditor
+        sha256: 9f86d08188...
+
+`sentinel admin token --name alice --role auditor` makes a token and prints its line. Every
+failed attempt is counted and recorded in the audit trail (reports list them as anomalies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from fastapi import HTTPException, Request
+from prometheus_client import CollectorRegistry, Counter
+
+from sentinel.config import ConfigError
+
+log = logging.getLogger("sentinel.admin")
+
+Role = Literal["auditor", "operator"]
+ROLES: tuple[Role, ...] = ("auditor", "operator")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "sat_" + secrets.token_urlsafe(32)
+
+
+def load_tokens(path: Path) -> dict[str, Principal]:
+    """digest -> principal; a bad file is a `ConfigError` naming the entry."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"admin_tokens_file {path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"admin_tokens_file {path}: not valid YAML: {exc}") from None
+    entries = data.get("tokens") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ConfigError(f"admin_tokens_file {path}: expected a mapping with a `tokens` list")
+    tokens: dict[str, Principal] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"admin_tokens_file {path}: tokens[{index}] is not a mapping")
+        name, role, digest = entry.get("name"), entry.get("role"), str(entry.get("sha256", "")).lower()
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"admin_tokens_file {path}: tokens[{index}].name is missing")
+        if role not in ROLES:
+            raise ConfigError(f"admin_tokens_file {path}: tokens[{index}] ({name}).role must be one of {ROLES}")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"admin_tokens_file {path}: tokens[{index}] ({name}).sha256 is not a SHA-256 hex digest")
+        tokens[digest] = Principal(name, role)
+    return tokens
+
+
+FailureHook = Callable[[str, str, str | None], Awaitable[None]]
+"""(reason, path, client address) -> records the failed attempt."""
+
+
+class AdminAuth:
+    def __init__(
+        self, tokens: dict[str, Principal], registry: CollectorRegistry, on_failure: FailureHook | None = None
+    ) -> None:
+        self._tokens = tokens
+        self.on_failure = on_failure
+        self._failures = Counter(
+            "sentinel_admin_auth_failures",
+            "Rejected admin API calls, by reason (missing, invalid, forbidden).",
+            ["reason"],
+            registry=registry,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def identify(self, authorization: str | None) -> Principal | None:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return None
+        digest = hash_token(authorization[7:].strip())
+        for known, principal in self._tokens.items():
+            if hmac.compare_digest(known, digest):
+                return principal
+        return None
+
+    def require(self, *roles: Role) -> Callable[[Request], Awaitable[Principal]]:
+        """A FastAPI dependency: the caller's principal, or 401/403 (and the failure recorded)."""
+
+        async def dependency(request: Request) -> Principal:
+            if not self.enabled:
+                raise HTTPException(503, "admin API tokens are not configured (SENTINEL_ADMIN_TOKENS_FILE)")
+            header = request.headers.get("authorization")
+            principal = self.identify(header)
+            client = request.client.host if request.client else None
+            if principal is None:
+                reason = "missing" if not header else "invalid"
+                await self._failed(reason, request.url.path, client)
+                raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+            if principal.role not in roles:
+                await self._failed("forbidden", request.url.path, client, principal)
+                raise HTTPException(403, f"role {principal.role} may not do this")
+            return principal
+
+        return dependency
+
+    async def _failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
+        self._failures.labels(reason).inc()
+        who = f"{principal.name} ({principal.role})" if principal else "unknown caller"
+        log.warning("admin API: %s token from %s for %s (%s)", reason, client, path, who)
+        if self.on_failure is not None:
+            try:
+                await self.on_failure(reason, path, client)
+            except Exception as exc:  # recording the failure must not change the answer
+                log.error("could not record failed admin authentication: %s", exc)
