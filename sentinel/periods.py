@@ -27,7 +27,9 @@ def parse_time(value: str, *, now: float | None = None) -> float:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{value!r} is not a time: use ISO 8601 (2026-11-01T08:00Z), Unix seconds, or 24h/7d ago") from None
+        raise ValueError(
+            f"{value!r} is not a time: use ISO 8601 (2026-11-01T08:00Z), Unix seconds, or 24h/7d ago"
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()

@@ -246,6 +246,8 @@ class ProxyApp:
             raise
         finally:
             watcher.cancel()
+            if self.journal is not None and not ex.journaled:
+                await self._complete_after_failure(ex)
 
     async def _read_body(self, ex: Exchange, receive: Receive) -> bytes | None:
         """The whole request body, or None if it exceeds the limit or the client left."""
@@ -400,6 +402,7 @@ class ProxyApp:
         assert self.journal is not None
         ex.completed = True  # from here on a client disconnect must not cancel the write
         ex.t_end = _perf()
+        ex.journaled = True
         try:
             await self.journal.complete(ex)
         except JournalUnavailable as exc:
@@ -422,6 +425,17 @@ class ProxyApp:
             log.warning("upstream failed mid-response: %s (interaction %s)", message, ex.id)
             raise UpstreamAborted(message)
         await self._respond(ex, send, status, error_type, message)
+
+    async def _complete_after_failure(self, ex: Exchange) -> None:
+        """Strict mode, for calls that ended without a normal last byte (upstream failure, client gone,
+        policy stop): the request is on record as started, so record how it ended too."""
+        assert self.journal is not None
+        ex.journaled = True
+        ex.t_end = _perf()
+        try:
+            await asyncio.shield(self.journal.complete(ex))
+        except (JournalUnavailable, asyncio.CancelledError) as exc:
+            log.error("could not record the end of interaction %s: %r", ex.id, exc)
 
     async def _refuse_too_large(self, ex: Exchange, send: Send, size: int) -> None:
         ex.outcome = Outcome.REJECTED

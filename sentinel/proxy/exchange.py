@@ -55,6 +55,8 @@ class Exchange:
     completed: bool = False
     """Set just before the last byte goes to the client; after it a disconnect is not an abort."""
     annotations: dict[str, Any] = field(default_factory=dict)
+    journaled: bool = False
+    """Strict mode: the completed record has been handed to the journal."""
     interaction: Interaction | None = None
     """The record, when something on the request path already built it (the strict audit journal)."""
     """Plaintext findings from request hooks (policy decisions, PHI categories); copied to the record."""
