@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from sentinel.admin.auth import AdminAuth, Principal
 from sentinel.audit.kek import KeyUnavailable
@@ -34,7 +34,6 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
 
     @router.get("/records")
     async def search(
-        principal: Annotated[Principal, anyone],
         since: str | None = None,
         until: str | None = None,
         model: str | None = None,
@@ -45,6 +44,7 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         api_key_id: str | None = None,
         kind: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        principal: Principal = anyone,
     ) -> dict[str, Any]:
         """Audit record metadata (never content), newest first."""
         user_index = None
@@ -72,13 +72,14 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
     @router.get("/records/{record_id}")
     async def show(
         record_id: str,
-        principal: Annotated[Principal, anyone],
+        request: Request,
         decrypt: bool = False,
         reason: str | None = None,
+        principal: Principal = anyone,
     ) -> dict[str, Any]:
         """One record's metadata; with `decrypt=true` (auditors, with a `reason`) its content too."""
         if decrypt and principal.role != "auditor":
-            raise HTTPException(403, "only auditors may decrypt audit content")
+            raise await auth.refuse(request, principal, "only auditors may decrypt audit content")
         try:
             return await service.show(
                 record_id, decrypt_content=decrypt, actor=f"admin-api:{principal.name}", reason=reason
@@ -96,7 +97,7 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
 
     @router.get("/verify")
     async def verify(
-        principal: Annotated[Principal, anyone], since: str | None = None, until: str | None = None
+        since: str | None = None, until: str | None = None, principal: Principal = anyone
     ) -> dict[str, Any]:
         """Recompute the hash chains against their signed checkpoints."""
         try:

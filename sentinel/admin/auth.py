@@ -129,6 +129,11 @@ class AdminAuth:
 
         return dependency
 
+    async def refuse(self, request: Request, principal: Principal, why: str) -> HTTPException:
+        """A known caller asked for more than their role allows: record it, return the 403 to raise."""
+        await self._failed("forbidden", request.url.path, request.client.host if request.client else None, principal)
+        return HTTPException(403, why)
+
     async def _failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
         self._failures.labels(reason).inc()
         who = f"{principal.name} ({principal.role})" if principal else "unknown caller"

@@ -66,6 +66,11 @@ class _AesGcmKek:
             ) from None
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_ino
+
+
 def new_key_id(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d', time.gmtime())}-{secrets.token_hex(3)}"
 
@@ -73,10 +78,11 @@ def new_key_id(prefix: str) -> str:
 class LocalKeyFile:
     """KEKs kept in a local file with 0600 permissions (directory 0700)."""
 
-    def __init__(self, path: Path, active: str, keys: dict[str, bytes]) -> None:
+    def __init__(self, path: Path, active: str, keys: dict[str, bytes], stamp: tuple[int, int] = (0, 0)) -> None:
         self.path = path
         self.active_id = active
         self._keys = keys
+        self._stamp = stamp
 
     # -- lifecycle ---------------------------------------------------------------------------
     @classmethod
@@ -107,7 +113,16 @@ class LocalKeyFile:
             raise KeyUnavailable(f"key file {path} is not a Sentinel key file: {type(exc).__name__}") from None
         if active not in keys:
             raise KeyUnavailable(f"key file {path} names active key {active} but does not contain it")
-        return cls(path, active, keys)
+        return cls(path, active, keys, _stamp(path))
+
+    def reloaded(self) -> LocalKeyFile:
+        """This file as it is on disk now (a rewrap in another process adds keys); self if unchanged."""
+        try:
+            if _stamp(self.path) == self._stamp:
+                return self
+        except FileNotFoundError:
+            return self
+        return LocalKeyFile.load(self.path)
 
     def save(self) -> None:
         """Write atomically: a 0600 temp file in the same directory, fsync, rename."""
@@ -129,6 +144,7 @@ class LocalKeyFile:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        self._stamp = _stamp(self.path)
 
     def add_new(self) -> str:
         """Add a fresh KEK and make it active (the old ones stay until nothing needs them)."""

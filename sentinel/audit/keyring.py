@@ -1,13 +1,14 @@
 """`KeyRing`: the envelope's data keys, wrapped by the key-encryption key and kept beside the data.
 
-Three kinds of keys, all random 256-bit, all stored only in wrapped form (`WrappedKey`) in the
-spool and the store so that a backup or a restored store plus the KEK can open everything:
+Three kinds of keys, all random, all stored only in wrapped form (`WrappedKey`) in the spool and
+the store so that a backup or a restored store plus the KEK can open everything:
 
 - data keys (`dk-YYYYMMDD-…`): encrypt content fields; a new one each UTC day, or on `rotate()`;
 - the index key (`ix-…`): HMAC key for blind indexes; stable, so equal values stay searchable;
 - the checkpoint signing key (`sk-…`): Ed25519; its public half is stored in clear.
 
-Rotating the KEK (`rewrap`) re-wraps these keys and touches no record.
+A key may be stored wrapped under several KEKs: `rewrap` adds a wrapping under a new KEK (the
+store is append-only) and touches no record; a key opens if any of its wrappings' KEKs is at hand.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ class KeyRing:
     def __init__(self, keks: LocalKeyFile, table: KeyTable | None = None, keys: Iterable[WrappedKey] = ()) -> None:
         self.keks = keks
         self._table = table
-        self._wrapped: dict[str, WrappedKey] = {k.kid: k for k in keys}
+        self._wrappings: dict[str, dict[str, WrappedKey]] = {}
+        self.learn(keys)
         if table is not None:
-            self._wrapped.update({k.kid: k for k in table.load_keys()})
+            self.learn(table.load_keys())
         self._plain: dict[str, bytes] = {}
         self._aead: dict[str, AESGCM] = {}
         self._current: str | None = None
@@ -88,13 +90,36 @@ class KeyRing:
         self._check_keks()
 
     def _check_keks(self) -> None:
-        """Fail at start, naming the key, if a stored key was wrapped by a KEK we do not have."""
-        missing = {k.kek_id for k in self._wrapped.values()} - set(self.keks.key_ids)
-        if missing:
+        """Fail at start, naming the keys, if some stored key has no wrapping under a KEK we hold."""
+        held = set(self.keks.key_ids)
+        orphans = {kid: sorted(wrappings) for kid, wrappings in self._wrappings.items() if not (set(wrappings) & held)}
+        if orphans:
+            needed = sorted({kek for keks in orphans.values() for kek in keks})
             raise KeyUnavailable(
-                f"stored data keys are wrapped by key-encryption key(s) {', '.join(sorted(missing))}, "
-                f"which {self.keks.path} does not contain; wrong key file?"
+                f"{len(orphans)} stored key(s) (e.g. {next(iter(orphans))}) are wrapped only by key-encryption "
+                f"key(s) {', '.join(needed)}, which {self.keks.path} does not contain; wrong key file?"
             )
+
+    # -- learning keys -------------------------------------------------------------------------
+    def learn(self, keys: Iterable[WrappedKey]) -> int:
+        """Add wrappings (from the spool, a store, a restored backup); returns how many were new."""
+        new = 0
+        for key in keys:
+            wrappings = self._wrappings.setdefault(key.kid, {})
+            if key.kek_id not in wrappings:
+                wrappings[key.kek_id] = key
+                new += 1
+        return new
+
+    def refresh(self) -> None:
+        """Pick up keys another process added (`sentinel keys rotate` / `rewrap`) and a changed KEK file."""
+        self.keks = self.keks.reloaded()
+        if self._table is not None and self.learn(self._table.load_keys()):
+            latest = self._latest(DATA)
+            if latest is not None and self._current is not None and latest.kid != self._current:
+                current = self._any(self._current)
+                if latest.created > current.created:
+                    self._current = latest.kid
 
     # -- creating ------------------------------------------------------------------------------
     def _new(self, prefix: str, purpose: str, material: bytes, public: str | None = None) -> WrappedKey:
@@ -105,7 +130,7 @@ class KeyRing:
         )
         if self._table is not None:
             self._table.save_keys([wrapped])
-        self._wrapped[kid] = wrapped
+        self.learn([wrapped])
         self._plain[kid] = material
         return wrapped
 
@@ -131,11 +156,12 @@ class KeyRing:
             return self._current
 
     def index_key(self) -> bytes:
-        latest = self._latest(INDEX)
-        if latest is None:
+        """The blind-index key: the oldest one known, so every process that knows the same keys agrees."""
+        first = self._first(INDEX)
+        if first is None:
             with self._lock:
-                latest = self._latest(INDEX) or self._new("ix", INDEX, secrets.token_bytes(32))
-        return self._unwrapped(latest.kid)
+                first = self._first(INDEX) or self._new("ix", INDEX, secrets.token_bytes(32))
+        return self._unwrapped(first.kid)
 
     def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
         latest = self._latest(SIGNING)
@@ -154,22 +180,36 @@ class KeyRing:
         return latest.kid, Ed25519PrivateKey.from_private_bytes(self._unwrapped(latest.kid))
 
     # -- reading -------------------------------------------------------------------------------
-    def _latest(self, purpose: str) -> WrappedKey | None:
-        candidates = [k for k in self._wrapped.values() if k.purpose == purpose]
-        return max(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
-
-    def wrapped(self, kid: str) -> WrappedKey:
+    def _any(self, kid: str) -> WrappedKey:
         try:
-            return self._wrapped[kid]
+            return next(iter(self._wrappings[kid].values()))
         except KeyError:
             raise KeyUnavailable(f"data key {kid} is not known to this key ring (not in the store?)") from None
+
+    def _first(self, purpose: str) -> WrappedKey | None:
+        candidates = [self._any(kid) for kid, w in self._wrappings.items() if next(iter(w.values())).purpose == purpose]
+        return min(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
+
+    def _latest(self, purpose: str) -> WrappedKey | None:
+        candidates = [self._any(kid) for kid, w in self._wrappings.items() if next(iter(w.values())).purpose == purpose]
+        return max(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
 
     def _unwrapped(self, kid: str) -> bytes:
         plain = self._plain.get(kid)
         if plain is None:
-            wrapped = self.wrapped(kid)
-            kek: KeyEncryptionKey = self.keks.get(wrapped.kek_id)
-            plain = kek.unwrap(base64.b64decode(wrapped.wrapped), kid.encode())
+            wrappings = self._wrappings.get(kid)
+            if not wrappings:
+                raise KeyUnavailable(f"data key {kid} is not known to this key ring (not in the store?)")
+            held = [w for kek_id, w in wrappings.items() if kek_id in self.keks.key_ids]
+            if not held:
+                raise KeyUnavailable(
+                    f"data key {kid} is wrapped only by key-encryption key(s) {', '.join(sorted(wrappings))}, "
+                    f"which {self.keks.path} does not contain"
+                )
+            # Prefer the active KEK's wrapping; every wrapping holds the same key.
+            held.sort(key=lambda w: w.kek_id != self.keks.active_id)
+            kek: KeyEncryptionKey = self.keks.get(held[0].kek_id)
+            plain = kek.unwrap(base64.b64decode(held[0].wrapped), kid.encode())
             self._plain[kid] = plain
         return plain
 
@@ -180,22 +220,21 @@ class KeyRing:
         return aead
 
     def public_key(self, kid: str) -> Ed25519PublicKey:
-        wrapped = self.wrapped(kid)
+        wrapped = self._any(kid)
         if wrapped.public is None:
             raise KeyUnavailable(f"key {kid} is not a signing key")
         return Ed25519PublicKey.from_public_bytes(base64.b64decode(wrapped.public))
 
     def all_keys(self) -> list[WrappedKey]:
-        return sorted(self._wrapped.values(), key=lambda k: (k.created, k.kid))
+        """One entry per key (its first wrapping), oldest first."""
+        return sorted((self._any(kid) for kid in self._wrappings), key=lambda k: (k.created, k.kid))
 
-    def learn(self, keys: Iterable[WrappedKey]) -> None:
-        """Add keys read from a store (e.g. when opening a restored store)."""
-        for key in keys:
-            self._wrapped.setdefault(key.kid, key)
+    def wrappings(self, kid: str) -> list[WrappedKey]:
+        return list(self._wrappings.get(kid, {}).values())
 
     # -- KEK rotation --------------------------------------------------------------------------
     def rewrap(self, new_kek: KeyEncryptionKey) -> list[WrappedKey]:
-        """Re-wrap every key under `new_kek`; returns the new wrapped forms (records are untouched)."""
+        """Wrap every key under `new_kek` too; returns the new wrappings (records are untouched)."""
         rewrapped = []
         for key in self.all_keys():
             plain = self._unwrapped(key.kid)
@@ -211,5 +250,10 @@ class KeyRing:
             )
         if self._table is not None:
             self._table.save_keys(rewrapped)
-        self._wrapped.update({k.kid: k for k in rewrapped})
+        self.learn(rewrapped)
         return rewrapped
+
+    def unwrappable_without(self, kek_id: str) -> list[str]:
+        """Keys that would become unreadable if `kek_id` were removed from the key file."""
+        held = set(self.keks.key_ids) - {kek_id}
+        return [kid for kid, wrappings in self._wrappings.items() if not (set(wrappings) & held)]

@@ -8,6 +8,7 @@ processes never append to the same chain.
 from __future__ import annotations
 
 import asyncio
+import base64
 import fcntl
 import logging
 import os
@@ -61,6 +62,27 @@ def open_store(settings: Settings, *, read_only: bool = False) -> AuditStore:
     )
 
 
+def _server_keys(settings: Settings) -> list[Any]:
+    """Wrapped keys from the server's spool (read-only), for the CLI's own chain."""
+    import sqlite3
+
+    import orjson
+
+    from sentinel.audit.keyring import WrappedKey
+
+    path = settings.resolve_path(settings.audit.spool_path)
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return [WrappedKey.from_dict(orjson.loads(b)) for (b,) in db.execute("SELECT body FROM keys")]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+
+
 def load_or_create_keks(path: Path, spool_has_keys: bool) -> LocalKeyFile:
     """The KEK file; on a fresh install (nothing encrypted yet) a missing one is created, loudly."""
     if path.exists() or spool_has_keys:
@@ -82,18 +104,23 @@ def load_or_create_keks(path: Path, spool_has_keys: bool) -> LocalKeyFile:
 
 @dataclass
 class Reader:
-    """What reading the trail needs: the store and a key ring that knows the store's keys."""
+    """What reading the trail needs: the store, a key ring that knows the store's keys, and the
+    checkpoint public keys to trust (pinned ones when given, else those stored beside the records)."""
 
     store: AuditStore
     keyring: KeyRing | None
+    public_keys: dict[str, Ed25519PublicKey]
 
     def public_key(self, kid: str) -> Ed25519PublicKey | None:
-        if self.keyring is None:
-            return None
-        try:
-            return self.keyring.public_key(kid)
-        except KeyUnavailable:
-            return None
+        return self.public_keys.get(kid)
+
+
+async def stored_public_keys(store: AuditStore) -> dict[str, Ed25519PublicKey]:
+    keys = {}
+    for key in await store.keys():
+        if key.public:
+            keys[key.kid] = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public))
+    return keys
 
 
 class AuditService:
@@ -134,8 +161,15 @@ class AuditService:
         spool_keys = await self.spool.run(self.spool.stored_keys)
         keks = load_or_create_keks(self.settings.resolve_path(self.settings.key_file), bool(spool_keys))
         self.keyring = KeyRing(keks, self.spool)
-        await self.trail.start(self.keyring)
+        if self.cli:
+            # Share the deployment's blind-index key: learn the server's keys before making any.
+            self.keyring.learn(await asyncio.to_thread(_server_keys, self.settings))
         await self.store.open()
+        try:
+            self.keyring.learn(await self.store.keys())
+        except Exception as exc:  # an unreachable store must not stop recording
+            log.warning("could not read keys from the audit store: %s", exc)
+        await self.trail.start(self.keyring)
         self.shipper = Shipper(
             self.spool, self.store, self.metrics, spool_retention=self.settings.audit.spool_retention_hours * 3600
         )
@@ -196,11 +230,11 @@ class AuditService:
         return True, f"recording (sequence {self.trail.head.seq})"
 
     # -- reading -----------------------------------------------------------------------------
-    async def reader(self) -> Reader:
+    async def reader(self, pinned: dict[str, Ed25519PublicKey] | None = None) -> Reader:
         keyring = self.keyring
         if keyring is not None:
             keyring.learn(await self.store.keys())
-        return Reader(self.store, keyring)
+        return Reader(self.store, keyring, pinned if pinned is not None else await stored_public_keys(self.store))
 
     async def record_event(self, event: Event) -> None:
         await self.trail.record_event(event)
@@ -235,9 +269,13 @@ class AuditService:
         return doc
 
     async def verify(
-        self, since: float | None = None, until: float | None = None, instance: str | None = None
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        instance: str | None = None,
+        pinned: dict[str, Ed25519PublicKey] | None = None,
     ) -> VerifyReport:
-        reader = await self.reader()
+        reader = await self.reader(pinned)
         return await verify(reader.store, reader.public_key, since=since, until=until, instance=instance)
 
 

@@ -146,6 +146,8 @@ class AuditTrail:
         self._closed = True
         if self._ticker is not None:
             self._ticker.cancel()
+        if self.keyring is None:
+            return
         self._checkpoint_requested = True
         self._ensure_flushing()
         while self._flushing is not None and not self._flushing.done():
@@ -249,9 +251,15 @@ class AuditTrail:
         )
 
     async def _tick(self) -> None:
-        """Sign a checkpoint for a quiet chain once the interval has passed."""
+        """Sign a checkpoint for a quiet chain once the interval has passed; pick up key changes
+        made by `sentinel keys rotate|rewrap` in another process."""
         while True:
-            await asyncio.sleep(min(self.checkpoint_interval, 60.0) / 4)
+            await asyncio.sleep(min(self.checkpoint_interval / 4, 5.0))
+            if self.keyring is not None:
+                try:
+                    self.keyring.refresh()
+                except Exception as exc:
+                    log.error("could not refresh audit keys: %s", exc)
             if self._checkpoint_due():
                 self._checkpoint_requested = True
                 self._ensure_flushing()

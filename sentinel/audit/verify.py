@@ -190,9 +190,14 @@ async def verify_instance(
             index += 1
             current = successor.get(current.claimed_hash)
     seqs = {link.seq for link in chosen}
+    unlinked: set[int] = set()
     for link in chosen:
         if link.prev_hash not in by_hash and link.prev_hash != start_prev:
-            if link.seq - 1 in seqs:
+            # A record whose predecessor is itself unlinked lost its link only because that one was
+            # replaced: report the replaced record, not both.
+            replaced_before = link.seq - 1 in unlinked
+            unlinked.add(link.seq)
+            if link.seq - 1 in seqs and not replaced_before:
                 report.findings.append(
                     Finding(
                         "inserted", instance, link.seq, "does not link to any record in the chain", doc_id=link.doc_id

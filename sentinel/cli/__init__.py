@@ -91,7 +91,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import backup, demo, drill, generate, grafana, scheduler, serve
+    from sentinel.cli import admin, audit, backup, demo, drill, es, generate, grafana, keys, scheduler, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
@@ -100,6 +100,10 @@ def _register() -> None:
     main.add_command(backup.backup)
     main.add_command(drill.drill)
     main.add_command(scheduler.scheduler)
+    main.add_command(keys.keys)
+    main.add_command(audit.audit)
+    main.add_command(es.es)
+    main.add_command(admin.admin)
 
 
 _register()

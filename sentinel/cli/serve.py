@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from sentinel.audit.kek import KeyUnavailable
 from sentinel.cli import load, settings_options
 from sentinel.config import ConfigError
 
@@ -57,7 +58,7 @@ def serve(
         import uvloop
 
         uvloop.run(run(settings))
-    except ConfigError as exc:
+    except (ConfigError, KeyUnavailable) as exc:
         click.echo(f"sentinel: {exc}", err=True)
         sys.exit(2)
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform

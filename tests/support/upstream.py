@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -32,6 +32,8 @@ class Script:
     """Stop sending (but keep the connection) after this many chunks."""
     content_length: bool = False
     """Send Content-Length instead of chunked transfer encoding."""
+    before: Callable[[Seen], None] | None = None
+    """Called with the request before answering: tests look at Sentinel's state at that moment."""
 
     @property
     def body(self) -> bytes:
@@ -80,6 +82,8 @@ class ScriptedUpstream:
         script = self.scripts.get(raw_path) or self.scripts.get(request.path)
         if script is None:
             return web.json_response({"error": {"message": f"no script for {request.path}"}}, status=404)
+        if script.before is not None:
+            script.before(seen)
         try:
             if script.first_delay:
                 await asyncio.sleep(script.first_delay)

@@ -232,7 +232,7 @@ class EmbeddedStore:
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Rows `(seq, doc_id, *columns)` of one instance in chain order, a page at a time."""
         upper = to_seq if to_seq is not None else 2**62
-        cursor = (from_seq - 1, "")
+        cursor = (from_seq - 1, "\U0010ffff")  # past every doc id of seq from_seq - 1
 
         def page(after: tuple[int, str]) -> list[tuple[Any, ...]]:
             rows: list[tuple[Any, ...]] = self.db.execute(

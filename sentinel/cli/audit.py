@@ -1,0 +1,248 @@
+"""`sentinel audit`: search, show (and decrypt, with a recorded reason) and verify the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.table import Table
+
+from sentinel.audit.kek import KeyUnavailable
+from sentinel.audit.record import RecordCorrupt, blind_index
+from sentinel.audit.store import SearchQuery, StoreUnavailable
+from sentinel.cli import load, settings_options
+from sentinel.cli.keys import actor, fail, public_keys_from
+from sentinel.config import Settings
+from sentinel.periods import iso, parse_time
+from sentinel.proxy.hooks import JournalUnavailable
+
+console = Console()
+
+
+def _when(value: str | None, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=name) from None
+
+
+def _service(settings: Settings) -> Any:
+    from sentinel.audit.service import AuditService
+    from sentinel.server import instance_id
+
+    return AuditService(settings, CollectorRegistry(), instance_id(settings), cli=True)
+
+
+@click.group()
+def audit() -> None:
+    """Read and check the audit trail (the embedded store, or Elasticsearch when configured)."""
+
+
+@audit.command("verify")
+@click.option("--from", "since", metavar="TIME", help="Start: ISO 8601, Unix seconds, or 7d (ago).")
+@click.option("--to", "until", metavar="TIME", help="End, same forms.")
+@click.option("--instance", help="Only this instance's chain.")
+@click.option(
+    "--public-key",
+    "public_key_files",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Trust only these checkpoint keys (`sentinel keys show --public` output).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@settings_options
+def verify(
+    since: str | None,
+    until: str | None,
+    instance: str | None,
+    public_key_files: tuple[Path, ...],
+    as_json: bool,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Recompute every hash chain against its signed checkpoints.
+
+    Exit status: 0 the trail is intact, 1 something was modified, deleted, inserted, reordered or
+    truncated (each listed), 2 the check could not run.
+    """
+    settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
+
+    async def run() -> Any:
+        from sentinel.audit.service import open_store, stored_public_keys
+        from sentinel.audit.verify import verify as verify_chain
+
+        store = open_store(settings, read_only=True)
+        await store.open()
+        try:
+            pinned = public_keys_from(public_key_files)
+            keys = pinned if pinned is not None else await stored_public_keys(store)
+            return await verify_chain(
+                store, keys.get, since=_when(since, "--from"), until=_when(until, "--to"), instance=instance
+            )
+        finally:
+            await store.close()
+
+    try:
+        report = asyncio.run(run())
+    except StoreUnavailable as exc:
+        fail(str(exc), 2)
+        return
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        for chain in report.instances:
+            span = f"{chain.first_seq}..{chain.last_seq}" if chain.first_seq is not None else "empty"
+            console.print(
+                f"[bold]{chain.instance}[/]: {chain.records_checked} records ({span}), "
+                f"{chain.checkpoints_checked} checkpoints, {chain.unsealed} after the last checkpoint"
+            )
+            for finding in chain.findings:
+                where = f"{finding.seq}" + (f"..{finding.seq_to}" if finding.seq_to else "")
+                console.print(
+                    f"  [red]{finding.kind.upper()}[/] seq {where}: {finding.detail}"
+                    + (f" ({finding.doc_id})" if finding.doc_id else "")
+                )
+        verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.findings)} problem(s)[/]"
+        console.print(f"Audit trail: {verdict} ({report.records_checked} records checked)")
+    sys.exit(0 if report.ok else 1)
+
+
+@audit.command("search")
+@click.option("--from", "since", metavar="TIME")
+@click.option("--to", "until", metavar="TIME")
+@click.option("--model")
+@click.option("--operation")
+@click.option("--outcome", type=click.Choice(["ok", "error", "aborted", "rejected"]))
+@click.option("--status", type=int)
+@click.option("--user", help="A Dify end-user id (matched through its blind index; needs the KEK).")
+@click.option("--api-key-id")
+@click.option("--kind", type=click.Choice(["interaction", "interaction_started", "event"]))
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@settings_options
+def search(
+    since: str | None,
+    until: str | None,
+    model: str | None,
+    operation: str | None,
+    outcome: str | None,
+    status: int | None,
+    user: str | None,
+    api_key_id: str | None,
+    kind: str | None,
+    limit: int,
+    as_json: bool,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """List audit records' metadata (no content), newest first."""
+    settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
+
+    async def run() -> list[dict[str, Any]]:
+        service = _service(settings)
+        await service.start()
+        try:
+            user_index = None
+            if user is not None:
+                if service.keyring is None:
+                    raise KeyUnavailable("the key ring is unavailable")
+                user_index = blind_index(service.keyring.index_key(), user)
+            query = SearchQuery(
+                since=_when(since, "--from"),
+                until=_when(until, "--to"),
+                model=model,
+                operation=operation,
+                outcome=outcome,
+                status=status,
+                user_index=user_index,
+                api_key_id=api_key_id,
+                kind=kind,
+                limit=limit,
+            )
+            records: list[dict[str, Any]] = await service.search(query)
+            return records
+        finally:
+            await service.stop()
+
+    try:
+        records = asyncio.run(run())
+    except (StoreUnavailable, KeyUnavailable) as exc:
+        fail(str(exc), 2)
+        return
+    if as_json:
+        sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title=f"{len(records)} audit record(s)")
+    for column in ("id", "time", "kind", "model", "operation", "status", "outcome", "caller", "tokens in/out"):
+        table.add_column(column)
+    for doc in records:
+        i = doc.get("interaction") or {}
+        usage = i.get("usage") or {}
+        event = doc.get("event") or {}
+        table.add_row(
+            doc["doc_id"],
+            doc.get("@timestamp", ""),
+            doc["kind"] if not event else f"event:{event.get('type')}",
+            i.get("model_requested") or "-",
+            i.get("operation") or "-",
+            str(i.get("status_code") or "-"),
+            i.get("outcome") or "-",
+            (i.get("caller") or {}).get("api_key_id") or event.get("actor") or "-",
+            f"{usage.get('input_tokens')}/{usage.get('output_tokens')}" if usage.get("source") else "-",
+        )
+    console.print(table)
+
+
+@audit.command("show")
+@click.argument("record_id")
+@click.option("--decrypt", is_flag=True, help="Also decrypt the content. Requires --reason; the access is recorded.")
+@click.option("--reason", help="Why you need the content (kept, encrypted, in the audit trail).")
+@settings_options
+def show(
+    record_id: str,
+    decrypt: bool,
+    reason: str | None,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Show one record (by doc id `instance:seq` or interaction id) as JSON."""
+    settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
+    if decrypt and not (reason and reason.strip()):
+        fail("--decrypt needs --reason: decrypting audit content is itself recorded, with its reason", 2)
+
+    async def run() -> dict[str, Any]:
+        service = _service(settings)
+        await service.start()
+        try:
+            return dict(await service.show(record_id, decrypt_content=decrypt, actor=actor(), reason=reason))
+        finally:
+            await service.stop()
+
+    try:
+        doc = asyncio.run(run())
+    except LookupError as exc:
+        fail(str(exc), 1)
+        return
+    except JournalUnavailable as exc:
+        fail(f"the access could not be recorded, so nothing is decrypted: {exc}", 2)
+        return
+    except (KeyUnavailable, RecordCorrupt, StoreUnavailable) as exc:
+        fail(str(exc), 2)
+        return
+    if decrypt:
+        click.echo(f"(access recorded at {iso(__import__('time').time())} with your reason)", err=True)
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -1,0 +1,134 @@
+"""`sentinel keys` and `sentinel audit` as operators and auditors run them, against a running Sentinel."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import requests
+
+from tests.conftest import Running, wait_until
+from tests.support.frames import chat_completion
+from tests.support.upstream import Script, ScriptedUpstream
+
+
+def sentinel(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def kids(data_dir: Path) -> list[str]:
+    db = sqlite3.connect(f"file:{data_dir / 'audit' / 'spool.db'}?mode=ro", uri=True)
+    rows = [orjson.loads(b) for (b,) in db.execute("SELECT body FROM records WHERE kind = 'interaction' ORDER BY seq")]
+    db.close()
+    return [doc["encrypted"]["response_text"]["kid"] for doc in rows]
+
+
+def test_keys_and_audit_commands(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running], tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("classified")]))
+    proxy = start_sentinel(upstream.url, audit={"checkpoint_interval": 2})
+
+    def call(n: int) -> None:
+        body = {"model": "m", "messages": [{"role": "user", "content": f"q{n}"}], "user": "carol"}
+        assert requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=10).ok
+
+    call(1)
+    wait_until(lambda: len(kids(data_dir)) == 1)
+    rotated = sentinel(data_dir, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new_kid = rotated.stdout.split("New data key ")[1].split()[0]
+    assert new_kid.startswith("dk-") and new_kid != kids(data_dir)[0]
+
+    def using_new_key() -> bool:  # the running server switches within a few seconds
+        call(len(kids(data_dir)) + 1)
+        return kids(data_dir)[-1] == new_kid
+
+    wait_until(using_new_key, timeout=15, interval=0.5)
+
+    wait_until(
+        lambda: (
+            sentinel(data_dir, "audit", "search", "--kind", "interaction", "--json").stdout.count('"doc_id"')
+            == len(kids(data_dir))
+        )
+    )
+    found = orjson.loads(
+        sentinel(data_dir, "audit", "search", "--user", "carol", "--kind", "interaction", "--json").stdout
+    )
+    assert len(found) == len(kids(data_dir)) and "encrypted" not in found[0]
+    assert orjson.loads(sentinel(data_dir, "audit", "search", "--user", "dave", "--json").stdout) == []
+
+    record_id = found[-1]["doc_id"]  # the oldest: encrypted under the rotated-away key
+    refused = sentinel(data_dir, "audit", "show", record_id, "--decrypt")
+    assert refused.returncode == 2 and "--reason" in refused.stderr
+    shown = sentinel(data_dir, "audit", "show", record_id, "--decrypt", "--reason", "subpoena 7")
+    assert shown.returncode == 0, shown.stderr
+    assert orjson.loads(shown.stdout)["content"]["response_text"] == "classified"
+
+    rewrapped = sentinel(data_dir, "keys", "rewrap")
+    assert rewrapped.returncode == 0, rewrapped.stderr
+    old_kek = rewrapped.stdout.split("Old KEK ")[1].split()[0]
+    assert sentinel(data_dir, "keys", "retire", old_kek).returncode == 0
+    assert old_kek not in (data_dir / "keys" / "kek.key").read_text()
+    wait_until(
+        lambda: sentinel(data_dir, "audit", "show", record_id, "--decrypt", "--reason", "after rewrap").returncode == 0,
+        timeout=15,
+        interval=0.5,
+    )
+
+    verified = sentinel(data_dir, "audit", "verify", "--json")
+    assert verified.returncode == 0, verified.stdout
+    report = orjson.loads(verified.stdout)
+    chains = {i["instance"] for i in report["instances"]}
+    assert any(c.endswith(".cli") for c in chains)  # the CLI's own events (access, rotation) are chained too
+    events = orjson.loads(sentinel(data_dir, "audit", "search", "--kind", "event", "--json").stdout)
+    assert {"key_rotation", "content_access", "kek_rewrap", "kek_retired"} <= {e["event"]["type"] for e in events}
+
+    db = sqlite3.connect(data_dir / "audit" / "store.db")
+    db.execute("DELETE FROM records WHERE doc_id = ?", (found[-2]["doc_id"],))  # one in the middle
+    db.commit()
+    db.close()
+    tampered = sentinel(data_dir, "audit", "verify")
+    assert tampered.returncode == 1 and "DELETED" in tampered.stdout
+
+
+def test_serve_refuses_a_key_file_that_cannot_open_the_data(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "sentinel", "keys", "init", "--data-dir", str(data_dir)],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        ).returncode
+        == 0
+    )
+    # Some data keys get made and wrapped under this KEK ...
+    assert sentinel(data_dir, "keys", "rotate").returncode == 0
+    # ... then the key file is replaced by another one.
+    (data_dir / "keys" / "kek.key").unlink()
+    assert sentinel(data_dir, "keys", "init").returncode == 0
+    env["SENTINEL_UPSTREAM_URL"] = "http://127.0.0.1:9"
+    result = subprocess.run(
+        [sys.executable, "-m", "sentinel", "serve", "--data-dir", str(data_dir), "--port", "0", "--admin-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "wrapped only by key-encryption key(s) kek-" in result.stderr and "Traceback" not in result.stderr
