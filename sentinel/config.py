@@ -262,7 +262,7 @@ class GrafanaSettings(_Section):
     elasticsearch_url: str | None = Field(
         default=None, description="Elasticsearch as Grafana reaches it; unset: no Elasticsearch datasource."
     )
-    elasticsearch_index: str = Field(default="sentinel-audit-*", description="Index pattern of the audit records.")
+    elasticsearch_index: str = Field(default="sentinel-audit", description="Index pattern of the audit records.")
     elasticsearch_time_field: str = "@timestamp"
     elasticsearch_user: str | None = Field(default=None, description="Basic auth user Grafana uses for Elasticsearch.")
     elasticsearch_password: SecretStr | None = None

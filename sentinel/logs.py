@@ -31,3 +31,6 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if level != "debug":
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         logging.getLogger("aiohttp").setLevel(logging.WARNING)
+        # The Elasticsearch transport logs every retried request with a traceback; Sentinel reports
+        # an unreachable store itself, once, in words.
+        logging.getLogger("elastic_transport").setLevel(logging.ERROR)

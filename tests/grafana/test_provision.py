@@ -65,7 +65,7 @@ def test_first_run_creates_everything(grafana: FakeGrafana) -> None:
         "proxy",
     )
     elastic = grafana.datasources[ELASTICSEARCH_UID]
-    assert elastic["jsonData"]["index"] == "sentinel-audit-*" and elastic["basicAuthUser"] == "grafana_reader"
+    assert elastic["jsonData"]["index"] == "sentinel-audit" and elastic["basicAuthUser"] == "grafana_reader"
     assert elastic["secureJsonFields"] == {"basicAuthPassword": True}
     assert grafana.secrets[ELASTICSEARCH_UID] == {"basicAuthPassword": "es-reader-secret"}
     assert "es-reader-secret" not in json.dumps(grafana.datasources)
