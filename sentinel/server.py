@@ -23,8 +23,9 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.admin.auth import AdminAuth, load_tokens
-from sentinel.audit.record import Event
+from sentinel.audit.record import EVENT, Event
 from sentinel.audit.service import AuditService
+from sentinel.audit.trail import Entry
 from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
@@ -192,6 +193,35 @@ def build(
     return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu, extras=extras)
 
 
+def _policy_change_recorder(audit: AuditService) -> Any:
+    def record(change: Any) -> None:
+        event = Event(
+            "policy_change",
+            change.actor,
+            {
+                "path": change.path,
+                "outcome": change.outcome,
+                "old_digest": change.old_digest,
+                "new_digest": change.new_digest,
+                "error": change.error,
+            },
+            private={"diff": change.diff},
+            time=change.at,
+        )
+        done = audit.trail.append([Entry(EVENT, event=event)])
+        done.add_done_callback(_log_failure("policy change"))
+
+    return record
+
+
+def _log_failure(what: str) -> Any:
+    def callback(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("could not record %s in the audit trail: %s", what, future.exception())
+
+    return callback
+
+
 def _auth_failure_recorder(audit: AuditService | None) -> Any:
     """Failed admin logins go into the audit trail (reports list them as anomalies)."""
     if audit is None:
@@ -258,6 +288,10 @@ async def run_server(
 
     if sentinel.audit is not None:
         await sentinel.audit.start()
+        policy_store = sentinel.extras.get("policy")
+        if policy_store is not None:
+            # Policy changes, the one at start included, become events in the audit trail.
+            policy_store.subscribe(_policy_change_recorder(sentinel.audit), replay=True)
     await sentinel.recorder.start()
     await sentinel.proxy.start()
     sentinel.probe.start()

@@ -63,7 +63,11 @@ class Event:
     type: str
     actor: str
     details: dict[str, Any] = field(default_factory=dict)
+    """Plaintext, searchable: what happened, to what."""
     reason: str | None = None
+    """Why (stated by the actor), stored encrypted."""
+    private: dict[str, Any] = field(default_factory=dict)
+    """Other details stored encrypted (e.g. a policy diff, which may quote sensitive keywords)."""
     time: float = field(default_factory=time.time)
 
 
@@ -157,6 +161,8 @@ def seal(
         doc["event"] = {"type": event.type, "actor": event.actor, "details": event.details}
         if event.reason is not None:
             content["reason"] = event.reason
+        for name, value in event.private.items():
+            content[f"private_{name}"] = value
     kid, aead = keyring.current_data_key()
     encrypted = {}
     for name, value in content.items():

@@ -231,7 +231,9 @@ def _default_plans() -> dict[str, PlanSettings]:
             sources=[
                 SqliteSourceSettings(kind="sqlite", name="audit", missing_ok=True),
                 KeysSourceSettings(kind="keys"),
-            ]
+            ],
+            # Restored audit stores must re-verify and decrypt (sentinel/audit/drill.py).
+            drill=DrillSettings(checks=["sentinel.audit.drill:audit_trail_check"]),
         )
     }
 

@@ -15,12 +15,22 @@ from tests.support.loop import BackgroundLoop
 def test_es_setup_is_idempotent_and_lays_out_the_trail(servers: BackgroundLoop, tmp_path: Path) -> None:
     es: FakeElasticsearch = servers.enter(running_elasticsearch())
     env = {"SENTINEL_ELASTICSEARCH_URL": es.url, "SENTINEL_ELASTICSEARCH_RETENTION_DAYS": "2555", "PATH": "/usr/bin"}
-    first = subprocess.run([sys.executable, "-m", "sentinel", "es", "setup", "--data-dir", str(tmp_path)],
-                           capture_output=True, text=True, env=env, timeout=60)
+    first = subprocess.run(
+        [sys.executable, "-m", "sentinel", "es", "setup", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert first.returncode == 0, first.stderr
     assert "created data stream sentinel-audit" in first.stdout
-    second = subprocess.run([sys.executable, "-m", "sentinel", "es", "setup", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-m", "sentinel", "es", "setup", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert second.returncode == 0 and "data stream sentinel-audit already exists" in second.stdout
 
     policy = es.policies["sentinel-audit"]["policy"]
@@ -46,9 +56,17 @@ def test_no_content_field_is_mapped_for_search() -> None:
 def test_es_setup_reports_an_unreachable_cluster(tmp_path: Path) -> None:
     from tests.support.upstream import free_port
 
-    env = {"SENTINEL_ELASTICSEARCH_URL": f"http://127.0.0.1:{free_port()}", "PATH": "/usr/bin",
-           "SENTINEL_ELASTICSEARCH_REQUEST_TIMEOUT": "2"}
-    result = subprocess.run([sys.executable, "-m", "sentinel", "es", "setup", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        "SENTINEL_ELASTICSEARCH_URL": f"http://127.0.0.1:{free_port()}",
+        "PATH": "/usr/bin",
+        "SENTINEL_ELASTICSEARCH_REQUEST_TIMEOUT": "2",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sentinel", "es", "setup", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Elasticsearch setup failed" in result.stderr
     assert "Traceback" not in result.stderr

@@ -225,3 +225,31 @@ def test_admin_api_roles_decrypt_with_reason_and_failed_logins(
     doc = next(d for d in stored(tmp_path / "data", "event") if d["event"]["type"] == "content_access")
     assert open_records(tmp_path / "data", [doc])[0]["reason"] == "ticket 1234"
     assert time.time() - doc["recorded_at"] < 60
+
+
+def test_policy_changes_are_audit_events(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running], tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('rules:\n  - name: no-secrets\n    patterns: ["project bluebird"]\n    action: block\n')
+    start_sentinel(upstream.url, policy={"file": str(policy), "reload_interval": 0.1})
+    time.sleep(0.3)
+    policy.write_text(
+        'rules:\n  - name: no-secrets\n    patterns: ["project bluebird", "red fox"]\n    action: block\n'
+    )
+    data_dir = tmp_path / "data"
+
+    def changes() -> list[dict[str, Any]]:
+        if not (data_dir / "audit" / "store.db").exists():
+            return []
+        return [d for d in stored(data_dir, "event") if d["event"]["type"] == "policy_change"]
+
+    wait_until(lambda: len(changes()) == 2)
+    start, edit = changes()
+    assert start["event"]["details"]["outcome"] == edit["event"]["details"]["outcome"] == "applied"
+    assert edit["event"]["details"]["old_digest"] == start["event"]["details"]["new_digest"]
+    assert "red fox" not in orjson.dumps(edit).decode()  # the diff quotes the rules: stored encrypted
+    assert (
+        "+" in open_records(data_dir, [edit])[0]["private_diff"]
+        and "red fox" in open_records(data_dir, [edit])[0]["private_diff"]
+    )
