@@ -76,3 +76,4 @@ def test_demo_runs_and_shows_what_was_captured() -> None:
     assert "/v1/chat/completions" in out and "/api/chat" in out and "/v1/embeddings" in out
     assert '"reasoning_text": "The user wrote' in out
     assert "sentinel_requests_total" in out and "gen_ai_server_time_to_first_token_seconds_count" in out
+    assert "decrypted by an auditor" in out and "intact" in out and "dify-end-user-42" in out

@@ -58,6 +58,33 @@ async def _calls(proxy_url: str) -> None:
     await client.close()
 
 
+async def _audit_tour(sentinel: Any, interaction_id: str) -> tuple[dict[str, Any], dict[str, Any], str] | None:
+    """Ship what is spooled, then show the stored record, its decryption and the chain verification."""
+    service = sentinel.audit
+    if service is None or service.shipper is None:
+        return None
+    stored = None
+    for _ in range(100):  # the audit sink records after the fact: give it a moment
+        while await service.shipper.ship_once():
+            pass
+        stored = await service.store.get(interaction_id)
+        if stored is not None:
+            break
+        await asyncio.sleep(0.05)
+    if stored is None:
+        return None
+    for blob in stored.get("encrypted", {}).values():
+        blob["ct"] = blob["ct"][:24] + "..."
+    opened = await service.show(interaction_id, decrypt_content=True, actor="sentinel demo", reason="demo tour")
+    report = await service.verify()
+    verdict = (
+        f"[green]intact[/]: {report.records_checked} records in {len(report.instances)} chain(s)"
+        if report.ok
+        else f"[red]{len(report.findings)} problem(s)[/]"
+    )
+    return stored, opened.get("content", {}), verdict
+
+
 def _table(records: list[Interaction]) -> Table:
     table = Table(title="Interactions Sentinel recorded", show_lines=False)
     for column in ("route", "stream", "status", "outcome", "TTFT ms", "total ms", "tokens in/out", "overhead µs"):
@@ -92,6 +119,7 @@ async def _run(settings: Any) -> None:
             records = await sink.wait_for(4)
             async with aiohttp.ClientSession() as session, session.get(sentinel.admin_url + "/metrics") as resp:
                 metrics_text = await resp.text()
+            audit = await _audit_tour(sentinel, records[0].id)
     console.print()
     console.print(_table(records))
     console.rule("One record in full (the streamed chat)")
@@ -100,6 +128,14 @@ async def _run(settings: Any) -> None:
     for line in metrics_text.splitlines():
         if line.startswith(METRIC_PREFIXES):
             console.print(line, highlight=False, soft_wrap=True)
+    if audit is not None:
+        stored, opened, verdict = audit
+        console.rule("The same call in the audit trail, as stored (content encrypted)")
+        console.print_json(orjson.dumps(stored).decode())
+        console.rule("... and decrypted by an auditor (the access itself is recorded, with its reason)")
+        console.print_json(orjson.dumps(opened).decode())
+        console.rule("sentinel audit verify")
+        console.print(verdict)
 
 
 @click.command()
