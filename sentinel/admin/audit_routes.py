@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from sentinel.admin.auth import AdminAuth, Principal
 from sentinel.audit.kek import KeyUnavailable
-from sentinel.audit.record import RecordCorrupt, blind_index
+from sentinel.audit.record import RecordCorrupt
 from sentinel.audit.service import AuditService
 from sentinel.audit.store import SearchQuery, StoreUnavailable
 from sentinel.periods import parse_time
@@ -47,11 +47,6 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         principal: Principal = anyone,
     ) -> dict[str, Any]:
         """Audit record metadata (never content), newest first."""
-        user_index = None
-        if user is not None:
-            if service.keyring is None:
-                raise HTTPException(503, "the audit trail is unavailable")
-            user_index = blind_index(service.keyring.index_key(), user)
         query = SearchQuery(
             since=_time(since),
             until=_time(until),
@@ -59,14 +54,13 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
             operation=operation,
             outcome=outcome,
             status=status,
-            user_index=user_index,
             api_key_id=api_key_id,
             kind=kind,
             limit=limit,
         )
         try:
-            return {"records": await service.search(query)}
-        except StoreUnavailable as exc:
+            return {"records": await service.search(query, user=user)}
+        except (StoreUnavailable, KeyUnavailable) as exc:
             raise HTTPException(503, str(exc)) from None
 
     @router.get("/records/{record_id}")

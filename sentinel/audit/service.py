@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import fcntl
 import logging
 import os
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
 from sentinel.audit.keyring import KeyRing
-from sentinel.audit.record import Event, RecordCorrupt, decrypt
+from sentinel.audit.record import Event, RecordCorrupt, blind_index, decrypt
 from sentinel.audit.shipper import Shipper
 from sentinel.audit.spool import Spool, SpoolUnavailable
 from sentinel.audit.store import AuditStore, SearchQuery
@@ -239,7 +240,12 @@ class AuditService:
     async def record_event(self, event: Event) -> None:
         await self.trail.record_event(event)
 
-    async def search(self, query: SearchQuery) -> list[dict[str, Any]]:
+    async def search(self, query: SearchQuery, *, user: str | None = None) -> list[dict[str, Any]]:
+        """Records' metadata; `user` (a raw Dify end-user id) is matched through its blind index."""
+        if user is not None:
+            if self.keyring is None:
+                raise KeyUnavailable(f"audit trail unavailable: {self.error}")
+            query = dataclasses.replace(query, user_index=blind_index(self.keyring.index_key(), user))
         return await self.store.search(query)
 
     async def show(self, record_id: str, *, decrypt_content: bool, actor: str, reason: str | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sentinel.audit.kek import KeyUnavailable
-from sentinel.audit.record import RecordCorrupt, blind_index
+from sentinel.audit.record import RecordCorrupt
 from sentinel.audit.store import SearchQuery, StoreUnavailable
 from sentinel.cli import load, settings_options
 from sentinel.cli.keys import actor, fail, public_keys_from
@@ -154,11 +154,6 @@ def search(
         service = _service(settings)
         await service.start()
         try:
-            user_index = None
-            if user is not None:
-                if service.keyring is None:
-                    raise KeyUnavailable("the key ring is unavailable")
-                user_index = blind_index(service.keyring.index_key(), user)
             query = SearchQuery(
                 since=_when(since, "--from"),
                 until=_when(until, "--to"),
@@ -166,12 +161,11 @@ def search(
                 operation=operation,
                 outcome=outcome,
                 status=status,
-                user_index=user_index,
                 api_key_id=api_key_id,
                 kind=kind,
                 limit=limit,
             )
-            records: list[dict[str, Any]] = await service.search(query)
+            records: list[dict[str, Any]] = await service.search(query, user=user)
             return records
         finally:
             await service.stop()
