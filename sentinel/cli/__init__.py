@@ -91,7 +91,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import backup, demo, drill, generate, grafana, scheduler, serve
+    from sentinel.cli import backup, demo, drill, generate, grafana, report, scheduler, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
@@ -100,6 +100,7 @@ def _register() -> None:
     main.add_command(backup.backup)
     main.add_command(drill.drill)
     main.add_command(scheduler.scheduler)
+    main.add_command(report.report)
 
 
 _register()

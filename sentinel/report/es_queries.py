@@ -1,0 +1,1 @@
+"""`ReportQueries` over Elasticsearch: placeholder replaced below."""
