@@ -115,7 +115,7 @@ def report(
                     service,
                     period,
                     cast(Format, fmt),
-                    actor=f"cli:{getpass.getuser()}",  # type: ignore[arg-type]
+                    actor=f"cli:{getpass.getuser()}",
                     include_reasons=reasons,
                     stages=_RichStages(bar),
                 )

@@ -160,7 +160,7 @@ def _embedded_rows(store: EmbeddedStore) -> _Rows:
         while True:
             page = await store.execute(
                 "SELECT seq, doc_id, prev_hash, recorded_at, kind, event_type, body FROM records WHERE instance = ? "
-                "AND (seq > ? OR (seq = ? AND doc_id > ?)) AND seq <= ? ORDER BY seq, doc_id LIMIT 2000",
+                "AND (seq > ? OR (seq = ? AND doc_id > ?)) AND seq <= ? ORDER BY seq, doc_id LIMIT 1000",
                 (instance, cursor[0], cursor[0], cursor[1], hi),
             )
             if not page:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -28,6 +28,15 @@ from sentinel.report.queries import EmbeddedQueries, ReportQueries
 from sentinel.report.render import MEDIA_TYPES, Format, render
 from sentinel.report.signing import REPORT_ISSUED, Issued, sha256_hex, sign
 
+T = TypeVar("T")
+
+
+async def _on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Await `coroutine` on `loop` (the service's) from whichever loop is running."""
+    if asyncio.get_running_loop() is loop:
+        return await coroutine
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, loop))
+
 
 def public_keys(keys: list[WrappedKey]) -> Any:
     """kid -> Ed25519 public key, from the store's key table (public halves are stored in clear)."""
@@ -42,15 +51,20 @@ def public_keys(keys: list[WrappedKey]) -> Any:
 
 @contextlib.asynccontextmanager
 async def open_queries(store: AuditStore) -> AsyncIterator[tuple[ReportQueries, AuditStore]]:
-    """The aggregation queries for `store`, and a second reader of it for chain verification (its own
-    connection and thread, so verification runs alongside the aggregations)."""
+    """The aggregation queries for `store`, and a second reader of it for chain verification. For the
+    embedded store both are new read-only connections (each with its own thread), opened on the
+    running loop, so verification runs alongside the aggregations."""
     if isinstance(store, EmbeddedStore):
-        second = EmbeddedStore(store.path, read_only=True)
-        await second.open()
+        first, second = EmbeddedStore(store.path, read_only=True), EmbeddedStore(store.path, read_only=True)
+        await first.open()
         try:
-            yield EmbeddedQueries(store), second
+            await second.open()
+            try:
+                yield EmbeddedQueries(first), second
+            finally:
+                await second.close()
         finally:
-            await second.close()
+            await first.close()
         return
     from sentinel.audit.store.elasticsearch import ElasticsearchStore
     from sentinel.report.es_queries import ElasticsearchQueries
@@ -79,21 +93,27 @@ async def issue_report(
     keyring.learn(keys)
     lookup = public_keys(keys)
 
+    main = asyncio.get_running_loop()
+
     async def reasons(events: list[dict[str, Any]]) -> dict[str, str]:
-        await service.record_event(
-            Event(
-                "content_access",
-                actor,
-                {
-                    "purpose": "compliance report",
-                    "report": inputs.report_id,
-                    "fields": ["reason"],
-                    "records": [e["doc_id"] for e in events[:100]],
-                    "count": len(events),
-                },
-                reason=f"stated reasons of content accesses for compliance report {inputs.report_id} "
-                f"({iso(period.since)} to {iso(period.until)})",
-            )
+        # Recorded by the service on its own loop, and durable before anything is decrypted.
+        await _on(
+            main,
+            service.record_event(
+                Event(
+                    "content_access",
+                    actor,
+                    {
+                        "purpose": "compliance report",
+                        "report": inputs.report_id,
+                        "fields": ["reason"],
+                        "records": [e["doc_id"] for e in events[:100]],
+                        "count": len(events),
+                    },
+                    reason=f"stated reasons of content accesses for compliance report {inputs.report_id} "
+                    f"({iso(period.since)} to {iso(period.until)})",
+                )
+            ),
         )
         out = {}
         for doc in events:
@@ -101,19 +121,29 @@ async def issue_report(
                 out[doc["doc_id"]] = str(decrypt(keyring, doc).get("reason"))
         return out
 
-    async with open_queries(service.store) as (queries, second):
-        inputs = ReportInputs(
-            settings=service.settings,
-            queries=queries,
-            store=second,
-            period=period,
-            public_keys=lookup,
-            keys=keyring.all_keys(),
-            generated_by=actor,
-            reasons=reasons if include_reasons else None,
-            stages=stages,
-        )
-        report = await gather(inputs)
+    inputs = ReportInputs(
+        settings=service.settings,
+        queries=cast(ReportQueries, None),
+        store=service.store,
+        period=period,
+        public_keys=lookup,
+        keys=keyring.all_keys(),
+        generated_by=actor,
+        reasons=reasons if include_reasons else None,
+        stages=stages,
+    )
+
+    async def build() -> dict[str, Any]:
+        async with open_queries(service.store) as (queries, second):
+            inputs.queries, inputs.store = queries, second
+            return await gather(inputs)
+
+    if isinstance(service.store, EmbeddedStore):
+        # Gathering is long and mostly Python; on its own thread and loop it never holds up the proxy's loop
+        # for more than the interpreter's switch interval.
+        report = await asyncio.to_thread(asyncio.run, build())
+    else:
+        report = await build()
     stages.begin(f"rendering {fmt}")
     body = await asyncio.to_thread(render, report, fmt)
     stages.end()

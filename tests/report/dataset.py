@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from prometheus_client import CollectorRegistry
 
 from sentinel.audit.record import INTERACTION, Event
@@ -98,14 +99,17 @@ def settings_for(data_dir: Path, *, rto_target: float = 3600.0, models: Path | N
             "schedule": None,
         },
     }
-    return load_settings(
-        None,
-        data_dir=data_dir,
-        instance_id="report-test",
-        upstream={"url": "http://127.0.0.1:8000"},
-        backup={"plans": plans, "lease_ttl": 30},
-        audit={"checkpoint_every": 50},
-    )
+    config = {
+        "data_dir": str(data_dir),
+        "instance_id": "report-test",
+        "upstream": {"url": "http://127.0.0.1:8000"},
+        "backup": {"plans": plans, "lease_ttl": 30},
+        "audit": {"checkpoint_every": 50},
+    }
+    path = data_dir / "sentinel.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return load_settings(path)
 
 
 async def write_trail(settings: Settings, calls: list[Interaction], events: list[Event]) -> AuditService:
@@ -139,8 +143,14 @@ async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
         calls.append(call(base + (n % 8) * HOUR + (n // 8) * 60, ALPHA, f"patient-{n % 40}", phi=n % 30 == 0))
     for n in range(80):
         failed = n == 0  # one failure in 200: 0.5 %, at the warning level, not the alert
-        calls.append(call(base + (n % 8) * HOUR + 1800 + (n // 8) * 60, BETA, f"patient-{100 + n % 25}",
-                          outcome=Outcome.ERROR if failed else Outcome.OK))
+        calls.append(
+            call(
+                base + (n % 8) * HOUR + 1800 + (n // 8) * 60,
+                BETA,
+                f"patient-{100 + n % 25}",
+                outcome=Outcome.ERROR if failed else Outcome.OK,
+            )
+        )
     planted.counts = {ALPHA: 120, BETA: 80}
     planted.failed = {ALPHA: 0, BETA: 1}
     planted.phi_records = 4
