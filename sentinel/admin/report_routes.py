@@ -36,7 +36,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
 
     @router.get("")
     async def issue(
-        principal: Annotated[Principal, auditor],
+        principal: Principal = auditor,
         since: Annotated[str, Query(alias="from", description="ISO 8601, Unix seconds, or 30d before `to`")] = "30d",
         until: Annotated[str | None, Query(alias="to", description="ISO 8601 or Unix seconds; default now")] = None,
         format: Annotated[str, Query(pattern="^(html|pdf|json|md)$")] = "html",
@@ -71,7 +71,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         )
 
     @router.post("/verify")
-    async def verify(principal: Annotated[Principal, auditor], request: Request) -> dict[str, Any]:
+    async def verify(request: Request, principal: Principal = auditor) -> dict[str, Any]:
         """Whether the request body is a report Sentinel issued, unmodified."""
         from sentinel.report.issue import public_keys
         from sentinel.report.signing import verify_report
