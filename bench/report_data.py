@@ -29,7 +29,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sentinel.audit.chain import ChainHead, make_checkpoint
-from sentinel.audit.record import GENESIS, SCHEMA_VERSION, encode
+from sentinel.audit.record import SCHEMA_VERSION, encode
 from sentinel.audit.store.embedded import EmbeddedStore
 
 DAY = 86400.0
@@ -217,7 +217,7 @@ def generate(path: Path, count: int, *, seed: int = 7, days: float = 30.0, end: 
     public = signing.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     data_kids = [f"dk-{time.strftime('%Y%m%d', time.gmtime(start + d * DAY))}-{d:06x}" for d in range(int(days) + 1)]
     keys = [
-        {"kid": kid, "purpose": "data", "kek_id": "kek-bench", "wrapped": "", "created": start + d * DAY, "public": None}
+        {"kid": kid, "purpose": "data", "kek_id": "kek-bench", "wrapped": "", "created": start + d * DAY}
         for d, kid in enumerate(data_kids)
     ]
     keys += [
