@@ -349,6 +349,13 @@ class ReportSettings(_Section):
             raise ValueError("business_hours must be [start, end) with 0 <= start < end <= 24")
         return value
 
+    @field_validator("business_days")
+    @classmethod
+    def _days(cls, value: list[int]) -> list[int]:
+        if any(not 0 <= day <= 6 for day in value):
+            raise ValueError("business_days are weekday numbers, Monday = 0 to Sunday = 6")
+        return sorted(set(value))
+
 
 class Settings(BaseSettings):
     """Everything Sentinel reads at start. Build it with :func:`load_settings`."""
