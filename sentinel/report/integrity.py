@@ -10,9 +10,10 @@ in the period, not several.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -30,8 +31,10 @@ from sentinel.report.model import Period
 _KID = re.compile(rb'"kid":"([^"]{1,80})"')
 _PHI = re.compile(rb'"phi":(\{(?:[^{}]|\{[^{}]*\})*\})')
 _ACTIONS = re.compile(rb'"actions":(\[[^\]]*\])')
-_CLEAR_INTERACTION = tuple((name, f'"{name}":'.encode()) for name in ENCRYPTED_FIELDS if name != "caller_user")
-_CLEAR_USER = b'"user":'
+_CLEAR_NAMES = [name for name in ENCRYPTED_FIELDS if name != "caller_user"] + ["user", "policy"]
+_CLEAR = re.compile(b'"(' + b"|".join(n.encode() for n in _CLEAR_NAMES) + b')":')
+"""Keys that must never appear in an interaction's clear metadata (`user` is the caller's end-user id);
+`policy` is matched on the same pass to find PHI annotations."""
 _CLEAR_REASON = b'"reason":'
 
 Progress = Callable[[int], None]
@@ -58,23 +61,27 @@ class Census:
 
     def add(self, doc_id: str, kind: str, event_type: str | None, recorded_at: float, body: bytes) -> None:
         self.records[kind] += 1
-        for match in _KID.finditer(body):
-            kid = match.group(1).decode(errors="replace")
-            self.encrypted_by_kid[kid] += 1
-            if kid not in self.kid_first_seen or recorded_at < self.kid_first_seen[kid]:
-                self.kid_first_seen[kid] = recorded_at
-            if recorded_at > self.kid_last_seen.get(kid, 0.0):
-                self.kid_last_seen[kid] = recorded_at
+        fields = body.count(b'"kid":"')
+        if fields:
+            first, last = _KID.search(body), _KID.match(body, body.rfind(b'"kid":"'))
+            kid = first.group(1) if first else b"?"
+            if last is not None and last.group(1) == kid:  # one data key per record, as `seal` writes them
+                self._seen(kid.decode(errors="replace"), fields, recorded_at)
+            else:
+                for match in _KID.finditer(body):
+                    self._seen(match.group(1).decode(errors="replace"), 1, recorded_at)
         if kind != "event":
-            start = body.find(b'"interaction":{')
+            # Keys are sorted in stored records: the interaction's metadata is the last object before "kind".
+            start = body.rfind(b'"interaction":{')
             if start < 0:
                 return
-            tail = body[start:]
-            clear = [name for name, key in _CLEAR_INTERACTION if key in tail]
-            if _CLEAR_USER in tail:
-                clear.append("caller_user")
-            if b'"policy":{' in tail:
-                self._policy(tail)
+            clear = [
+                "caller_user" if m.group(1) == b"user" else m.group(1).decode()
+                for m in _CLEAR.finditer(body, start)
+                if m.group(1) != b"policy"
+            ]
+            if b'"policy":{' in body[start:]:
+                self._policy(body[start:])
         else:
             start = body.find(b'"event":{')
             clear = ["reason"] if event_type == "content_access" and _CLEAR_REASON in body[max(start, 0) :] else []
@@ -82,6 +89,13 @@ class Census:
             self.plaintext += len(clear)
             if len(self.exceptions) < self.max_listed:
                 self.exceptions.append({"record": doc_id, "fields": clear})
+
+    def _seen(self, kid: str, fields: int, recorded_at: float) -> None:
+        self.encrypted_by_kid[kid] += fields
+        if recorded_at < self.kid_first_seen.get(kid, float("inf")):
+            self.kid_first_seen[kid] = recorded_at
+        if recorded_at > self.kid_last_seen.get(kid, 0.0):
+            self.kid_last_seen[kid] = recorded_at
 
     def _policy(self, tail: bytes) -> None:
         phi = _PHI.search(tail)
@@ -154,20 +168,31 @@ Row = tuple[int, str, str, float, str, str | None, bytes]
 _Rows = Callable[[str, int, int], AsyncIterator[Row]]
 
 
-def _embedded_rows(store: EmbeddedStore) -> _Rows:
+def _embedded_rows(store: EmbeddedStore, span: int = 1000) -> _Rows:
     async def rows(instance: str, lo: int, hi: int) -> AsyncIterator[Row]:
-        cursor: tuple[int, str] = (lo - 1, "")
-        while True:
-            page = await store.execute(
-                "SELECT seq, doc_id, prev_hash, recorded_at, kind, event_type, body FROM records WHERE instance = ? "
-                "AND (seq > ? OR (seq = ? AND doc_id > ?)) AND seq <= ? ORDER BY seq, doc_id LIMIT 1000",
-                (instance, cursor[0], cursor[0], cursor[1], hi),
+        def fetch(first: int) -> Awaitable[list[tuple[Any, ...]]]:
+            # Pages by ranges of sequence numbers, not LIMIT: a second record claiming a sequence number
+            # always lands on the same page as the first; and `seq` order alone keeps SQLite on the
+            # (instance, seq) index without a sort (ties are ordered by doc id below).
+            return store.execute(
+                "SELECT seq, doc_id, prev_hash, recorded_at, kind, event_type, CAST(body AS BLOB) FROM records "
+                "WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+                (instance, first, min(first + span - 1, hi)),
             )
-            if not page:
-                return
-            for seq, doc_id, prev_hash, recorded_at, kind, event_type, body in page:
-                yield int(seq), str(doc_id), str(prev_hash or ""), float(recorded_at), kind, event_type, body.encode()
-            cursor = (int(page[-1][0]), str(page[-1][1]))
+
+        first = lo
+        pending = asyncio.ensure_future(fetch(first))
+        try:
+            while first <= hi:
+                page = await pending
+                first += span
+                if first <= hi:  # the store's thread reads the next page while this one is hashed and counted
+                    pending = asyncio.ensure_future(fetch(first))
+                page.sort(key=lambda row: (row[0], row[1]))
+                for seq, doc_id, prev_hash, recorded_at, kind, event_type, body in page:
+                    yield int(seq), str(doc_id), str(prev_hash or ""), float(recorded_at), kind, event_type, body
+        finally:
+            pending.cancel()
 
     return rows
 
