@@ -75,13 +75,15 @@ class Census:
             start = body.rfind(b'"interaction":{')
             if start < 0:
                 return
-            clear = [
-                "caller_user" if m.group(1) == b"user" else m.group(1).decode()
-                for m in _CLEAR.finditer(body, start)
-                if m.group(1) != b"policy"
-            ]
-            if b'"policy":{' in body[start:]:
-                self._policy(body[start:])
+            clear = []
+            if _CLEAR.search(body, start) is not None:  # rare: annotations, or a field in clear
+                clear = [
+                    "caller_user" if m.group(1) == b"user" else m.group(1).decode()
+                    for m in _CLEAR.finditer(body, start)
+                    if m.group(1) != b"policy"
+                ]
+                if body.find(b'"policy":{', start) >= 0:
+                    self._policy(body[start:])
         else:
             start = body.find(b'"event":{')
             clear = ["reason"] if event_type == "content_access" and _CLEAR_REASON in body[max(start, 0) :] else []
