@@ -64,4 +64,7 @@ def create_admin_app(state: AdminState) -> FastAPI:
         from sentinel.admin.audit_routes import audit_router
 
         app.include_router(audit_router(state.audit, state.auth))
+        from sentinel.admin.report_routes import report_router
+
+        app.include_router(report_router(state.audit, state.auth))
     return app

@@ -91,7 +91,7 @@ def main() -> None:
 
 
 def _register() -> None:
-    from sentinel.cli import admin, audit, backup, demo, drill, es, generate, grafana, keys, scheduler, serve
+    from sentinel.cli import admin, audit, backup, demo, drill, es, generate, grafana, keys, report, scheduler, serve
 
     main.add_command(serve.serve)
     main.add_command(demo.demo)
@@ -104,6 +104,7 @@ def _register() -> None:
     main.add_command(audit.audit)
     main.add_command(es.es)
     main.add_command(admin.admin)
+    main.add_command(report.report)
 
 
 _register()

@@ -1,0 +1,190 @@
+"""`sentinel report`: a signed compliance report for a period, and `sentinel report verify FILE`."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import click
+import orjson
+
+from sentinel.cli import load, settings_options
+from sentinel.report.render import FORMATS, Format
+
+
+class _RichStages:
+    """Report progress as rich bars on stderr (nothing when stderr is not a terminal)."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self.task: Any = None
+
+    def begin(self, name: str, total: int | None = None) -> None:
+        self.end()
+        self.task = self.bar.add_task(name, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self.task is not None:
+            self.bar.advance(self.task, amount)
+
+    def end(self) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+
+def _period(since: str, until: str) -> Any:
+    from sentinel.periods import parse_time
+    from sentinel.report.model import Period
+
+    try:
+        end = parse_time("0s") if until == "now" else parse_time(until)
+        return Period(parse_time(since, now=end) if since[-1:] in "smhdw" else parse_time(since), end)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--from", "since", default="30d", show_default=True, help="Start: ISO 8601, Unix seconds, or 7d/24h before --to."
+)
+@click.option("--to", "until", default="now", show_default=True, help="End (exclusive): ISO 8601, Unix seconds or now.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="html", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here (and FILE.sig.json).")
+@click.option(
+    "--reasons/--no-reasons",
+    default=True,
+    show_default=True,
+    help="Show the stated reasons of content accesses (decrypting them is recorded as an access itself).",
+)
+@settings_options
+@click.pass_context
+def report(
+    ctx: click.Context,
+    since: str,
+    until: str,
+    fmt: str,
+    output: Path | None,
+    reasons: bool,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """A compliance report for auditors (HIPAA 164.312 style), signed and recorded in the audit trail.
+
+    \b
+      sentinel report --from 2026-10-01 --to 2026-11-01 --format pdf -o october.pdf
+      sentinel report verify october.pdf
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    period = _period(since, until)
+    if output is None and fmt == "pdf" and sys.stdout.isatty():
+        raise click.UsageError("a PDF does not belong on a terminal: pass --output FILE")
+    settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
+    from prometheus_client import CollectorRegistry
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sentinel.audit.service import AuditService
+    from sentinel.proxy.hooks import JournalUnavailable
+    from sentinel.report.issue import issue_report
+    from sentinel.server import instance_id
+
+    err = Console(stderr=True)
+    service = AuditService(settings, CollectorRegistry(), instance_id(settings), cli=True)
+
+    async def run() -> Any:
+        await service.start()
+        try:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+                disable=not err.is_terminal,
+            )
+            with bar:
+                return await issue_report(
+                    service,
+                    period,
+                    cast(Format, fmt),
+                    actor=f"cli:{getpass.getuser()}",
+                    include_reasons=reasons,
+                    stages=_RichStages(bar),
+                )
+        finally:
+            await service.stop()
+
+    try:
+        issued = asyncio.run(run())
+    except (JournalUnavailable, RuntimeError) as exc:
+        err.print(f"[red]sentinel:[/] the report was not issued: {exc}", highlight=False)
+        sys.exit(1)
+    if output is not None:
+        output.write_bytes(issued.body)
+        sidecar = output.with_name(output.name + ".sig.json")
+        sidecar.write_bytes(issued.sidecar())
+        err.print(
+            f"report {issued.report_id}: {output} ({len(issued.body):,} bytes), signature {sidecar}", highlight=False
+        )
+    else:
+        sys.stdout.buffer.write(issued.body)
+        sys.stdout.buffer.flush()
+    err.print(f"sha256 {issued.sha256}, signed with {issued.kid}, recorded as a report_issued event", highlight=False)
+
+
+@report.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--signature",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The signature file (default: FILE.sig.json when it exists).",
+)
+@settings_options
+def verify(
+    file: Path,
+    signature: Path | None,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Check that FILE is a report Sentinel issued, unmodified: its SHA-256 is named by an intact, validly
+    signed report_issued record in the audit trail. Exit status 1 if not."""
+    settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
+    from sentinel.audit.service import open_store
+    from sentinel.report.issue import public_keys
+    from sentinel.report.signing import verify_report
+
+    signature = signature or (file.with_name(file.name + ".sig.json") if Path(f"{file}.sig.json").exists() else None)
+    sidecar = orjson.loads(signature.read_bytes()) if signature is not None else None
+    body = file.read_bytes()
+
+    async def run() -> Any:
+        store = open_store(settings, read_only=True)
+        await store.open()
+        try:
+            return await verify_report(store, public_keys(await store.keys()), body, sidecar)
+        finally:
+            await store.close()
+
+    verdict = asyncio.run(run())
+    if verdict.ok:
+        issued = verdict.issued or {}
+        click.echo(
+            f"OK: {file} is report {issued.get('report_id')} ({issued.get('format')}, {issued.get('from')} to "
+            f"{issued.get('to')}) issued {issued.get('time')} by {issued.get('actor')}; signature by "
+            f"{issued.get('kid')} valid; {'; '.join(verdict.notes)}"
+        )
+        return
+    for problem in verdict.problems:
+        click.echo(f"FAILED: {problem}", err=True)
+    click.echo(f"sha256 {verdict.sha256}", err=True)
+    sys.exit(1)

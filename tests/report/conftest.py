@@ -1,0 +1,78 @@
+"""Report fixtures: a planted and a clean dataset, each built once per module through the real code paths,
+and a helper that issues a report through a CLI-side `AuditService`, as `sentinel report` does."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sentinel.audit.service import AuditService
+from sentinel.config import Settings, load_settings
+from sentinel.report.issue import issue_report
+from sentinel.report.model import Period
+from sentinel.report.signing import Issued
+from tests.report.dataset import Planted, build
+
+
+@dataclass
+class Dataset:
+    settings: Settings
+    planted: Planted
+    config: Path
+
+    def period(self) -> Period:
+        return Period(self.planted.since, time.time())
+
+    def issue(self, fmt: str = "json", *, reasons: bool = True, actor: str = "cli:tester") -> Issued:
+        async def run() -> Issued:
+            service = AuditService(self.settings, CollectorRegistry(), "report-test", cli=True)
+            await service.start()
+            try:
+                return await issue_report(service, self.period(), fmt, actor=actor, include_reasons=reasons)  # type: ignore[arg-type]
+            finally:
+                await service.stop()
+
+        return asyncio.run(run())
+
+    def report(self, **kwargs: Any) -> dict[str, Any]:
+        data: dict[str, Any] = orjson.loads(self.issue("json", **kwargs).body)
+        return data
+
+
+def _dataset(tmp_path_factory: pytest.TempPathFactory, clean: bool) -> Dataset:
+    data_dir = tmp_path_factory.mktemp("clean" if clean else "planted") / "data"
+    settings, planted = asyncio.run(build(data_dir, clean=clean))
+    return Dataset(settings, planted, data_dir / "sentinel.yaml")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return _dataset(tmp_path_factory, clean=False)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return _dataset(tmp_path_factory, clean=True)
+
+
+@pytest.fixture
+def fresh_copy(tmp_path: Path) -> Callable[[Dataset], Dataset]:
+    """A private copy of a dataset's data directory (for tests that write to it)."""
+
+    def copy(dataset: Dataset) -> Dataset:
+        target = tmp_path / "data"
+        shutil.copytree(dataset.settings.data_dir, target)
+        config = target / "sentinel.yaml"
+        config.write_text(dataset.config.read_text().replace(str(dataset.settings.data_dir), str(target)))
+        return Dataset(load_settings(config), dataset.planted, config)
+
+    return copy

@@ -1,0 +1,207 @@
+"""Audit datasets with planted facts, written through the real code paths: `AuditService` seals and
+ships interactions and events, `service.show` records a decrypt, `run_backup` and `RestoreDrill`
+leave their runs and drill reports, and only then is the store tampered with by hand."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from prometheus_client import CollectorRegistry
+
+from sentinel.audit.record import INTERACTION, Event
+from sentinel.audit.service import AuditService
+from sentinel.audit.trail import Entry
+from sentinel.backup.drill import RestoreDrill
+from sentinel.backup.jobs import BackupContext, run_backup
+from sentinel.backup.keys import create_key_file
+from sentinel.config import Settings, load_settings
+from sentinel.interaction import Caller, Interaction, Operation, Outcome, Protocol, Usage, new_interaction_id
+
+HOUR = 3600.0
+DAY = 86400.0
+ALPHA, BETA, GAMMA = "key-alpha00000001", "key-beta000000002", "key-gamma00000003"
+
+
+def weekday_at(hour: int, now: float) -> float:
+    """The most recent weekday `hour`:00 UTC at least 6 hours before `now` (and within the last 4 days)."""
+    day = int(now // DAY) * DAY
+    for back in range(0, 5):
+        t = day - back * DAY + hour * HOUR
+        if t < now - 6 * HOUR and time.gmtime(t).tm_wday < 5:
+            return t
+    raise AssertionError("no weekday in the last days")
+
+
+def call(started: float, key: str, user: str, *, outcome: Outcome = Outcome.OK, phi: bool = False) -> Interaction:
+    error = outcome == Outcome.ERROR
+    return Interaction(
+        id=new_interaction_id(),
+        started_at=started,
+        method="POST",
+        path="/v1/chat/completions",
+        instance="report-test",
+        protocol=Protocol.OPENAI,
+        operation=Operation.CHAT,
+        provider="openai",
+        stream=True,
+        model_requested="deepseek-r1",
+        model_returned="deepseek-r1",
+        caller=Caller(user=user, api_key_id=key, address="10.0.0.7", user_agent="dify"),
+        request_messages=[{"role": "user", "content": f"question from {user}"}],
+        response_text=None if error else "an answer",
+        reasoning_text=None if error else "thinking",
+        finish_reason=None if error else "stop",
+        usage=Usage(input_tokens=12, output_tokens=0 if error else 30, total_tokens=42),
+        ttft_s=None if error else 0.21,
+        duration_s=0.5 if error else 2.5,
+        status_code=502 if error else 200,
+        upstream_status=502 if error else 200,
+        outcome=outcome,
+        error_type="upstream_5xx" if error else None,
+        error_message="bad gateway" if error else None,
+        annotations={"policy": {"version": "p1", "phi": {"request": {"mrn": 2, "dob": 1}}}} if phi else {},
+    )
+
+
+@dataclass
+class Planted:
+    """What was planted, for the tests to expect."""
+
+    since: float
+    counts: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    burst_hour: float | None = None
+    error_burst_at: float | None = None
+    tampered: str | None = None
+    decrypted: str | None = None
+    reason: str | None = None
+    auth_failures: int = 0
+    phi_records: int = 0
+
+
+def settings_for(data_dir: Path, *, rto_target: float = 3600.0, models: Path | None = None) -> Settings:
+    plans: dict[str, Any] = {
+        "audit": {
+            "sources": [{"kind": "sqlite", "name": "audit", "path": "audit/store.db"}, {"kind": "keys"}],
+            "drill": {"rto_target": rto_target, "schedule": None},
+            "schedule": None,
+        },
+        "models": {
+            "sources": [{"kind": "path", "name": "models", "path": str(models or data_dir / "models")}],
+            "drill": {"schedule": None},
+            "schedule": None,
+        },
+    }
+    config = {
+        "data_dir": str(data_dir),
+        "instance_id": "report-test",
+        "upstream": {"url": "http://127.0.0.1:8000"},
+        "backup": {"plans": plans, "lease_ttl": 30},
+        "audit": {"checkpoint_every": 50},
+    }
+    path = data_dir / "sentinel.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return load_settings(path)
+
+
+async def write_trail(settings: Settings, calls: list[Interaction], events: list[Event]) -> AuditService:
+    service = AuditService(settings, CollectorRegistry(), "report-test")
+    await service.start()
+    for start in range(0, len(calls), 64):
+        await service.trail.append([Entry(INTERACTION, interaction=i) for i in calls[start : start + 64]])
+    for event in events:
+        await service.record_event(event)
+    return service
+
+
+async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
+    """A dataset over the last three days (plus history ten days back); `clean=False` plants the facts."""
+    now = time.time()
+    since = now - 3 * DAY
+    planted = Planted(since=since)
+    (data_dir / "keys").mkdir(parents=True, exist_ok=True)
+    create_key_file(data_dir / "keys" / "backup.key")
+    models = data_dir / "models"
+    if clean:
+        models.mkdir(parents=True, exist_ok=True)
+        (models / "weights.bin").write_bytes(b"w" * 4096)
+    settings = settings_for(data_dir, rto_target=3600.0 if clean else 1e-6, models=models)
+    calls: list[Interaction] = []
+    # History: both regular callers were active before the period.
+    calls += [call(now - 10 * DAY + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
+    # Business-hours traffic: three per hour at most, weekday 09:00-16:59 UTC.
+    base = weekday_at(9, now)
+    for n in range(120):
+        calls.append(call(base + (n % 8) * HOUR + (n // 8) * 60, ALPHA, f"patient-{n % 40}", phi=n % 30 == 0))
+    for n in range(80):
+        failed = n == 0  # one failure in 200: 0.5 %, at the warning level, not the alert
+        calls.append(
+            call(
+                base + (n % 8) * HOUR + 1800 + (n // 8) * 60,
+                BETA,
+                f"patient-{100 + n % 25}",
+                outcome=Outcome.ERROR if failed else Outcome.OK,
+            )
+        )
+    planted.counts = {ALPHA: 120, BETA: 80}
+    planted.failed = {ALPHA: 0, BETA: 1}
+    planted.phi_records = 4
+    events: list[Event] = []
+    if not clean:
+        burst = weekday_at(2, now)  # 02:00 UTC on a weekday: off hours
+        planted.burst_hour = burst
+        calls += [call(burst + i * 80, GAMMA, f"patient-{900 + i % 3}") for i in range(40)]
+        planted.counts[GAMMA] = 40
+        planted.failed[GAMMA] = 0
+        planted.error_burst_at = base + 5 * HOUR + 10
+        calls += [call(planted.error_burst_at + i * 10, BETA, "patient-100", outcome=Outcome.ERROR) for i in range(15)]
+        planted.counts[BETA] += 15
+        planted.failed[BETA] += 15
+        events += [
+            Event("admin_auth_failed", "client:10.9.9.9", {"reason": "invalid", "path": "/audit/records"})
+            for _ in range(6)
+        ]
+        planted.auth_failures = 6
+    calls.sort(key=lambda i: i.started_at)
+    service = await write_trail(settings, calls, events)
+    try:
+        if not clean:
+            record = next(i for i in calls if i.caller.api_key_id == ALPHA)
+            if service.shipper is not None:  # the record must be in the store to be shown
+                await service.shipper.ship_once()
+            planted.reason = "billing dispute #4711"
+            shown = await service.show(record.id, decrypt_content=True, actor="admin-api:alice", reason=planted.reason)
+            planted.decrypted = shown["doc_id"]
+    finally:
+        await service.stop()
+    backups = BackupContext(settings)
+    run_backup(backups, "audit")
+    run_backup(backups, "models")  # fails when the models directory is missing (not clean)
+    RestoreDrill(backups, "audit").run()
+    RestoreDrill(backups, "models").run()
+    if not clean:
+        planted.tampered = tamper(settings.resolve_path(settings.audit.store_path))
+    return settings, planted
+
+
+def tamper(store: Path) -> str:
+    """Change one stored interaction's model name in place (a sloppy cover-up: the hash is left alone)."""
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        doc_id, body = db.execute(
+            "SELECT doc_id, body FROM records WHERE kind = 'interaction' AND api_key_id = ? ORDER BY seq LIMIT 1 "
+            "OFFSET 5",
+            (ALPHA,),
+        ).fetchone()
+        doc = orjson.loads(body)
+        doc["interaction"]["model_requested"] = "other-model"
+        db.execute("UPDATE records SET body = ? WHERE doc_id = ?", (orjson.dumps(doc).decode(), doc_id))
+        db.commit()
+    return str(doc_id)

@@ -1,0 +1,91 @@
+"""`GET /report` and `POST /report/verify` on a running Sentinel's admin port: auditors only, the report
+signed and recorded before it is sent, and failed attempts showing up in the next report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import requests
+
+from sentinel.admin.auth import hash_token
+from tests.conftest import Running, wait_until
+from tests.support.frames import SSE_HEADERS, vllm_chat_stream
+from tests.support.upstream import Script, ScriptedUpstream
+
+AUDITOR, OPERATOR = "sat_auditor-token", "sat_operator-token"
+
+
+def test_auditors_get_signed_reports_others_do_not(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        "tokens:\n"
+        f"  - {{name: alice, role: auditor, sha256: {hash_token(AUDITOR)}}}\n"
+        f"  - {{name: olaf, role: operator, sha256: {hash_token(OPERATOR)}}}\n"
+    )
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=vllm_chat_stream(["r"], ["ok"])))
+    sentinel = start_sentinel(upstream.url, admin_tokens_file=tokens, instance_id="api-test")
+    answer = requests.post(
+        f"{sentinel.url}/v1/chat/completions",
+        json={
+            "model": "deepseek-r1",
+            "stream": True,
+            "user": "patient-1",
+            "messages": [{"role": "user", "content": "hi"}],
+        },
+        headers={"Authorization": "Bearer caller-key"},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    url = f"{sentinel.admin_url}/report"
+
+    assert requests.get(url, timeout=10).status_code == 401
+    forbidden = requests.get(url, headers={"Authorization": f"Bearer {OPERATOR}"}, timeout=10)
+    assert forbidden.status_code == 403
+
+    def recorded() -> bool:
+        response = requests.get(
+            url, params={"from": "1h", "format": "json"}, headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        body = orjson.loads(response.content)
+        recorded.last = (response, body)  # type: ignore[attr-defined]
+        return bool(body["activity"]["totals"]["calls"] == 1 and body["anomalies"]["admin_auth_failures"] == 2)
+
+    wait_until(recorded, timeout=20, interval=0.3)
+    response, report = recorded.last  # type: ignore[attr-defined]
+    assert response.headers["content-type"] == "application/json"
+    assert report["generated_by"] == "admin-api:alice"
+    assert response.headers["X-Sentinel-Report-Id"] == report["report_id"]
+    assert response.headers["X-Sentinel-Report-Key"].startswith("sk-")
+    (failed,) = report["anomalies"]["findings"]  # both attempts came from one client
+    assert failed["rule"] == "anomaly.admin_auth_failed"
+    assert failed["evidence"] == {
+        "client": "client:127.0.0.1",
+        "attempts": 2,
+        "reasons": ["forbidden", "missing"],
+        "paths": ["/report"],
+    }
+    assert report["integrity"]["ok"] is True
+
+    def verified() -> bool:
+        check = requests.post(
+            f"{url}/verify", data=response.content, headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30
+        )
+        assert check.status_code == 200
+        return bool(check.json()["ok"])
+
+    wait_until(verified, timeout=20, interval=0.3)  # once the report_issued event reached the store
+    tampered = requests.post(
+        f"{url}/verify", data=response.content + b" ", headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30
+    )
+    assert tampered.json()["ok"] is False
+
+    pdf = requests.get(
+        url, params={"from": "1h", "format": "pdf"}, headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=60
+    )
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
+    assert pdf.headers["content-disposition"].endswith('.pdf"')
