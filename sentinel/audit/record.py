@@ -158,7 +158,7 @@ def seal(
         doc["interaction"] = metadata
     elif event is not None:
         doc["@timestamp"] = _iso(event.time)
-        doc["event"] = {"type": event.type, "actor": event.actor, "details": event.details}
+        doc["event"] = {"type": event.type, "actor": event.actor, "details": event.details, "time": event.time}
         if event.reason is not None:
             content["reason"] = event.reason
         for name, value in event.private.items():

@@ -230,25 +230,31 @@ class EmbeddedStore:
     async def _chain_rows(
         self, instance: str, from_seq: int, to_seq: int | None, columns: str
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Rows `(seq, doc_id, *columns)` of one instance in chain order, a page at a time."""
-        upper = to_seq if to_seq is not None else 2**62
-        cursor = (from_seq - 1, "\U0010ffff")  # past every doc id of seq from_seq - 1
+        """Rows `(seq, doc_id, *columns)` of one instance in chain order, a window of sequence
+        numbers at a time (range scans on the index; LIMIT/OFFSET-style paging made SQLite sort)."""
+        window = 5000
 
-        def page(after: tuple[int, str]) -> list[tuple[Any, ...]]:
+        def top() -> int:
+            row = self.db.execute("SELECT MAX(seq) FROM records WHERE instance = ?", (instance,)).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        def page(low: int, high: int) -> list[tuple[Any, ...]]:
             rows: list[tuple[Any, ...]] = self.db.execute(
-                f"SELECT seq, doc_id, {columns} FROM records WHERE instance = ? "
-                "AND (seq > ? OR (seq = ? AND doc_id > ?)) AND seq <= ? ORDER BY seq, doc_id LIMIT 5000",
-                (instance, after[0], after[0], after[1], upper),
+                f"SELECT seq, doc_id, {columns} FROM records WHERE instance = ? AND seq >= ? AND seq < ? "
+                "ORDER BY seq, doc_id",
+                (instance, low, high),
             ).fetchall()
             return rows
 
-        while True:
-            rows = await self._run(functools.partial(page, cursor))
-            if not rows:
-                return
-            for row in rows:
+        last = await self._run(top)
+        if to_seq is not None:
+            last = min(last, to_seq)
+        low = from_seq
+        while low <= last:
+            high = min(low + window, last + 1)
+            for row in await self._run(functools.partial(page, low, high)):
                 yield row
-            cursor = (rows[-1][0], rows[-1][1])
+            low = high
 
     async def seq_range(self, instance: str, since: float | None, until: float | None) -> tuple[int, int] | None:
         def _range() -> tuple[int, int] | None:
