@@ -104,7 +104,14 @@ def index_template(prefix: str, shards: int = 1, replicas: int = 1) -> dict[str,
                     "schema_version": {"type": "integer"},
                     "recorded_at": {"type": "double"},
                     "interaction": interaction,
-                    "event": {"properties": {"type": _KEYWORD, "actor": _KEYWORD, "details": {"type": "flattened"}}},
+                    "event": {
+                        "properties": {
+                            "type": _KEYWORD,
+                            "actor": _KEYWORD,
+                            "details": {"type": "flattened"},
+                            "time": {"type": "double"},
+                        }
+                    },
                     "encrypted": {"type": "object", "enabled": False},
                 },
             },
