@@ -1,0 +1,55 @@
+"""What a report is built from (`ReportInputs`) and how its progress is shown (`Stages`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sentinel.audit.keyring import WrappedKey
+from sentinel.audit.store import AuditStore
+from sentinel.audit.verify import PublicKeys
+from sentinel.config import Settings
+from sentinel.report.model import Period
+from sentinel.report.queries import ReportQueries
+
+ACCESS_EVENTS = ("content_access", "content_export")
+ReasonReader = Callable[[list[dict[str, Any]]], Awaitable[dict[str, str]]]
+"""Given access event documents, their stated reasons by doc id (decrypting them is itself an access)."""
+
+
+class Stages(Protocol):
+    """Progress of a report being built (the CLI draws it): a stage begins, advances, ends."""
+
+    def begin(self, name: str, total: int | None = None) -> None: ...
+
+    def advance(self, amount: int) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class NoStages:
+    def begin(self, name: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class ReportInputs:
+    settings: Settings
+    queries: ReportQueries
+    store: AuditStore
+    """Read for chain verification (a second connection to the same store, so it runs alongside the queries)."""
+    period: Period
+    public_keys: PublicKeys
+    keys: list[WrappedKey]
+    generated_by: str
+    reasons: ReasonReader | None = None
+    report_id: str = field(default_factory=lambda: f"rpt-{uuid.uuid4()}")
+    stages: Stages = field(default_factory=NoStages)
