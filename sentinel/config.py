@@ -14,8 +14,6 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -29,29 +27,20 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from sentinel.audit.settings import AuditSettings, ElasticsearchSettings
 from sentinel.backup.settings import BackupSettings
+from sentinel.gpu.settings import GpuSettings
+from sentinel.grafana.settings import GrafanaSettings
+from sentinel.policy.settings import PolicySettings
+from sentinel.report.settings import ReportSettings
+from sentinel.sections import Section as _Section
+from sentinel.sections import secret_from_file as _read_secret_file
 
 ENV_PREFIX = "SENTINEL_"
 
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the key, its env var and the problem."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
-    if path is None:
-        return None
-    try:
-        value = path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {key} file {path}: {exc.strerror}") from None
-    if not value:
-        raise ValueError(f"{key} file {path} is empty")
-    return SecretStr(value)
 
 
 class UpstreamSettings(_Section):
@@ -150,211 +139,6 @@ class SinkSettings(_Section):
     jsonl_include_content: bool = Field(
         default=False, description="Also write prompts and responses in plaintext (debugging only)."
     )
-
-
-class AuditSettings(_Section):
-    """The audit trail. Paths are relative to the data directory."""
-
-    mode: Literal["best_effort", "strict", "off"] = Field(
-        default="best_effort",
-        description="strict: record durably before forwarding and before the last byte (HIPAA, fail closed); "
-        "best_effort: record after the fact, count losses; off: no audit trail.",
-    )
-    store: Literal["auto", "embedded", "elasticsearch"] = Field(
-        default="auto", description="auto: Elasticsearch when elasticsearch.url is set, else the embedded store."
-    )
-    spool_path: Path = Path("audit/spool.db")
-    store_path: Path = Path("audit/store.db")
-    checkpoint_every: int = Field(default=1000, ge=1, description="Sign a checkpoint every N records ...")
-    checkpoint_interval: float = Field(default=300.0, gt=0, description="... or every M seconds, whichever first.")
-    spool_retention_hours: float = Field(default=24.0, ge=0, description="Keep shipped records this long locally.")
-
-
-class ElasticsearchSettings(_Section):
-    url: str | None = Field(default=None, description="e.g. https://es:9200; several comma-separated.")
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    ca_certs: Path | None = None
-    verify_certs: bool = True
-    index_prefix: str = "sentinel-audit"
-    retention_days: int = Field(default=2190, ge=1, description="6 years: HIPAA 164.316(b)(2) documentation retention.")
-    shards: int = Field(default=1, ge=1)
-    replicas: int = Field(default=1, ge=0)
-    request_timeout: float = Field(default=10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _secrets_from_files(self) -> ElasticsearchSettings:
-        if self.api_key is None:
-            self.api_key = _read_secret_file(self.api_key_file, "elasticsearch.api_key")
-        if self.password is None:
-            self.password = _read_secret_file(self.password_file, "elasticsearch.password")
-        return self
-
-
-GpuSource = Literal["auto", "nvml", "vllm", "sglang", "llamacpp", "ollama", "dcgm"]
-
-
-class GpuSettings(_Section):
-    """Where GPU memory and KV-cache usage are read from (exported as ``sentinel_gpu_*``).
-
-    ``sources: [auto]`` uses NVML when a GPU and driver are present, detects the model server behind
-    ``upstream.url`` (vLLM, SGLang, llama.cpp ``/metrics`` or Ollama ``/api/ps``) and reads a DCGM
-    exporter when ``dcgm_url`` is set. An explicit list, e.g. ``[nvml, vllm]``, reports every listed
-    source, as absent (``sentinel_gpu_source_up 0``) while it cannot be read. ``[]`` turns GPU metrics off.
-    """
-
-    sources: list[GpuSource] = Field(default_factory=lambda: list[GpuSource](["auto"]))
-    metrics_url: str | None = Field(
-        default=None, description="The model server's Prometheus endpoint; default: upstream.url + /metrics."
-    )
-    ollama_url: str | None = Field(default=None, description="Ollama's base URL for /api/ps; default: upstream.url.")
-    dcgm_url: str | None = Field(
-        default=None, description="A DCGM exporter's metrics URL, e.g. http://dcgm-exporter:9400/metrics."
-    )
-    interval: float = Field(default=15.0, gt=0, description="How often HTTP sources are polled.")
-    timeout: float = Field(default=5.0, gt=0, description="How long one poll may take.")
-
-    @field_validator("metrics_url", "ollama_url", "dcgm_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():  # an empty env var (compose `${VAR:-}`) means unset
-            return None
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value
-
-    @field_validator("sources")
-    @classmethod
-    def _sources(cls, value: list[GpuSource]) -> list[GpuSource]:
-        if "auto" in value and len(value) > 1:
-            raise ValueError("'auto' cannot be combined with explicit sources")
-        return list(dict.fromkeys(value))
-
-    @model_validator(mode="after")
-    def _dcgm_needs_url(self) -> GpuSettings:
-        if "dcgm" in self.sources and self.dcgm_url is None:
-            raise ValueError("source 'dcgm' needs gpu.dcgm_url (env SENTINEL_GPU_DCGM_URL)")
-        return self
-
-
-class GrafanaSettings(_Section):
-    """The Grafana that `sentinel grafana provision` sets up: datasources, a folder, dashboards, alert rules.
-
-    Credentials come from env or files only: a service account token (``token`` / ``token_file``) or
-    a user and password (``user`` with ``password`` / ``password_file``).
-    """
-
-    url: str = "http://127.0.0.1:3000"
-    token: SecretStr | None = None
-    token_file: Path | None = None
-    user: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    folder_uid: str = "sentinel"
-    folder_title: str = "Sentinel"
-    prometheus_url: str = Field(
-        default="http://prometheus:9090", description="Prometheus as Grafana's server reaches it."
-    )
-    elasticsearch_url: str | None = Field(
-        default=None, description="Elasticsearch as Grafana reaches it; unset: no Elasticsearch datasource."
-    )
-    elasticsearch_index: str = Field(default="sentinel-audit", description="Index pattern of the audit records.")
-    elasticsearch_time_field: str = "@timestamp"
-    elasticsearch_user: str | None = Field(default=None, description="Basic auth user Grafana uses for Elasticsearch.")
-    elasticsearch_password: SecretStr | None = None
-    elasticsearch_password_file: Path | None = None
-    alert_rules: bool = Field(default=False, description="Also create Grafana-managed copies of the alert rules.")
-    timeout: float = Field(default=10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _secrets_from_files(self) -> GrafanaSettings:
-        if self.token is None:
-            self.token = _read_secret_file(self.token_file, "grafana.token")
-        if self.password is None:
-            self.password = _read_secret_file(self.password_file, "grafana.password")
-        if self.elasticsearch_password is None:
-            self.elasticsearch_password = _read_secret_file(
-                self.elasticsearch_password_file, "grafana.elasticsearch_password"
-            )
-        return self
-
-
-class PolicySettings(_Section):
-    """Response policies (docs/policy.md): off unless ``file`` names a policy YAML file."""
-
-    file: Path | None = Field(
-        default=None, description="Policy YAML (relative to the working directory); hot-reloaded on change."
-    )
-    reload_interval: float = Field(default=2.0, ge=0, description="Seconds between checks of the file; 0: never.")
-    history_file: Path = Field(
-        default=Path("policy-history.jsonl"), description="Every policy change (who, when, diff), in the data dir."
-    )
-    moderation_token: SecretStr | None = Field(
-        default=None, description="Bearer token Dify sends to the moderation endpoint; unset: endpoint off."
-    )
-    moderation_token_file: Path | None = None
-    max_rule_labels: int = Field(default=50, ge=1, le=1000, description="Rule names kept as metric labels.")
-
-    @model_validator(mode="after")
-    def _token_from_file(self) -> PolicySettings:
-        if self.moderation_token is None:
-            self.moderation_token = _read_secret_file(self.moderation_token_file, "policy.moderation_token")
-        return self
-
-
-class ReportSettings(_Section):
-    """Compliance reports (`sentinel report`, docs/report.md): the rules that flag anomalies and how times read.
-
-    Business hours are local to ``timezone``; a caller's hour outside them with at least
-    ``off_hours_min`` calls is flagged. An hour with more than ``max(spike_min, spike_factor x`` the
-    caller's 90th-percentile hourly volume over the period``)`` calls is a volume spike. A
-    ``error_burst_window`` with at least ``error_burst_min`` failures making up at least
-    ``error_burst_ratio`` of its calls is an error burst.
-    """
-
-    timezone: str = Field(default="UTC", description="IANA zone for business hours and the report's local times.")
-    business_hours: tuple[int, int] = Field(default=(7, 19), description="[start, end) hour of the working day.")
-    business_days: list[int] = Field(
-        default_factory=lambda: [0, 1, 2, 3, 4], description="Working weekdays, Monday = 0."
-    )
-    off_hours_min: int = Field(default=20, ge=1, description="Calls by one caller in one off-hours hour to flag it.")
-    spike_factor: float = Field(default=5.0, gt=1)
-    spike_min: int = Field(default=50, ge=1)
-    error_burst_window: int = Field(default=300, ge=60, le=3600, description="Seconds.")
-    error_burst_min: int = Field(default=10, ge=1)
-    error_burst_ratio: float = Field(default=0.5, gt=0, le=1)
-    auth_failures_high: int = Field(default=5, ge=1, description="Failed admin logins from one client: high severity.")
-    max_listed: int = Field(default=1000, ge=10, description="Rows listed per table (access events, exceptions).")
-    verify_window: int = Field(default=50_000, ge=1000, description="Records verified per window (bounds memory).")
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Berlin)") from None
-        return value
-
-    @field_validator("business_hours")
-    @classmethod
-    def _hours(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if not 0 <= value[0] < value[1] <= 24:
-            raise ValueError("business_hours must be [start, end) with 0 <= start < end <= 24")
-        return value
-
-    @field_validator("business_days")
-    @classmethod
-    def _days(cls, value: list[int]) -> list[int]:
-        if any(not 0 <= day <= 6 for day in value):
-            raise ValueError("business_days are weekday numbers, Monday = 0 to Sunday = 6")
-        return sorted(set(value))
 
 
 class Settings(BaseSettings):

@@ -30,8 +30,12 @@ from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
 from sentinel.gpu.monitor import GpuMonitor
-from sentinel.policy import ModerationEndpoint, PolicyError, PolicyHistory, PolicyHook, PolicyMetrics, PolicyStore
-from sentinel.policy.changes import log_change
+from sentinel.policy.changes import PolicyHistory, log_change
+from sentinel.policy.hook import PolicyHook
+from sentinel.policy.loading import PolicyError
+from sentinel.policy.metrics import PolicyMetrics
+from sentinel.policy.moderation import ModerationEndpoint
+from sentinel.policy.store import PolicyStore
 from sentinel.proxy.app import ProxyApp
 from sentinel.proxy.hooks import RequestHook
 from sentinel.recorder import Recorder

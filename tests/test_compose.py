@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from sentinel.config import GrafanaSettings, Settings
+from sentinel.config import Settings
 from sentinel.grafana.desired import ELASTICSEARCH_UID, datasources
+from sentinel.grafana.settings import GrafanaSettings
 from sentinel.monitoring.dashboards import PROMETHEUS_UID
 from sentinel.monitoring.generate import DASHBOARDS_DIR, RULES_FILE, artefacts
 

@@ -12,26 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from sentinel.sections import Section as _Section
+from sentinel.sections import secret_from_file
 
 DEFAULT_SCHEDULE = "0 2 * * *"
 DEFAULT_DRILL_SCHEDULE = "0 4 * * sun"  # names: APScheduler 3 numbers weekdays from Monday = 0
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _secret(value: SecretStr | None, path: Path | None, key: str) -> SecretStr | None:
-    if value is not None or path is None:
-        return value
-    try:
-        text = path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {key} file {path}: {exc.strerror}") from None
-    if not text:
-        raise ValueError(f"{key} file {path} is empty")
-    return SecretStr(text)
+    return value if value is not None else secret_from_file(path, key)
 
 
 def check_cron(value: str) -> str:

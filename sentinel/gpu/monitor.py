@@ -17,11 +17,12 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sentinel.config import ConfigError, GpuSettings
+from sentinel.config import ConfigError
 from sentinel.gpu.dcgm import read_dcgm
 from sentinel.gpu.nvml import NvmlReader
 from sentinel.gpu.polled import HttpSource, ModelServer, exposition, model_server_source
 from sentinel.gpu.readings import Reading
+from sentinel.gpu.settings import GpuSettings
 
 MODEL_SERVERS = ("vllm", "sglang", "llamacpp", "ollama")
 

@@ -25,7 +25,7 @@ from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.alerting import RelativeTimeRange
 
-from sentinel.config import GrafanaSettings
+from sentinel.grafana.settings import GrafanaSettings
 from sentinel.monitoring.dashboards import BOARDS, PROMETHEUS_UID, dashboard_json
 from sentinel.monitoring.rules import ALERTS, Alert
 

@@ -22,8 +22,8 @@ from grafana_client.client import (
     GrafanaUnauthorizedError,
 )
 
-from sentinel.config import GrafanaSettings
 from sentinel.grafana import desired
+from sentinel.grafana.settings import GrafanaSettings
 
 log = logging.getLogger("sentinel.grafana")
 

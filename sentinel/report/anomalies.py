@@ -22,10 +22,10 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sentinel.config import ReportSettings
 from sentinel.periods import iso
 from sentinel.report.model import Finding, Period
 from sentinel.report.queries import Bucket
+from sentinel.report.settings import ReportSettings
 
 HOUR = 3600
 

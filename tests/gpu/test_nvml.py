@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from sentinel.config import GpuSettings
 from sentinel.gpu.monitor import GpuMonitor
 from sentinel.gpu.nvml import NvmlReader
+from sentinel.gpu.settings import GpuSettings
 from tests.support.fake_nvml import FakeNvml, Gpu
 
 GIB = 1024**3

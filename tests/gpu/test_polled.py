@@ -10,11 +10,11 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
-from sentinel.config import GpuSettings
 from sentinel.gpu.model_server import read_vllm
 from sentinel.gpu.monitor import GpuCollector, GpuMonitor
 from sentinel.gpu.polled import HttpSource, exposition
 from sentinel.gpu.readings import MIB
+from sentinel.gpu.settings import GpuSettings
 from tests.conftest import Running, wait_until
 from tests.support.gpu_sources import SGLANG_METRICS, VLLM_METRICS, dcgm_metrics, ollama_ps
 from tests.support.loop import BackgroundLoop

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from pydantic import SecretStr
 
 from sentinel.cli import main
-from sentinel.config import GrafanaSettings
 from sentinel.grafana.desired import ELASTICSEARCH_UID
 from sentinel.grafana.provision import ProvisionError, provision
+from sentinel.grafana.settings import GrafanaSettings
 from sentinel.monitoring.dashboards import PROMETHEUS_UID
 from sentinel.monitoring.rules import ALERTS
 from tests.support.grafana import ADMIN_TOKEN, ADMIN_USER, VIEWER_TOKEN, FakeGrafana, running_grafana

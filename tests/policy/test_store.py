@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from sentinel.config import ConfigError
-from sentinel.policy import PolicyChange, PolicyHistory, PolicyStore
+from sentinel.policy.changes import PolicyChange, PolicyHistory
 from sentinel.policy.metrics import PolicyMetrics
+from sentinel.policy.store import PolicyStore
 from tests.conftest import Running, make_settings, wait_until
 from tests.policy.conftest import StartWithPolicy
 from tests.support.frames import JSON_HEADERS, chat_completion

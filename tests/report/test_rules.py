@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sentinel.config import ConfigError, ReportSettings, load_settings
+from sentinel.config import ConfigError, load_settings
 from sentinel.report import anomalies
 from sentinel.report.configuration import transmission
 from sentinel.report.model import Period
 from sentinel.report.queries import Bucket, bin_sql, bin_upper, percentile, value_bin
+from sentinel.report.settings import ReportSettings
 
 HOUR = 3600
 

@@ -1,0 +1,53 @@
+"""The `audit` and `elasticsearch` settings sections (env `SENTINEL_AUDIT_*`, `SENTINEL_ELASTICSEARCH_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from sentinel.sections import Section as _Section
+from sentinel.sections import secret_from_file as _read_secret_file
+
+
+class AuditSettings(_Section):
+    """The audit trail. Paths are relative to the data directory."""
+
+    mode: Literal["best_effort", "strict", "off"] = Field(
+        default="best_effort",
+        description="strict: record durably before forwarding and before the last byte (HIPAA, fail closed); "
+        "best_effort: record after the fact, count losses; off: no audit trail.",
+    )
+    store: Literal["auto", "embedded", "elasticsearch"] = Field(
+        default="auto", description="auto: Elasticsearch when elasticsearch.url is set, else the embedded store."
+    )
+    spool_path: Path = Path("audit/spool.db")
+    store_path: Path = Path("audit/store.db")
+    checkpoint_every: int = Field(default=1000, ge=1, description="Sign a checkpoint every N records ...")
+    checkpoint_interval: float = Field(default=300.0, gt=0, description="... or every M seconds, whichever first.")
+    spool_retention_hours: float = Field(default=24.0, ge=0, description="Keep shipped records this long locally.")
+
+
+class ElasticsearchSettings(_Section):
+    url: str | None = Field(default=None, description="e.g. https://es:9200; several comma-separated.")
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    index_prefix: str = "sentinel-audit"
+    retention_days: int = Field(default=2190, ge=1, description="6 years: HIPAA 164.316(b)(2) documentation retention.")
+    shards: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=0)
+    request_timeout: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> ElasticsearchSettings:
+        if self.api_key is None:
+            self.api_key = _read_secret_file(self.api_key_file, "elasticsearch.api_key")
+        if self.password is None:
+            self.password = _read_secret_file(self.password_file, "elasticsearch.password")
+        return self
