@@ -195,7 +195,7 @@ class AuditTrail:
         rows: list[Row] = []
         try:
             for index, (entry, _) in enumerate(batch):
-                doc = records.seal(
+                doc, stored = records.seal_encoded(
                     keyring,
                     instance=self.instance,
                     seq=head.seq + 1,
@@ -205,7 +205,7 @@ class AuditTrail:
                     event=entry.event,
                 )
                 head = ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
-                rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], records.encode(doc)))
+                rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], stored))
                 if index % _SEAL_SLICE == _SEAL_SLICE - 1:
                     await asyncio.sleep(0)
             checkpoint = None
