@@ -215,7 +215,7 @@ class _Connection(asyncio.Protocol):
     def take(self) -> bytes:
         buffer = self.buffer
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        self.buffer = []
+        buffer.clear()
         self.buffered = 0
         if self._read_paused and self.transport is not None:
             self._read_paused = False
@@ -274,7 +274,8 @@ class UpstreamResponse:
                 return b""
             if conn.error is not None:
                 raise conn.error
-            await conn.wait()
+            waiter = conn._waiter = conn.loop.create_future()  # conn.wait(), inlined: once per chunk
+            await waiter
 
     async def read(self) -> bytes:
         """The whole body."""
