@@ -39,6 +39,10 @@ log = logging.getLogger("sentinel.audit")
 
 _SEAL_SECONDS = 0.0003
 """Sealing work done between two yields to the event loop (a record takes ~20 µs)."""
+_CATCH_UP_SECONDS = 0.005
+"""Sealing work per slice once a batch has taken `_PATIENCE` seconds: on a saturated loop every
+yield waits a long turn, and the trail must keep up with the proxy rather than drop records."""
+_PATIENCE = 0.01
 
 
 @dataclass(slots=True)
@@ -209,7 +213,8 @@ class AuditTrail:
                 rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], stored))
                 if time.perf_counter() >= deadline:
                     await asyncio.sleep(0)
-                    deadline = time.perf_counter() + _SEAL_SECONDS
+                    now = time.perf_counter()
+                    deadline = now + (_SEAL_SECONDS if now - started < _PATIENCE else _CATCH_UP_SECONDS)
             checkpoint = None
             if self._checkpoint_due(head=head, force=force_checkpoint):
                 kid, key = keyring.signing_key()
