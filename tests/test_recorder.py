@@ -1,4 +1,5 @@
-"""The recorder shares the event loop: it yields every 0.3 ms of work, and works longer slices when far behind."""
+"""The recorder shares the event loop: it lets new requests go first, yields every 0.3 ms of work,
+and works longer slices when far behind."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ async def yields_while_recording(backlog: int, monkeypatch: pytest.MonkeyPatch) 
     """(exchanges recorded, times other work ran meanwhile); each exchange 'takes' 0.1 ms on a fake clock."""
     clock = itertools.count()
     monkeypatch.setattr(recorder_module, "_perf", lambda: next(clock) * 0.0001)
+    monkeypatch.setattr(recorder_module, "_DEFER_SECONDS", 0)
     registry = CollectorRegistry()
     recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)), capacity=10_000)
     recorded = 0
@@ -49,3 +51,23 @@ async def test_a_long_backlog_is_recorded_in_longer_slices(monkeypatch: pytest.M
     recorded, turns = await yields_while_recording(2000, monkeypatch)
     # 5 ms slices (~50 exchanges) until fewer than 256 wait (~35 slices), then 0.3 ms slices (~85).
     assert recorded == 2000 and 100 <= turns <= 135, turns
+
+
+async def test_a_request_arriving_just_after_an_exchange_ends_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed-loop client's next request lands ~0.1 ms after the last response ended."""
+    registry = CollectorRegistry()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)))
+    order: list[str] = []
+    monkeypatch.setattr(recorder, "record", lambda exchange: order.append("recorded"))
+    await recorder.start()
+    loop = asyncio.get_running_loop()
+    recorder.submit(object())  # type: ignore[arg-type]
+    loop.call_later(0.0002, order.append, "next request")
+    await asyncio.sleep(0.01)
+    assert order == ["next request", "recorded"]
+    for _ in range(3):
+        recorder.submit(object())  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order.count("recorded") == 4  # a queue is not deferred: it is recorded straight away
+    await recorder.stop(grace=1)
