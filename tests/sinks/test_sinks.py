@@ -11,7 +11,7 @@ import orjson
 import requests
 
 from sentinel.interaction import Interaction
-from sentinel.sinks.jsonl import JsonlSink
+from sentinel.sinks.jsonl import JsonlSink, metadata_json, metadata_only
 from tests.conftest import Running, wait_until
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -92,3 +92,20 @@ async def test_jsonl_sink_with_content(tmp_path: Path) -> None:
     await sink.write([Interaction(id="1", started_at=0, method="POST", path="/", response_text="kept")])
     await sink.stop()
     assert orjson.loads((tmp_path / "x.jsonl").read_bytes())["response_text"] == "kept"
+
+
+def test_metadata_lines_are_the_bytes_of_the_blanked_copy() -> None:
+    from tests.audit.test_record import rich_interaction
+
+    interaction = rich_interaction()
+    assert metadata_json(interaction) == orjson.dumps(metadata_only(interaction))
+    assert b"patient-7" not in metadata_json(interaction) and b"think" not in metadata_json(interaction)
+
+
+async def test_a_large_batch_is_written_whole_and_in_order(tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path / "x.jsonl")
+    await sink.start()
+    await sink.write([Interaction(id=str(n), started_at=0, method="POST", path="/") for n in range(2000)])
+    await sink.stop()
+    lines = (tmp_path / "x.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and [orjson.loads(line)["id"] for line in lines[:-1]] == [str(n) for n in range(2000)]
