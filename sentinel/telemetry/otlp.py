@@ -49,6 +49,7 @@ class OtlpSpanQueue:
         self.endpoint = endpoint
         self._headers = {"Content-Type": "application/x-protobuf", **(headers or {})}
         self._spans: deque[ReadableSpan] = deque()
+        self._added = 0
         self._encoded: list[bytes] = []
         self._encoded_spans = 0
         self._encoded_bytes = 0
@@ -77,12 +78,15 @@ class OtlpSpanQueue:
             self._dropped.labels("queue_full").inc()
             return
         self._spans.append(span)
+        self._added += 1
 
     def encode_some(self) -> None:
-        """Encode up to one slice of queued spans; cheap enough to call after every recorder slice."""
+        """Encode the spans queued since the last call, or one slice if that is more; called after
+        every recorder slice, so encoding keeps pace with recording however long the slice was."""
         if not self._spans:
             return
-        count = min(self._slice, len(self._spans))
+        count = min(max(self._slice, self._added), len(self._spans))
+        self._added = 0
         batch = [self._spans.popleft() for _ in range(count)]
         # Serialized ExportTraceServiceRequest messages concatenate into one valid message
         # (protobuf merges repeated fields), so slices can be encoded separately and posted together.
