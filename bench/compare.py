@@ -11,7 +11,8 @@ SOURCE is `.` (this working tree), a directory holding a `sentinel` package, or 
 
 Reports the median over rounds of throughput, latency, time to first byte (all requests, and
 without each connection's first request: `warm`), Sentinel's CPU per request (and its kernel
-part, from /proc) and the mock upstream's, plus any dropped records.
+part, from /proc; counted until its queues and audit spool are drained) and the mock upstream's,
+plus any dropped records.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
-from proxy import HERE, PY, STREAM_CHUNKS, free_port, loadgen, pinned, wait_http
+from proxy import HERE, PY, STREAM_CHUNKS, free_port, loadgen, pinned, settle, wait_http
 
 ROOT = HERE.parent
 
@@ -118,7 +119,8 @@ def main() -> None:
                 before = cpu_split(process.pid) if isinstance(process, subprocess.Popen) else (0.0, 0.0)
                 upstream_before = sum(cpu_split(upstream.pid))
                 run = loadgen(url, args.concurrency, args.seconds, args.stream, args.prompt_bytes)
-                time.sleep(0.3)  # let the recorder finish this round's tail before reading CPU time
+                if target["process"] is not None:
+                    run["settle_s"] = settle(f"http://127.0.0.1:{target['admin']}")  # include the work left behind
                 count = max(1, run["requests"])
                 after = cpu_split(process.pid) if isinstance(process, subprocess.Popen) else (0.0, 0.0)
                 run["cpu_us"] = (sum(after) - sum(before)) / count * 1e6

@@ -69,6 +69,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+_BACKLOGS = ("sentinel_recorder_queue_depth", "sentinel_sink_queue_depth", "sentinel_audit_spool_records")
+
+
+def settle(admin_url: str, timeout: float = 60.0) -> float:
+    """Wait until Sentinel has recorded, written and shipped everything (its queues and the audit
+    spool's unshipped records are empty), so a round's CPU time includes the work it left behind
+    and the next round starts quiet. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        metrics = urllib.request.urlopen(admin_url + "/metrics").read().decode()
+        waiting = [line for line in metrics.splitlines() if line.startswith(_BACKLOGS) and not line.endswith(" 0.0")]
+        if not waiting:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def loadgen(url: str, concurrency: int, seconds: float, stream: bool, prompt_bytes: int) -> dict[str, float]:
     args = [PY, str(HERE / "loadgen.py"), url, "-c", str(concurrency), "-d", str(seconds),
             "--prompt-bytes", str(prompt_bytes)]
@@ -133,6 +150,7 @@ def main() -> None:
                                                 scenario["stream"], args.prompt_bytes))
                 before = cpu_seconds(sentinel.pid)
                 run = loadgen(proxy_url, scenario["concurrency"], args.seconds, scenario["stream"], args.prompt_bytes)
+                run["settle_s"] = settle(f"http://127.0.0.1:{admin_port}")
                 run["cpu_us_per_request"] = (cpu_seconds(sentinel.pid) - before) / max(1, run["requests"]) * 1e6
                 rounds["sentinel"].append(run)
                 cpu += run["cpu_us_per_request"]
@@ -169,6 +187,7 @@ def summarise(rounds: dict[str, list[dict[str, float]]], stream: bool) -> dict[s
         "sentinel_rps": med("sentinel", "rps"),
         "rps_ratio": med("sentinel", "rps") / med("direct", "rps"),
         "sentinel_cpu_us_per_request": med("sentinel", "cpu_us_per_request"),
+        "sentinel_settle_s": med("sentinel", "settle_s"),
         "errors": sum(r["errors"] + r["non_2xx"] for side in rounds.values() for r in side),
     }
     if stream:
