@@ -24,9 +24,9 @@ log = logging.getLogger("sentinel.recorder")
 
 _perf = time.perf_counter
 
-_SLICE_SECONDS = 0.0003
-"""Recording work done between two yields to the event loop (a streamed exchange takes ~0.13 ms):
-a request that arrives meanwhile waits at most about this long for the recorder."""
+_SLICE_SECONDS = 0.00015
+"""Recording work done between two yields to the event loop, at least one exchange (a streamed one
+takes ~0.13 ms): about as long as a request that arrives meanwhile waits for the recorder."""
 _CATCH_UP_SECONDS = 0.005
 """Work per slice when more than `_BACKLOG` exchanges wait: recording must keep up, even at some latency."""
 _BACKLOG = 256

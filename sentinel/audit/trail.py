@@ -37,7 +37,7 @@ from sentinel.telemetry.metrics import ReadAtScrape
 
 log = logging.getLogger("sentinel.audit")
 
-_SEAL_SECONDS = 0.0003
+_SEAL_SECONDS = 0.00015
 """Sealing work done between two yields to the event loop (a record takes ~20 µs)."""
 _CATCH_UP_SECONDS = 0.005
 """Sealing work per slice once a batch has taken `_PATIENCE` seconds: on a saturated loop every

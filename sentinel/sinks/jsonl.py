@@ -17,7 +17,7 @@ import orjson
 
 from sentinel.interaction import CONTENT_FIELDS, Caller, Interaction
 
-_SLICE_SECONDS = 0.0003
+_SLICE_SECONDS = 0.00015
 
 
 def metadata_only(interaction: Interaction) -> Interaction:
