@@ -18,6 +18,10 @@ import orjson
 from sentinel.interaction import CONTENT_FIELDS, Caller, Interaction
 
 _SLICE_SECONDS = 0.00015
+_CATCH_UP_SECONDS = 0.005
+"""Slices once a batch has taken `_PATIENCE` seconds: on a saturated loop every yield waits a long
+turn, and the sink must keep up rather than drop records (as the audit trail's sealing does)."""
+_PATIENCE = 0.01
 
 
 def metadata_only(interaction: Interaction) -> Interaction:
@@ -70,12 +74,14 @@ class JsonlSink:
         # Serialised on the event loop (~3 µs a record), yielding every `_SLICE_SECONDS`: a batch
         # from a busy second is hundreds of records, too long to hold the loop in one go.
         lines = []
-        deadline = time.perf_counter() + _SLICE_SECONDS
+        started = time.perf_counter()
+        deadline = started + _SLICE_SECONDS
         for interaction in batch:
             lines.append(orjson.dumps(interaction) if self.include_content else metadata_json(interaction))
             if time.perf_counter() >= deadline:
                 await asyncio.sleep(0)
-                deadline = time.perf_counter() + _SLICE_SECONDS
+                now = time.perf_counter()
+                deadline = now + (_SLICE_SECONDS if now - started < _PATIENCE else _CATCH_UP_SECONDS)
         if lines:
             lines.append(b"")
             await asyncio.to_thread(self._append, b"\n".join(lines))
