@@ -30,8 +30,9 @@ STREAM = (
     + [_frame({}, "stop")]
     + [
         b"data: "
-        + orjson.dumps({**_BASE, "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 50,
-                                                          "total_tokens": 70}})
+        + orjson.dumps(
+            {**_BASE, "choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 50, "total_tokens": 70}}
+        )
         + b"\n\n",
         b"data: [DONE]\n\n",
     ]
@@ -44,14 +45,17 @@ BODY = orjson.dumps(
         "object": "chat.completion",
         "created": 1730000000,
         "model": "bench",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench upstream."},
-                     "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello from the bench upstream."},
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27},
     }
 )
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(BODY)
-) + BODY
+RESPONSE = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(BODY)) + BODY
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter
@@ -21,10 +22,18 @@ from sentinel.telemetry.tracing import SpanEmitter, SpanTimings
 
 log = logging.getLogger("sentinel.recorder")
 
-_SLICE = 4
-"""Exchanges handled between two yields to the event loop, to keep request latency flat under load."""
-_CATCH_UP = 64
-"""When the queue is long, handle this many per slice: recording must keep up, even at some latency."""
+_perf = time.perf_counter
+
+_SLICE_SECONDS = 0.00015
+"""Recording work done between two yields to the event loop, at least one exchange (a streamed one
+takes ~0.13 ms): about as long as a request that arrives meanwhile waits for the recorder."""
+_CATCH_UP_SECONDS = 0.005
+"""Work per slice when more than `_BACKLOG` exchanges wait: recording must keep up, even at some latency."""
+_BACKLOG = 256
+_DEFER_SECONDS = 0.001
+"""When nothing else waits, a finished exchange is recorded this much later: a client sends its
+next request the moment a response ends, and that request should not queue behind the recording
+of the last one (at concurrency 1 it did, for ~0.6 ms: docs/benchmarks.md)."""
 
 
 class Recorder:
@@ -97,12 +106,19 @@ class Recorder:
             await self.spans.aclose()
 
     async def _run(self) -> None:
+        # Slices are bounded by time, not by count: streamed exchanges cost ten times plain ones,
+        # and a fixed count of them blocked the loop for a millisecond at a time (docs/benchmarks.md).
+        mailbox = self.mailbox
         while True:
-            batch = await self.mailbox.take(_SLICE if len(self.mailbox) < 256 else _CATCH_UP)
+            batch = await mailbox.take(1)
             if not batch:
                 return
-            for exchange in batch:
-                self.record(exchange)
+            if not mailbox and not mailbox.closed:
+                await asyncio.sleep(_DEFER_SECONDS)
+            deadline = _perf() + (_SLICE_SECONDS if len(mailbox) < _BACKLOG else _CATCH_UP_SECONDS)
+            self.record(batch[0])
+            while mailbox and _perf() < deadline:
+                self.record(mailbox.take_now(1)[0])
             if self.spans is not None:
                 self.spans.after_slice()
             await asyncio.sleep(0)

@@ -14,9 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
-
-import aiohttp
-from yarl import URL
+from urllib.parse import quote
 
 from sentinel.capture.routes import classify
 from sentinel.interaction import ErrorType, Operation, Outcome, new_interaction_id
@@ -24,6 +22,13 @@ from sentinel.proxy.errors import error_body
 from sentinel.proxy.exchange import Exchange
 from sentinel.proxy.headers import HOP_BY_HOP, connection_tokens, response_headers
 from sentinel.proxy.hooks import Journal, JournalUnavailable, Refusal, RequestHook, ResponseFilter, StopResponse
+from sentinel.proxy.upstream import (
+    UpstreamBroken,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from sentinel.telemetry.tracing import TraceStarter
 
 Scope = MutableMapping[str, Any]
@@ -80,10 +85,11 @@ class ProxyApp:
         self.upstream_url = upstream_url.rstrip("/")
         self.recorder = recorder
         self.traces = traces or TraceStarter()
-        self._auth = ("Bearer " + upstream_api_key) if upstream_api_key else None
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
+        if upstream_api_key and ("\r" in upstream_api_key or "\n" in upstream_api_key):
+            raise ValueError("the upstream API key contains a line break")
+        self._auth = ("Bearer " + upstream_api_key).encode("latin-1") if upstream_api_key else None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._max_connections = max_connections
         self._keepalive_timeout = keepalive_timeout
         self.max_body_bytes = max_body_bytes
@@ -91,25 +97,22 @@ class ProxyApp:
         self._in_flight = in_flight
         self.request_hooks = list(request_hooks)
         self.journal = journal
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: UpstreamPool | None = None
 
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, keepalive_timeout=self._keepalive_timeout
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+        if self._upstream is None:
+            self._upstream = UpstreamPool(
+                self.upstream_url,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                max_connections=self._max_connections,
+                keepalive_timeout=self._keepalive_timeout,
             )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -135,7 +138,7 @@ class ProxyApp:
         t_start = _perf()
         path: str = scope["path"]
         protocol, operation = classify(path)
-        headers: list[tuple[str, str]] = []
+        headers: list[tuple[bytes, bytes]] = []
         traceparent = tracestate = authorization = content_type = user_agent = None
         content_length = -1
         extra_hop: frozenset[bytes] = frozenset()
@@ -158,14 +161,14 @@ class ProxyApp:
                 user_agent = value
             elif name == b"tracestate":
                 tracestate = value
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            headers.append((name, value))
         if extra_hop:
-            headers = [(n, v) for n, v in headers if n.encode("latin-1") not in extra_hop]
+            headers = [(n, v) for n, v in headers if n not in extra_hop]
 
         trace = self.traces.start(traceparent, tracestate)
-        headers.append(("traceparent", trace.upstream_traceparent().decode()))
+        headers.append((b"traceparent", trace.upstream_traceparent()))
         if self._auth is not None:
-            headers.append(("authorization", self._auth))
+            headers.append((b"authorization", self._auth))
         client = scope.get("client")
         query: bytes = scope.get("query_string", b"")
         ex = Exchange(
@@ -198,7 +201,7 @@ class ProxyApp:
         self,
         ex: Exchange,
         scope: Scope,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         content_length: int,
         receive: Receive,
         send: Send,
@@ -281,74 +284,77 @@ class ProxyApp:
         self,
         ex: Exchange,
         scope: Scope,
-        headers: list[tuple[str, str]],
+        headers: list[tuple[bytes, bytes]],
         body: bytes,
         send: Send,
         filters: list[ResponseFilter],
     ) -> None:
-        session = self._session
-        if session is None:
+        pool = self._upstream
+        if pool is None:
             await self.start()
-            session = self._session
-            assert session is not None
+            pool = self._upstream
+            assert pool is not None
         raw_path: bytes | None = scope.get("raw_path")
-        target = self.upstream_url + (raw_path.decode("latin-1") if raw_path else ex.path)
-        if ex.query:
-            target += "?" + ex.query
+        target = raw_path if raw_path else quote(ex.path).encode("ascii")
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target += b"?" + query
         ex.t_upstream_start = _perf()
         try:
-            async with session.request(
-                ex.method,
-                URL(target, encoded=True),
-                headers=headers,
-                data=body if body else None,
-                allow_redirects=False,
-            ) as resp:
-                ex.upstream_status = ex.status = resp.status
-                content_type = resp.headers.get("Content-Type", "")
-                ex.response_content_type = content_type
-                ex.response_content_encoding = resp.headers.get("Content-Encoding", "")
-                out_headers = response_headers(resp.raw_headers)
-                length = resp.content_length
-                streaming = content_type.startswith(("text/event-stream", "application/x-ndjson"))
-                if not streaming and length is not None and length <= _BUFFER_LIMIT:
-                    payload = await resp.read()
-                    ex.t_upstream_headers = _perf()
-                    ex.response_bytes = len(payload)
-                    if ex.operation is not Operation.OTHER or resp.status >= 400:
-                        ex.chunks.append(payload)
-                        ex.chunk_times.append(ex.t_upstream_headers)
-                    if filters:
-                        try:
-                            payload = _feed(filters, payload) + _finish(filters, b"")
-                        except StopResponse as stop:
-                            await self._refuse(ex, send, stop.refusal)
-                            return
-                        out_headers = _with_length(out_headers, len(payload))
-                    if self.journal is not None and not await self._complete(ex, send):
-                        return
-                    ex.t_response_start = _perf()
-                    ex.completed = True
-                    await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
-                    await send({"type": "http.response.body", "body": payload, "more_body": False})
-                    return
-                ex.t_upstream_headers = _perf()
-                ex.t_response_start = ex.t_upstream_headers
-                if filters:
-                    out_headers = [(name, value) for name, value in out_headers if name != b"content-length"]
-                await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
-                await self._stream_body(ex, resp, send, filters)
-        except aiohttp.ClientConnectorError as exc:
+            resp = await pool.send(ex.method.encode("ascii"), target, headers, body)
+            try:
+                await self._answer(ex, resp, send, filters)
+            finally:
+                resp.release()  # a response not read to its end closes the connection: the upstream stops
+        except UpstreamUnreachable as exc:
             await self._fail(ex, send, 502, ErrorType.UPSTREAM_UNREACHABLE, f"upstream unreachable: {exc.os_error}")
-        except (aiohttp.ServerTimeoutError, TimeoutError):
+        except UpstreamTimeout:
             await self._fail(ex, send, 504, ErrorType.UPSTREAM_TIMEOUT, "upstream timed out")
-        except aiohttp.ClientError as exc:
+        except UpstreamBroken as exc:
             broken = ex.t_response_start is not None
             error_type = ErrorType.UPSTREAM_BROKEN_STREAM if broken else ErrorType.UPSTREAM_UNREACHABLE
-            await self._fail(ex, send, 502, error_type, f"upstream connection failed: {exc!r}")
+            await self._fail(ex, send, 502, error_type, f"upstream connection failed: {exc}")
+
+    async def _answer(self, ex: Exchange, resp: UpstreamResponse, send: Send, filters: list[ResponseFilter]) -> None:
+        ex.upstream_status = ex.status = resp.status
+        content_type_header = resp.header(b"content-type")
+        content_type = content_type_header.decode("latin-1") if content_type_header else ""
+        ex.response_content_type = content_type
+        encoding = resp.header(b"content-encoding")
+        ex.response_content_encoding = encoding.decode("latin-1") if encoding else ""
+        out_headers = response_headers(resp.headers)
+        length = resp.content_length
+        streaming = content_type.startswith(("text/event-stream", "application/x-ndjson"))
+        if not streaming and length is not None and length <= _BUFFER_LIMIT:
+            payload = await resp.read()
+            ex.t_upstream_headers = _perf()
+            ex.response_bytes = len(payload)
+            if ex.operation is not Operation.OTHER or resp.status >= 400:
+                ex.chunks.append(payload)
+                ex.chunk_times.append(ex.t_upstream_headers)
+            if filters:
+                try:
+                    payload = _feed(filters, payload) + _finish(filters, b"")
+                except StopResponse as stop:
+                    await self._refuse(ex, send, stop.refusal)
+                    return
+                out_headers = _with_length(out_headers, len(payload))
+            if self.journal is not None and not await self._complete(ex, send):
+                return
+            ex.t_response_start = _perf()
+            ex.completed = True
+            await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+            await send({"type": "http.response.body", "body": payload, "more_body": False})
+            return
+        ex.t_upstream_headers = _perf()
+        ex.t_response_start = ex.t_upstream_headers
+        if filters:
+            out_headers = [(name, value) for name, value in out_headers if name != b"content-length"]
+        await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+        await self._stream_body(ex, resp, send, filters)
 
     async def _stream_body(
-        self, ex: Exchange, resp: aiohttp.ClientResponse, send: Send, filters: list[ResponseFilter]
+        self, ex: Exchange, resp: UpstreamResponse, send: Send, filters: list[ResponseFilter]
     ) -> None:
         capture = ex.operation is not Operation.OTHER or resp.status >= 400
         cap = self.max_capture_bytes
@@ -356,7 +362,8 @@ class ProxyApp:
         journal = self.journal is not None
         held = b""  # strict mode: the final frame waits until the record is durable
         stopped: bytes | None = None
-        async for chunk in resp.content.iter_any():
+        read = resp.read_some
+        while chunk := await read():
             now = _perf()
             ex.response_bytes += len(chunk)
             if capture:

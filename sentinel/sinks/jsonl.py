@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import orjson
 
-from sentinel.interaction import CONTENT_FIELDS, Interaction
+from sentinel.interaction import CONTENT_FIELDS, Caller, Interaction
+
+_SLICE_SECONDS = 0.00015
+_CATCH_UP_SECONDS = 0.005
+"""Slices once a batch has taken `_PATIENCE` seconds: on a saturated loop every yield waits a long
+turn, and the sink must keep up rather than drop records (as the audit trail's sealing does)."""
+_PATIENCE = 0.01
 
 
 def metadata_only(interaction: Interaction) -> Interaction:
@@ -34,6 +41,20 @@ assert {"request_messages", "response_text", "reasoning_text", "tool_calls", "ex
     CONTENT_FIELDS
 ), "metadata_only must blank every content field"
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(Interaction))
+_CALLER_FIELDS = tuple(field.name for field in dataclasses.fields(Caller))
+_BLANK = frozenset(name for name in CONTENT_FIELDS if "." not in name)
+_CALLER_BLANK = frozenset(name.partition(".")[2] for name in CONTENT_FIELDS if name.startswith("caller."))
+
+
+def metadata_json(interaction: Interaction) -> bytes:
+    """`orjson.dumps(metadata_only(interaction))`, the same bytes without building the copy (half the cost)."""
+    data = {name: None if name in _BLANK else getattr(interaction, name) for name in _FIELDS}
+    caller = interaction.caller
+    data["caller"] = {name: None if name in _CALLER_BLANK else getattr(caller, name) for name in _CALLER_FIELDS}
+    encoded: bytes = orjson.dumps(data)
+    return encoded
+
 
 class JsonlSink:
     def __init__(self, path: Path, *, include_content: bool = False, name: str = "jsonl") -> None:
@@ -50,11 +71,20 @@ class JsonlSink:
         return open(self.path, "ab")  # held open for the sink lifetime
 
     async def write(self, batch: Sequence[Interaction]) -> None:
-        if self.include_content:
-            data = b"".join(orjson.dumps(interaction) + b"\n" for interaction in batch)
-        else:
-            data = b"".join(orjson.dumps(metadata_only(interaction)) + b"\n" for interaction in batch)
-        await asyncio.to_thread(self._append, data)
+        # Serialised on the event loop (~3 µs a record), yielding every `_SLICE_SECONDS`: a batch
+        # from a busy second is hundreds of records, too long to hold the loop in one go.
+        lines = []
+        started = time.perf_counter()
+        deadline = started + _SLICE_SECONDS
+        for interaction in batch:
+            lines.append(orjson.dumps(interaction) if self.include_content else metadata_json(interaction))
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                deadline = now + (_SLICE_SECONDS if now - started < _PATIENCE else _CATCH_UP_SECONDS)
+        if lines:
+            lines.append(b"")
+            await asyncio.to_thread(self._append, b"\n".join(lines))
 
     def _append(self, data: bytes) -> None:
         assert self._file is not None

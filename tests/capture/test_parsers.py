@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Iterable
 
+import orjson
 import pytest
 
 from sentinel.capture import ollama, openai
+from sentinel.capture.facts import ResponseFacts
 from sentinel.capture.routes import classify
 from sentinel.interaction import Operation, Protocol
 from tests.support.frames import ollama_chat_stream, vllm_chat_stream
@@ -102,6 +106,92 @@ def test_sse_multiple_choices_and_error_event() -> None:
     facts = openai.parse_sse(frames)
     assert facts.text() == "A" and facts.extra_choices() == ["B"]
     assert facts.error_message == "overloaded"
+
+
+def replay_sse(chunks: Iterable[bytes]) -> ResponseFacts:
+    """The straightforward reading `parse_sse` must agree with: chunk by chunk, line by line."""
+    facts = ResponseFacts()
+    pending = b""
+    data: list[bytes] = []
+    event = b""
+    index = -1
+    for index, chunk in enumerate(chunks):
+        pending += chunk
+        lines = pending.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    openai._dispatch(facts, b"\n".join(data), event, index)
+                    data = []
+                event = b""
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+    if pending.startswith(b"data:"):
+        value = pending[5:]
+        data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        openai._dispatch(facts, b"\n".join(data), event, max(index, 0))
+    return facts
+
+
+def random_sse(rng: random.Random) -> bytes:
+    """Well-formed and odd SSE alike: comments, `event:` fields, multi-line data, bad JSON, blank-line runs."""
+    frames = []
+    for _ in range(rng.randint(0, 12)):
+        kind = rng.random()
+        delta = rng.choice(
+            [
+                {"role": "assistant", "content": ""},
+                {"content": rng.choice(["a", "b\n", "\u00e9", ""])},
+                {"reasoning_content": "r"},
+                {"reasoning": "q"},
+                {"tool_calls": [{"index": 0, "function": {"arguments": "x"}}]},
+                {},
+            ]
+        )
+        obj = {"model": "m", "choices": [{"index": rng.choice([0, 0, 1]), "delta": delta, "finish_reason": None}]}
+        if kind < 0.5:
+            frames.append(b"data: " + orjson.dumps(obj) + b"\n\n")
+        elif kind < 0.6:
+            frames.append(b"data:" + orjson.dumps({"choices": [], "usage": {"prompt_tokens": 1}}) + b"\n\n")
+        elif kind < 0.65:
+            frames.append(b": keep-alive\n\n")
+        elif kind < 0.7:
+            frames.append(b'event: error\ndata: {"message": "overloaded"}\n\n')
+        elif kind < 0.75:
+            frames.append(b"event: error\ndata: not json\n\n")
+        elif kind < 0.8:
+            text = orjson.dumps(obj)
+            frames.append(b"data: " + text[:5] + b"\ndata: " + text[5:] + b"\n\n")
+        elif kind < 0.85:
+            frames.append(b"data: {broken\n\n")
+        elif kind < 0.9:
+            frames.append(b"\n\n\n")
+        elif kind < 0.95:
+            frames.append(b'data: {"error": {"message": "bad"}}\n\n')
+        else:
+            frames.append(b"data: [DONE]\n\n")
+    body = b"".join(frames)
+    if rng.random() < 0.3:
+        body = body.replace(b"\n", b"\r\n")
+    if rng.random() < 0.3:
+        body = body.rstrip(b"\r\n")  # a stream cut before its last blank line
+    return body
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_sse_parse_matches_a_chunk_by_chunk_replay(seed: int) -> None:
+    rng = random.Random(seed)
+    chunks = rechunk(random_sse(rng), rng)
+    if rng.random() < 0.2:
+        chunks.insert(rng.randint(0, len(chunks)), b"")
+    assert dataclasses.asdict(openai.parse_sse(chunks)) == dataclasses.asdict(replay_sse(chunks))
 
 
 @pytest.mark.parametrize("seed", range(10))

@@ -1,0 +1,484 @@
+"""`UpstreamPool`: the proxy's HTTP/1.1 client for the model server.
+
+Keep-alive connections, one request at a time each; a response is read straight from the
+connection's protocol (httptools parses it, as uvicorn parses the client's side). Per streamed
+chunk that is one parser callback and one future, where aiohttp's client took a stream reader, a
+read-timeout timer and several more Python calls per chunk, and more work per new connection: with
+64 concurrent streams on one core both the proxy's CPU per chunk and a new stream's first-byte
+p99 dropped markedly (docs/benchmarks.md). It does what the proxy needs and no more: no
+redirects, cookies, decompression or proxies.
+
+Contract, as the proxy relies on it:
+- `send` returns once the response head has arrived. It raises `UpstreamUnreachable` when no
+  connection could be made (refused, DNS, TLS), `UpstreamTimeout` when connecting took longer
+  than `connect_timeout` or the server was silent for `read_timeout`, `UpstreamBroken` when the
+  connection failed or the answer was not HTTP. A request on a reused connection that fails
+  before any answer is retried once on a new one if its method is idempotent (as aiohttp does).
+- `UpstreamResponse.read_some` returns what has arrived since the last call (several network
+  reads joined), waiting if nothing has; `b""` at the end of the body. Silence longer than
+  `read_timeout` raises `UpstreamTimeout`, a connection lost before the end `UpstreamBroken`.
+- `release` hands a fully read keep-alive connection back to the pool and closes any other
+  (which is how a cancelled or abandoned call cancels the generation upstream). Idle
+  connections are closed after `keepalive_timeout`; at most `max_connections` are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+"""Methods aiohttp sent without `Content-Length: 0` when there is no body; kept for parity."""
+_HIGH_WATER = 256 * 1024
+"""Stop reading from the upstream when this much is waiting for a slow client."""
+
+
+class UpstreamError(Exception):
+    """The upstream call failed."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection could be made."""
+
+    def __init__(self, os_error: OSError) -> None:
+        super().__init__(str(os_error))
+        self.os_error = os_error
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    """Connecting took too long, or the server went silent for longer than the read timeout."""
+
+
+class UpstreamBroken(UpstreamError):
+    """The connection failed, or the answer was not valid HTTP."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection and the response being read on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+        self.loop = loop
+        self.read_timeout = read_timeout
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.in_use = True
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.received = False
+        self.error: UpstreamError | None = None
+        self.buffer: list[bytes] = []
+        self.buffered = 0
+        self._interim = False
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_use:
+            self.close()  # bytes nobody asked for, on an idle connection: not safe to reuse
+            return
+        self.received = True
+        self._last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(UpstreamBroken(f"invalid HTTP response from upstream: {exc!r}"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._stop_watchdog()
+        if self.head_done and not self.complete and self.error is None and self._until_close():
+            self.complete = True  # a body delimited by the end of the connection (HTTP/1.0 style)
+        elif not self.complete and self.error is None:
+            reason = f": {exc!r}" if exc is not None else ""
+            self.error = UpstreamBroken(f"upstream closed the connection before the response was complete{reason}")
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake()
+
+    # -- httptools callbacks --------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:  # the proxy never asks to switch protocols (Upgrade is hop-by-hop)
+                self._fail(UpstreamBroken("upstream switched protocols"))
+                return
+            self._interim = True  # 103 Early Hints and the like: the real answer follows
+            self.headers = []
+            return
+        self.status = status
+        self.head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self.buffer.append(body)
+        self.buffered += len(body)
+        if self.buffered > _HIGH_WATER and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
+        self._stop_watchdog()
+        self._wake()
+
+    # -- used by the pool and the response --------------------------------------------------------
+    def _until_close(self) -> bool:
+        for name, _ in self.headers:
+            lower = name.lower()
+            if lower == b"content-length" or lower == b"transfer-encoding":
+                return False
+        return True
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self._wake()
+
+    async def wait(self) -> None:
+        """Until something happens on the connection (data, end, error, writable again)."""
+        waiter = self._waiter = self.loop.create_future()
+        await waiter
+
+    def start_watchdog(self) -> None:
+        self._last_read = self.loop.time()
+        self._watchdog = self.loop.call_at(self._last_read + self.read_timeout, self._check_silence)
+
+    def _check_silence(self) -> None:
+        # One timer per silence period, not one per chunk: re-armed from the last read.
+        self._watchdog = None
+        if self.complete or self.closed:
+            return
+        silent_until = self._last_read + self.read_timeout
+        now = self.loop.time()
+        if self._read_paused:
+            silent_until = now + self.read_timeout  # waiting for our own client is not the server's silence
+        if now < silent_until:
+            self._watchdog = self.loop.call_at(silent_until, self._check_silence)
+            return
+        self._fail(UpstreamTimeout(f"upstream sent nothing for {self.read_timeout:g}s"))
+        self.close()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def take(self) -> bytes:
+        buffer = self.buffer
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        buffer.clear()
+        self.buffered = 0
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+        self._stop_watchdog()
+        if self.transport is not None:
+            self.transport.close()
+
+    def reusable(self) -> bool:
+        return (
+            self.complete
+            and self.error is None
+            and not self.closed
+            and not self.buffer
+            and self.keep_alive
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+
+class UpstreamResponse:
+    """The head of an upstream answer; the body is read with `read_some` / `read`."""
+
+    __slots__ = ("_conn", "_pool", "headers", "status")
+
+    def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self.status = conn.status
+        self.headers = conn.headers
+        """Raw (name, value) pairs, names as the server wrote them."""
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower case), or None."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.header(b"content-length")
+        return int(value) if value is not None and value.strip().isdigit() else None
+
+    async def read_some(self) -> bytes:
+        conn = self._conn
+        assert conn is not None, "response already released"
+        while True:
+            if conn.buffer:
+                return conn.take()
+            if conn.complete:
+                return b""
+            if conn.error is not None:
+                raise conn.error
+            waiter = conn._waiter = conn.loop.create_future()  # conn.wait(), inlined: once per chunk
+            await waiter
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        parts = []
+        while chunk := await self.read_some():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Back to the pool if the body was read to its end, else close the connection."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool._release(conn)
+
+
+class UpstreamPool:
+    """Connections to one upstream origin (`scheme://host:port`, plus a base path prepended to every target).
+
+    >>> pool = UpstreamPool("http://vllm:8000", read_timeout=300)    # doctest: +SKIP
+    >>> response = await pool.send(b"POST", b"/v1/chat/completions", headers, body)  # doctest: +SKIP
+    >>> try: ... await response.read_some() ...
+    ... finally: response.release()
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 300.0,
+        max_connections: int = 1024,
+        keepalive_timeout: float = 4.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream URL must be http:// or https://host[:port][/base]: {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.base_path = parts.path.rstrip("/").encode("latin-1")
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        if parts.port is not None and parts.port != (443 if parts.scheme == "https" else 80):
+            netloc += f":{parts.port}"
+        self.host_header = netloc.encode("idna" if not netloc.isascii() else "ascii")
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
+        self.keepalive_timeout = keepalive_timeout
+        self._idle: deque[_Connection] = deque()
+        self._open = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def send(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse:
+        """Send one request; returns when the response head has arrived (see the module docstring)."""
+        parts = [method, b" ", self.base_path, target, b" HTTP/1.1\r\nHost: ", self.host_header, b"\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        if body or method not in _NO_BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        retry = method in _IDEMPOTENT
+        while True:
+            conn, reused = await self._acquire()
+            try:
+                await self._exchange(conn, head, body, method == b"HEAD")
+            except UpstreamBroken:
+                self._release(conn)
+                if reused and retry and not conn.received:
+                    retry = False
+                    continue  # a stale keep-alive connection: the server closed it as we sent
+                raise
+            except BaseException:
+                self._release(conn)
+                raise
+            return UpstreamResponse(self, conn)
+
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes, head_only: bool) -> None:
+        transport = conn.transport
+        assert transport is not None
+        if len(body) <= 65536:
+            transport.write(head + body if body else head)
+        else:
+            transport.write(head)
+            transport.write(body)
+        conn.start_watchdog()
+        while not conn.head_done:
+            if conn.error is not None:
+                raise conn.error
+            await conn.wait()
+        if head_only:
+            # httptools cannot be told a HEAD response has no body: end it here, never reuse the connection.
+            conn.complete = True
+            conn.close()
+
+    # -- the pool ---------------------------------------------------------------------------------
+    async def _acquire(self) -> tuple[_Connection, bool]:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
+            now = loop.time()
+            while self._idle:
+                conn = self._idle.pop()  # the most recently used: the least likely to have gone stale
+                if conn.closed or now - conn.idle_since >= self.keepalive_timeout:
+                    self._discard(conn)
+                    continue
+                conn._reset()
+                conn.in_use = True
+                return conn, True
+            if self._open < self.max_connections:
+                break
+            waiter = loop.create_future()
+            self._waiting.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # pass the turn on
+                raise
+        self._open += 1
+        try:
+            conn = await self._connect(loop)
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+        return conn, False
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        read_timeout = self.read_timeout
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop, read_timeout),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+        except TimeoutError:
+            message = f"connecting to {self.host}:{self.port} took over {self.connect_timeout:g}s"
+            raise UpstreamTimeout(message) from None
+        except OSError as exc:
+            raise UpstreamUnreachable(exc) from exc
+        return conn
+
+    def _release(self, conn: _Connection) -> None:
+        conn._stop_watchdog()
+        if self._closed or not conn.reusable():
+            self._discard(conn)
+            return
+        conn.in_use = False
+        conn.idle_since = conn.loop.time()
+        self._idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_at(conn.idle_since + self.keepalive_timeout, self._sweep)
+        self._wake_one()
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        """Close connections idle for `keepalive_timeout` (the server would soon close them anyway)."""
+        self._sweeper = None
+        if not self._idle:
+            return
+        loop = self._idle[0].loop
+        now = loop.time()
+        kept: deque[_Connection] = deque()
+        for conn in self._idle:
+            if conn.closed or now - conn.idle_since >= self.keepalive_timeout:
+                self._discard(conn)
+            else:
+                kept.append(conn)
+        self._idle = kept
+        if kept:
+            self._sweeper = loop.call_at(kept[0].idle_since + self.keepalive_timeout, self._sweep)
+
+    async def close(self) -> None:
+        """Close idle connections; connections in use close when their response is released."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self._idle:
+            self._discard(self._idle.pop())
+        for waiter in self._waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def stats(self) -> dict[str, Any]:
+        return {"open": self._open, "idle": len(self._idle), "waiting": len(self._waiting)}

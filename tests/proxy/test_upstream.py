@@ -1,0 +1,321 @@
+"""The proxy's upstream client on its own, against raw servers that answer byte by byte as scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sentinel.proxy.upstream import UpstreamBroken, UpstreamPool, UpstreamTimeout, UpstreamUnreachable
+from tests.support.upstream import free_port
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class RawServer:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.handler(reader, writer, self.connections)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def request(self, reader: asyncio.StreamReader) -> bytes:
+        """Read one request (head and Content-Length body); b"" when the client closed."""
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return b""
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[RawServer]:
+    server = RawServer(handler)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0, ssl=ssl_context)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def answering(*responses: bytes, then_close: bool = False) -> Callable[[RawServer], Handler]:
+    """A handler answering the requests on each connection with `responses` in turn."""
+
+    def make(server: RawServer) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+            for response in responses:
+                if not await server.request(reader):
+                    return
+                writer.write(response)
+                await writer.drain()
+            if then_close:
+                return
+            await reader.read()
+
+        return handle
+
+    return make
+
+
+@asynccontextmanager
+async def serving(make: Callable[[RawServer], Handler]) -> AsyncIterator[RawServer]:
+    holder: list[RawServer] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        await make(holder[0])(reader, writer, index)
+
+    async with raw_server(handler) as server:
+        holder.append(server)
+        yield server
+
+
+async def fetch(pool: UpstreamPool, method: bytes = b"GET", body: bytes = b"", path: bytes = b"/v1/models") -> bytes:
+    response = await pool.send(method, path, [(b"x-test", b"1")], body)
+    try:
+        return await response.read()
+    finally:
+        response.release()
+
+
+async def test_request_head_is_what_the_proxy_sent_before() -> None:
+    async with serving(answering(OK, OK, OK, OK)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}/base/")
+        await fetch(pool, b"GET", path=b"/v1/files/a%2Fb?x=%20y")
+        await fetch(pool, b"POST", b'{"a":1}')
+        await fetch(pool, b"POST")
+        await fetch(pool, b"DELETE")
+        await pool.close()
+    authority = f"127.0.0.1:{server.port}".encode()
+    assert server.requests == [
+        b"GET /base/v1/files/a%2Fb?x=%20y HTTP/1.1\r\nHost: " + authority + b"\r\nx-test: 1\r\n\r\n",
+        b"POST /base/v1/models HTTP/1.1\r\nHost: " + authority + b'\r\nx-test: 1\r\nContent-Length: 7\r\n\r\n{"a":1}',
+        b"POST /base/v1/models HTTP/1.1\r\nHost: " + authority + b"\r\nx-test: 1\r\nContent-Length: 0\r\n\r\n",
+        b"DELETE /base/v1/models HTTP/1.1\r\nHost: " + authority + b"\r\nx-test: 1\r\nContent-Length: 0\r\n\r\n",
+    ]
+    assert server.connections == 1  # one keep-alive connection for all four
+    assert UpstreamPool("https://vllm").host_header == b"vllm"
+    assert UpstreamPool("http://[::1]:80/").host_header == b"[::1]"
+    assert UpstreamPool("http://[::1]:8000").host_header == b"[::1]:8000"
+
+
+async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
+    async with serving(answering(OK, OK)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", keepalive_timeout=0.2)
+        assert await fetch(pool) == b"{}"
+        assert pool.stats() == {"open": 1, "idle": 1, "waiting": 0}
+        await asyncio.sleep(0.5)
+        assert pool.stats()["open"] == 0 and server.open == 0
+        assert await fetch(pool) == b"{}"
+        assert server.connections == 2
+        await pool.close()
+
+
+async def test_a_stale_keepalive_connection_is_retried_for_idempotent_methods_only() -> None:
+    """The server answers one request per connection, then drops the next without a word."""
+    async with serving(answering(OK, b"", then_close=True)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        assert await fetch(pool, b"GET") == b"{}"
+        assert await fetch(pool, b"GET") == b"{}"  # first try on the old connection failed silently
+        assert server.connections == 2
+        with pytest.raises(UpstreamBroken):
+            await fetch(pool, b"POST", b"{}")  # a POST may have started a generation: not resent
+        await pool.close()
+
+
+async def test_body_until_close_interim_answers_and_head() -> None:
+    http10 = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, until the end"
+    early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n" + OK
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    async with serving(answering(http10, then_close=True)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        assert await fetch(pool) == b"hello, until the end"
+        assert pool.stats()["open"] == 0
+    async with serving(answering(early_hints, early_hints)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        response = await pool.send(b"GET", b"/", [], b"")
+        assert response.status == 200 and response.header(b"link") is None
+        assert response.header(b"content-type") == b"application/json" and response.content_length == 2
+        assert await response.read() == b"{}"
+        response.release()
+        assert await fetch(pool) == b"{}" and server.connections == 1
+        await pool.close()
+    async with serving(answering(head)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=5)
+        response = await asyncio.wait_for(pool.send(b"HEAD", b"/", [], b""), 2)
+        assert response.content_length == 10 and await asyncio.wait_for(response.read(), 2) == b""
+        response.release()
+        await pool.close()
+
+
+async def test_connections_beyond_the_limit_wait_their_turn() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while await server.request(reader):
+            await asyncio.sleep(0.05)
+            writer.write(OK)
+
+    async with raw_server(slow) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", max_connections=2)
+        results = await asyncio.gather(*[fetch(pool) for _ in range(6)])
+        assert results == [b"{}"] * 6
+        assert server.most_open == 2 and len(server.requests) == 6
+        await pool.close()
+
+
+async def test_a_large_body_reaches_a_slow_reader_intact() -> None:
+    """More than the read buffer's high-water mark: reading from the upstream pauses and resumes."""
+    body = bytes(range(256)) * (4 * 4096)
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, len(body), 65536):
+            piece = body[start : start + 65536]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(big) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        response = await pool.send(b"GET", b"/", [], b"")
+        received = []
+        while chunk := await response.read_some():
+            received.append(chunk)
+            await asyncio.sleep(0.002)
+        response.release()
+        assert b"".join(received) == body
+        assert pool.stats()["idle"] == 1
+        await pool.close()
+
+
+async def test_failures_are_told_apart() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await asyncio.sleep(30)
+
+    async with raw_server(stall) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=0.2)
+        response = await pool.send(b"GET", b"/", [], b"")
+        assert await response.read_some() == b"abc"
+        with pytest.raises(UpstreamTimeout):
+            await response.read_some()
+        response.release()
+        await pool.close()
+
+    async with serving(answering(b"not http at all\r\n\r\n")) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        with pytest.raises(UpstreamBroken, match="invalid HTTP response"):
+            await pool.send(b"GET", b"/", [], b"")
+        await pool.close()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+
+    async with raw_server(cut) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        response = await pool.send(b"GET", b"/", [], b"")
+        with pytest.raises(UpstreamBroken, match="before the response was complete"):
+            await response.read()
+        response.release()
+        await pool.close()
+
+    pool = UpstreamPool(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(UpstreamUnreachable) as refused:
+        await pool.send(b"GET", b"/", [], b"")
+    assert isinstance(refused.value.os_error, ConnectionRefusedError)
+    await pool.close()
+    with pytest.raises(UpstreamUnreachable, match="closed"):
+        await pool.send(b"GET", b"/", [], b"")
+
+
+def certificate_authority(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A CA file and a server context with a certificate for `localhost` that it signed."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sentinel test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "server.pem").write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.pem")
+    return ca_file, context
+
+
+async def test_https_upstream_is_verified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca_file, server_context = certificate_authority(tmp_path)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while await server.request(reader):
+            writer.write(OK)
+
+    async with raw_server(handler, server_context) as server:
+        untrusted = UpstreamPool(f"https://localhost:{server.port}")
+        with pytest.raises(UpstreamUnreachable) as caught:
+            await untrusted.send(b"GET", b"/", [], b"")
+        assert isinstance(caught.value.os_error, ssl.SSLCertVerificationError)
+        await untrusted.close()
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # as an operator would point at a private CA
+        pool = UpstreamPool(f"https://localhost:{server.port}")
+        assert await fetch(pool) == b"{}" and await fetch(pool) == b"{}"
+        assert server.requests[-1].startswith(b"GET /v1/models HTTP/1.1\r\nHost: localhost:")
+        await pool.close()

@@ -1,0 +1,73 @@
+"""The recorder shares the event loop: it lets new requests go first, yields every 0.15 ms of work,
+and works longer slices when far behind."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from sentinel import recorder as recorder_module
+from sentinel.proxy.exchange import Exchange
+from sentinel.recorder import Recorder
+from sentinel.telemetry.metrics import ModelLabels, ProxyMetrics
+
+
+async def yields_while_recording(backlog: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """(exchanges recorded, times other work ran meanwhile); each exchange 'takes' 0.1 ms on a fake clock."""
+    clock = itertools.count()
+    monkeypatch.setattr(recorder_module, "_perf", lambda: next(clock) * 0.0001)
+    monkeypatch.setattr(recorder_module, "_DEFER_SECONDS", 0)
+    registry = CollectorRegistry()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)), capacity=10_000)
+    recorded = 0
+    turns_at_record: list[int] = []
+    turns = 0
+
+    def record(exchange: Exchange) -> None:
+        nonlocal recorded
+        recorded += 1
+        turns_at_record.append(turns)
+
+    monkeypatch.setattr(recorder, "record", record)
+    for _ in range(backlog):
+        recorder.mailbox.offer(object())  # type: ignore[arg-type]
+    await recorder.start()
+    while recorded < backlog:
+        turns += 1
+        await asyncio.sleep(0)
+    await recorder.stop(grace=1)
+    return recorded, turns_at_record[-1] - turns_at_record[0]
+
+
+async def test_recording_yields_every_few_exchanges(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded, turns = await yields_while_recording(100, monkeypatch)
+    assert recorded == 100 and 46 <= turns <= 52, turns  # 2 exchanges (2 clock readings) per 0.15 ms slice
+
+
+async def test_a_long_backlog_is_recorded_in_longer_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    recorded, turns = await yields_while_recording(2000, monkeypatch)
+    # 5 ms slices (~50 exchanges) until fewer than 256 wait (~35 slices), then 0.15 ms slices (~128).
+    assert recorded == 2000 and 145 <= turns <= 175, turns
+
+
+async def test_a_request_arriving_just_after_an_exchange_ends_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A closed-loop client's next request lands ~0.1 ms after the last response ended."""
+    registry = CollectorRegistry()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)))
+    order: list[str] = []
+    monkeypatch.setattr(recorder, "record", lambda exchange: order.append("recorded"))
+    await recorder.start()
+    loop = asyncio.get_running_loop()
+    recorder.submit(object())  # type: ignore[arg-type]
+    loop.call_later(0.0002, order.append, "next request")
+    await asyncio.sleep(0.01)
+    assert order == ["next request", "recorded"]
+    for _ in range(3):
+        recorder.submit(object())  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order.count("recorded") == 4  # a queue is not deferred: it is recorded straight away
+    await recorder.stop(grace=1)
