@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter
 
 from sentinel.capture.build import build_interaction
+from sentinel.cooperative import CATCH_UP_SECONDS, SLICE_SECONDS
 from sentinel.proxy.exchange import Exchange
 from sentinel.sinks import Mailbox, SinkRunner
 from sentinel.telemetry.metrics import ProxyMetrics, ReadAtScrape
@@ -24,12 +25,10 @@ log = logging.getLogger("sentinel.recorder")
 
 _perf = time.perf_counter
 
-_SLICE_SECONDS = 0.00015
-"""Recording work done between two yields to the event loop, at least one exchange (a streamed one
-takes ~0.13 ms): about as long as a request that arrives meanwhile waits for the recorder."""
-_CATCH_UP_SECONDS = 0.005
-"""Work per slice when more than `_BACKLOG` exchanges wait: recording must keep up, even at some latency."""
 _BACKLOG = 256
+"""Above this many waiting exchanges, record in `CATCH_UP_SECONDS` slices: recording must keep up,
+even at some latency. Otherwise a slice is `SLICE_SECONDS` and at least one exchange (a streamed
+one takes ~0.13 ms): about as long as a request that arrives meanwhile waits for the recorder."""
 _DEFER_SECONDS = 0.001
 """When nothing else waits, a finished exchange is recorded this much later: a client sends its
 next request the moment a response ends, and that request should not queue behind the recording
@@ -115,7 +114,7 @@ class Recorder:
                 return
             if not mailbox and not mailbox.closed:
                 await asyncio.sleep(_DEFER_SECONDS)
-            deadline = _perf() + (_SLICE_SECONDS if len(mailbox) < _BACKLOG else _CATCH_UP_SECONDS)
+            deadline = _perf() + (SLICE_SECONDS if len(mailbox) < _BACKLOG else CATCH_UP_SECONDS)
             self.record(batch[0])
             while mailbox and _perf() < deadline:
                 self.record(mailbox.take_now(1)[0])

@@ -30,19 +30,13 @@ from sentinel.audit.keyring import KeyRing
 from sentinel.audit.record import Event
 from sentinel.audit.spool import Row, Spool, SpoolUnavailable
 from sentinel.capture.build import build_interaction, request_interaction
+from sentinel.cooperative import Slices
 from sentinel.interaction import Interaction
 from sentinel.proxy.exchange import Exchange
 from sentinel.proxy.hooks import JournalUnavailable
 from sentinel.telemetry.metrics import ReadAtScrape
 
 log = logging.getLogger("sentinel.audit")
-
-_SEAL_SECONDS = 0.00015
-"""Sealing work done between two yields to the event loop (a record takes ~20 µs)."""
-_CATCH_UP_SECONDS = 0.005
-"""Sealing work per slice once a batch has taken `_PATIENCE` seconds: on a saturated loop every
-yield waits a long turn, and the trail must keep up with the proxy rather than drop records."""
-_PATIENCE = 0.01
 
 
 @dataclass(slots=True)
@@ -199,7 +193,7 @@ class AuditTrail:
         assert keyring is not None
         head = ChainHead(self._head.seq, self._head.hash, self._head.recorded_at)
         rows: list[Row] = []
-        deadline = started + _SEAL_SECONDS
+        slices = Slices()  # a record takes ~20 µs to seal
         try:
             for entry, _ in batch:
                 doc, stored = records.seal_encoded(
@@ -213,10 +207,8 @@ class AuditTrail:
                 )
                 head = ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
                 rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], stored))
-                if time.perf_counter() >= deadline:
-                    await asyncio.sleep(0)
-                    now = time.perf_counter()
-                    deadline = now + (_SEAL_SECONDS if now - started < _PATIENCE else _CATCH_UP_SECONDS)
+                if slices.due():
+                    await slices.pause()
             checkpoint = None
             if self._checkpoint_due(head=head, force=force_checkpoint):
                 kid, key = keyring.signing_key()

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import orjson
 
+from sentinel.cooperative import map_in_slices
 from sentinel.interaction import CONTENT_FIELDS, Caller, Interaction
-
-_SLICE_SECONDS = 0.00015
-_CATCH_UP_SECONDS = 0.005
-"""Slices once a batch has taken `_PATIENCE` seconds: on a saturated loop every yield waits a long
-turn, and the sink must keep up rather than drop records (as the audit trail's sealing does)."""
-_PATIENCE = 0.01
 
 
 def metadata_only(interaction: Interaction) -> Interaction:
@@ -71,17 +65,9 @@ class JsonlSink:
         return open(self.path, "ab")  # held open for the sink lifetime
 
     async def write(self, batch: Sequence[Interaction]) -> None:
-        # Serialised on the event loop (~3 µs a record), yielding every `_SLICE_SECONDS`: a batch
-        # from a busy second is hundreds of records, too long to hold the loop in one go.
-        lines = []
-        started = time.perf_counter()
-        deadline = started + _SLICE_SECONDS
-        for interaction in batch:
-            lines.append(orjson.dumps(interaction) if self.include_content else metadata_json(interaction))
-            if time.perf_counter() >= deadline:
-                await asyncio.sleep(0)
-                now = time.perf_counter()
-                deadline = now + (_SLICE_SECONDS if now - started < _PATIENCE else _CATCH_UP_SECONDS)
+        # Serialised on the event loop (~3 µs a record) in slices: a batch from a busy second is
+        # hundreds of records, too long to hold the loop in one go (sentinel/cooperative.py).
+        lines = await map_in_slices(orjson.dumps if self.include_content else metadata_json, batch)
         if lines:
             lines.append(b"")
             await asyncio.to_thread(self._append, b"\n".join(lines))

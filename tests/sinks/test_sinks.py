@@ -115,10 +115,11 @@ async def test_a_large_batch_is_written_whole_and_in_order(tmp_path: Path) -> No
 
 async def test_serialising_a_batch_yields_then_catches_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each clock reading 'takes' 0.1 ms: 0.15 ms slices for the first 10 ms of a batch, 5 ms slices after."""
+    from sentinel import cooperative
     from sentinel.sinks import jsonl
 
     clock = itertools.count()
-    monkeypatch.setattr(jsonl.time, "perf_counter", lambda: next(clock) * 0.0001)
+    monkeypatch.setattr(cooperative.time, "perf_counter", lambda: next(clock) * 0.0001)
     sink = JsonlSink(tmp_path / "x.jsonl")
     await sink.start()
     turns = 0
