@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -114,6 +115,13 @@ def main() -> None:
     parser.add_argument("--label", default="default")
     parser.add_argument("--prompt-bytes", type=int, default=200)
     parser.add_argument("--output", type=Path, default=HERE / "results")
+    parser.add_argument(
+        "--during",
+        metavar="CMD",
+        help="shell command (e.g. a backup) running in the background: each round also measures direct and "
+        "via Sentinel while it runs; it is paused (SIGSTOP) in the other rounds; measuring starts at its first "
+        "line of output",
+    )
     args = parser.parse_args()
 
     upstream_port, proxy_port, admin_port, otlp_port = free_port(), free_port(), free_port(), free_port()
@@ -136,6 +144,7 @@ def main() -> None:
 
     results: dict[str, object] = {
         "label": args.label,
+        "during": args.during,
         "env": {k: v for k, v in env.items() if k.startswith("SENTINEL_")},
         "scenarios": {},
     }
@@ -154,21 +163,44 @@ def main() -> None:
         time.sleep(1.0)
         direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
         proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+        during = None
+        if args.during:
+            during = subprocess.Popen(args.during, shell=True, stdout=subprocess.PIPE, start_new_session=True)
+            stack.callback(during.wait, 30)
+            stack.callback(os.killpg, during.pid, signal.SIGTERM)
+            stack.callback(os.killpg, during.pid, signal.SIGCONT)
+            assert during.stdout is not None
+            print("--during:", during.stdout.readline().decode().strip(), flush=True)
+            os.killpg(during.pid, signal.SIGSTOP)
 
         for name in args.only or list(SCENARIOS):
             scenario = SCENARIOS[name]
             rounds: dict[str, list[dict[str, float]]] = {"direct": [], "sentinel": []}
-            cpu = 0.0
-            for _ in range(args.rounds):
-                rounds["direct"].append(
-                    loadgen(direct_url, scenario["concurrency"], args.seconds, scenario["stream"], args.prompt_bytes)
-                )
+
+            def measure(
+                side: str,
+                url: str,
+                scenario: dict[str, object] = scenario,
+                rounds: dict[str, list[dict[str, float]]] = rounds,
+            ) -> None:
                 before = cpu_seconds(sentinel.pid)
-                run = loadgen(proxy_url, scenario["concurrency"], args.seconds, scenario["stream"], args.prompt_bytes)
-                run["settle_s"] = settle(f"http://127.0.0.1:{admin_port}")
-                run["cpu_us_per_request"] = (cpu_seconds(sentinel.pid) - before) / max(1, run["requests"]) * 1e6
-                rounds["sentinel"].append(run)
-                cpu += run["cpu_us_per_request"]
+                run = loadgen(
+                    url, int(scenario["concurrency"]), args.seconds, bool(scenario["stream"]), args.prompt_bytes
+                )  # type: ignore[call-overload]
+                if url == proxy_url:
+                    run["settle_s"] = settle(f"http://127.0.0.1:{admin_port}")
+                    run["cpu_us_per_request"] = (cpu_seconds(sentinel.pid) - before) / max(1, run["requests"]) * 1e6
+                rounds.setdefault(side, []).append(run)
+
+            for _ in range(args.rounds):
+                measure("direct", direct_url)
+                measure("sentinel", proxy_url)
+                if during is not None:
+                    os.killpg(during.pid, signal.SIGCONT)
+                    time.sleep(1.0)
+                    measure("direct_during", direct_url)
+                    measure("sentinel_during", proxy_url)
+                    os.killpg(during.pid, signal.SIGSTOP)
             summary = summarise(rounds, bool(scenario["stream"]))
             results["scenarios"][name] = {"scenario": scenario, "rounds": rounds, "summary": summary}  # type: ignore[index]
             print(name, json.dumps(summary), flush=True)
@@ -209,6 +241,12 @@ def summarise(rounds: dict[str, list[dict[str, float]]], stream: bool) -> dict[s
         "sentinel_settle_s": med("sentinel", "settle_s"),
         "errors": sum(r["errors"] + r["non_2xx"] for side in rounds.values() for r in side),
     }
+    if "sentinel_during" in rounds:
+        for key in ("p50_ms", "p99_ms", "rps"):
+            out[f"direct_during_{key}"] = med("direct_during", key)
+            out[f"sentinel_during_{key}"] = med("sentinel_during", key)
+        for key in ("p50_ms", "p99_ms"):
+            out[f"added_during_{key}"] = med("sentinel_during", key) - med("direct_during", key)
     if stream:
         out["direct_ttfb_p99_ms"] = med("direct", "ttfb_p99_ms")
         out["sentinel_ttfb_p50_ms"] = med("sentinel", "ttfb_p50_ms")
@@ -250,6 +288,23 @@ def markdown(results: dict[str, object]) -> str:
                 f"{s['sentinel_ttfb_p50_ms']:.2f} / {s['sentinel_ttfb_p99_ms']:.2f} "
                 f"({s['sentinel_ttfb_p99_warm_ms']:.2f}) | {s['added_per_chunk_us']:.1f} "
                 f"| {s['sentinel_cpu_us_per_chunk']:.1f} |"
+            )
+    during = [(n, d["summary"]) for n, d in results["scenarios"].items() if "added_during_p50_ms" in d["summary"]]  # type: ignore[attr-defined]
+    if during:
+        lines += [
+            "",
+            f"While `{results['during']}` runs:",
+            "",
+            "| scenario | direct p50 / p99 ms | via Sentinel p50 / p99 ms | added p50 / p99 ms | direct rps "
+            "| Sentinel rps |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, s in during:
+            lines.append(
+                f"| {name} | {s['direct_during_p50_ms']:.3f} / {s['direct_during_p99_ms']:.3f} "
+                f"| {s['sentinel_during_p50_ms']:.3f} / {s['sentinel_during_p99_ms']:.3f} "
+                f"| {s['added_during_p50_ms']:.3f} / {s['added_during_p99_ms']:.3f} "
+                f"| {s['direct_during_rps']:.0f} | {s['sentinel_during_rps']:.0f} |"
             )
     return "\n".join(lines)
 

@@ -1,8 +1,9 @@
 """Cron schedules for backups and drills (APScheduler 3.x); each run is a separate `sentinel` process.
 
 The scheduler only decides *when*. The work (chunking, hashing, encryption, upload, restore) runs
-in a child process (`sentinel backup run PLAN --scheduled-at T`), so it never touches the proxy's
-event loop or GIL; the scheduler's worker thread just waits for the child. Misfires: jobs coalesce
+in a child process (`sentinel backup run PLAN --scheduled-at T`) at `backup.nice` CPU niceness, so
+it never touches the proxy's event loop or GIL and yields the CPU to the proxy (docs/benchmarks.md
+measures the proxy while a backup runs); the scheduler's worker thread just waits for the child. Misfires: jobs coalesce
 (a backlog runs once) and may start up to `misfire_grace_time` late; on start, a run missed while
 no scheduler was up (within the grace time, per the run log) is started at once. With several
 instances, each fires, and the plan's lease in the target lets exactly one run; `--scheduled-at`
@@ -11,7 +12,9 @@ instances, each fires, and the plan's lease in the target lets exactly one run; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -51,7 +54,12 @@ def spawn_sentinel(settings: Settings) -> Spawn:
         if config is not None:
             command += ["--config", str(config)]
         log.info("starting: sentinel %s", " ".join(args))
-        return subprocess.run(command, stdin=subprocess.DEVNULL, check=False).returncode
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL) as child:
+            # Lowered before the child has finished importing, long before it starts the heavy
+            # work; its threads inherit it. (Not preexec_fn: unsafe with the scheduler's threads.)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, child.pid, settings.backup.nice)
+            return child.wait()
 
     return spawn
 

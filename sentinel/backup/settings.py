@@ -241,6 +241,12 @@ class BackupSettings(_Section):
     timezone: str | None = Field(default=None, description="Timezone of the cron schedules; default: local time.")
     misfire_grace_time: int = Field(default=3600, ge=1, description="A run missed by less than this still runs.")
     schedule_in_serve: bool = Field(default=False, description="`sentinel serve` also runs the backup scheduler.")
+    nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness of scheduled runs, so a backup on the proxy's host yields the CPU to it.",
+    )
     state_file: Path = Field(default=Path("backup/state.db"), description="Run outcomes, read by /metrics.")
     lease_ttl: float = Field(default=300.0, ge=5, description="A crashed run's lock expires after this.")
     upload_concurrency: int = Field(default=8, ge=1, le=64)

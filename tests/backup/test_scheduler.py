@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from apscheduler.triggers.cron import CronTrigger
 
 from sentinel.backup.jobs import BackupContext
-from sentinel.backup.scheduler import SKIPPED_EXIT, BackupScheduler, previous_fire_time
+from sentinel.backup.scheduler import SKIPPED_EXIT, BackupScheduler, previous_fire_time, spawn_sentinel
 from sentinel.backup.state import RunRecord
 from sentinel.config import load_settings
 from tests.backup.conftest import write_model
@@ -102,3 +104,24 @@ def test_serve_can_run_the_scheduler_without_doing_the_work_itself(
     scheduler = running.sentinel.extras["backup_scheduler"]
     assert {job["id"] for job in scheduler.jobs()} == {"backup:default", "drill:default"}
     assert all(job["next_run"] for job in scheduler.jobs())
+
+
+def test_scheduled_runs_are_separate_processes_at_lower_cpu_priority(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child is `<python> -m sentinel ARGS --data-dir D --config C`, reniced to `backup.nice`.
+
+    A stand-in interpreter records its arguments and, once the scheduler has had time to renice
+    it, its own niceness as the kernel reports it."""
+    settings = load_settings(config(tmp_path, data_dir, "0 2 * * *", nice=7))
+    seen = tmp_path / "seen"
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nsleep 0.3\necho "$(nice) $*" > {seen}\nexit 5\n')
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    status = spawn_sentinel(settings)(["backup", "run", "m"])
+    niceness, *args = seen.read_text().split()
+    assert status == 5
+    assert int(niceness) == 7
+    assert args[:5] == ["-m", "sentinel", "backup", "run", "m"]
+    assert args[5:7] == ["--data-dir", str(data_dir)] and args[7] == "--config"
