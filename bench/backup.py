@@ -86,7 +86,7 @@ def plain_boto3(seaweed: Seaweed, models: Path, scratch: Path) -> dict[str, floa
     return {"upload_s": upload, "download_s": download}
 
 
-def sentinel(seaweed: Seaweed, models: Path, work: Path) -> dict[str, Any]:
+def sentinel(seaweed: Seaweed, models: Path, work: Path, settings: dict[str, str]) -> dict[str, Any]:
     data = work / "sentinel-data"
     bucket = seaweed.bucket()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
@@ -96,6 +96,7 @@ def sentinel(seaweed: Seaweed, models: Path, work: Path) -> dict[str, Any]:
         SENTINEL_BACKUP_TARGETS=json.dumps({"default": seaweed.target_settings(bucket)}),
         SENTINEL_BACKUP_PLANS=json.dumps({"bench": {"sources": [{"kind": "path", "path": str(models)}]}}),
     )
+    env.update(settings)
     cli = [sys.executable, "-m", "sentinel"]
     timed([*cli, "backup", "init-key"], env)
     first = timed([*cli, "backup", "run", "bench"], env)
@@ -174,6 +175,7 @@ def main() -> None:
         "--workdir", type=Path, default=None, help="Where the data and SeaweedFS live (needs ~4x size)."
     )
     parser.add_argument("--skip-restic", action="store_true")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for Sentinel (repeatable)")
     args = parser.parse_args()
     size = int(args.size_gib * GIB)
     work = Path(tempfile.mkdtemp(prefix="sentinel-bench-backup-", dir=args.workdir))
@@ -185,7 +187,7 @@ def main() -> None:
             print("plain boto3 ...", file=sys.stderr)
             plain = plain_boto3(seaweed, models, work / "plain-restore")
             print("sentinel ...", file=sys.stderr)
-            ours = sentinel(seaweed, models, work)
+            ours = sentinel(seaweed, models, work, dict(item.partition("=")[::2] for item in args.env))
             other = None
             if not args.skip_restic:
                 print("restic ...", file=sys.stderr)

@@ -29,9 +29,16 @@ def associated_data(kind: str, repository_id: str, object_id: str) -> bytes:
     return b"\0".join((b"sentinel-backup/v1", kind.encode(), repository_id.encode(), object_id.encode()))
 
 
-def seal(aead: AESGCM, plaintext: bytes | memoryview, aad: bytes) -> bytes:
+def seal(aead: AESGCM, plaintext: bytes | memoryview, aad: bytes) -> bytearray:
+    """MAGIC, nonce, ciphertext and tag, encrypted straight into the one buffer (no copies of a
+    chunk's bytes besides the encryption itself: at backup speed each copy is ~0.5 s of CPU per GiB)."""
     nonce = os.urandom(NONCE_BYTES)
-    return MAGIC + nonce + aead.encrypt(nonce, plaintext, aad)
+    header = len(MAGIC) + NONCE_BYTES
+    blob = bytearray(header + len(plaintext) + TAG_BYTES)
+    blob[: len(MAGIC)] = MAGIC
+    blob[len(MAGIC) : header] = nonce
+    aead.encrypt_into(nonce, plaintext, aad, memoryview(blob)[header:])
+    return blob
 
 
 def unseal(aead: AESGCM, blob: bytes, aad: bytes) -> bytes:

@@ -113,7 +113,7 @@ class Repository:
 
     # -- chunks ----------------------------------------------------------------------------------
 
-    def seal_chunk(self, chunk_id: str, data: bytes | memoryview) -> bytes:
+    def seal_chunk(self, chunk_id: str, data: bytes | memoryview) -> bytearray:
         return seal(self.key.chunk_aead, data, associated_data("chunk", self.id, chunk_id))
 
     def open_chunk(self, chunk_id: str, blob: bytes, *, check_id: bool = True) -> bytes:
@@ -127,7 +127,7 @@ class Repository:
             raise CorruptChunkError(chunk_id, "content does not match its id")
         return data
 
-    def put_chunk(self, chunk_id: str, blob: bytes) -> None:
+    def put_chunk(self, chunk_id: str, blob: bytes | bytearray) -> None:
         self.target.put(chunk_key(chunk_id), blob)
 
     def get_chunk(self, chunk_id: str, *, check_id: bool = True) -> bytes:
@@ -146,7 +146,7 @@ class Repository:
 
     # -- snapshots -------------------------------------------------------------------------------
 
-    def _signed_message(self, snapshot_id: str, sealed: bytes) -> bytes:
+    def _signed_message(self, snapshot_id: str, sealed: bytes | bytearray) -> bytes:
         return b"\0".join((b"sentinel-backup/v1 manifest", self.id.encode(), snapshot_id.encode(), sealed))
 
     def save_snapshot(self, snapshot: Snapshot) -> None:

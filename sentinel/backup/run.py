@@ -192,16 +192,17 @@ class BackupRun:
             return chunk_id
         self._known.add(chunk_id)
         self.stats.chunks_new += 1
-        data = bytes(view)  # the chunker reuses its buffer for the next chunk
+        # Sealed here, straight from the chunker's buffer (which it reuses for the next chunk): the
+        # sealed copy is the only one; the upload threads only send it.
+        blob = self.repo.seal_chunk(chunk_id, view)
         self._slots.acquire()
         self._raise_if_failed()
-        future = pool.submit(self._upload, chunk_id, data)
+        future = pool.submit(self._upload, chunk_id, blob)
         future.add_done_callback(self._done)
         self._futures.append(future)
         return chunk_id
 
-    def _upload(self, chunk_id: str, data: bytes) -> None:
-        blob = self.repo.seal_chunk(chunk_id, data)
+    def _upload(self, chunk_id: str, blob: bytearray) -> None:
         self.repo.put_chunk(chunk_id, blob)
         with self._lock:
             self.stats.uploaded_bytes += len(blob)

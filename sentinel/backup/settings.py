@@ -250,9 +250,12 @@ class BackupSettings(_Section):
     state_file: Path = Field(default=Path("backup/state.db"), description="Run outcomes, read by /metrics.")
     lease_ttl: float = Field(default=300.0, ge=5, description="A crashed run's lock expires after this.")
     upload_concurrency: int = Field(default=8, ge=1, le=64)
-    chunk_min_size: int = Field(default=512 * 1024, ge=64, le=1024 * 1024)
-    chunk_avg_size: int = Field(default=1024 * 1024, ge=256, le=4 * 1024 * 1024)
-    chunk_max_size: int = Field(default=8 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # Chunks are objects of their own in the target: 4 MiB on average keeps the per-request cost of
+    # S3 small next to the bytes (1 MiB chunks reached 72-77% of plain boto3's upload rate and 65% of
+    # its download rate, 4 MiB ~80%; docs/benchmarks.md), and is still fine-grained for dedup.
+    chunk_min_size: int = Field(default=1024 * 1024, ge=64, le=1024 * 1024)
+    chunk_avg_size: int = Field(default=4 * 1024 * 1024, ge=256, le=4 * 1024 * 1024)
+    chunk_max_size: int = Field(default=16 * 1024 * 1024, ge=1024, le=16 * 1024 * 1024)
 
     @model_validator(mode="after")
     def _consistent(self) -> BackupSettings:

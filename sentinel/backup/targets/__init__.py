@@ -49,7 +49,7 @@ class Target(Protocol):
         """Where this is, for messages (no credentials)."""
         ...
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         """Store `data` under `key`, atomically: readers see all of it or nothing. Applies Object Lock if set."""
         ...
 

@@ -32,7 +32,7 @@ class LocalTarget:
             raise TargetError(f"refusing object key {key!r}")
         return self.root / key
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         path = self._path(key)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:

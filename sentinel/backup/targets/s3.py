@@ -108,7 +108,7 @@ class S3Target:
         until = datetime.now(UTC) + timedelta(days=self.lock_days)
         return {"ObjectLockMode": self.lock_mode, "ObjectLockRetainUntilDate": until}
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> None:
         full = self.prefix + key
         try:
             if len(data) >= self.transfer.multipart_threshold:
