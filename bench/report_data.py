@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sentinel.audit.chain import ChainHead, make_checkpoint
 from sentinel.audit.record import SCHEMA_VERSION, encode
-from sentinel.audit.store.embedded import EmbeddedStore
+from sentinel.audit.store.embedded import EmbeddedStore, record_row
 
 DAY = 86400.0
 
@@ -139,37 +139,6 @@ def interactions(rng: random.Random, n: int, start: float, end: float) -> Iterat
         }
 
 
-def _row(doc: dict[str, Any], body: bytes) -> tuple[Any, ...]:
-    i = doc.get("interaction") or {}
-    usage = i.get("usage") or {}
-    caller = i.get("caller") or {}
-    return (
-        doc["doc_id"],
-        doc["instance"],
-        doc["seq"],
-        doc["kind"],
-        doc["recorded_at"],
-        i.get("started_at"),
-        i.get("id"),
-        i.get("model_requested"),
-        i.get("operation"),
-        i.get("outcome"),
-        i.get("status_code"),
-        i.get("error_type"),
-        caller.get("api_key_id"),
-        caller.get("user_index"),
-        int(bool(i.get("stream"))) if i else None,
-        i.get("duration_s"),
-        i.get("ttft_s"),
-        usage.get("input_tokens"),
-        usage.get("output_tokens"),
-        (doc.get("event") or {}).get("type"),
-        doc["prev_hash"],
-        doc["hash"],
-        body.decode(),
-    )
-
-
 class Chain:
     """One instance's chain: seals documents in order and signs a checkpoint every 1,000 records."""
 
@@ -264,7 +233,7 @@ def generate(path: Path, count: int, *, seed: int = 7, days: float = 30.0, end: 
             "encrypted": encrypted,
         }
         doc, body = chains[n % 2].seal(doc)
-        rows.append(_row(doc, body))
+        rows.append(record_row(doc, body))
         if n % 4000 == 3999:  # a decrypt or an admin event now and then
             kind = "content_access" if rng.random() < 0.8 else "admin_auth_failed"
             details = (
@@ -280,7 +249,7 @@ def generate(path: Path, count: int, *, seed: int = 7, days: float = 30.0, end: 
                 "encrypted": {"reason": _blob(rng, 60, kid)} if kind == "content_access" else {},
             }
             event, body = events.seal(event)
-            rows.append(_row(event, body))
+            rows.append(record_row(event, body))
         if len(rows) >= 20_000:
             db.executemany(sql, rows)
             rows.clear()

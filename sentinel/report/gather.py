@@ -9,6 +9,7 @@ in after it has recorded that access itself (see `issue.py`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -45,6 +46,7 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
             inputs.public_keys,
             period,
             window=settings.report.verify_window,
+            processes=settings.report.verify_processes or max(1, (os.cpu_count() or 1) - 1),
             max_listed=settings.report.max_listed,
             progress=stages.advance,
         )

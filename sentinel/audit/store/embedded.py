@@ -76,13 +76,13 @@ _COLUMNS = (
 )
 
 
-def _row(doc_id: str, body: bytes) -> tuple[Any, ...]:
-    doc = orjson.loads(body)
+def record_row(doc: dict[str, Any], body: bytes) -> tuple[Any, ...]:
+    """The `records` table's row (`_COLUMNS`) for a stored document and its parsed form."""
     i = doc.get("interaction") or {}
     usage = i.get("usage") or {}
     caller = i.get("caller") or {}
     return (
-        doc_id,
+        doc["doc_id"],
         doc["instance"],
         doc["seq"],
         doc["kind"],
@@ -174,7 +174,7 @@ class EmbeddedStore:
 
     async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> None:
         def _put() -> None:
-            rows = [_row(doc_id, body) for doc_id, body in docs]
+            rows = [record_row(orjson.loads(body), body) for _, body in docs]
             placeholders = ", ".join("?" * 23)
             self._write(f"INSERT OR IGNORE INTO records ({_COLUMNS}) VALUES ({placeholders})", rows)
 
