@@ -130,10 +130,16 @@ class Restorer:
     def _file(self, entry: FileEntry, path: Path, pool: ThreadPoolExecutor) -> None:
         partial = path.with_name(f".{path.name}.partial")
         try:
-            with open(partial, "wb") as handle:
+            with open(partial, "wb") as handle, ThreadPoolExecutor(1, thread_name_prefix="restore-write") as writer:
+                # The file is written by a thread of its own while this one hashes the next chunk
+                # (both release the GIL): writing and hashing in turn made them add up.
+                writes: deque[Future[int]] = deque()
                 for data in self.stream(entry, pool):
-                    handle.write(data)
-                    self.progress.advance(len(data))
+                    writes.append(writer.submit(handle.write, data))
+                    while len(writes) > 2:
+                        self.progress.advance(writes.popleft().result())
+                while writes:
+                    self.progress.advance(writes.popleft().result())
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(partial, entry.mode)
