@@ -8,6 +8,7 @@ defaults. Nested sections map to env names with one underscore: `upstream.read_t
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -73,6 +74,8 @@ class UpstreamSettings(_Section):
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        if "@" in urllib.parse.urlsplit(value).netloc:  # the URL itself is not echoed: it holds a secret
+            raise ValueError("must not carry credentials (user:password@); set upstream.api_key or api_key_file")
         return value
 
     @model_validator(mode="after")
@@ -213,6 +216,14 @@ def env_name(loc: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "_".join(str(part) for part in loc).upper()
 
 
+def _redacted(value: Any) -> Any:
+    """A bad value as an error message may show it: without the credentials of a URL."""
+    return _URL_CREDENTIALS.sub(r"\1***@", value) if isinstance(value, str) else value
+
+
+_URL_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@")
+
+
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -227,7 +238,7 @@ def _describe(error: ValidationError) -> str:
             and "key" not in key
             and repr(item["input"]) not in message
         ):
-            message += f" (got {item['input']!r})"
+            message += f" (got {_redacted(item['input'])!r})"
         lines.append(f"  {key} (env {env_name(loc)}): {message}")
     return "invalid configuration:\n" + "\n".join(lines)
 

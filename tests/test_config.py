@@ -80,6 +80,13 @@ def test_secret_from_file_never_in_error_messages(tmp_path: Path, monkeypatch: p
         load_settings()
 
 
+def test_credentials_in_the_upstream_url_are_refused_without_echoing_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SENTINEL_UPSTREAM_URL", "http://admin:hunter2@vllm:8000")
+    with pytest.raises(ConfigError, match=r"upstream\.url.*must not carry credentials") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 

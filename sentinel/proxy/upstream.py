@@ -70,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.in_use = True
         self.idle_since = 0.0
+        self.finished_at = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
         self._read_paused = False
@@ -111,8 +112,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_watchdog()
-        if self.head_done and not self.complete and self.error is None and self._until_close():
-            self.complete = True  # a body delimited by the end of the connection (HTTP/1.0 style)
+        if self.head_done and not self.complete and self.error is None and self._until_close() and exc is None:
+            self.complete = True  # a body delimited by an orderly end of the connection (HTTP/1.0 style)
         elif not self.complete and self.error is None:
             reason = f": {exc!r}" if exc is not None else ""
             self.error = UpstreamBroken(f"upstream closed the connection before the response was complete{reason}")
@@ -159,6 +160,7 @@ class _Connection(asyncio.Protocol):
             self._interim = False
             return
         self.complete = True
+        self.finished_at = self.loop.time()  # the server's keep-alive clock starts now, not at release
         self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
         self._stop_watchdog()
         self._wake()
@@ -433,7 +435,7 @@ class UpstreamPool:
             self._discard(conn)
             return
         conn.in_use = False
-        conn.idle_since = conn.loop.time()
+        conn.idle_since = conn.finished_at
         self._idle.append(conn)
         if self._sweeper is None:
             self._sweeper = conn.loop.call_at(conn.idle_since + self.keepalive_timeout, self._sweep)

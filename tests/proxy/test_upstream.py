@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -318,4 +320,24 @@ async def test_https_upstream_is_verified(tmp_path: Path, monkeypatch: pytest.Mo
         pool = UpstreamPool(f"https://localhost:{server.port}")
         assert await fetch(pool) == b"{}" and await fetch(pool) == b"{}"
         assert server.requests[-1].startswith(b"GET /v1/models HTTP/1.1\r\nHost: localhost:")
+        await pool.close()
+
+
+async def test_a_body_until_close_cut_by_a_reset_is_an_error_not_a_complete_answer() -> None:
+    """The server starts an HTTP/1.0-style body (no length, no chunking), then resets the connection:
+    only an orderly close ends such a body; a reset must not pass a truncated answer off as whole."""
+
+    async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        writer.transport.abort()
+
+    async with raw_server(reset_midway) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=2)
+        with pytest.raises(UpstreamBroken):
+            await asyncio.wait_for(fetch(pool), 3)
         await pool.close()

@@ -1,14 +1,21 @@
 """Chain verification for reports, window by window: the windows can be verified in worker processes
-and merged, and the result is the same as one pass in this process, tampering included."""
+and merged, and the result is the same as one pass in this process or as `sentinel audit verify`,
+tampering included, also where it sits on the boundary between two windows."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.report.integrity import IntegrityResult, verify_period
 from sentinel.report.issue import public_keys
+from sentinel.report.model import Period
+from tests.audit.support import running_trail
 from tests.report.conftest import Dataset
 
 
@@ -55,3 +62,59 @@ def test_windows_in_worker_processes_give_the_same_result(planted: Dataset) -> N
     assert (planted.planted.tampered, "modified") in {(f[4], f[1]) for f in whole["findings"]}
     assert asyncio.run(verify(7, 1)) == whole
     assert asyncio.run(verify(7, 2)) == whole
+
+
+Outcome = tuple[list[tuple[str, int]], list[tuple[str, int]], int]
+
+
+def _boundary_case(tmp_path: Path, tamper: str, processes: int) -> Outcome:
+    """40 records, checkpoints every 7, record 10 (the last of the first 10-record window) tampered with."""
+
+    async def run() -> Outcome:
+        async with running_trail(tmp_path, checkpoint_every=7) as t:
+            for n in range(1, 41):
+                await t.write(1, start=n)
+            await t.ship()
+            keys = {k.kid: t.keyring.public_key(k.kid) for k in t.keyring.all_keys() if k.purpose == "signing"}
+            if tamper == "delete":
+                t.sql("DELETE FROM records WHERE seq = 10")
+            else:
+                doc = t.body(10)
+                doc["recorded_at"] += 0.001
+                t.replace(10, doc, rehash=True)
+            period = Period(0.0, time.time() + 100)
+            windowed = await verify_period(t.store, keys.get, period, window=10, processes=processes)
+            whole = await t.verify()
+            return (
+                sorted((f.kind, f.seq) for f in windowed.findings),
+                sorted((f.kind, f.seq) for f in whole.findings),
+                windowed.records_checked,
+            )
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_record_deleted_at_a_window_boundary_is_found(tmp_path: Path, processes: int) -> None:
+    windowed, whole, checked = _boundary_case(tmp_path, "delete", processes)
+    assert windowed == whole == [("deleted", 10)]
+    assert checked == 39
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_record_rewritten_at_a_window_boundary_is_found(tmp_path: Path, processes: int) -> None:
+    windowed, whole, checked = _boundary_case(tmp_path, "rehash", processes)
+    assert windowed == whole == [("inserted", 11)]
+    assert checked == 40
+
+
+def test_without_a_valid_checkpoint_every_window_counts_as_unsealed(tmp_path: Path) -> None:
+    async def run() -> list[int]:
+        async with running_trail(tmp_path) as t:
+            await t.write(30)
+            await t.ship()
+            period = Period(0.0, time.time() + 100)
+            results = [await verify_period(t.store, lambda kid: None, period, window=w) for w in (1000, 10)]
+            return [r.instances[0].unsealed for r in results] + [r.records_checked for r in results]
+
+    assert asyncio.run(run()) == [30, 30, 30, 30]
