@@ -46,7 +46,7 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
             inputs.public_keys,
             period,
             window=settings.report.verify_window,
-            processes=settings.report.verify_processes or max(1, min(8, (os.cpu_count() or 1) - 1)),
+            processes=settings.report.verify_processes or min(8, os.cpu_count() or 1),
             max_listed=settings.report.max_listed,
             progress=stages.advance,
         )

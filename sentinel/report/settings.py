@@ -35,9 +35,8 @@ class ReportSettings(_Section):
         default=0,
         ge=0,
         le=64,
-        description="Processes verifying windows of the embedded store in parallel; 0: one per CPU but one, at most 8 "
-        "(the aggregations need a core: on 2 CPUs two verifiers made the 1M-record report slower); 1: in the "
-        "report's own process.",
+        description="Processes verifying windows of the embedded store in parallel (at lower CPU priority); "
+        "0: one per CPU, at most 8; 1: in the report's own process.",
     )
 
     @field_validator("timezone")
