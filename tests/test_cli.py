@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import orjson
 import requests
 
@@ -77,3 +78,15 @@ def test_demo_runs_and_shows_what_was_captured() -> None:
     assert '"reasoning_text": "The user wrote' in out
     assert "sentinel_requests_total" in out and "gen_ai_server_time_to_first_token_seconds_count" in out
     assert "decrypted by an auditor" in out and "intact" in out and "dify-end-user-42" in out
+
+
+def test_sentinel_help_lists_every_command_as_the_command_describes_itself() -> None:
+    """`sentinel --help` reads each command's help from `COMMANDS` without importing it; it must
+    match the command's own help, and every command module must still load."""
+    from sentinel.cli import COMMANDS, main
+
+    ctx = click.Context(main)
+    for name, (_, help_text) in COMMANDS.items():
+        command = main.get_command(ctx, name)
+        assert command is not None and command.name == name
+        assert " ".join((command.help or "").split("\n\n")[0].split()) == help_text, name
