@@ -116,6 +116,13 @@ def guarded(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def open_snapshot(context: Any, plan: str | None, snapshot: str) -> tuple[Any, Any]:
+    """The plan's repository and SNAPSHOT in it (an id, a unique prefix or 'latest' of that plan)."""
+    name = pick_plan(context, plan)
+    repo = context.repository(name)
+    return repo, repo.resolve(snapshot, name if snapshot == "latest" else None)
+
+
 def pick_plan(context: Any, plan: str | None) -> str:
     plans = context.backup.plans
     if plan:
@@ -244,9 +251,7 @@ def show(
 ) -> None:
     """Show a snapshot's manifest (SNAPSHOT: id, unique prefix or 'latest')."""
     context = context_from(config_file, data_dir, log_level, log_format)
-    name = pick_plan(context, plan)
-    repo = context.repository(name)
-    snap = repo.resolve(snapshot, name if snapshot == "latest" else None)
+    _, snap = open_snapshot(context, plan, snapshot)
     out.print(f"snapshot   {snap.id}\nplan       {snap.plan}\nhost       {snap.hostname}", highlight=False)
     out.print(f"started    {when(snap.started)}\nfinished   {when(snap.finished)}", highlight=False)
     out.print(f"size       {human(snap.size)} in {len(snap.files)} items; uploaded {human(snap.uploaded_bytes)}")
@@ -281,9 +286,7 @@ def verify(
     from sentinel.backup.verify import verify_snapshot
 
     context = context_from(config_file, data_dir, log_level, log_format)
-    name = pick_plan(context, plan)
-    repo = context.repository(name)
-    snap = repo.resolve(snapshot, name if snapshot == "latest" else None)
+    repo, snap = open_snapshot(context, plan, snapshot)
     with progress_bars() as progress:
         report = verify_snapshot(repo, snap, read_data=read_data, progress=progress)
     for problem in report.problems:
@@ -332,9 +335,7 @@ def restore(
     if not (dest or psql or es_url):
         fail("say where to: --target DIR, --psql DSN or --es-url URL", 2)
     context = context_from(config_file, data_dir, log_level, log_format)
-    name = pick_plan(context, plan)
-    repo = context.repository(name)
-    snap = repo.resolve(snapshot, name if snapshot == "latest" else None)
+    repo, snap = open_snapshot(context, plan, snapshot)
     kinds = {s.name: s.kind for s in snap.sources}
     for wanted in only:
         if wanted not in kinds:
