@@ -1,18 +1,23 @@
 """Report fixtures: a planted and a clean dataset, each built once per module through the real code paths,
-and a helper that issues a report through a CLI-side `AuditService`, as `sentinel report` does."""
+and a helper that issues a report through a CLI-side `AuditService`, as `sentinel report` does.
+
+Each dataset keeps its own clock (`Dataset.now`): code run `at_dataset_time()` sees the dataset's
+timeline go on from where it stopped, so tests never depend on the wall clock or the date."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import time_machine
 from prometheus_client import CollectorRegistry
 
 from sentinel.audit.service import AuditService
@@ -20,7 +25,7 @@ from sentinel.config import Settings, load_settings
 from sentinel.report.issue import issue_report
 from sentinel.report.model import Period
 from sentinel.report.signing import Issued
-from tests.report.dataset import Planted, build
+from tests.report.dataset import MONDAY, Planted, build
 
 
 @dataclass
@@ -28,40 +33,56 @@ class Dataset:
     settings: Settings
     planted: Planted
     config: Path
+    now: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self.now = self.now or self.planted.until
+
+    @contextmanager
+    def at_dataset_time(self) -> Iterator[None]:
+        """Run with `time.time()` going on from the dataset's clock; it is kept for the next run."""
+        with time_machine.travel(self.now, tick=True):
+            try:
+                yield
+            finally:
+                self.now = time.time()
 
     def period(self) -> Period:
-        return Period(self.planted.since, time.time())
+        """From the dataset's start to its clock now."""
+        return Period(self.planted.since, self.now)
 
     def issue(self, fmt: str = "json", *, reasons: bool = True, actor: str = "cli:tester") -> Issued:
         async def run() -> Issued:
             service = AuditService(self.settings, CollectorRegistry(), "report-test", cli=True)
             await service.start()
             try:
-                return await issue_report(service, self.period(), fmt, actor=actor, include_reasons=reasons)  # type: ignore[arg-type]
+                return await issue_report(service, period, fmt, actor=actor, include_reasons=reasons)  # type: ignore[arg-type]
             finally:
                 await service.stop()
 
-        return asyncio.run(run())
+        period = self.period()
+        with self.at_dataset_time():
+            return asyncio.run(run())
 
     def report(self, **kwargs: Any) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(self.issue("json", **kwargs).body)
         return data
 
 
-def _dataset(tmp_path_factory: pytest.TempPathFactory, clean: bool) -> Dataset:
+def make_dataset(tmp_path_factory: pytest.TempPathFactory, *, clean: bool, at: str = MONDAY) -> Dataset:
     data_dir = tmp_path_factory.mktemp("clean" if clean else "planted") / "data"
-    settings, planted = asyncio.run(build(data_dir, clean=clean))
+    settings, planted = build(data_dir, clean=clean, at=at)
     return Dataset(settings, planted, data_dir / "sentinel.yaml")
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    return _dataset(tmp_path_factory, clean=False)
+    return make_dataset(tmp_path_factory, clean=False)
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    return _dataset(tmp_path_factory, clean=True)
+    return make_dataset(tmp_path_factory, clean=True)
 
 
 @pytest.fixture
@@ -73,6 +94,6 @@ def fresh_copy(tmp_path: Path) -> Callable[[Dataset], Dataset]:
         shutil.copytree(dataset.settings.data_dir, target)
         config = target / "sentinel.yaml"
         config.write_text(dataset.config.read_text().replace(str(dataset.settings.data_dir), str(target)))
-        return Dataset(load_settings(config), dataset.planted, config)
+        return Dataset(load_settings(config), dataset.planted, config, dataset.now)
 
     return copy

@@ -1,17 +1,24 @@
 """Audit datasets with planted facts, written through the real code paths: `AuditService` seals and
 ships interactions and events, `service.show` records a decrypt, `run_backup` and `RestoreDrill`
-leave their runs and drill reports, and only then is the store tampered with by hand."""
+leave their runs and drill reports, and only then is the store tampered with by hand.
+
+A dataset is built around a fixed instant, never the wall clock: `build` runs under `time_machine`
+travelling to that instant, so every timestamp the real code takes (records, events, backups, drills)
+lies on the dataset's own timeline, and the planted facts lie inside the period whatever the weekday."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import time_machine
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -29,14 +36,30 @@ DAY = 86400.0
 ALPHA, BETA, GAMMA = "key-alpha00000001", "key-beta000000002", "key-gamma00000003"
 
 
-def weekday_at(hour: int, now: float) -> float:
-    """The most recent weekday `hour`:00 UTC at least 6 hours before `now` (and within the last 4 days)."""
+PERIOD = 7 * DAY  # the report period: a whole week always holds every weekday hour
+# The instants the report tests run at: just after a weekend, the last minute of a Sunday and of a
+# year, and a leap day. `MONDAY` is the one most fixtures use.
+INSTANTS = {
+    "monday-0235": "2026-11-30T02:35:00Z",
+    "sunday-2359": "2026-12-06T23:59:00Z",
+    "new-year-eve-2359": "2026-12-31T23:59:00Z",
+    "leap-day-1200": "2028-02-29T12:00:00Z",
+}
+MONDAY = INSTANTS["monday-0235"]
+
+
+def instant(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def weekday_at(hour: int, now: float, *, lasting: float, since: float) -> float:
+    """The most recent weekday `hour`:00 UTC whose next `lasting` seconds lie inside [since, now)."""
     day = int(now // DAY) * DAY
-    for back in range(0, 5):
+    for back in range(0, 8):
         t = day - back * DAY + hour * HOUR
-        if t < now - 6 * HOUR and time.gmtime(t).tm_wday < 5:
+        if since <= t and t + lasting <= now and time.gmtime(t).tm_wday < 5:
             return t
-    raise AssertionError("no weekday in the last days")
+    raise AssertionError(f"no weekday {hour}:00 in the period ending {now}")
 
 
 def call(started: float, key: str, user: str, *, outcome: Outcome = Outcome.OK, phi: bool = False) -> Interaction:
@@ -75,6 +98,7 @@ class Planted:
     """What was planted, for the tests to expect."""
 
     since: float
+    until: float
     counts: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     burst_hour: float | None = None
@@ -122,11 +146,17 @@ async def write_trail(settings: Settings, calls: list[Interaction], events: list
     return service
 
 
-async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
-    """A dataset over the last three days (plus history ten days back); `clean=False` plants the facts."""
-    now = time.time()
-    since = now - 3 * DAY
-    planted = Planted(since=since)
+def build(data_dir: Path, *, clean: bool, at: str = MONDAY) -> tuple[Settings, Planted]:
+    """A dataset over the week before `at` (plus history two weeks back); `clean=False` plants the facts.
+
+    The period the tests report on is [since, until): `until` is the dataset's clock when it was done."""
+    with time_machine.travel(instant(at), tick=True):
+        return _build(data_dir, clean=clean, now=instant(at))
+
+
+def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Planted]:
+    since = now - PERIOD
+    planted = Planted(since=since, until=now)
     (data_dir / "keys").mkdir(parents=True, exist_ok=True)
     create_key_file(data_dir / "keys" / "backup.key")
     models = data_dir / "models"
@@ -136,9 +166,9 @@ async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
     settings = settings_for(data_dir, rto_target=3600.0 if clean else 1e-6, models=models)
     calls: list[Interaction] = []
     # History: both regular callers were active before the period.
-    calls += [call(now - 10 * DAY + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
+    calls += [call(now - 2 * PERIOD + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
     # Business-hours traffic: three per hour at most, weekday 09:00-16:59 UTC.
-    base = weekday_at(9, now)
+    base = weekday_at(9, now, lasting=8 * HOUR, since=since)
     for n in range(120):
         calls.append(call(base + (n % 8) * HOUR + (n // 8) * 60, ALPHA, f"patient-{n % 40}", phi=n % 30 == 0))
     for n in range(80):
@@ -156,7 +186,7 @@ async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
     planted.phi_records = 4
     events: list[Event] = []
     if not clean:
-        burst = weekday_at(2, now)  # 02:00 UTC on a weekday: off hours
+        burst = weekday_at(2, now, lasting=HOUR, since=since)  # 02:00 UTC on a weekday: off hours
         planted.burst_hour = burst
         calls += [call(burst + i * 80, GAMMA, f"patient-{900 + i % 3}") for i in range(40)]
         planted.counts[GAMMA] = 40
@@ -171,17 +201,8 @@ async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
         ]
         planted.auth_failures = 6
     calls.sort(key=lambda i: i.started_at)
-    service = await write_trail(settings, calls, events)
-    try:
-        if not clean:
-            record = next(i for i in calls if i.caller.api_key_id == ALPHA)
-            if service.shipper is not None:  # the record must be in the store to be shown
-                await service.shipper.ship_once()
-            planted.reason = "billing dispute #4711"
-            shown = await service.show(record.id, decrypt_content=True, actor="admin-api:alice", reason=planted.reason)
-            planted.decrypted = shown["doc_id"]
-    finally:
-        await service.stop()
+    assert all(i.started_at < time.time() for i in calls), "a planted call lies in the dataset's future"
+    planted.decrypted, planted.reason = asyncio.run(_write(settings, calls, events, decrypt=not clean))
     backups = BackupContext(settings)
     run_backup(backups, "audit")
     run_backup(backups, "models")  # fails when the models directory is missing (not clean)
@@ -189,7 +210,26 @@ async def build(data_dir: Path, *, clean: bool) -> tuple[Settings, Planted]:
     RestoreDrill(backups, "models").run()
     if not clean:
         planted.tampered = tamper(settings.resolve_path(settings.audit.store_path))
+    planted.until = time.time()
     return settings, planted
+
+
+async def _write(
+    settings: Settings, calls: list[Interaction], events: list[Event], *, decrypt: bool
+) -> tuple[str | None, str | None]:
+    """Seal and ship the trail; with `decrypt`, show one ALPHA record's content with a reason."""
+    service = await write_trail(settings, calls, events)
+    try:
+        if not decrypt:
+            return None, None
+        record = next(i for i in calls if i.caller.api_key_id == ALPHA)
+        if service.shipper is not None:  # the record must be in the store to be shown
+            await service.shipper.ship_once()
+        reason = "billing dispute #4711"
+        shown = await service.show(record.id, decrypt_content=True, actor="admin-api:alice", reason=reason)
+        return str(shown["doc_id"]), reason
+    finally:
+        await service.stop()
 
 
 def tamper(store: Path) -> str:

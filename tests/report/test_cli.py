@@ -28,7 +28,9 @@ def test_report_then_verify_accepts_the_file_and_rejects_a_modified_one(
     dataset = fresh_copy(planted)  # type: ignore[operator]
     output = tmp_path / "report.md"
     since = str(int(dataset.planted.since))
-    made = sentinel(dataset, "report", "--from", since, "--format", "md", "--output", str(output))
+    made = sentinel(
+        dataset, "report", "--from", since, "--to", str(dataset.now), "--format", "md", "--output", str(output)
+    )
     assert made.returncode == 0, made.stderr
     assert "recorded as a report_issued event" in made.stderr
     sidecar = json.loads((tmp_path / "report.md.sig.json").read_text())
@@ -54,7 +56,12 @@ def test_report_then_verify_accepts_the_file_and_rejects_a_modified_one(
 def test_a_forged_signature_file_is_rejected(planted: Dataset, fresh_copy: object, tmp_path: Path) -> None:
     dataset = fresh_copy(planted)  # type: ignore[operator]
     output = tmp_path / "r.json"
-    assert sentinel(dataset, "report", "--from", "5d", "--format", "json", "-o", str(output)).returncode == 0
+    assert (
+        sentinel(
+            dataset, "report", "--from", "5d", "--to", str(dataset.now), "--format", "json", "-o", str(output)
+        ).returncode
+        == 0
+    )
     sidecar_path = tmp_path / "r.json.sig.json"
     sidecar = json.loads(sidecar_path.read_text())
     sidecar["signature"] = sidecar["signature"][::-1]
@@ -66,8 +73,9 @@ def test_a_forged_signature_file_is_rejected(planted: Dataset, fresh_copy: objec
 
 def test_report_to_stdout_and_bad_periods(planted: Dataset, fresh_copy: object) -> None:
     dataset = fresh_copy(planted)  # type: ignore[operator]
-    shown = sentinel(dataset, "report", "--from", "4d", "--format", "json")
+    shown = sentinel(dataset, "report", "--from", "4d", "--to", str(dataset.now), "--format", "json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["schema_version"] == 1
+    assert json.loads(shown.stdout)["period"]["since"] == dataset.now - 4 * 86400
     backwards = sentinel(dataset, "report", "--from", "2026-01-02", "--to", "2026-01-01")
     assert backwards.returncode == 2 and "must start before it ends" in backwards.stderr

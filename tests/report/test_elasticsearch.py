@@ -5,7 +5,6 @@ planted facts. Elasticsearch itself cannot run here; `es_standin` speaks the doc
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,7 +17,6 @@ from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.report.es_queries import ElasticsearchQueries
 from sentinel.report.gather import ReportInputs, gather
 from sentinel.report.issue import open_queries, public_keys
-from sentinel.report.model import Period
 from sentinel.report.queries import EmbeddedQueries, percentile
 from tests.report.conftest import Dataset
 from tests.report.es_standin import running_standin
@@ -46,7 +44,7 @@ async def copied_to_elasticsearch(dataset: Dataset) -> AsyncIterator[Elasticsear
 async def test_aggregations_match_the_embedded_sql(clean: Dataset) -> None:
     # The clean dataset: in the planted one a record was altered in its body only, so the embedded
     # store's metadata columns (written at insert) and Elasticsearch (indexing the body) differ there.
-    period = Period(clean.planted.since, time.time())
+    period = clean.period()
     embedded = EmbeddedStore(clean.settings.resolve_path(clean.settings.audit.store_path), read_only=True)
     await embedded.open()
     async with copied_to_elasticsearch(clean) as store:
@@ -87,7 +85,7 @@ async def test_a_report_from_elasticsearch_finds_the_planted_facts(planted: Data
             planted.settings,
             queries,
             second,
-            Period(planted.planted.since, time.time()),
+            planted.period(),
             public_keys(keys),
             keys,
             "cli:tester",

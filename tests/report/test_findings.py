@@ -1,5 +1,8 @@
 """The proof the issue asks for: a dataset with planted facts, built through the real code paths, and a
-report that finds every one of them — while a clean dataset yields no finding at all."""
+report that finds every one of them — while a clean dataset yields no finding at all.
+
+Each runs at every instant in `INSTANTS` (after a weekend, end of a week and of a year, a leap day):
+the report over "the last week" must be exact whatever the date."""
 
 from __future__ import annotations
 
@@ -8,12 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from sentinel.periods import iso
-from tests.report.conftest import Dataset
-from tests.report.dataset import ALPHA, BETA, GAMMA
+from tests.report.conftest import Dataset, make_dataset
+from tests.report.dataset import ALPHA, BETA, GAMMA, INSTANTS
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "sentinel" / "report" / "report.schema.json").read_text())
+
+
+@pytest.fixture(scope="module", params=sorted(INSTANTS))
+def planted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return make_dataset(tmp_path_factory, clean=False, at=INSTANTS[request.param])
+
+
+@pytest.fixture(scope="module", params=sorted(INSTANTS))
+def clean(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    return make_dataset(tmp_path_factory, clean=True, at=INSTANTS[request.param])
 
 
 def _rules(report: dict[str, Any]) -> list[str]:
