@@ -138,6 +138,9 @@ def _otel_env(name: str) -> str | None:
 class SinkSettings(_Section):
     queue_size: int = Field(default=10_000, ge=1, description="Interactions a sink may fall behind by.")
     drain_timeout: float = Field(default=10.0, ge=0, description="At shutdown, how long sinks may take to drain.")
+    linger: float = Field(
+        default=0.05, ge=0, description="How long a sink waits for more records to join a batch; 0: write at once."
+    )
     jsonl_path: Path | None = Field(default=None, description="Write each interaction as a JSON line here.")
     jsonl_include_content: bool = Field(
         default=False, description="Also write prompts and responses in plaintext (debugging only)."

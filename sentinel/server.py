@@ -138,7 +138,10 @@ def build(
                 settings.resolve_path(settings.sinks.jsonl_path), include_content=settings.sinks.jsonl_include_content
             )
         )
-    runners = [SinkRunner(sink, settings.sinks.queue_size, written, dropped, failures) for sink in all_sinks]
+    runners = [
+        SinkRunner(sink, settings.sinks.queue_size, written, dropped, failures, linger=settings.sinks.linger)
+        for sink in all_sinks
+    ]
     spans = SpanEmitter.from_settings(settings.tracing, registry, span_processor)
     recorder = Recorder(
         registry,

@@ -38,36 +38,45 @@ async def yields_while_recording(backlog: int, monkeypatch: pytest.MonkeyPatch) 
     while recorded < backlog:
         turns += 1
         await asyncio.sleep(0)
-    await recorder.stop(grace=1)
+    await recorder.stop(grace=30)
     return recorded, turns_at_record[-1] - turns_at_record[0]
 
 
 async def test_recording_yields_every_few_exchanges(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded, turns = await yields_while_recording(100, monkeypatch)
-    assert recorded == 100 and 46 <= turns <= 52, turns  # 2 exchanges (2 clock readings) per 0.15 ms slice
+    assert recorded == 100 and turns == 49, turns  # 50 slices of 2 exchanges (2 clock readings) per 0.15 ms slice
 
 
 async def test_a_long_backlog_is_recorded_in_longer_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     recorded, turns = await yields_while_recording(2000, monkeypatch)
-    # 5 ms slices (~50 exchanges) until fewer than 256 wait (~35 slices), then 0.15 ms slices (~128).
-    assert recorded == 2000 and 145 <= turns <= 175, turns
+    # 5 ms slices (50 exchanges, 51 in two of them: float steps of the fake clock) until fewer than
+    # 256 wait (35 slices), then 0.15 ms slices of 2 (124): 159 slices, a turn for other work between each.
+    assert recorded == 2000 and turns == 158, turns
 
 
 async def test_a_request_arriving_just_after_an_exchange_ends_goes_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """A closed-loop client's next request lands ~0.1 ms after the last response ended."""
+    monkeypatch.setattr(recorder_module, "_perf", lambda: 0.0)  # a slice's clock stands still: no slice runs out
     registry = CollectorRegistry()
     recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)))
     order: list[str] = []
-    monkeypatch.setattr(recorder, "record", lambda exchange: order.append("recorded"))
+    recorded = asyncio.Event()
+
+    def record(exchange: Exchange) -> None:
+        order.append("recorded")
+        recorded.set()
+
+    monkeypatch.setattr(recorder, "record", record)
     await recorder.start()
     loop = asyncio.get_running_loop()
     recorder.submit(object())  # type: ignore[arg-type]
-    loop.call_later(0.0002, order.append, "next request")
-    await asyncio.sleep(0.01)
+    # Both are loop timers: this one is due before the recorder's deferral (`_DEFER_SECONDS` from when it
+    # takes the exchange, after this call), and the loop runs due timers in order of their deadlines.
+    loop.call_later(recorder_module._DEFER_SECONDS / 5, order.append, "next request")
+    await asyncio.wait_for(recorded.wait(), 30)
     assert order == ["next request", "recorded"]
     for _ in range(3):
         recorder.submit(object())  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the recorder's, before this task's
     assert order.count("recorded") == 4  # a queue is not deferred: it is recorded straight away
-    await recorder.stop(grace=1)
+    await recorder.stop(grace=30)

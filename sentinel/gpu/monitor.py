@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from sentinel.config import ConfigError
 from sentinel.gpu.dcgm import read_dcgm
 from sentinel.gpu.nvml import NvmlReader
-from sentinel.gpu.polled import HttpSource, ModelServer, exposition, model_server_source
+from sentinel.gpu.polled import Clock, HttpSource, ModelServer, exposition, model_server_source
 from sentinel.gpu.readings import Reading
 from sentinel.gpu.settings import GpuSettings
 
@@ -68,14 +68,22 @@ def _families() -> dict[str, GaugeMetricFamily]:
 
 
 class GpuCollector(Collector):
-    def __init__(self, nvml: NvmlReader | None, polled: Sequence[PolledSource], stale_after: float) -> None:
+    def __init__(
+        self,
+        nvml: NvmlReader | None,
+        polled: Sequence[PolledSource],
+        stale_after: float,
+        *,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.nvml = nvml
         self.polled = list(polled)
         self.stale_after = stale_after
+        self.clock = clock  # the polled sources' clock: a reading's age is `clock() - reading.at`
 
     def readings(self) -> list[Reading]:
         readings = [self.nvml.read()] if self.nvml is not None else []
-        now = time.monotonic()
+        now = self.clock()
         for source in self.polled:
             reading = source.latest
             if reading is None:  # not polled yet: nothing known, nothing claimed

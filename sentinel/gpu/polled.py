@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 HEADERS = {"User-Agent": PROBE_USER_AGENT, "Accept": "text/plain, application/json"}
 
 Parse = Callable[[bytes, float], Reading]
+Clock = Callable[[], float]
+"""Stamps each `Reading` (`Reading.at`): `time.monotonic` unless a test drives the time."""
 
 
 class Unreadable(Exception):
@@ -53,14 +55,15 @@ def exposition(read: Callable[[str, float], Reading]) -> Parse:
 class HttpSource:
     """One endpoint, one kind of answer. `name` is the `source` label."""
 
-    def __init__(self, name: str, url: str, parse: Parse) -> None:
+    def __init__(self, name: str, url: str, parse: Parse, *, clock: Clock = time.monotonic) -> None:
         self.name = name
         self.url = url
         self.parse = parse
+        self.clock = clock
         self.latest: Reading | None = None
 
     async def poll(self, session: aiohttp.ClientSession) -> None:
-        at = time.monotonic()
+        at = self.clock()
         try:
             reading = self.parse(await fetch(session, self.url), at)
         except (Unreadable, SourceAbsent) as exc:
@@ -80,11 +83,11 @@ def log_change(before: Reading | None, reading: Reading) -> None:
         log.info("GPU source %s is readable again", reading.source)
 
 
-def model_server_source(flavour: str, url: str) -> HttpSource:
+def model_server_source(flavour: str, url: str, *, clock: Clock = time.monotonic) -> HttpSource:
     """A model server read as `flavour`: `url` is Ollama's base URL, or the others' metrics URL."""
     if flavour == "ollama":
-        return HttpSource("ollama", url.rstrip("/") + PS_PATH, read_ollama_ps)
-    return HttpSource(flavour, url, exposition(READERS[flavour]))
+        return HttpSource("ollama", url.rstrip("/") + PS_PATH, read_ollama_ps, clock=clock)
+    return HttpSource(flavour, url, exposition(READERS[flavour]), clock=clock)
 
 
 class ModelServer:
@@ -92,9 +95,10 @@ class ModelServer:
 
     name = "model_server"
 
-    def __init__(self, metrics_url: str, ollama_url: str) -> None:
+    def __init__(self, metrics_url: str, ollama_url: str, *, clock: Clock = time.monotonic) -> None:
         self.metrics_url = metrics_url
         self.ollama_url = ollama_url
+        self.clock = clock
         self.found: HttpSource | None = None
         self._undetected: Reading | None = None
 
@@ -106,13 +110,13 @@ class ModelServer:
         if self.found is not None:
             await self.found.poll(session)
             return
-        at = time.monotonic()
+        at = self.clock()
         problems = []
         try:
             body = await fetch(session, self.metrics_url)
             flavour = detect(body.decode("utf-8", "replace"))
             if flavour is not None:
-                self._adopt(model_server_source(flavour, self.metrics_url), body, at)
+                self._adopt(model_server_source(flavour, self.metrics_url, clock=self.clock), body, at)
                 return
             problems.append(f"{self.metrics_url} has no vllm:, sglang: or llamacpp: metrics")
         except Unreadable as exc:
@@ -120,7 +124,7 @@ class ModelServer:
         try:
             body = await fetch(session, self.ollama_url + PS_PATH)
             read_ollama_ps(body, at)
-            self._adopt(model_server_source("ollama", self.ollama_url), body, at)
+            self._adopt(model_server_source("ollama", self.ollama_url, clock=self.clock), body, at)
             return
         except (Unreadable, SourceAbsent) as exc:
             problems.append(str(exc))

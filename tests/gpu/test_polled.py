@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import aiohttp
@@ -38,7 +37,7 @@ class Polled:
 
     def poll(self) -> None:
         async def once() -> None:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
                 await self.monitor.poll_once(session)
 
         self.servers.run(once())
@@ -141,10 +140,21 @@ def test_unreachable_source_is_absent(servers: BackgroundLoop) -> None:
     assert polled.value("sentinel_gpu_source_up", source="dcgm") == 0
 
 
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_stale_reading_is_absent(servers: BackgroundLoop, site: StaticSite) -> None:
     site.page("/metrics", VLLM_METRICS)
-    source = HttpSource("vllm", site.url + "/metrics", exposition(read_vllm))
-    collector = GpuCollector(None, [source], stale_after=0.2)
+    clock = FakeClock()
+    source = HttpSource("vllm", site.url + "/metrics", exposition(read_vllm), clock=clock)
+    collector = GpuCollector(None, [source], stale_after=0.25, clock=clock)
     registry = CollectorRegistry()
     registry.register(collector)
 
@@ -153,10 +163,16 @@ def test_stale_reading_is_absent(servers: BackgroundLoop, site: StaticSite) -> N
             await source.poll(session)
 
     servers.run(poll())
+    assert source.latest is not None and source.latest.at == 1000.0
     assert registry.get_sample_value("sentinel_gpu_source_up", {"source": "vllm"}) == 1
-    time.sleep(0.3)
+    clock.now = 1000.25  # exactly `stale_after` old: still fresh
+    assert registry.get_sample_value("sentinel_gpu_source_up", {"source": "vllm"}) == 1
+    assert registry.get_sample_value("sentinel_gpu_kv_cache_usage_ratio", {"source": "vllm"}) == 0.6875
+    clock.now = 1000.5  # older than `stale_after`: absent, its values gone
     assert registry.get_sample_value("sentinel_gpu_source_up", {"source": "vllm"}) == 0
     assert registry.get_sample_value("sentinel_gpu_kv_cache_usage_ratio", {"source": "vllm"}) is None
+    servers.run(poll())  # read again: fresh again
+    assert registry.get_sample_value("sentinel_gpu_source_up", {"source": "vllm"}) == 1
 
 
 def test_sentinel_exports_gpu_metrics_from_its_upstream_and_dcgm(
@@ -164,15 +180,16 @@ def test_sentinel_exports_gpu_metrics_from_its_upstream_and_dcgm(
 ) -> None:
     upstream.script("/metrics", Script(headers={"Content-Type": "text/plain"}, chunks=[VLLM_METRICS.encode()]))
     site.page("/metrics", dcgm_metrics([(72000, 8951, 568), (10, 80939, 570)]))
-    proxy = start_sentinel(
-        upstream.url, gpu={"sources": ["nvml", "vllm", "dcgm"], "dcgm_url": site.url + "/metrics", "interval": 0.2}
-    )
+    gpu = {"sources": ["nvml", "vllm", "dcgm"], "dcgm_url": site.url + "/metrics", "interval": 0.2, "timeout": 30}
+    proxy = start_sentinel(upstream.url, gpu=gpu)
+    texts: list[str] = []
 
-    def exposition_text() -> str:
-        return requests.get(proxy.admin_url + "/metrics", timeout=5).text
+    def both_read() -> bool:
+        texts.append(requests.get(proxy.admin_url + "/metrics", timeout=30).text)
+        return all(f'sentinel_gpu_source_up{{source="{source}"}} 1.0' in texts[-1] for source in ("vllm", "dcgm"))
 
-    wait_until(lambda: 'sentinel_gpu_source_up{source="dcgm"} 1.0' in exposition_text())
-    text = exposition_text()
+    wait_until(both_read)  # the two are polled concurrently: wait until one scrape shows both
+    text = texts[-1]
     assert 'sentinel_gpu_kv_cache_usage_ratio{source="vllm"} 0.6875' in text
     assert 'sentinel_gpu_memory_used_bytes{gpu="1",source="dcgm"}' in text
     assert 'sentinel_gpu_source_up{source="nvml"} 0.0' in text  # configured, no GPU driver on a test machine

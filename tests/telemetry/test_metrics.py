@@ -23,10 +23,10 @@ def test_metrics_after_real_traffic(upstream: ScriptedUpstream, proxy: Running) 
         requests.post(
             proxy.url + "/v1/chat/completions",
             json={"model": "deepseek-r1", "messages": [], "stream": True},
-            timeout=10,
+            timeout=30,
         ).raise_for_status()
     upstream.script("/v1/embeddings", Script(status=500, chunks=[b'{"error":{"message":"boom"}}']))
-    requests.post(proxy.url + "/v1/embeddings", json={"model": "bge", "input": "x"}, timeout=10)
+    requests.post(proxy.url + "/v1/embeddings", json={"model": "bge", "input": "x"}, timeout=30)
     proxy.records(4)
 
     chat = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "deepseek-r1"}
@@ -52,7 +52,7 @@ def test_metrics_after_real_traffic(upstream: ScriptedUpstream, proxy: Running) 
     assert proxy.metric("sentinel_requests_in_flight") == 0
     assert proxy.metric("sentinel_sink_written_total", sink="memory") == 4
 
-    exposition = requests.get(proxy.admin_url + "/metrics", timeout=10).text
+    exposition = requests.get(proxy.admin_url + "/metrics", timeout=30).text
     assert 'gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat"' in exposition
     assert "sentinel_recorder_queue_depth 0.0" in exposition
     assert 'sentinel_sink_queue_depth{sink="memory"} 0.0' in exposition
@@ -95,8 +95,8 @@ def test_random_model_names_cannot_blow_up_cardinality() -> None:
 def test_health_and_readiness(upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]) -> None:
     upstream.script("/v1/models", Script(chunks=[b"{}"]))
     proxy = start_sentinel(upstream.url)
-    assert requests.get(proxy.admin_url + "/healthz", timeout=5).json()["status"] == "ok"
-    ready = requests.get(proxy.admin_url + "/readyz", timeout=5)
+    assert requests.get(proxy.admin_url + "/healthz", timeout=30).json()["status"] == "ok"
+    ready = requests.get(proxy.admin_url + "/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["checks"]["upstream"]["ok"] is True
 
 
@@ -105,20 +105,22 @@ def test_not_ready_while_upstream_unreachable(start_sentinel: Callable[..., Runn
     from tests.support.upstream import free_port
 
     proxy = start_sentinel(f"http://127.0.0.1:{free_port()}")
-    wait_until(lambda: requests.get(proxy.admin_url + "/readyz", timeout=5).status_code == 503)
-    assert proxy.metric("sentinel_upstream_up") == 0
+    # The probe sets the gauge last, after the state `/readyz` reads (served on another thread): wait for
+    # the gauge, then both must say unreachable.
+    wait_until(lambda: proxy.metric("sentinel_upstream_up") == 0)
+    assert requests.get(proxy.admin_url + "/readyz", timeout=30).status_code == 503
 
 
 def test_answer_duration_is_split_by_streaming_and_counts_only_ok(upstream: ScriptedUpstream, proxy: Running) -> None:
     from tests.support.frames import chat_completion
 
     upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=vllm_chat_stream(["r"], ["a"])))
-    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "stream": True}, timeout=10)
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "stream": True}, timeout=30)
     upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("hi")]))
-    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=10)
-    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=10)
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=30)
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=30)
     upstream.script("/v1/chat/completions", Script(status=503, chunks=[b'{"error":{"message":"busy"}}']))
-    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=10)
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m"}, timeout=30)
     proxy.records(4)
 
     def count(stream: str) -> float | None:

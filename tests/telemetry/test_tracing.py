@@ -38,7 +38,7 @@ def test_server_and_client_spans_follow_genai_conventions(
             "user": "end-user-1",
         },
         headers={"traceparent": f"00-{incoming_trace}-{incoming_parent}-01"},
-        timeout=10,
+        timeout=30,
     )
     assert response.status_code == 200
     record = proxy.record()
@@ -80,7 +80,7 @@ def test_server_and_client_spans_follow_genai_conventions(
 def test_root_trace_when_no_traceparent_and_error_status(start_sentinel: Callable[..., Running]) -> None:
     exporter = InMemorySpanExporter()
     proxy = start_sentinel(f"http://127.0.0.1:{free_port()}", span_processor=SimpleSpanProcessor(exporter))
-    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=10)
+    requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=30)
     record = proxy.record()
     wait_until(lambda: len(exporter.get_finished_spans()) >= 1)
     server = next(s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER)
@@ -96,7 +96,7 @@ def test_unsampled_parent_is_not_exported_but_propagated(
     upstream.script("/v1/models", Script(chunks=[b"{}"]))
     proxy = start_sentinel(upstream.url, span_processor=SimpleSpanProcessor(exporter))
     trace = "0af7651916cd43dd8448eb211c80319c"
-    requests.get(proxy.url + "/v1/models", headers={"traceparent": f"00-{trace}-b7ad6b7169203331-00"}, timeout=10)
+    requests.get(proxy.url + "/v1/models", headers={"traceparent": f"00-{trace}-b7ad6b7169203331-00"}, timeout=30)
     proxy.record()
     assert exporter.get_finished_spans() == ()
     sent = upstream.seen[0].header("traceparent")
