@@ -46,7 +46,7 @@ class Running:
         self.admin_url = sentinel.admin_url
         self.registry: CollectorRegistry = sentinel.registry
 
-    def records(self, count: int = 1, timeout: float = 10.0) -> list[Interaction]:
+    def records(self, count: int = 1, timeout: float = 60.0) -> list[Interaction]:
         return self.servers.run(self.sink.wait_for(count, timeout), timeout + 5)
 
     def record(self) -> Interaction:
@@ -95,7 +95,9 @@ def proxy(upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]) ->
     return start_sentinel(upstream.url)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.01) -> None:
+    """Wait for a state (never a time window): `timeout` is only a safety net, far above what any step
+    needs even with both cores busy."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
