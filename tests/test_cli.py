@@ -41,18 +41,18 @@ def test_serve_process_proxies_records_and_stops_gracefully(
 
         def up() -> bool:
             try:
-                return requests.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=1).status_code == 200
+                return requests.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=30).status_code == 200
             except requests.ConnectionError:
                 return False
 
-        wait_until(up, timeout=20, interval=0.1)
+        wait_until(up, timeout=60, interval=0.1)
         response = requests.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"model": "m", "messages": [], "stream": True},
-            timeout=10,
+            timeout=30,
         )
         assert response.content == script.body
-        metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
+        metrics = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=30).text
         assert "gen_ai_server_request_duration_seconds_count" in metrics
     finally:
         process.send_signal(signal.SIGTERM)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sentinel.policy.changes import PolicyChange, file_actor, unified_diff
@@ -26,6 +26,7 @@ from sentinel.policy.metrics import PolicyMetrics
 log = logging.getLogger("sentinel.policy")
 
 Listener = Callable[[PolicyChange], None]
+Sleep = Callable[[float], Awaitable[None]]
 _KEPT_CHANGES = 100
 
 
@@ -36,10 +37,14 @@ def _signature(stat: os.stat_result) -> tuple[int, int, int]:
 class PolicyStore:
     """Holds `current`; `load()` once at start (raises `PolicyError`), then `start()` watches the file."""
 
-    def __init__(self, path: Path, *, interval: float = 2.0, metrics: PolicyMetrics | None = None) -> None:
+    def __init__(
+        self, path: Path, *, interval: float = 2.0, metrics: PolicyMetrics | None = None, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.path = path
         self.interval = interval
         self.metrics = metrics
+        self.sleep = sleep
+        """How the watcher waits `interval` seconds before each look (read at every wait; tests step it)."""
         self.current: Policy | None = None
         self._listeners: list[Listener] = []
         self.changes: list[PolicyChange] = []
@@ -178,7 +183,7 @@ class PolicyStore:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            await self.sleep(self.interval)
             try:
                 # File I/O and compiling run on a thread; subscribers are called here, on the loop.
                 change = await asyncio.to_thread(self._check)

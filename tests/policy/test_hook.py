@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from sentinel.interaction import Outcome
+from tests.conftest import wait_until
 from tests.policy.conftest import StartWithPolicy
 from tests.support.frames import (
     JSON_HEADERS,
@@ -57,7 +58,7 @@ PHI_VALUES = ["Maria Lopez", "219-55-0187", "00482913", "03/14/2024", "415-555-2
 
 
 def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="sk-caller", max_retries=0)
+    return openai.OpenAI(base_url=url + "/v1", api_key="sk-caller", max_retries=0, timeout=60)
 
 
 def test_clamped_temperature_reaches_upstream_clamped(
@@ -204,9 +205,12 @@ def test_flag_only_stream_passes_byte_for_byte_and_is_marked(
 def test_blocked_stream_ends_with_error_event_and_cancels_upstream(
     upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
 ) -> None:
+    """The upstream sends the code (role, keep-alive, three pieces), then holds the stream open: it can
+    only end because Sentinel abandons the generation."""
     answer = ["Sure. The code is LC-", "4417-", "QX and more", *[" filler"] * 40]
     upstream.script(
-        "/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=vllm_chat_stream([], answer), delay=0.02)
+        "/v1/chat/completions",
+        Script(headers=SSE_HEADERS, chunks=vllm_chat_stream([], answer), delay=0.02, stall_after=5),
     )
     proxy = start_with_policy(upstream.url, POLICY)
     received = ""
@@ -220,7 +224,8 @@ def test_blocked_stream_ends_with_error_event_and_cancels_upstream(
     record = proxy.record()
     assert record.outcome is Outcome.REJECTED and record.error_type == "policy_blocked"
     assert record.annotations["policy"]["blocked"] == {"stage": "response", "rule": "launch-codes"}
-    assert upstream.seen[0].completed is False  # the generation was abandoned, not read to its end
+    wait_until(lambda: upstream.seen[0].cancelled, timeout=30)  # the generation was abandoned
+    assert upstream.seen[0].completed is False
 
 
 def test_phi_prompt_flagged_by_category_without_values(

@@ -4,8 +4,10 @@ digests, diff) for the audit trail."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -16,7 +18,7 @@ from sentinel.config import ConfigError
 from sentinel.policy.changes import PolicyChange, PolicyHistory
 from sentinel.policy.metrics import PolicyMetrics
 from sentinel.policy.store import PolicyStore
-from tests.conftest import Running, make_settings, wait_until
+from tests.conftest import Running, make_settings
 from tests.policy.conftest import StartWithPolicy
 from tests.support.frames import JSON_HEADERS, chat_completion
 from tests.support.upstream import Script, ScriptedUpstream
@@ -30,7 +32,7 @@ def send(proxy: Running, text: str) -> None:
     response = requests.post(
         proxy.url + "/v1/chat/completions",
         json={"model": "m", "messages": [{"role": "user", "content": text}]},
-        timeout=5,
+        timeout=30,
     )
     assert response.status_code == 200
 
@@ -46,6 +48,40 @@ def rewrite(path: Path, text: str) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # coarse mtime clocks
 
 
+class SteppedSleep:
+    """Stands in for `asyncio.sleep` in the policy watcher: each wait lasts until `step()`, which
+    returns once the watcher waits again, so the look at the file in between is over."""
+
+    def __init__(self) -> None:
+        self.intervals: list[float] = []
+        self._sleeping = 0
+        self._woken = 0
+        self._changed = asyncio.Condition()
+
+    async def __call__(self, interval: float) -> None:
+        self.intervals.append(interval)
+        async with self._changed:
+            self._sleeping += 1
+            self._changed.notify_all()
+            turn = self._sleeping
+            await self._changed.wait_for(lambda: self._woken >= turn)
+
+    async def step(self) -> None:
+        async with asyncio.timeout(30), self._changed:
+            await self._changed.wait_for(lambda: self._sleeping > self._woken)
+            self._woken += 1
+            self._changed.notify_all()
+            await self._changed.wait_for(lambda: self._sleeping > self._woken)
+
+
+async def _step_by_hand(store: PolicyStore, sleep: SteppedSleep, listener: Callable[[PolicyChange], None]) -> None:
+    """Restart the watcher on `sleep` (it runs on real sleeps since Sentinel started) and subscribe."""
+    await store.stop()
+    store.sleep = sleep
+    store.subscribe(listener, replay=True)
+    store.start()
+
+
 def test_hot_reload_valid_then_invalid_edit(
     upstream: ScriptedUpstream,
     start_with_policy: StartWithPolicy,
@@ -56,19 +92,24 @@ def test_hot_reload_valid_then_invalid_edit(
     upstream.script("/v1/chat/completions", Script(headers=JSON_HEADERS, chunks=[chat_completion("ok")]))
     proxy = start_with_policy(upstream.url, FIRST, reload_interval=0.05)
     store: PolicyStore = proxy.sentinel.extras["policy"]
+    sleep = SteppedSleep()
     seen: list[PolicyChange] = []
-    store.subscribe(seen.append, replay=True)
+    proxy.servers.run(_step_by_hand(store, sleep, seen.append))
     send(proxy, "alpha and beta")
     assert forwarded(upstream) == "[REDACTED] and beta"
+    proxy.servers.run(sleep.step())  # a look at the unchanged file changes nothing
+    assert len(seen) == 1
 
-    rewrite(policy_path, SECOND)
-    wait_until(lambda: len(seen) == 2)
+    rewrite(policy_path, SECOND)  # written while the watcher waits: it never sees half a file
+    proxy.servers.run(sleep.step())
+    assert len(seen) == 2
     send(proxy, "alpha and beta")
     assert forwarded(upstream) == "alpha and [REDACTED]"
 
     with caplog.at_level(logging.ERROR, logger="sentinel.policy"):
         rewrite(policy_path, BROKEN)
-        wait_until(lambda: len(seen) == 3)
+        proxy.servers.run(sleep.step())
+    assert len(seen) == 3
     send(proxy, "alpha and beta")
     assert forwarded(upstream) == "alpha and [REDACTED]"  # the previous policy stays in force
     assert "rules[0] 'words' -> action" in caplog.text and "previous policy stays in force" in caplog.text
@@ -86,7 +127,8 @@ def test_hot_reload_valid_then_invalid_edit(
     assert history[1] == applied
     assert proxy.metric("sentinel_policy_reloads_total", outcome="applied") == 2
     assert proxy.metric("sentinel_policy_reloads_total", outcome="rejected") == 1
-    ready = requests.get(proxy.admin_url + "/readyz", timeout=5).json()
+    assert sleep.intervals == [0.05] * 4  # the configured interval, before each of the three looks and now
+    ready = requests.get(proxy.admin_url + "/readyz", timeout=30).json()
     assert ready["checks"]["policy"] == {"ok": True, "detail": applied.new_digest[:19]}
 
 

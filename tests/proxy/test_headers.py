@@ -18,7 +18,7 @@ def raw_request(
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     """Send exactly these headers (requests would add and normalise some)."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
     for name, value in headers:
         conn.putheader(name, value)
@@ -108,7 +108,7 @@ def test_configured_upstream_key_replaces_caller_authorization(
     monkeypatch.setenv("SENTINEL_UPSTREAM_API_KEY", "sk-upstream-secret")
     upstream.script("/v1/models", Script(chunks=[b'{"data":[]}']))
     proxy = start_sentinel(upstream.url)
-    requests.get(proxy.url + "/v1/models", headers={"Authorization": "Bearer caller"}, timeout=10)
+    requests.get(proxy.url + "/v1/models", headers={"Authorization": "Bearer caller"}, timeout=30)
     assert upstream.seen[0].header("authorization") == "Bearer sk-upstream-secret"
     record = proxy.record()
     # The record names the caller's key (fingerprint), never the configured upstream key.
@@ -140,6 +140,6 @@ def test_upstream_base_path_prefix(upstream: ScriptedUpstream, start_sentinel: C
     """Dify pointed at http://sentinel:8080 with the upstream configured as http://vllm:8000/v1."""
     upstream.script("/v1/chat/completions", Script(chunks=[b'{"choices":[]}']))
     proxy = start_sentinel(upstream.url + "/v1")
-    response = requests.post(proxy.url + "/chat/completions", json={"model": "m", "messages": []}, timeout=10)
+    response = requests.post(proxy.url + "/chat/completions", json={"model": "m", "messages": []}, timeout=30)
     assert response.status_code == 200 and upstream.seen[0].path == "/v1/chat/completions"
     assert proxy.record().operation.value == "chat"

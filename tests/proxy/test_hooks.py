@@ -56,7 +56,7 @@ def test_hook_rewrites_request_and_refuses(upstream: ScriptedUpstream, start_sen
     proxy = start_sentinel(upstream.url)
     install(proxy)
     ok = requests.post(
-        proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [], "temperature": 1.5}, timeout=5
+        proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [], "temperature": 1.5}, timeout=30
     )
     assert ok.status_code == 200 and ok.content == b'{"CHOICES":[]}'
     assert ok.headers["content-length"] == str(len(b'{"CHOICES":[]}'))
@@ -64,7 +64,7 @@ def test_hook_rewrites_request_and_refuses(upstream: ScriptedUpstream, start_sen
     refused = requests.post(
         proxy.url + "/v1/chat/completions",
         json={"model": "m", "messages": [{"role": "user", "content": "forbidden"}]},
-        timeout=5,
+        timeout=30,
     )
     assert refused.status_code == 400 and refused.json()["error"]["type"] == "policy_blocked"
     assert len(upstream.seen) == 1  # the refused call never left
@@ -79,7 +79,7 @@ def test_response_filter_on_a_stream(upstream: ScriptedUpstream, start_sentinel:
     proxy = start_sentinel(upstream.url)
     install(proxy)
     response = requests.post(
-        proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [], "stream": True}, timeout=5
+        proxy.url + "/v1/chat/completions", json={"model": "m", "messages": [], "stream": True}, timeout=30
     )
     assert response.content == script.body.upper()
     assert proxy.record().response_text == "ab"  # the record keeps what the upstream said

@@ -32,11 +32,23 @@ class RawServer:
         self.most_open = 0
         self.requests: list[bytes] = []
         self.port = 0
+        self._changed = asyncio.Condition()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Until `predicate` holds, checked again each time a connection opens or ends or a request
+        arrives (`timeout` is only a safety net)."""
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.open += 1
         self.most_open = max(self.most_open, self.open)
+        await self._notify()
         try:
             await self.handler(reader, writer, self.connections)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -44,6 +56,7 @@ class RawServer:
         finally:
             self.open -= 1
             writer.close()
+            await self._notify()
 
     async def request(self, reader: asyncio.StreamReader) -> bytes:
         """Read one request (head and Content-Length body); b"" when the client closed."""
@@ -57,6 +70,7 @@ class RawServer:
                 length = int(line.split(b":", 1)[1])
         request = head + await reader.readexactly(length)
         self.requests.append(request)
+        await self._notify()
         return request
 
 
@@ -102,6 +116,13 @@ async def serving(make: Callable[[RawServer], Handler]) -> AsyncIterator[RawServ
         yield server
 
 
+async def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll state that has no event to wait on; `timeout` is only a safety net."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
 async def fetch(pool: UpstreamPool, method: bytes = b"GET", body: bytes = b"", path: bytes = b"/v1/models") -> bytes:
     response = await pool.send(method, path, [(b"x-test", b"1")], body)
     try:
@@ -132,15 +153,22 @@ async def test_request_head_is_what_the_proxy_sent_before() -> None:
 
 
 async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
+    """Two pools on one server, alike but for the keep-alive timeout: the connection of the 0.2 s
+    pool is closed while the older one of the 1-hour pool stays open and is reused."""
     async with serving(answering(OK, OK)) as server:
+        patient = UpstreamPool(f"http://127.0.0.1:{server.port}", keepalive_timeout=3600)
+        assert await fetch(patient) == b"{}"
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}", keepalive_timeout=0.2)
         assert await fetch(pool) == b"{}"
         assert pool.stats() == {"open": 1, "idle": 1, "waiting": 0}
-        await asyncio.sleep(0.5)
-        assert pool.stats()["open"] == 0 and server.open == 0
+        await server.wait_for(lambda: server.open == 1)  # the server saw one of the two connections end
+        assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+        assert patient.stats() == {"open": 1, "idle": 1, "waiting": 0}
         assert await fetch(pool) == b"{}"
-        assert server.connections == 2
+        assert await fetch(patient) == b"{}"
+        assert server.connections == 3 and server.open == 2
         await pool.close()
+        await patient.close()
 
 
 async def test_a_stale_keepalive_connection_is_retried_for_idempotent_methods_only() -> None:
@@ -173,24 +201,33 @@ async def test_body_until_close_interim_answers_and_head() -> None:
         assert await fetch(pool) == b"{}" and server.connections == 1
         await pool.close()
     async with serving(answering(head)) as server:
-        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=5)
-        response = await asyncio.wait_for(pool.send(b"HEAD", b"/", [], b""), 2)
-        assert response.content_length == 10 and await asyncio.wait_for(response.read(), 2) == b""
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")  # a body wait would outlast the wait_for
+        response = await asyncio.wait_for(pool.send(b"HEAD", b"/", [], b""), 30)
+        assert response.content_length == 10 and await asyncio.wait_for(response.read(), 30) == b""
         response.release()
         await pool.close()
 
 
 async def test_connections_beyond_the_limit_wait_their_turn() -> None:
-    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+    """The server holds its answers until the test has seen two requests in and four waiting."""
+    answer = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         while await server.request(reader):
-            await asyncio.sleep(0.05)
+            await answer.wait()
             writer.write(OK)
 
-    async with raw_server(slow) as server:
+    async with raw_server(held) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}", max_connections=2)
-        results = await asyncio.gather(*[fetch(pool) for _ in range(6)])
+        fetches = asyncio.gather(*[fetch(pool) for _ in range(6)])
+        await server.wait_for(lambda: len(server.requests) == 2)
+        assert pool.stats() == {"open": 2, "idle": 0, "waiting": 4}
+        assert server.connections == 2
+        answer.set()
+        results = await asyncio.wait_for(fetches, 30)
         assert results == [b"{}"] * 6
-        assert server.most_open == 2 and len(server.requests) == 6
+        assert server.most_open == 2 and server.connections == 2 and len(server.requests) == 6
+        assert pool.stats() == {"open": 2, "idle": 2, "waiting": 0}
         await pool.close()
 
 
@@ -211,10 +248,14 @@ async def test_a_large_body_reaches_a_slow_reader_intact() -> None:
     async with raw_server(big) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
         response = await pool.send(b"GET", b"/", [], b"")
+        conn = response._conn
+        assert conn is not None
+        # The reader is slow: it reads nothing until the connection has stopped reading from the server.
+        await until(lambda: conn._read_paused)
+        assert not conn.complete
         received = []
         while chunk := await response.read_some():
             received.append(chunk)
-            await asyncio.sleep(0.002)
         response.release()
         assert b"".join(received) == body
         assert pool.stats()["idle"] == 1
@@ -225,16 +266,17 @@ async def test_failures_are_told_apart() -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         await server.request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-        await asyncio.sleep(30)
+        await reader.read()  # silent until the client hangs up
 
     async with raw_server(stall) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=0.2)
-        response = await pool.send(b"GET", b"/", [], b"")
-        assert await response.read_some() == b"abc"
-        with pytest.raises(UpstreamTimeout):
-            await response.read_some()
+        response = await asyncio.wait_for(pool.send(b"GET", b"/", [], b""), 30)
+        assert await asyncio.wait_for(response.read_some(), 30) == b"abc"
+        with pytest.raises(UpstreamTimeout, match="sent nothing for 0.2s"):
+            await asyncio.wait_for(response.read_some(), 30)
         response.release()
         await pool.close()
+        await server.wait_for(lambda: server.open == 0)  # the timeout closed the connection
 
     async with serving(answering(b"not http at all\r\n\r\n")) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
@@ -327,17 +369,26 @@ async def test_a_body_until_close_cut_by_a_reset_is_an_error_not_a_complete_answ
     """The server starts an HTTP/1.0-style body (no length, no chunking), then resets the connection:
     only an orderly close ends such a body; a reset must not pass a truncated answer off as whole."""
 
+    cut = asyncio.Event()
+
     async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial")
         await writer.drain()
-        await asyncio.sleep(0.1)
+        await cut.wait()  # until the client has the head and the partial body
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
         writer.transport.abort()
 
     async with raw_server(reset_midway) as server:
-        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=2)
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")  # silence would outlast the wait_for
+        response = await asyncio.wait_for(pool.send(b"GET", b"/", [], b""), 30)
+        received = b""
+        while len(received) < len(b"partial"):
+            received += await asyncio.wait_for(response.read_some(), 30)
+        assert received == b"partial"
+        cut.set()
         with pytest.raises(UpstreamBroken):
-            await asyncio.wait_for(fetch(pool), 3)
+            await asyncio.wait_for(response.read(), 30)
+        response.release()
         await pool.close()

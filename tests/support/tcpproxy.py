@@ -83,7 +83,8 @@ class TcpProxy:
             while data := src.recv(65536):
                 dst.sendall(data)
                 if up:
-                    self.bytes_up += len(data)
+                    with self._lock:  # one thread per connection: no increment may be lost
+                        self.bytes_up += len(data)
         except OSError:
             pass
         with contextlib.suppress(OSError):

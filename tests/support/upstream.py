@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,20 +18,61 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 
+class Gate:
+    """A barrier a scripted answer waits at until the test opens it, from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def open(self) -> None:
+        with self._lock:
+            self._opened = True
+            waiters, self._waiters = self._waiters, []
+        for loop, waiter in waiters:
+            loop.call_soon_threadsafe(_resolve, waiter)
+
+    async def wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._opened:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, waiter))
+        await waiter
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class Script:
-    """One scripted answer. `chunks` are written one by one, `delay` seconds apart."""
+    """One scripted answer. `chunks` are written one by one, `delay` seconds apart.
+
+    `delay` only spreads a stream over several network writes; no assertion may depend on how long
+    it takes. To make the proxy wait, use `hang_before_head` or `stall_after`: they wait forever
+    (until the proxy or the client goes away), never "a little longer than a timeout"; to order a
+    step after something the test saw, use `pause_at` and open the `gate`.
+    """
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
     chunks: list[bytes] = field(default_factory=list)
     delay: float = 0.0
     first_delay: float = 0.0
-    """Wait this long before sending the headers (to provoke read timeouts)."""
+    """Wait this long before sending the headers."""
+    hang_before_head: bool = False
+    """Never send the headers: hold the request until the proxy gives up on it (read timeouts)."""
+    pause_at: int | None = None
+    """Before writing chunk number `pause_at`, wait until the test opens `gate`."""
+    gate: Gate = field(default_factory=Gate)
     break_after: int | None = None
     """Cut the connection after this many chunks, without finishing the response."""
     stall_after: int | None = None
-    """Stop sending (but keep the connection) after this many chunks."""
+    """Stop sending (but keep the connection, forever) after this many chunks."""
     content_length: bool = False
     """Send Content-Length instead of chunked transfer encoding."""
     before: Callable[[Seen], None] | None = None
@@ -49,6 +92,8 @@ class Seen:
     body: bytes
     completed: bool = False
     cancelled: bool = False
+    sent_at: list[float] = field(default_factory=list)
+    """`time.perf_counter()` just before each chunk was written (the proxy's clock too)."""
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -87,17 +132,22 @@ class ScriptedUpstream:
         try:
             if script.first_delay:
                 await asyncio.sleep(script.first_delay)
+            if script.hang_before_head:
+                await _forever()
             response = web.StreamResponse(status=script.status, headers=script.headers)
             if script.content_length:
                 response.content_length = len(script.body)
             await response.prepare(request)
             for index, chunk in enumerate(script.chunks):
+                if script.pause_at is not None and index == script.pause_at:
+                    await script.gate.wait()
                 if script.break_after is not None and index == script.break_after:
                     assert request.transport is not None
                     request.transport.abort()
                     return response
                 if script.stall_after is not None and index == script.stall_after:
-                    await asyncio.sleep(3600)
+                    await _forever()
+                seen.sent_at.append(time.perf_counter())
                 await response.write(chunk)
                 if script.delay:
                     await asyncio.sleep(script.delay)
@@ -108,6 +158,11 @@ class ScriptedUpstream:
             seen.cancelled = True
             self.cancelled.set()
             raise
+
+
+async def _forever() -> None:
+    """Wait until cancelled (the proxy closed the connection, or the upstream shuts down)."""
+    await asyncio.get_running_loop().create_future()
 
 
 @asynccontextmanager
