@@ -10,7 +10,7 @@ checkpoints, ~4.5 KB per record like real encrypted prompts and answers), then t
   render     JSON, HTML (with SVG charts) and PDF from the gathered report
 
 Target: the report over 1,000,000 records in under 30 s, memory bounded (peak RSS does not grow
-with the store: verification holds one window of `report.verify_window` records at a time).
+with the store: verification holds one window of `audit.verify_page` records at a time).
 
     python bench/report.py                         # 1,000,000 records in /tmp/sentinel-report-bench
     python bench/report.py --records 100000 --workdir /big/disk
@@ -53,7 +53,7 @@ async def run(store_path: Path, period: Period, only_verify: bool) -> dict[str, 
     try:
         if only_verify:
             began = time.perf_counter()
-            result = await verify_period(store, public_keys(keys), period, window=settings.report.verify_window)
+            result = await verify_period(store, public_keys(keys), period, window=settings.audit.verify_page)
             results["verify_s"] = time.perf_counter() - began
             results["verified"] = result.records_checked
             return results

@@ -70,7 +70,12 @@ class AuditTrailCheck:
         store = EmbeddedStore(path, read_only=True)
         await store.open()
         try:
-            report = await verify(store, (await stored_public_keys(store)).get)
+            report = await verify(
+                store,
+                (await stored_public_keys(store)).get,
+                page=self.settings.audit.verify_page,
+                processes=self.settings.audit.processes(),
+            )
             problems = [f"{f.kind} at {f.instance}:{f.seq}" for f in report.findings]
             rows: list[tuple[Any, ...]] = await store.execute(
                 "SELECT body FROM records WHERE kind = 'interaction' ORDER BY RANDOM() LIMIT ?", (self.sample,)

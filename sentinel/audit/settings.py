@@ -27,6 +27,18 @@ class AuditSettings(_Section):
     checkpoint_every: int = Field(default=1000, ge=1, description="Sign a checkpoint every N records ...")
     checkpoint_interval: float = Field(default=300.0, gt=0, description="... or every M seconds, whichever first.")
     spool_retention_hours: float = Field(default=24.0, ge=0, description="Keep shipped records this long locally.")
+    verify_processes: int = Field(
+        default=0, ge=0, le=64, description="Worker processes that read and hash pages when verifying; 0: one per CPU."
+    )
+    verify_page: int = Field(
+        default=50_000, ge=1000, description="Sequence numbers verified per page (bounds memory: ~25 MB a page)."
+    )
+
+    def processes(self) -> int:
+        """Worker processes for verification: `verify_processes`, or one per CPU (at most 8)."""
+        import os
+
+        return self.verify_processes or min(8, os.cpu_count() or 1)
 
 
 class ElasticsearchSettings(_Section):

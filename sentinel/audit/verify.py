@@ -1,44 +1,51 @@
-"""`verify`: recompute each instance's hash chain against its signed checkpoints and say what is wrong.
+"""`verify`: check every instance's hash chain against its signed checkpoints and say what is wrong.
 
-Findings, each naming the records involved:
-- `modified`: a record's content no longer matches its hash;
-- `deleted`: sequence numbers missing from the chain;
-- `inserted`: a record that does not belong (a second record claiming a sequence number, or one
-  whose link points at nothing while its predecessor exists);
-- `reordered`: records whose position by sequence number differs from their position by links;
-- `truncated`: a signed checkpoint vouches for records that are no longer there;
-- `checkpoint_mismatch`: a checkpoint's hash differs from the record at its sequence number (the
-  chain was rewritten and re-hashed up to there);
-- `bad_signature`, `unknown_key`, `checkpoint_missing`: the checkpoints themselves are not right.
+The one verifier `sentinel audit verify`, restore drills, reports and the scheduled checks use. Each
+chain is read a page of sequence numbers at a time and walked once (`ChainWalk`, which names the
+findings), so memory is bounded by the page, not by the chain. On the embedded store with
+`processes` > 1 the pages are read and hashed in worker processes while this one walks them in
+order: hashing is the CPU work, the walk is cheap.
 
-Records after the newest checkpoint are reported as `unsealed` (not an error: they are simply not
-yet vouched for by a signature).
+Checkpoint findings, from the checkpoints themselves: `bad_signature`, `unknown_key`,
+`checkpoint_missing` (the checkpoint before one is missing or altered). Records after the newest
+valid checkpoint are counted as `unsealed` (not an error: not yet vouched for by a signature).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.chain import checkpoint_digest, signature_valid
-from sentinel.audit.record import GENESIS
-from sentinel.audit.store import AuditStore, ChainLink
+from sentinel.audit.record import GENESIS, stored_hashes
+from sentinel.audit.store import AuditStore, ChainLink, StoredRecord
+from sentinel.audit.store.embedded import EmbeddedStore
+from sentinel.audit.walk import REACH, ChainWalk, Finding
+
+__all__ = ["DEFAULT_PAGE", "Finding", "InstanceReport", "PublicKeys", "RecordObserver", "VerifyReport", "verify"]
 
 PublicKeys = Callable[[str], Ed25519PublicKey | None]
+Progress = Callable[[int], None]
+DEFAULT_PAGE = 50_000
+"""Sequence numbers per page: what one worker reads and hashes at a time (~25 MB of links)."""
 
 
-@dataclass(slots=True)
-class Finding:
-    kind: str
-    instance: str
-    seq: int | None
-    detail: str
-    seq_to: int | None = None
-    doc_id: str | None = None
+class RecordObserver(Protocol):
+    """Sees each stored record as it is read for verification (the report's encryption census).
+
+    Made by a picklable factory, once per page (in the worker that reads it), and merged in order."""
+
+    def add(self, doc_id: str, kind: str, event_type: str | None, recorded_at: float, body: bytes) -> None: ...
+
+    def merge(self, other: Any) -> None: ...
 
 
 @dataclass(slots=True)
@@ -46,6 +53,8 @@ class InstanceReport:
     instance: str
     first_seq: int | None = None
     last_seq: int | None = None
+    last_hash: str | None = None
+    """The claimed hash of the last record checked: where the next incremental check starts."""
     records_checked: int = 0
     checkpoints_checked: int = 0
     last_checkpoint_seq: int | None = None
@@ -58,6 +67,8 @@ class VerifyReport:
     instances: list[InstanceReport] = field(default_factory=list)
     since: float | None = None
     until: float | None = None
+    observed: Any = None
+    """The merged `RecordObserver`, when one was given."""
 
     @property
     def findings(self) -> list[Finding]:
@@ -88,161 +99,173 @@ async def verify(
     since: float | None = None,
     until: float | None = None,
     instance: str | None = None,
+    after: Mapping[str, tuple[int, str]] | None = None,
+    page: int = DEFAULT_PAGE,
+    processes: int = 1,
+    progress: Progress | None = None,
+    observe: Callable[[], RecordObserver] | None = None,
+    reach: int = REACH,
 ) -> VerifyReport:
+    """Verify each chain (or `instance`'s), all of it or the records recorded in [since, until].
+
+    `after` maps an instance to the `(seq, hash)` last verified: only the records after it are read,
+    and the first must link to that hash (the scheduled incremental check). Checkpoint signatures
+    are always all checked."""
     report = VerifyReport(since=since, until=until)
-    for name in [instance] if instance else await store.instances():
-        report.instances.append(await verify_instance(store, name, public_keys, since=since, until=until))
+    observed = observe() if observe is not None else None
+    path = store.path if isinstance(store, EmbeddedStore) else None
+    pool = None
+    if processes > 1 and path is not None:
+        # forkserver, not fork: callers run with threads (SQLite's, the event loop's). At lower CPU
+        # priority, like scheduled backups: a check pulled through the admin API must not take the
+        # proxy's CPU.
+        pool = ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("forkserver"), initializer=os.nice, initargs=(10,)
+        )
+    try:
+        for name in [instance] if instance else sorted(await store.instances()):
+            start = (after or {}).get(name)
+            chain = await _verify_chain(
+                store, name, public_keys, since, until, start, page, pool, processes, path, progress, observe, reach
+            )
+            report.instances.append(chain[0])
+            if observed is not None:
+                observed.merge(chain[1])
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+    report.observed = observed
     return report
 
 
-async def verify_instance(
+async def _verify_chain(
     store: AuditStore,
     instance: str,
     public_keys: PublicKeys,
-    *,
-    since: float | None = None,
-    until: float | None = None,
-) -> InstanceReport:
+    since: float | None,
+    until: float | None,
+    start: tuple[int, str] | None,
+    page: int,
+    pool: ProcessPoolExecutor | None,
+    processes: int,
+    path: Path | None,
+    progress: Progress | None,
+    observe: Callable[[], RecordObserver] | None,
+    reach: int,
+) -> tuple[InstanceReport, RecordObserver | None]:
     report = InstanceReport(instance)
-    valid_checkpoints = _check_checkpoints(await store.checkpoints(instance), public_keys, report)
-
-    from_seq, to_seq = 1, None
-    if since is not None or until is not None:
+    observed = observe() if observe is not None else None
+    valid = _check_checkpoints(await store.checkpoints(instance), public_keys, report)
+    if valid:
+        report.last_checkpoint_seq = max(valid)
+    head = await store.seq_range(instance, None, None)
+    if start is not None:
+        from_seq, to_seq, start_prev = start[0] + 1, None, start[1]
+    elif since is not None or until is not None:
         bounds = await store.seq_range(instance, since, until)
         if bounds is None:
-            return report
+            return report, observed
         from_seq, to_seq = bounds
-    links = [link async for link in store.chain_links(instance, from_seq, to_seq)]
-    report.records_checked = len(links)
-    if not links:
-        if valid_checkpoints and to_seq is None:
-            top = max(valid_checkpoints)
-            report.findings.append(
-                Finding("truncated", instance, 1, "no records left, checkpoint vouches for them", seq_to=top)
-            )
-        return report
-    report.first_seq, report.last_seq = links[0].seq, links[-1].seq
-
-    # The hash the first record in range must link to.
-    start_prev = GENESIS
-    if from_seq > 1:
-        before = [link async for link in store.chain_links(instance, from_seq - 1, from_seq - 1)]
-        start_prev = before[0].claimed_hash if before else ""
-
-    by_seq: dict[int, list[ChainLink]] = defaultdict(list)
-    for link in links:
-        by_seq[link.seq].append(link)
-    successors = {link.prev_hash for link in links}
-
-    # One record per sequence number; the extra ones were inserted.
-    chosen: list[ChainLink] = []
-    previous_hash = start_prev
-    for seq in sorted(by_seq):
-        group = by_seq[seq]
-        if len(group) > 1:
-            genuine = next(
-                (g for g in group if g.claimed_hash in successors and g.claimed_hash == g.content_hash),
-                next((g for g in group if g.prev_hash == previous_hash), group[0]),
-            )
-            for other in group:
-                if other is not genuine:
-                    report.findings.append(
-                        Finding(
-                            "inserted",
-                            instance,
-                            seq,
-                            "a second record claims this sequence number",
-                            doc_id=other.doc_id,
-                        )
-                    )
-            group = [genuine]
-        chosen.append(group[0])
-        previous_hash = group[0].claimed_hash
-
-    # Content.
-    for link in chosen:
-        if link.claimed_hash != link.content_hash:
-            report.findings.append(
-                Finding("modified", instance, link.seq, "content does not match the record's hash", doc_id=link.doc_id)
-            )
-
-    # Gaps.
-    expected = from_seq
-    for link in chosen:
-        if link.seq > expected:
-            report.findings.append(
-                Finding("deleted", instance, expected, f"{link.seq - expected} record(s) missing", seq_to=link.seq - 1)
-            )
-        expected = link.seq + 1
-
-    # Order by links versus order by sequence numbers: walk the links from the start of the range
-    # (and from every record whose predecessor is gone) and compare positions with sequence numbers.
-    by_hash = {link.claimed_hash: link for link in chosen}
-    successor = {link.prev_hash: link for link in chosen}
-    position: dict[str, int] = {}
-    heads = [(start_prev, from_seq)] + [
-        (link.prev_hash, link.seq) for link in chosen if link.prev_hash not in by_hash and link.prev_hash != start_prev
-    ]
-    for head_hash, first_position in heads:
-        current, index = successor.get(head_hash), first_position
-        while current is not None and current.doc_id not in position:
-            position[current.doc_id] = index
-            index += 1
-            current = successor.get(current.claimed_hash)
-    seqs = {link.seq for link in chosen}
-    unlinked: set[int] = set()
-    for link in chosen:
-        if link.prev_hash not in by_hash and link.prev_hash != start_prev:
-            # A record whose predecessor is itself unlinked lost its link only because that one was
-            # replaced: report the replaced record, not both.
-            replaced_before = link.seq - 1 in unlinked
-            unlinked.add(link.seq)
-            if link.seq - 1 in seqs and not replaced_before:
-                report.findings.append(
-                    Finding(
-                        "inserted", instance, link.seq, "does not link to any record in the chain", doc_id=link.doc_id
-                    )
-                )
-            continue  # otherwise its predecessor is missing: reported as deleted
-        expected_at = position.get(link.doc_id)
-        if expected_at is not None and expected_at != link.seq:
-            report.findings.append(
-                Finding(
-                    "reordered",
-                    instance,
-                    link.seq,
-                    f"by its links this record belongs at {expected_at}",
-                    doc_id=link.doc_id,
-                )
-            )
-
-    # Checkpoints against the records.
-    hashes = {link.seq: link.claimed_hash for link in chosen}
-    last = chosen[-1].seq
-    for seq, checkpoint in sorted(valid_checkpoints.items()):
-        if seq < from_seq or (to_seq is not None and seq > to_seq):
-            continue
-        if seq in hashes:
-            if hashes[seq] != checkpoint["hash"]:
-                report.findings.append(
-                    Finding(
-                        "checkpoint_mismatch",
-                        instance,
-                        seq,
-                        "the record here is not the one the signed checkpoint vouches for (chain rewritten)",
-                    )
-                )
-        elif seq > last:
-            report.findings.append(
-                Finding("truncated", instance, last + 1, f"records up to {seq} are vouched for but missing", seq_to=seq)
-            )
-            break
-    if valid_checkpoints:
-        report.last_checkpoint_seq = max(valid_checkpoints)
-        report.unsealed = max(0, last - report.last_checkpoint_seq)
+        if head is not None and to_seq == head[1]:
+            to_seq = None  # the range reaches the head: checkpoints beyond it show truncation
+        start_prev = ""
     else:
-        report.unsealed = len(chosen)
-    return report
+        from_seq, to_seq, start_prev = 1, None, GENESIS
+    if from_seq > 1 and not start_prev:
+        async for before in store.chain_records(instance, from_seq - 1, from_seq - 1):
+            start_prev = stored_hashes(before.body)[0]
+            break
+    checkpoints = {s: c for s, c in valid.items() if s >= from_seq and (to_seq is None or s <= to_seq)}
+    walk = ChainWalk(instance, from_seq, to_seq, start_prev, checkpoints, reach=reach)
+    top = to_seq if to_seq is not None else (head[1] if head is not None else 0)
+
+    pages: list[Awaitable[tuple[list[ChainLink], RecordObserver | None]]] = []
+    lows = list(range(from_seq, top + 1, page))
+    try:
+        if pool is not None and len(lows) > 1:
+            loop = asyncio.get_running_loop()
+            ahead = processes + 1  # pages in flight: bounded memory
+            queued = 0
+
+            def submit() -> None:
+                nonlocal queued
+                lo, hi = lows[queued], min(lows[queued] + page - 1, top)
+                pages.append(loop.run_in_executor(pool, _page_in_worker, str(path), instance, lo, hi, observe))
+                queued += 1
+
+            while queued < min(ahead, len(lows)):
+                submit()
+            for index in range(len(lows)):
+                links, part = await pages[index]
+                pages[index] = _done
+                if queued < len(lows):
+                    submit()
+                _take(walk, links, part, observed, progress)
+        else:
+            for lo in lows:
+                links, part = await _read_page(store, instance, lo, min(lo + page - 1, top), observe)
+                _take(walk, links, part, observed, progress)
+    finally:
+        for pending in pages:
+            if isinstance(pending, asyncio.Future):
+                pending.cancel()
+    report.findings.extend(walk.finish())
+    report.records_checked = walk.records
+    report.first_seq, report.last_seq, report.last_hash = walk.first_seq, walk.last_seq, walk.last_hash
+    if report.last_seq is not None:
+        report.unsealed = (
+            max(0, report.last_seq - max(report.last_checkpoint_seq, from_seq - 1))
+            if report.last_checkpoint_seq is not None
+            else walk.chosen
+        )
+    return report, observed
+
+
+_done: Any = None  # a consumed page's slot
+
+
+def _take(
+    walk: ChainWalk,
+    links: list[ChainLink],
+    part: RecordObserver | None,
+    observed: RecordObserver | None,
+    progress: Progress | None,
+) -> None:
+    walk.feed(links)
+    if observed is not None and part is not None:
+        observed.merge(part)
+    if progress is not None:
+        progress(len(links))
+
+
+async def _read_page(
+    store: AuditStore, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
+) -> tuple[list[ChainLink], RecordObserver | None]:
+    observed = observe() if observe is not None else None
+    return [_link(record, observed) async for record in store.chain_records(instance, lo, hi)], observed
+
+
+def _link(record: StoredRecord, observed: RecordObserver | None) -> ChainLink:
+    if observed is not None:
+        observed.add(record.doc_id, record.kind, record.event_type, record.recorded_at, record.body)
+    claimed, content = stored_hashes(record.body)
+    return ChainLink(record.seq, record.doc_id, record.prev_hash, claimed, content, record.recorded_at)
+
+
+def _page_in_worker(
+    path: str, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
+) -> tuple[list[ChainLink], RecordObserver | None]:
+    """One page, in a worker process, on its own read-only connection to the embedded store."""
+
+    async def run() -> tuple[list[ChainLink], RecordObserver | None]:
+        store = EmbeddedStore(Path(path), read_only=True)
+        await store.open()
+        try:
+            return await _read_page(store, instance, lo, hi, observe)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def _check_checkpoints(

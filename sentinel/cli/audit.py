@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,33 @@ from sentinel.periods import iso, parse_time
 from sentinel.proxy.hooks import JournalUnavailable
 
 console = Console()
+
+
+@contextlib.contextmanager
+def records_bar(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar with records/s and time left on a terminal (stderr); nothing when not a TTY."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    err = Console(stderr=True)
+    bar = Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    task = bar.add_task(what, total=total or None, rate="")
+
+    def advance(count: int) -> None:
+        bar.advance(task, count)
+        speed = bar.tasks[0].speed
+        bar.update(task, rate=f"{speed:,.0f} records/s" if speed else "")
+
+    with bar:
+        yield advance
 
 
 def _when(value: str | None, name: str) -> float | None:
@@ -58,6 +87,9 @@ def audit() -> None:
     help="Trust only these checkpoint keys (`sentinel keys show --public` output).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option(
+    "--processes", type=click.IntRange(1, 64), help="Worker processes reading and hashing [audit.verify_processes]."
+)
 @settings_options
 def verify(
     since: str | None,
@@ -65,6 +97,7 @@ def verify(
     instance: str | None,
     public_key_files: tuple[Path, ...],
     as_json: bool,
+    processes: int | None,
     config_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
@@ -86,9 +119,22 @@ def verify(
         try:
             pinned = public_keys_from(public_key_files)
             keys = pinned if pinned is not None else await stored_public_keys(store)
-            return await verify_chain(
-                store, keys.get, since=_when(since, "--from"), until=_when(until, "--to"), instance=instance
-            )
+            start, end = _when(since, "--from"), _when(until, "--to")
+            total = 0
+            for name in [instance] if instance else await store.instances():
+                bounds = await store.seq_range(name, start, end)
+                total += bounds[1] - bounds[0] + 1 if bounds else 0
+            with records_bar(total, "verifying") as advance:
+                return await verify_chain(
+                    store,
+                    keys.get,
+                    since=start,
+                    until=end,
+                    instance=instance,
+                    page=settings.audit.verify_page,
+                    processes=processes or settings.audit.processes(),
+                    progress=advance,
+                )
         finally:
             await store.close()
 

@@ -9,7 +9,6 @@ in after it has recorded that access itself (see `issue.py`).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import Any
 
@@ -45,8 +44,8 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
             inputs.store,
             inputs.public_keys,
             period,
-            window=settings.report.verify_window,
-            processes=settings.report.verify_processes or min(8, os.cpu_count() or 1),
+            window=settings.audit.verify_page,
+            processes=settings.audit.processes(),
             max_listed=settings.report.max_listed,
             progress=stages.advance,
         )

@@ -30,14 +30,6 @@ class ReportSettings(_Section):
     error_burst_ratio: float = Field(default=0.5, gt=0, le=1)
     auth_failures_high: int = Field(default=5, ge=1, description="Failed admin logins from one client: high severity.")
     max_listed: int = Field(default=1000, ge=10, description="Rows listed per table (access events, exceptions).")
-    verify_window: int = Field(default=50_000, ge=1000, description="Records verified per window (bounds memory).")
-    verify_processes: int = Field(
-        default=0,
-        ge=0,
-        le=64,
-        description="Processes verifying windows of the embedded store in parallel (at lower CPU priority); "
-        "0: one per CPU, at most 8; 1: in the report's own process.",
-    )
 
     @field_validator("timezone")
     @classmethod

@@ -27,6 +27,20 @@ class ChainLink:
     recorded_at: float
 
 
+@dataclass(slots=True, frozen=True)
+class StoredRecord:
+    """One stored record as verification reads it: its chain fields and its stored bytes."""
+
+    seq: int
+    doc_id: str
+    prev_hash: str
+    recorded_at: float
+    kind: str
+    event_type: str | None
+    body: bytes
+    """The stored form (`sentinel.audit.record.encode`): canonical JSON with `hash` last."""
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached or refused a write; the shipper backs off and retries."""
 
@@ -75,6 +89,10 @@ class AuditStore(Protocol):
 
     def chain_links(self, instance: str, from_seq: int = 1, to_seq: int | None = None) -> AsyncIterator[ChainLink]:
         """The chain fields of one instance's records in sequence order, hashes recomputed."""
+
+    def chain_records(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[StoredRecord]:
+        """One instance's stored records with sequence numbers in [from_seq, to_seq], in
+        `(seq, doc_id)` order (every record claiming a sequence number, duplicates included)."""
 
     async def seq_range(self, instance: str, since: float | None, until: float | None) -> tuple[int, int] | None:
         """First and last sequence numbers recorded in [since, until] (by `recorded_at`)."""

@@ -22,8 +22,8 @@ import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, TransportError
 
 from sentinel.audit.keyring import WrappedKey
-from sentinel.audit.record import digest
-from sentinel.audit.store import ChainLink, SearchQuery, StoreUnavailable
+from sentinel.audit.record import digest, encode
+from sentinel.audit.store import ChainLink, SearchQuery, StoredRecord, StoreUnavailable
 
 _KEYWORD = {"type": "keyword"}
 
@@ -312,6 +312,20 @@ class ElasticsearchStore:
             for hit in hits:
                 yield hit["_source"]
             after = hits[-1]["sort"]
+
+    async def chain_records(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[StoredRecord]:
+        # Elasticsearch returns parsed documents: re-encode them in the stored form, which hashes to
+        # the same digest as the bytes that were indexed (`hash` last after the canonical JSON).
+        async for doc in self.chain(instance, from_seq, to_seq):
+            yield StoredRecord(
+                int(doc["seq"]),
+                str(doc["doc_id"]),
+                str(doc.get("prev_hash", "")),
+                float(doc.get("recorded_at", 0.0)),
+                str(doc.get("kind")),
+                (doc.get("event") or {}).get("type"),
+                encode(doc) if "hash" in doc else orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
+            )
 
     async def chain_links(
         self, instance: str, from_seq: int = 1, to_seq: int | None = None

@@ -20,7 +20,7 @@ import orjson
 
 from sentinel.audit.keyring import WrappedKey
 from sentinel.audit.record import stored_hashes
-from sentinel.audit.store import ChainLink, SearchQuery, StoreUnavailable
+from sentinel.audit.store import ChainLink, SearchQuery, StoredRecord, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -226,6 +226,35 @@ class EmbeddedStore:
         ):
             claimed, content = stored_hashes(body.encode())
             yield ChainLink(seq, doc_id, prev_hash, claimed, content, recorded_at)
+
+    async def chain_records(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[StoredRecord]:
+        span = 2000
+
+        def fetch(low: int) -> list[tuple[Any, ...]]:
+            # By ranges of sequence numbers, not LIMIT: a second record claiming a sequence number
+            # lands on the same page as the first; `seq` order alone keeps SQLite on the (instance,
+            # seq) index without a sort (ties are ordered by doc id below).
+            rows: list[tuple[Any, ...]] = self.db.execute(
+                "SELECT seq, doc_id, prev_hash, recorded_at, kind, event_type, CAST(body AS BLOB) FROM records "
+                "WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+                (instance, low, min(low + span - 1, to_seq)),
+            ).fetchall()
+            return rows
+
+        low = from_seq
+        pending = asyncio.ensure_future(self._run(functools.partial(fetch, low))) if low <= to_seq else None
+        try:
+            while pending is not None:
+                page = await pending
+                low += span
+                # The store's thread reads the next page while this one is hashed.
+                pending = asyncio.ensure_future(self._run(functools.partial(fetch, low))) if low <= to_seq else None
+                page.sort(key=lambda row: (row[0], row[1]))
+                for seq, doc_id, prev_hash, recorded_at, kind, event_type, body in page:
+                    yield StoredRecord(seq, doc_id, prev_hash or "", recorded_at, kind, event_type, body)
+        finally:
+            if pending is not None:
+                pending.cancel()
 
     async def _chain_rows(
         self, instance: str, from_seq: int, to_seq: int | None, columns: str
