@@ -111,7 +111,9 @@ def stored_hashes(body: bytes) -> tuple[str, str]:
     tail = body[-_HASH_TAIL:]
     if tail.startswith(b',"hash":"') and tail.endswith(b'"}'):
         claimed = tail[9:73].decode()
-        return claimed, hashlib.sha256(body[:-_HASH_TAIL] + b"}").hexdigest()
+        content = hashlib.sha256(memoryview(body)[:-_HASH_TAIL])  # no copy of the body
+        content.update(b"}")
+        return claimed, content.hexdigest()
     doc = orjson.loads(body)  # not in stored form (re-serialised by some tool): canonicalise
     return str(doc.get("hash")), digest(doc)
 

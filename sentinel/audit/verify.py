@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.chain import checkpoint_digest, signature_valid
 from sentinel.audit.record import GENESIS, stored_hashes
-from sentinel.audit.store import AuditStore, ChainLink, StoredRecord
+from sentinel.audit.store import AuditStore, ChainLink
 from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.audit.walk import REACH, ChainWalk, Finding
 
@@ -172,14 +172,14 @@ async def _verify_chain(
     else:
         from_seq, to_seq, start_prev = 1, None, GENESIS
     if from_seq > 1 and not start_prev:
-        async for before in store.chain_records(instance, from_seq - 1, from_seq - 1):
-            start_prev = stored_hashes(before.body)[0]
+        async for before in store.chain_pages(instance, from_seq - 1, from_seq - 1):
+            start_prev = stored_hashes(before[0].body)[0]
             break
     checkpoints = {s: c for s, c in valid.items() if s >= from_seq and (to_seq is None or s <= to_seq)}
     walk = ChainWalk(instance, from_seq, to_seq, start_prev, checkpoints, reach=reach)
     top = to_seq if to_seq is not None else (head[1] if head is not None else 0)
 
-    pages: list[Awaitable[tuple[list[ChainLink], RecordObserver | None]]] = []
+    pages: list[Awaitable[tuple[list[tuple[Any, ...]], RecordObserver | None]]] = []
     lows = list(range(from_seq, top + 1, page))
     try:
         if pool is not None and len(lows) > 1:
@@ -196,11 +196,11 @@ async def _verify_chain(
             while queued < min(ahead, len(lows)):
                 submit()
             for index in range(len(lows)):
-                links, part = await pages[index]
+                rows, part = await pages[index]
                 pages[index] = _done
                 if queued < len(lows):
                     submit()
-                _take(walk, links, part, observed, progress)
+                _take(walk, list(map(ChainLink._make, rows)), part, observed, progress)
         else:
             for lo in lows:
                 links, part = await _read_page(store, instance, lo, min(lo + page - 1, top), observe)
@@ -242,26 +242,27 @@ async def _read_page(
     store: AuditStore, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
 ) -> tuple[list[ChainLink], RecordObserver | None]:
     observed = observe() if observe is not None else None
-    return [_link(record, observed) async for record in store.chain_records(instance, lo, hi)], observed
-
-
-def _link(record: StoredRecord, observed: RecordObserver | None) -> ChainLink:
-    if observed is not None:
-        observed.add(record.doc_id, record.kind, record.event_type, record.recorded_at, record.body)
-    claimed, content = stored_hashes(record.body)
-    return ChainLink(record.seq, record.doc_id, record.prev_hash, claimed, content, record.recorded_at)
+    links: list[ChainLink] = []
+    async for records in store.chain_pages(instance, lo, hi):
+        if observed is not None:
+            for r in records:
+                observed.add(r.doc_id, r.kind, r.event_type, r.recorded_at, r.body)
+        links += [ChainLink(r.seq, r.doc_id, r.prev_hash, *stored_hashes(r.body), r.recorded_at) for r in records]
+    return links, observed
 
 
 def _page_in_worker(
     path: str, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
-) -> tuple[list[ChainLink], RecordObserver | None]:
-    """One page, in a worker process, on its own read-only connection to the embedded store."""
+) -> tuple[list[tuple[Any, ...]], RecordObserver | None]:
+    """One page, in a worker process, on its own read-only connection to the embedded store; links
+    go back as plain tuples (half the pickling work of named ones)."""
 
-    async def run() -> tuple[list[ChainLink], RecordObserver | None]:
+    async def run() -> tuple[list[tuple[Any, ...]], RecordObserver | None]:
         store = EmbeddedStore(Path(path), read_only=True)
         await store.open()
         try:
-            return await _read_page(store, instance, lo, hi, observe)
+            links, observed = await _read_page(store, instance, lo, hi, observe)
+            return list(map(tuple, links)), observed
         finally:
             await store.close()
 

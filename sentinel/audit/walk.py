@@ -29,7 +29,8 @@ from typing import Any
 from sentinel.audit.store import ChainLink
 
 REACH = 1024
-"""How far (in positions) a record's predecessor is looked for."""
+"""How far (in positions) a record's predecessor is looked for: at least this far, at most twice
+(the hashes remembered are trimmed back to `reach` each time they reach twice that)."""
 
 
 @dataclass(slots=True)
@@ -154,7 +155,8 @@ class ChainWalk:
             )
         self._place(link)
         self._prev = link
-        self._evict(seq)
+        if len(self._order) > 2 * self.reach:
+            self._evict(seq)
 
     def _genuine(self, group: list[ChainLink], following: list[ChainLink] | None) -> ChainLink:
         """Of several records claiming one sequence number, the chain's own."""

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sentinel.audit.keyring import WrappedKey
 
 
-@dataclass(slots=True, frozen=True)
-class ChainLink:
-    """What verification needs of one stored record."""
+class ChainLink(NamedTuple):
+    """What verification needs of one stored record (a tuple: millions are made and passed between
+    processes)."""
 
     seq: int
     doc_id: str
@@ -27,8 +27,7 @@ class ChainLink:
     recorded_at: float
 
 
-@dataclass(slots=True, frozen=True)
-class StoredRecord:
+class StoredRecord(NamedTuple):
     """One stored record as verification reads it: its chain fields and its stored bytes."""
 
     seq: int
@@ -90,9 +89,10 @@ class AuditStore(Protocol):
     def chain_links(self, instance: str, from_seq: int = 1, to_seq: int | None = None) -> AsyncIterator[ChainLink]:
         """The chain fields of one instance's records in sequence order, hashes recomputed."""
 
-    def chain_records(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[StoredRecord]:
+    def chain_pages(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[list[StoredRecord]]:
         """One instance's stored records with sequence numbers in [from_seq, to_seq], in
-        `(seq, doc_id)` order (every record claiming a sequence number, duplicates included)."""
+        `(seq, doc_id)` order (every record claiming a sequence number, duplicates included), a page
+        at a time."""
 
     async def seq_range(self, instance: str, since: float | None, until: float | None) -> tuple[int, int] | None:
         """First and last sequence numbers recorded in [since, until] (by `recorded_at`)."""

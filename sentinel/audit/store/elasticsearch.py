@@ -313,19 +313,27 @@ class ElasticsearchStore:
                 yield hit["_source"]
             after = hits[-1]["sort"]
 
-    async def chain_records(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[StoredRecord]:
+    async def chain_pages(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[list[StoredRecord]]:
         # Elasticsearch returns parsed documents: re-encode them in the stored form, which hashes to
         # the same digest as the bytes that were indexed (`hash` last after the canonical JSON).
+        page: list[StoredRecord] = []
         async for doc in self.chain(instance, from_seq, to_seq):
-            yield StoredRecord(
-                int(doc["seq"]),
-                str(doc["doc_id"]),
-                str(doc.get("prev_hash", "")),
-                float(doc.get("recorded_at", 0.0)),
-                str(doc.get("kind")),
-                (doc.get("event") or {}).get("type"),
-                encode(doc) if "hash" in doc else orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
+            page.append(
+                StoredRecord(
+                    int(doc["seq"]),
+                    str(doc["doc_id"]),
+                    str(doc.get("prev_hash", "")),
+                    float(doc.get("recorded_at", 0.0)),
+                    str(doc.get("kind")),
+                    (doc.get("event") or {}).get("type"),
+                    encode(doc) if "hash" in doc else orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
+                )
             )
+            if len(page) >= 1000:
+                yield page
+                page = []
+        if page:
+            yield page
 
     async def chain_links(
         self, instance: str, from_seq: int = 1, to_seq: int | None = None

@@ -227,19 +227,22 @@ class EmbeddedStore:
             claimed, content = stored_hashes(body.encode())
             yield ChainLink(seq, doc_id, prev_hash, claimed, content, recorded_at)
 
-    async def chain_records(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[StoredRecord]:
+    async def chain_pages(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[list[StoredRecord]]:
         span = 2000
 
-        def fetch(low: int) -> list[tuple[Any, ...]]:
+        def fetch(low: int) -> list[StoredRecord]:
             # By ranges of sequence numbers, not LIMIT: a second record claiming a sequence number
             # lands on the same page as the first; `seq` order alone keeps SQLite on the (instance,
-            # seq) index without a sort (ties are ordered by doc id below).
-            rows: list[tuple[Any, ...]] = self.db.execute(
-                "SELECT seq, doc_id, prev_hash, recorded_at, kind, event_type, CAST(body AS BLOB) FROM records "
-                "WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+            # seq) index without a sort (ties are ordered by doc id here).
+            rows = self.db.execute(
+                "SELECT seq, doc_id, coalesce(prev_hash, ''), recorded_at, kind, event_type, CAST(body AS BLOB) "
+                "FROM records WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
                 (instance, low, min(low + span - 1, to_seq)),
             ).fetchall()
-            return rows
+            page = list(map(StoredRecord._make, rows))
+            if any(page[i].seq == page[i + 1].seq for i in range(len(page) - 1)):
+                page.sort(key=lambda record: (record.seq, record.doc_id))
+            return page
 
         low = from_seq
         pending = asyncio.ensure_future(self._run(functools.partial(fetch, low))) if low <= to_seq else None
@@ -249,9 +252,8 @@ class EmbeddedStore:
                 low += span
                 # The store's thread reads the next page while this one is hashed.
                 pending = asyncio.ensure_future(self._run(functools.partial(fetch, low))) if low <= to_seq else None
-                page.sort(key=lambda row: (row[0], row[1]))
-                for seq, doc_id, prev_hash, recorded_at, kind, event_type, body in page:
-                    yield StoredRecord(seq, doc_id, prev_hash or "", recorded_at, kind, event_type, body)
+                if page:
+                    yield page
         finally:
             if pending is not None:
                 pending.cancel()
