@@ -114,7 +114,7 @@ def settings_for(data_dir: Path, *, rto_target: float = 3600.0, models: Path | N
     plans: dict[str, Any] = {
         "audit": {
             "sources": [{"kind": "sqlite", "name": "audit", "path": "audit/store.db"}, {"kind": "keys"}],
-            "drill": {"rto_target": rto_target, "schedule": None},
+            "drill": {"rto_target": rto_target, "schedule": None, "checks": ["sentinel.audit.drill:audit_trail_check"]},
             "schedule": None,
         },
         "models": {

@@ -1,16 +1,20 @@
-"""Chain verification for reports, window by window: the windows can be verified in worker processes
-and merged, and the result is the same as one pass in this process or as `sentinel audit verify`,
-tampering included, also where it sits on the boundary between two windows."""
+"""Chain verification for reports: pages verified in worker processes find the same as one pass in this
+process or as `sentinel audit verify`, tampering included, also where it sits on a page boundary; and a
+restore drill, a report and `verify` name the same findings (one verifier behind all three)."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sentinel.audit.service import stored_public_keys
 from sentinel.audit.store.embedded import EmbeddedStore
+from sentinel.audit.verify import verify
 from sentinel.report.integrity import IntegrityResult, verify_period
 from sentinel.report.issue import public_keys
 from sentinel.report.model import Period
@@ -118,3 +122,49 @@ def test_without_a_valid_checkpoint_every_window_counts_as_unsealed(tmp_path: Pa
             return [r.instances[0].unsealed for r in results] + [r.records_checked for r in results]
 
     assert asyncio.run(run()) == [30, 30, 30, 30]
+
+
+def test_a_drill_a_report_and_audit_verify_name_the_same_findings(
+    planted: Dataset, fresh_copy: Callable[[Dataset], Dataset]
+) -> None:
+    """One verifier behind all three: after the planted tamper and a deleted record, a restore drill of
+    the tampered store, the report and `verify` each name the same (kind, instance, seq) findings."""
+    from sentinel.backup.drill import RestoreDrill
+    from sentinel.backup.jobs import BackupContext, run_backup
+
+    dataset = fresh_copy(planted)
+    path = dataset.settings.resolve_path(dataset.settings.audit.store_path)
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM records WHERE instance = 'report-test' AND seq = 30")
+    db.commit()
+    db.close()
+
+    async def verified() -> set[tuple[str, str, int | None]]:
+        store = EmbeddedStore(path, read_only=True)
+        await store.open()
+        try:
+            report = await verify(store, (await stored_public_keys(store)).get)
+            return {(f.kind, f.instance, f.seq) for f in report.findings}
+        finally:
+            await store.close()
+
+    expected = asyncio.run(verified())
+    assert {(kind, seq) for kind, _, seq in expected} == {("deleted", 30), ("modified", expected_modified(planted))}
+
+    with dataset.at_dataset_time():
+        backups = BackupContext(dataset.settings)
+        run_backup(backups, "audit")
+        drill = RestoreDrill(backups, "audit").run()
+    (check,) = [c for c in drill.checks if c.name == "audit trail"]
+    assert not check.passed, check.detail
+    assert {f"{kind} at {instance}:{seq}" for kind, instance, seq in expected} <= set(
+        check.detail.rsplit(" (", 1)[1].rstrip(")").split("; ")
+    )
+
+    report = Dataset(dataset.settings, dataset.planted, dataset.config, dataset.now).report()
+    named = {(f["kind"], i["instance"], f["seq"]) for i in report["integrity"]["instances"] for f in i["findings"]}
+    assert named == expected
+
+
+def expected_modified(dataset: Dataset) -> int:
+    return int(str(dataset.planted.tampered).rsplit(":", 1)[1])
