@@ -24,8 +24,11 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.admin.auth import AdminAuth, load_tokens
 from sentinel.audit.record import EVENT, Event
+from sentinel.audit.schedule import VerifySchedule, intervals, schedules
 from sentinel.audit.service import AuditService
 from sentinel.audit.trail import Entry
+from sentinel.audit.watch import StateFile
+from sentinel.audit.watch_metrics import VerifyCollector
 from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
@@ -156,6 +159,12 @@ def build(
     recorder.register_gauges(gauges)
     # Backups run in their own processes; their outcomes are read from the run log at scrape time.
     registry.register(BackupCollector(RunLog(settings.resolve_path(settings.backup.state_file)), settings.backup.plans))
+    if audit is not None:  # so do the scheduled verification checks, here or in `sentinel scheduler`
+        registry.register(
+            VerifyCollector(
+                StateFile(settings.resolve_path(settings.audit.verify_state_file)), intervals(settings.audit)
+            )
+        )
     extras: dict[str, Any] = {}
     tokens = load_tokens(settings.resolve_path(settings.admin_tokens_file)) if settings.admin_tokens_file else {}
     extras["auth"] = AdminAuth(tokens, registry, on_failure=_auth_failure_recorder(audit))
@@ -312,6 +321,12 @@ async def run_server(
         backups = BackupScheduler(settings)
         backups.start()
         sentinel.extras["backup_scheduler"] = backups
+    verification = None
+    if sentinel.audit is not None and settings.audit.verify_in_serve and schedules(settings.audit):
+        # Like backups: each check runs in its own process, this thread only waits for it.
+        verification = VerifySchedule(settings)
+        verification.start()
+        sentinel.extras["verify_schedule"] = verification
     if store is not None:
         store.start()
     loop = asyncio.get_running_loop()
@@ -331,6 +346,8 @@ async def run_server(
         proxy_server.should_exit = admin_server.should_exit = True
         if backups is not None:
             backups.shutdown(wait=False)
+        if verification is not None:
+            verification.shutdown(wait=False)
         await asyncio.gather(*tasks, return_exceptions=True)
         await sentinel.probe.stop()
         if sentinel.gpu is not None:

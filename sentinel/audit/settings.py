@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from sentinel.cron import check_cron
 from sentinel.sections import Section as _Section
 from sentinel.sections import secret_from_file as _read_secret_file
 
@@ -33,6 +34,27 @@ class AuditSettings(_Section):
     verify_page: int = Field(
         default=50_000, ge=1000, description="Sequence numbers verified per page (bounds memory: ~25 MB a page)."
     )
+    verify_schedule: str | None = Field(
+        default="7 * * * *",
+        description="Cron time of the incremental check: the records written since the last check, which must "
+        "link to the last verified hash, and every checkpoint signature. null: off.",
+    )
+    verify_full_schedule: str | None = Field(
+        default="40 3 * * sun",
+        description="Cron time of the full check: every chain from its first record. null: off.",
+    )
+    verify_in_serve: bool = Field(
+        default=True, description="`sentinel serve` runs the scheduled checks; false: `sentinel scheduler` does."
+    )
+    verify_state_file: Path = Field(
+        default=Path("audit/verify-state.json"),
+        description="The last verified head of each chain and the checks' outcomes, read by /metrics.",
+    )
+
+    @field_validator("verify_schedule", "verify_full_schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value)
 
     def processes(self) -> int:
         """Worker processes for verification: `verify_processes`, or one per CPU (at most 8)."""

@@ -140,7 +140,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "scheduler": (
         "sentinel.cli.scheduler:scheduler",
-        "Run scheduled backups and restore drills (cron times from backup.plans.*.schedule).",
+        "Run scheduled backups, restore drills and audit verification (cron times from the settings).",
     ),
     "serve": ("sentinel.cli.serve:serve", "Proxy an OpenAI-compatible or Ollama model server and record every call."),
 }

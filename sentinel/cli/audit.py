@@ -7,7 +7,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import orjson
@@ -20,9 +20,12 @@ from sentinel.audit.record import RecordCorrupt
 from sentinel.audit.store import SearchQuery, StoreUnavailable
 from sentinel.cli import load, settings_options
 from sentinel.cli.keys import actor, fail, public_keys_from
-from sentinel.config import Settings
+from sentinel.config import ConfigError, Settings
 from sentinel.periods import iso, parse_time
 from sentinel.proxy.hooks import JournalUnavailable
+
+if TYPE_CHECKING:
+    from sentinel.audit.watch import Check
 
 console = Console()
 
@@ -90,6 +93,11 @@ def audit() -> None:
 @click.option(
     "--processes", type=click.IntRange(1, 64), help="Worker processes reading and hashing [audit.verify_processes]."
 )
+@click.option(
+    "--scheduled",
+    type=click.Choice(["incremental", "full"]),
+    help="Run one continuous-verification check as the schedule does, and record its outcome for /metrics.",
+)
 @settings_options
 def verify(
     since: str | None,
@@ -98,6 +106,7 @@ def verify(
     public_key_files: tuple[Path, ...],
     as_json: bool,
     processes: int | None,
+    scheduled: str | None,
     config_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
@@ -106,9 +115,13 @@ def verify(
     """Recompute every hash chain against its signed checkpoints.
 
     Exit status: 0 the trail is intact, 1 something was modified, deleted, inserted, reordered or
-    truncated (each listed), 2 the check could not run.
+    truncated (each listed), 2 the check could not run, 3 (--scheduled) another check is running.
     """
     settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
+    if scheduled is not None:
+        if since or until or instance or public_key_files or as_json:
+            raise click.UsageError("--scheduled takes no --from, --to, --instance, --public-key or --json")
+        sys.exit(_scheduled_check(settings, cast("Check", scheduled), processes))
 
     async def run() -> Any:
         from sentinel.audit.service import open_store, stored_public_keys
@@ -161,6 +174,46 @@ def verify(
         verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.findings)} problem(s)[/]"
         console.print(f"Audit trail: {verdict} ({report.records_checked} records checked)")
     sys.exit(0 if report.ok else 1)
+
+
+def _scheduled_check(settings: Settings, check: Check, processes: int | None) -> int:
+    """One check of continuous verification (sentinel/audit/watch.py); returns the exit status."""
+    from sentinel.audit.service import open_store
+    from sentinel.audit.watch import SKIPPED_EXIT, CheckRunning, ContinuousVerification, StateFile
+
+    async def run() -> Any:
+        store = open_store(settings, read_only=True)
+        watch = ContinuousVerification(
+            store,
+            StateFile(settings.resolve_path(settings.audit.verify_state_file)),
+            page=settings.audit.verify_page,
+            processes=processes or settings.audit.processes(),
+        )
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            return watch.could_not_run(check, exc)
+        try:
+            return await watch.run(check)
+        finally:
+            await store.close()
+
+    try:
+        outcome = asyncio.run(run())
+    except CheckRunning as exc:
+        click.echo(f"sentinel: skipped: {exc}", err=True)
+        return SKIPPED_EXIT
+    except ConfigError as exc:  # e.g. audit.store elasticsearch without a URL
+        click.echo(f"sentinel: {exc}", err=True)
+        return 2
+    if outcome.outcome == "error":
+        click.echo(f"sentinel: the {check} check could not run: {outcome.error}", err=True)
+        return 2
+    verdict = "[green]intact[/]"
+    if outcome.findings:
+        verdict = f"[red]{sum(outcome.findings.values())} problem(s)[/]: " + "; ".join(outcome.examples)
+    console.print(f"Audit trail ({check} check): {outcome.records} records verified; {verdict}")
+    return 0 if outcome.outcome == "ok" else 1
 
 
 @audit.command("search")

@@ -1,7 +1,8 @@
 """Sentinel's Grafana dashboards, built with Grafana's official `grafana-foundation-sdk`.
 
 Four dashboards: Overview (traffic, errors, latency, tokens per model), GPU (VRAM, KV cache),
-Sentinel internals (added latency, queues, drops, audit spool and shipping) and Backups & drills.
+Sentinel internals (added latency, queues, drops, audit spool, shipping and verification) and
+Backups & drills.
 A panel that shows an alerted indicator takes its coloured thresholds from `thresholds.py`, the
 same numbers the alert rules use, and links to the alert's runbook section.
 """
@@ -358,7 +359,7 @@ INTERNALS = Board(
     "sentinel-internals",
     "Sentinel / Internals",
     "What Sentinel itself costs and whether its records get where they should: added latency, queues, "
-    "drops, trace export, audit spool and shipping.",
+    "drops, trace export, audit spool and shipping, and whether the audit trail still verifies.",
     [
         Section(
             "Request path",
@@ -465,6 +466,40 @@ INTERNALS = Board(
                     [Query("time() - max(sentinel_audit_last_checkpoint_timestamp_seconds)", "age")],
                     unit="s",
                     span=24,
+                ),
+            ],
+        ),
+        Section(
+            "Audit verification",
+            [
+                Panel(
+                    "Last check",
+                    "Whether the last incremental and the last full check ran to the end and found nothing.",
+                    [Query("min by (check) (sentinel_audit_verify_ok)", "{{check}}")],
+                    kind="stat",
+                    mappings={"0": ("problems", "red"), "1": ("ok", "green")},
+                ),
+                Panel(
+                    "Findings by kind",
+                    "What the last completed checks found (the larger count of the two): any one pages.",
+                    [Query("max by (kind) (sentinel_audit_verify_findings)", "{{kind}}")],
+                    unit="short",
+                ),
+                Panel(
+                    "Since last completed check",
+                    "Per check, time since the last one that ran to the end, and how long the last one took; "
+                    "a warning past twice the schedule's interval (hourly and weekly by default).",
+                    [
+                        Query("time() - sentinel_audit_verify_last_success_timestamp_seconds", "{{check}} since"),
+                        Query("sentinel_audit_verify_last_duration_seconds", "{{check}} took"),
+                    ],
+                    unit="s",
+                ),
+                Panel(
+                    "Records verified (1d)",
+                    "Records each check read and verified over the last day.",
+                    [Query("sum by (check) (increase(sentinel_audit_verify_records_total[1d]))", "{{check}}")],
+                    unit="short",
                 ),
             ],
         ),

@@ -293,6 +293,29 @@ ALERTS: list[Alert] = [
         "(strict audit mode) because it could not record them.",
         group="sentinel.audit",
     ),
+    Alert(
+        name="SentinelAuditVerifyFindings",
+        severity="critical",
+        query="max by (job, instance, kind) (sentinel_audit_verify_findings)",
+        threshold=0,
+        for_="0m",
+        summary="The audit trail was tampered with: {{ $labels.kind }}",
+        description="The scheduled audit verification on {{ $labels.instance }} found {{ $value }} "
+        "{{ $labels.kind }} finding(s): stored records or checkpoints no longer match what Sentinel wrote.",
+        group="sentinel.audit",
+    ),
+    Alert(
+        name="SentinelAuditVerifyStale",
+        severity="warning",
+        query="(time() - sentinel_audit_verify_last_success_timestamp_seconds) "
+        "/ sentinel_audit_verify_interval_seconds",
+        threshold=t.AUDIT_VERIFY_STALE,
+        for_="0m",
+        summary="The {{ $labels.check }} audit verification has not completed on schedule",
+        description="The last {{ $labels.check }} audit verification on {{ $labels.instance }} completed "
+        '{{ printf "%.1f" $value }} schedule intervals ago: tampering would go unnoticed until one does.',
+        group="sentinel.audit",
+    ),
     *_levels(
         "SentinelBackupTooOld",
         t.BACKUP_AGE,

@@ -56,3 +56,6 @@ BACKUP_AGE = Threshold(26 * HOUR, 50 * HOUR, "s")
 """Time since the last successful backup: daily backups, one missed run warns, two are critical."""
 DRILL_AGE = Threshold(35 * DAY, 95 * DAY, "s")
 """Time since the last passed restore drill: monthly drills, a missed quarter is critical."""
+AUDIT_VERIFY_STALE = 2.0
+"""Time since the last completed audit verification check, in its schedule's longest interval: one
+missed run is tolerated, a second warns."""

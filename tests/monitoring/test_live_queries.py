@@ -113,10 +113,12 @@ def test_every_dashboard_and_rule_query_returns_data(
     site.page("/v1/traces", b'{"code":3,"message":"rejected for the test"}', JSON, status=400)
 
     record_backup_history(tmp_path / "data")
+    record_verify_history(tmp_path / "data")
     proxy = start_sentinel(
         upstream.url,
         gpu={"sources": ["vllm", "ollama", "dcgm"], "ollama_url": site.url, "dcgm_url": site.url + "/metrics"},
         tracing={"otlp_endpoint": site.url + "/v1/traces"},
+        audit={"verify_in_serve": False},  # serve shows the recorded checks and runs none
     )
     admin = proxy.admin_url.removeprefix("http://")
 
@@ -173,6 +175,25 @@ def record_backup_history(data_dir: Path) -> None:
     log.record(RunRecord("backup", "default", now - 200, now - 199, "failure", error="S3 unreachable"))
     log.record(
         RunRecord("drill", "default", now - 100, now - 60, "success", rto=40, rpo=300, passed=True, report="r.json")
+    )
+
+
+def record_verify_history(data_dir: Path) -> None:
+    """Scheduled verification checks run in their own processes and leave their outcomes in the
+    state file that /metrics reads; write what they would (a clean incremental, a full with a finding)."""
+    import time
+
+    from sentinel.audit.watch import CheckHistory, CheckRun, StateFile, VerifyState
+
+    now = time.time()
+    incremental = CheckRun(now - 120, now - 119, "ok", records=40)
+    full = CheckRun(now - 600, now - 540, "findings", records=900, findings={"modified": 1})
+    StateFile(data_dir / "audit" / "verify-state.json").save(
+        VerifyState(
+            scheduled_since=now - 3600,
+            heads={"node-a": (900, "0" * 64)},
+            checks={"incremental": CheckHistory(incremental, incremental, 940), "full": CheckHistory(full, full, 900)},
+        )
     )
 
 
