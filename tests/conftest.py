@@ -68,6 +68,12 @@ def make_settings(tmp_path: Path, upstream_url: str, **overrides: Any) -> Settin
     }
     if "sinks" in overrides:
         base["sinks"] = {**base["sinks"], **overrides.pop("sinks")}
+    # No scheduled verification in serve unless a test is about it: a check must not start because a test
+    # happened to run across :07.
+    audit = overrides.pop("audit", {})
+    if not any(key.startswith("verify_") for key in audit):
+        audit = {"verify_schedule": None, "verify_full_schedule": None, **audit}
+    base["audit"] = audit
     upstream = {"url": upstream_url, "health_interval": 3600}
     upstream.update(overrides.pop("upstream", {}))
     base.update(overrides)
