@@ -1,8 +1,9 @@
 """Compliance report over a large embedded audit store: time and peak memory (issue #6).
 
-Generates (once, kept in --workdir) an embedded store of --records interaction records over 30 days
-with realistic distributions (bench/report_data.py: stored-form documents, valid hash chains, signed
-checkpoints, ~4.5 KB per record like real encrypted prompts and answers), then times in this process:
+Generates (once, kept in --workdir) a data directory with an embedded store of --records interaction
+records over 30 days with realistic distributions (bench/audit_store.py: sealed by the real record
+and chain code, encrypted under real keys, signed checkpoints, ~4.8 KB per record), then times in
+this process:
 
   gather     every section: store-side aggregations and, alongside them, the windowed chain
              verification with the encryption/PHI census over every record of the period
@@ -21,15 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
+
+import orjson
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from report_data import generate  # noqa: E402
+from audit_store import generate  # noqa: E402
 
 from sentinel.audit.store.embedded import EmbeddedStore  # noqa: E402
 from sentinel.config import load_settings  # noqa: E402
@@ -44,9 +48,9 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run(store_path: Path, period: Period, only_verify: bool) -> dict[str, float]:
-    settings = load_settings(None, data_dir=store_path.parent, audit={"store_path": str(store_path)})
-    store = EmbeddedStore(store_path, read_only=True)
+async def run(data_dir: Path, period: Period, only_verify: bool) -> dict[str, float]:
+    settings = load_settings(data_dir / "sentinel.yaml")
+    store = EmbeddedStore(settings.resolve_path(settings.audit.store_path), read_only=True)
     await store.open()
     keys = await store.keys()
     results: dict[str, float] = {}
@@ -83,18 +87,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sentinel-report-bench"))
     parser.add_argument("--verify-only", action="store_true", help="time the chain verification alone")
     args = parser.parse_args()
-    store_path = args.workdir / f"store-{args.records}.db"
-    info_path = args.workdir / f"store-{args.records}.end"
-    if not store_path.exists():
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        began = time.perf_counter()
-        info = generate(store_path, args.records)
-        info_path.write_text(str(info["end"]))
-        took = time.perf_counter() - began
-        print(f"generated {args.records:,} records ({info['bytes'] / 1e9:.2f} GB) in {took:.0f} s")
-    end = float(info_path.read_text())
+    data_dir = args.workdir / f"store-{args.records}"
+    manifest = data_dir / "generated.json"
+    if not manifest.exists():
+        if data_dir.exists():
+            shutil.rmtree(data_dir)  # an interrupted generation
+        made = generate(data_dir, args.records)
+        print(
+            f"generated {made.records:,} records ({made.store_bytes / 1e9:.2f} GB) in {made.seconds:.0f} s "
+            f"({made.per_second:,.0f} records/s)"
+        )
+    end = float(orjson.loads(manifest.read_bytes())["end"])
     period = Period(end - 30 * 86400, end + 1)
-    results = asyncio.run(run(store_path, period, args.verify_only))
+    results = asyncio.run(run(data_dir, period, args.verify_only))
+    store_path = data_dir / "audit" / "store.db"
     print(f"records: {args.records:,}; store: {store_path.stat().st_size / 1e9:.2f} GB")
     for key, value in results.items():
         print(f"  {key:16} {value:,.2f}" if isinstance(value, float) else f"  {key:16} {value:,}")
