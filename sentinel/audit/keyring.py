@@ -80,6 +80,9 @@ class KeyRing:
         self.keks = keks
         self._table = table
         self._wrappings: dict[str, dict[str, WrappedKey]] = {}
+        self._ends: dict[tuple[str, bool], WrappedKey | None] = {}
+        """(purpose, latest?) -> the oldest or newest key of that purpose; cleared when keys are learnt
+        (sealing asks for them on every record, and a year of daily data keys is a long list)."""
         self.learn(keys)
         if table is not None:
             self.learn(table.load_keys())
@@ -109,6 +112,8 @@ class KeyRing:
             if key.kek_id not in wrappings:
                 wrappings[key.kek_id] = key
                 new += 1
+        if new:
+            self._ends.clear()
         return new
 
     def refresh(self) -> None:
@@ -187,12 +192,21 @@ class KeyRing:
             raise KeyUnavailable(f"data key {kid} is not known to this key ring (not in the store?)") from None
 
     def _first(self, purpose: str) -> WrappedKey | None:
-        candidates = [self._any(kid) for kid, w in self._wrappings.items() if next(iter(w.values())).purpose == purpose]
-        return min(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
+        return self._end(purpose, latest=False)
 
     def _latest(self, purpose: str) -> WrappedKey | None:
+        return self._end(purpose, latest=True)
+
+    def _end(self, purpose: str, *, latest: bool) -> WrappedKey | None:
+        try:
+            return self._ends[(purpose, latest)]
+        except KeyError:
+            pass
         candidates = [self._any(kid) for kid, w in self._wrappings.items() if next(iter(w.values())).purpose == purpose]
-        return max(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
+        pick = max if latest else min
+        end = pick(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
+        self._ends[(purpose, latest)] = end
+        return end
 
     def _unwrapped(self, kid: str) -> bytes:
         plain = self._plain.get(kid)
