@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from apscheduler.triggers.cron import CronTrigger
-
 _FROM = datetime(2024, 1, 1, tzinfo=UTC)
 _HORIZON = timedelta(days=4 * 366)  # a leap day's schedule fires within it
 _FIRES = 1000
@@ -15,6 +13,8 @@ def check_cron(value: str) -> str:
     """A five-field crontab expression (`minute hour day month weekday`), checked by APScheduler itself.
 
     Weekday numbers count from Monday = 0 in APScheduler 3; names (`sun`) say what they mean."""
+    from apscheduler.triggers.cron import CronTrigger  # here: loading settings must not import the scheduler
+
     try:
         CronTrigger.from_crontab(value, timezone="UTC")
     except ValueError as exc:
@@ -28,6 +28,8 @@ def longest_gap(cron: str) -> float:
     `7 * * * *` gives 3600; `0 9-17 * * mon-fri` gives Friday 17:00 to Monday 09:00. Read from the
     first 1,000 fire times (or four years of them) after a fixed date in UTC, so the same schedule
     always gives the same number; daylight-saving shifts in a local timezone are not counted."""
+    from apscheduler.triggers.cron import CronTrigger
+
     trigger = CronTrigger.from_crontab(cron, timezone="UTC")
     end = _FROM + _HORIZON
     previous = trigger.get_next_fire_time(None, _FROM)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from sentinel.cron import check_cron
 from sentinel.sections import Section as _Section
 from sentinel.sections import secret_from_file
 
@@ -23,17 +24,6 @@ DEFAULT_DRILL_SCHEDULE = "0 4 * * sun"  # names: APScheduler 3 numbers weekdays 
 
 def _secret(value: SecretStr | None, path: Path | None, key: str) -> SecretStr | None:
     return value if value is not None else secret_from_file(path, key)
-
-
-def check_cron(value: str) -> str:
-    """A five-field crontab expression (`minute hour day month weekday`), checked by APScheduler itself."""
-    from apscheduler.triggers.cron import CronTrigger
-
-    try:
-        CronTrigger.from_crontab(value, timezone="UTC")
-    except ValueError as exc:
-        raise ValueError(f"not a valid crontab expression {value!r}: {exc}") from None
-    return value
 
 
 class TargetSettings(_Section):
