@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 _FROM = datetime(2024, 1, 1, tzinfo=UTC)
 _HORIZON = timedelta(days=4 * 366)  # a leap day's schedule fires within it
@@ -43,3 +44,10 @@ def longest_gap(cron: str) -> float:
         gap = max(gap, (following - previous).total_seconds())
         previous = following
     return gap or _HORIZON.total_seconds()
+
+
+def local_timezone() -> Any:
+    """This machine's timezone, for cron times when none is configured."""
+    from tzlocal import get_localzone
+
+    return get_localzone()

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,14 +26,13 @@ from apscheduler.triggers.cron import CronTrigger
 
 from sentinel.audit.settings import AuditSettings
 from sentinel.audit.watch import SKIPPED_EXIT, Check, CheckRunning, StateFile
+from sentinel.children import Spawn, spawn_sentinel
 from sentinel.config import Settings
-from sentinel.cron import longest_gap
+from sentinel.cron import local_timezone, longest_gap
 
 log = logging.getLogger("sentinel.audit.schedule")
 NICE = 10
 """CPU niceness of a check's process, as of verification's worker processes."""
-
-Spawn = Callable[[Sequence[str]], int]
 
 
 def schedules(audit: AuditSettings) -> dict[Check, str]:
@@ -50,28 +47,8 @@ def intervals(audit: AuditSettings) -> dict[str, float]:
 
 
 def spawn_check(settings: Settings, running: set[subprocess.Popen[bytes]] | None = None) -> Spawn:
-    """Run `sentinel ARGS...` as a child with the same data dir and config file; returns its exit status.
-
-    The child is in `running` while it runs (so that a shutdown can stop it)."""
-    config = type(settings).yaml_file
-
-    def spawn(args: Sequence[str]) -> int:
-        command = [sys.executable, "-m", "sentinel", *args, "--data-dir", str(settings.data_dir)]
-        if config is not None:
-            command += ["--config", str(config)]
-        log.info("starting: sentinel %s", " ".join(args))
-        with subprocess.Popen(command, stdin=subprocess.DEVNULL) as child:
-            with contextlib.suppress(OSError):  # not preexec_fn: unsafe with the scheduler's threads
-                os.setpriority(os.PRIO_PROCESS, child.pid, NICE)
-            if running is not None:
-                running.add(child)
-            try:
-                return child.wait()
-            finally:
-                if running is not None:
-                    running.discard(child)
-
-    return spawn
+    """Run `sentinel ARGS...` as a child at niceness `NICE`; it is in `running` while it runs."""
+    return spawn_sentinel(settings, nice=NICE, running=running)
 
 
 class VerifySchedule:
@@ -84,7 +61,7 @@ class VerifySchedule:
         self.spawn = spawn or spawn_check(settings, self.running)
         self.clock = clock
         self.state = StateFile(settings.resolve_path(settings.audit.verify_state_file))
-        self.timezone = settings.backup.timezone or _local_timezone()
+        self.timezone = settings.backup.timezone or local_timezone()
         # One worker: checks queue behind each other, however late (coalesced, one of each at most).
         self.scheduler = BackgroundScheduler(
             timezone=self.timezone,
@@ -173,9 +150,3 @@ class VerifySchedule:
 
 def _job_id(check: Check) -> str:
     return f"verify:{check}"
-
-
-def _local_timezone() -> Any:
-    from tzlocal import get_localzone
-
-    return get_localzone()

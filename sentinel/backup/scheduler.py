@@ -12,13 +12,8 @@ instances, each fires, and the plan's lease in the target lets exactly one run; 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import subprocess
-import sys
 import threading
-from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,13 +21,14 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from sentinel import children
 from sentinel.backup.state import RunLog
+from sentinel.children import Spawn
 from sentinel.config import Settings
+from sentinel.cron import local_timezone
 
 log = logging.getLogger("sentinel.backup.scheduler")
 SKIPPED_EXIT = 3
-
-Spawn = Callable[[Sequence[str]], int]
 
 
 def previous_fire_time(trigger: CronTrigger, now: datetime, horizon: timedelta) -> datetime | None:
@@ -46,22 +42,8 @@ def previous_fire_time(trigger: CronTrigger, now: datetime, horizon: timedelta) 
 
 
 def spawn_sentinel(settings: Settings) -> Spawn:
-    """Run `sentinel ARGS...` as a child with the same data dir and config file; returns its exit status."""
-    config = type(settings).yaml_file
-
-    def spawn(args: Sequence[str]) -> int:
-        command = [sys.executable, "-m", "sentinel", *args, "--data-dir", str(settings.data_dir)]
-        if config is not None:
-            command += ["--config", str(config)]
-        log.info("starting: sentinel %s", " ".join(args))
-        with subprocess.Popen(command, stdin=subprocess.DEVNULL) as child:
-            # Lowered before the child has finished importing, long before it starts the heavy
-            # work; its threads inherit it. (Not preexec_fn: unsafe with the scheduler's threads.)
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, child.pid, settings.backup.nice)
-            return child.wait()
-
-    return spawn
+    """Run `sentinel ARGS...` as a child at `backup.nice`; returns its exit status."""
+    return children.spawn_sentinel(settings, nice=settings.backup.nice)
 
 
 class BackupScheduler:
@@ -69,7 +51,7 @@ class BackupScheduler:
         self.settings = settings
         self.spawn = spawn or spawn_sentinel(settings)
         backup = settings.backup
-        self.timezone = backup.timezone or _local_timezone()
+        self.timezone = backup.timezone or local_timezone()
         self.grace = backup.misfire_grace_time
         self.scheduler = BackgroundScheduler(
             timezone=self.timezone,
@@ -137,12 +119,6 @@ class BackupScheduler:
             {"id": job.id, "next_run": job.next_run_time.isoformat() if job.next_run_time else None}
             for job in self.scheduler.get_jobs()
         ]
-
-
-def _local_timezone() -> Any:
-    from tzlocal import get_localzone
-
-    return get_localzone()
 
 
 def state_path(settings: Settings) -> Path:
