@@ -78,14 +78,17 @@ class Shipper:
         if checkpoint_docs:
             await self.store.put_checkpoints(checkpoint_docs)
         last_seq = records[-1].seq if records else None
-        await self.spool.run(
-            lambda: self.spool.mark_shipped(
-                [(k["kid"], k["kek_id"]) for k in key_docs], last_seq, [c["seq"] for c in checkpoint_docs]
-            )
-        )
+        key_ids = [(k["kid"], k["kek_id"]) for k in key_docs]
+        checkpoint_seqs = [c["seq"] for c in checkpoint_docs]
+
+        def mark_shipped() -> None:
+            # The backlog is recounted on the spool thread, in order with the trail's writes (which
+            # count what they add there too): a batch committed meanwhile is never counted away.
+            self.spool.mark_shipped(key_ids, last_seq, checkpoint_seqs)
+            self.metrics.unshipped, self.metrics.oldest_unshipped = self.spool.backlog()
+
+        await self.spool.run(mark_shipped)
         self.metrics.shipped.inc(len(records))
-        count, oldest = await self.spool.run(self.spool.backlog)
-        self.metrics.unshipped, self.metrics.oldest_unshipped = count, oldest
         return len(records) + len(key_docs) + len(checkpoint_docs)
 
     async def _run(self) -> None:

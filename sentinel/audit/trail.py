@@ -214,7 +214,7 @@ class AuditTrail:
                 kid, key = keyring.signing_key()
                 checkpoint = make_checkpoint(self.instance, head, self._last_checkpoint, kid, key)
             if rows or checkpoint is not None:
-                await self.spool.run(lambda: self.spool.write(rows, checkpoint))
+                await self.spool.run(lambda: self._write(rows, checkpoint))
         except Exception as exc:  # the chain head stays where the spool is
             error = exc if isinstance(exc, SpoolUnavailable) else SpoolUnavailable(f"{type(exc).__name__}: {exc}")
             log.error("audit spool write failed for %d records: %s", len(rows), error)
@@ -228,14 +228,21 @@ class AuditTrail:
             self.metrics.last_checkpoint = checkpoint["time"]
         if rows:
             self.metrics.written.inc(len(rows))
-            self.metrics.unshipped += len(rows)
-            if self.metrics.oldest_unshipped is None:
-                self.metrics.oldest_unshipped = rows[0].recorded_at
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(rows))
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    def _write(self, rows: list[Row], checkpoint: dict[str, Any] | None) -> None:
+        """On the spool thread: make the batch durable, then count it as unshipped. The shipper
+        recounts the backlog on that thread too (`Shipper.ship_once`), so the two updates apply in
+        the order the spool saw them and neither overwrites the other with a stale count."""
+        self.spool.write(rows, checkpoint)
+        if rows:
+            self.metrics.unshipped += len(rows)
+            if self.metrics.oldest_unshipped is None:
+                self.metrics.oldest_unshipped = rows[0].recorded_at
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _checkpoint_due(self, head: ChainHead | None = None, force: bool = False) -> bool:
