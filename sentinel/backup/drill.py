@@ -14,7 +14,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,8 +116,13 @@ class RestoreDrill:
         *,
         checks: Sequence[DrillCheck] | None = None,
         progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` (epoch seconds) dates the drill and measures RPO; `timer` measures RTO."""
         self.context = context
+        self.clock = clock
+        self.timer = timer
         self.plan = plan
         self.settings = context.plan(plan).drill
         self.progress = progress or Progress()
@@ -125,8 +130,8 @@ class RestoreDrill:
         self.checks += [load_check(spec, plan, context.settings) for spec in self.settings.checks]
 
     def run(self) -> DrillReport:
-        started = time.time()
-        clock = time.monotonic()
+        started = self.clock()
+        began = self.timer()
         report = DrillReport(
             self.plan,
             started,
@@ -152,18 +157,18 @@ class RestoreDrill:
                 except Exception as exc:  # a broken check fails the drill, it does not crash it
                     report.checks.append(CheckResult(check.name, False, f"check crashed: {exc}"))
                 self.progress.end()
-            report.rto_seconds = time.monotonic() - clock
+            report.rto_seconds = self.timer() - began
             newest = [c.newest_record for c in report.checks if c.newest_record is not None]
             if newest:
-                report.rpo_seconds, report.rpo_basis = time.time() - max(newest), "newest recovered record"
+                report.rpo_seconds, report.rpo_basis = self.clock() - max(newest), "newest recovered record"
             else:
-                report.rpo_seconds, report.rpo_basis = time.time() - snapshot.finished, "snapshot time"
+                report.rpo_seconds, report.rpo_basis = self.clock() - snapshot.finished, "snapshot time"
         except Exception as exc:
             report.failures.append(str(exc) or type(exc).__name__)
         finally:
             if not self.settings.keep_scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
-        report.finished = time.time()
+        report.finished = self.clock()
         self._write(report, stamp)
         return report
 

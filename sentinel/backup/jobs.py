@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class BackupContext:
     """Everything a job needs, resolved from `Settings` (paths relative to the data directory)."""
 
     settings: Settings
+    clock: Callable[[], float] = time.time
+    """The clock leases are written and judged by (epoch seconds); tests pass a fake one."""
 
     @property
     def backup(self) -> BackupSettings:
@@ -101,14 +104,20 @@ def run_backup(
     try:
         sources = context.sources(plan)  # refuses a forbidden plan before anything is touched
         repo = context.repository(plan, create=True)
-        lease = Lease(repo.target, f"backup-{plan}", ttl=context.backup.lease_ttl, purpose=f"backup {plan}")
+        lease = Lease(
+            repo.target,
+            f"backup-{plan}",
+            ttl=context.backup.lease_ttl,
+            purpose=f"backup {plan}",
+            clock=context.clock,
+        )
         try:
             lease.acquire()
         except LeaseHeld as exc:
             outcome.outcome, outcome.error = "skipped", f"plan {plan} is already running: {exc}"
             return outcome
         try:
-            _wait_for_prune(repo.target, prune_wait)
+            _wait_for_prune(repo.target, prune_wait, context.clock)
             if scheduled_for is not None and any(s.scheduled_for == scheduled_for for s in repo.snapshots(plan)):
                 outcome.outcome, outcome.error = "skipped", "another instance already took this scheduled snapshot"
                 return outcome
@@ -138,11 +147,11 @@ def run_backup(
     return outcome
 
 
-def _wait_for_prune(target: Target, wait: float) -> None:
+def _wait_for_prune(target: Target, wait: float, clock: Callable[[], float] = time.time) -> None:
     deadline = time.monotonic() + wait
-    while running := live_leases(target, "prune"):
+    while running := live_leases(target, "prune", now=clock()):
         if time.monotonic() > deadline:
-            raise LeaseHeld(f"a prune is running ({running[0].describe()}); backup not started")
+            raise LeaseHeld(f"a prune is running ({running[0].describe(clock())}); backup not started")
         time.sleep(min(5.0, max(0.1, wait / 10)))
 
 
@@ -182,6 +191,11 @@ def run_prune(
         repo = context.repository(plans[0])
         log.info("pruning %s (plans %s; sharing the target: %s)", repo.target.describe(), plans, everyone)
         reports[target_name] = prune(
-            repo, policies, dry_run=dry_run, lease_ttl=context.backup.lease_ttl, progress=progress
+            repo,
+            policies,
+            dry_run=dry_run,
+            lease_ttl=context.backup.lease_ttl,
+            progress=progress,
+            clock=context.clock,
         )
     return reports

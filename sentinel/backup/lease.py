@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +44,8 @@ class LeaseInfo:
     pid: int
     expires: float
 
-    def describe(self) -> str:
-        left = self.expires - time.time()
+    def describe(self, now: float | None = None) -> str:
+        left = self.expires - (time.time() if now is None else now)
         return f"{self.name} held by {self.host} pid {self.pid} (expires in {left:.0f}s)"
 
 
@@ -56,10 +57,11 @@ def _parse(name: str, data: bytes) -> LeaseInfo | None:
         return None  # unreadable: treated as expired, so it can be taken over
 
 
-def live_leases(target: Target, prefix: str = "") -> list[LeaseInfo]:
-    """Unexpired leases whose name starts with `prefix`."""
+def live_leases(target: Target, prefix: str = "", *, now: float | None = None) -> list[LeaseInfo]:
+    """Unexpired leases whose name starts with `prefix` (at `now`, default the current time)."""
     found = []
-    now = time.time()
+    if now is None:
+        now = time.time()
     for info in target.list(PREFIX + prefix):
         name = info.key[len(PREFIX) :]
         try:
@@ -72,10 +74,22 @@ def live_leases(target: Target, prefix: str = "") -> list[LeaseInfo]:
 
 
 class Lease:
-    """`with Lease(target, "backup-daily", ttl=300):` holds the lease, renewing it until the block ends."""
+    """`with Lease(target, "backup-daily", ttl=300):` holds the lease, renewing it until the block ends.
 
-    def __init__(self, target: Target, name: str, *, ttl: float = 300.0, purpose: str = "") -> None:
+    Expiry times are read from `clock` (epoch seconds; tests pass a fake one to expire a lease
+    without waiting). Renewals still happen every ttl/3 of real time."""
+
+    def __init__(
+        self,
+        target: Target,
+        name: str,
+        *,
+        ttl: float = 300.0,
+        purpose: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.target, self.name, self.ttl, self.purpose = target, name, ttl, purpose
+        self.clock = clock
         self.key = PREFIX + name
         self.owner = uuid.uuid4().hex
         self._token: str | None = None
@@ -91,7 +105,7 @@ class Lease:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "purpose": self.purpose,
-                "expires": time.time() + self.ttl,
+                "expires": self.clock() + self.ttl,
             }
         )
 
@@ -104,9 +118,10 @@ class Lease:
                 token = self.target.put_if_absent(self.key, self._body())
             else:
                 holder = _parse(self.name, data)
-                if holder is not None and holder.expires > time.time():
-                    raise LeaseHeld(holder.describe())
-                log.warning("taking over expired lease %s", holder.describe() if holder else self.name)
+                now = self.clock()
+                if holder is not None and holder.expires > now:
+                    raise LeaseHeld(holder.describe(now))
+                log.warning("taking over expired lease %s", holder.describe(now) if holder else self.name)
                 token = self.target.put_if_match(self.key, self._body(), current)
             if token is None:
                 raise LeaseHeld(f"{self.name} was taken by another instance at the same moment")

@@ -11,7 +11,8 @@ stays (and so do its chunks, which it still references), a locked chunk simply s
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -43,13 +44,16 @@ def prune(
     dry_run: bool = False,
     lease_ttl: float = 300.0,
     progress: Progress | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> PruneReport:
+    """`clock` is what leases are written and judged by (see `Lease`)."""
     progress = progress or Progress()
     report = PruneReport(dry_run)
-    with Lease(repo.target, "prune", ttl=lease_ttl, purpose="prune") as lease:
-        running = live_leases(repo.target, "backup-")
+    with Lease(repo.target, "prune", ttl=lease_ttl, purpose="prune", clock=clock) as lease:
+        now = clock()
+        running = live_leases(repo.target, "backup-", now=now)
         if running:
-            raise LeaseHeld("a backup is running (" + "; ".join(r.describe() for r in running) + "); prune later")
+            raise LeaseHeld("a backup is running (" + "; ".join(r.describe(now) for r in running) + "); prune later")
         snapshots = repo.snapshots()
         remaining = {s.id: s for s in snapshots}
         for plan in sorted({s.plan for s in snapshots}):

@@ -28,11 +28,24 @@ def sentinel(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
 def kids(data_dir: Path) -> list[str]:
-    db = sqlite3.connect(f"file:{data_dir / 'audit' / 'spool.db'}?mode=ro", uri=True)
+    db = read_only(data_dir / "audit" / "spool.db")
     rows = [orjson.loads(b) for (b,) in db.execute("SELECT body FROM records WHERE kind = 'interaction' ORDER BY seq")]
     db.close()
     return [doc["encrypted"]["response_text"]["kid"] for doc in rows]
+
+
+def stored_interactions(data_dir: Path) -> int:
+    db = read_only(data_dir / "audit" / "store.db")
+    try:
+        count: int = db.execute("SELECT COUNT(*) FROM records WHERE kind = 'interaction'").fetchone()[0]
+        return count
+    finally:
+        db.close()
 
 
 def test_keys_and_audit_commands(
@@ -41,30 +54,32 @@ def test_keys_and_audit_commands(
     data_dir = tmp_path / "data"
     upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("classified")]))
     proxy = start_sentinel(upstream.url, audit={"checkpoint_interval": 2})
+    audit = proxy.sentinel.audit
+    assert audit is not None and audit.keyring is not None
+    server_keys = audit.keyring
 
     def call(n: int) -> None:
         body = {"model": "m", "messages": [{"role": "user", "content": f"q{n}"}], "user": "carol"}
         assert requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=10).ok
 
     call(1)
-    wait_until(lambda: len(kids(data_dir)) == 1)
+    wait_until(lambda: len(kids(data_dir)) == 1, timeout=30)
+    (old_kid,) = kids(data_dir)
     rotated = sentinel(data_dir, "keys", "rotate")
     assert rotated.returncode == 0, rotated.stderr
     new_kid = rotated.stdout.split("New data key ")[1].split()[0]
-    assert new_kid.startswith("dk-") and new_kid != kids(data_dir)[0]
+    assert new_kid.startswith("dk-") and new_kid != old_kid
 
-    def using_new_key() -> bool:  # the running server switches within a few seconds
-        call(len(kids(data_dir)) + 1)
-        return kids(data_dir)[-1] == new_kid
+    # The running server switches by itself: it looks for new keys every few seconds (0.5 s here).
+    wait_until(lambda: server_keys._current == new_kid, timeout=30)
+    call(2)
+    call(3)
+    wait_until(lambda: len(kids(data_dir)) == 3, timeout=30)
+    assert kids(data_dir) == [old_kid, new_kid, new_kid]
 
-    wait_until(using_new_key, timeout=15, interval=0.5)
-
-    wait_until(
-        lambda: (
-            sentinel(data_dir, "audit", "search", "--kind", "interaction", "--json").stdout.count('"doc_id"')
-            == len(kids(data_dir))
-        )
-    )
+    wait_until(lambda: stored_interactions(data_dir) == 3, timeout=30)  # shipped to the store
+    searched = sentinel(data_dir, "audit", "search", "--kind", "interaction", "--json")
+    assert searched.returncode == 0 and searched.stdout.count('"doc_id"') == 3, searched.stderr
     found = orjson.loads(
         sentinel(data_dir, "audit", "search", "--user", "carol", "--kind", "interaction", "--json").stdout
     )
@@ -83,11 +98,9 @@ def test_keys_and_audit_commands(
     old_kek = rewrapped.stdout.split("Old KEK ")[1].split()[0]
     assert sentinel(data_dir, "keys", "retire", old_kek).returncode == 0
     assert old_kek not in (data_dir / "keys" / "kek.key").read_text()
-    wait_until(
-        lambda: sentinel(data_dir, "audit", "show", record_id, "--decrypt", "--reason", "after rewrap").returncode == 0,
-        timeout=15,
-        interval=0.5,
-    )
+    after = sentinel(data_dir, "audit", "show", record_id, "--decrypt", "--reason", "after rewrap")
+    assert after.returncode == 0, after.stderr
+    assert orjson.loads(after.stdout)["content"]["response_text"] == "classified"
 
     verified = sentinel(data_dir, "audit", "verify", "--json")
     assert verified.returncode == 0, verified.stdout
@@ -98,7 +111,7 @@ def test_keys_and_audit_commands(
     assert {"key_rotation", "content_access", "kek_rewrap", "kek_retired"} <= {e["event"]["type"] for e in events}
 
     db = sqlite3.connect(data_dir / "audit" / "store.db")
-    db.execute("DELETE FROM records WHERE doc_id = ?", (found[-2]["doc_id"],))  # one in the middle
+    db.execute("DELETE FROM records WHERE doc_id = ?", (found[-2]["doc_id"],))  # call 2's: one in the middle
     db.commit()
     db.close()
     tampered = sentinel(data_dir, "audit", "verify")

@@ -46,7 +46,7 @@ def start(data_dir: Path, upstream: str, port: int, admin_port: int) -> subproce
         except requests.ConnectionError:
             return False
 
-    wait_until(up, timeout=30, interval=0.1)
+    wait_until(up, timeout=60, interval=0.1)  # a safety net: starting takes a few seconds
     return process
 
 
@@ -99,7 +99,7 @@ def test_kill_9_mid_load_loses_nothing(servers: BackgroundLoop, upstream: Script
         finally:
             db.close()
 
-    wait_until(shipped, timeout=30)
+    wait_until(shipped, timeout=60)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
 

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def test_drill_verifies_and_decrypts_the_restored_audit_trail(
     data_dir = tmp_path / "data"
     upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("kept safe")]))
     proxy = start_sentinel(upstream.url)
+    before = time.time()
     for n in range(12):
         body = {"model": "m", "messages": [{"role": "user", "content": f"q{n}"}]}
         assert requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=10).ok
@@ -41,7 +43,8 @@ def test_drill_verifies_and_decrypts_the_restored_audit_trail(
             store.exists()
             and sqlite3.connect(store).execute("SELECT COUNT(*) FROM records WHERE kind = 'interaction'").fetchone()[0]
             == 12
-        )
+        ),
+        timeout=30,
     )
 
     assert sentinel(data_dir, "backup", "init-key").returncode == 0
@@ -53,7 +56,9 @@ def test_drill_verifies_and_decrypts_the_restored_audit_trail(
     audit = next(c for c in report["checks"] if c["name"] == "audit trail")
     assert audit["passed"], audit["detail"]
     assert "chain(s) verify" in audit["detail"] and "12 sampled records decrypt" in audit["detail"]
-    assert report["rpo_seconds"] is not None and report["rpo_seconds"] < 600  # newest record was just written
+    # The newest recovered record is one this test wrote: RPO is at most the time since then.
+    assert report["rpo_basis"] == "newest recovered record"
+    assert report["rpo_seconds"] is not None and 0 <= report["rpo_seconds"] <= report["finished"] - before
 
     # Tamper with the live store, back it up again: the drill must now fail on the audit trail.
     db = sqlite3.connect(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ def test_best_effort_records_every_call_encrypted(
     for n in range(5):
         assert requests.post(proxy.url + "/v1/chat/completions", json=chat(n, stream=True), timeout=10).ok
     data_dir = tmp_path / "data"
-    wait_until(lambda: (data_dir / "audit" / "store.db").exists() and len(stored(data_dir)) == 5)
+    wait_until(lambda: (data_dir / "audit" / "store.db").exists() and len(stored(data_dir)) == 5, timeout=30)
     raw = (data_dir / "audit" / "store.db").read_bytes() + (data_dir / "audit" / "spool.db").read_bytes()
     for secret in (b"request 3", b"secret answer", b"thinking", b"user-3"):
         assert secret not in raw  # content only ever stored encrypted
@@ -79,7 +80,7 @@ def test_best_effort_records_every_call_encrypted(
     assert sorted(c["request_messages"][0]["content"] for c in contents) == [f"request {n}" for n in range(5)]
     assert {c["response_text"] for c in contents} == {"secret answer"}
     assert proxy.metric("sentinel_audit_records_written_total") == 5
-    wait_until(lambda: proxy.metric("sentinel_audit_spool_records") == 0)
+    wait_until(lambda: proxy.metric("sentinel_audit_spool_records") == 0, timeout=30)
 
 
 def test_strict_mode_records_before_forwarding_and_before_the_last_byte(
@@ -160,15 +161,25 @@ def test_elasticsearch_down_then_back_loses_and_duplicates_nothing(
 
     for n in range(10):
         assert requests.post(proxy.url + "/v1/chat/completions", json=chat(n), timeout=10).ok
-    wait_until(lambda: len(docs()) >= 10)
+    wait_until(lambda: len(docs()) >= 10, timeout=30)
     es.down = True  # the cluster goes away under load
     for n in range(10, 60):
         assert requests.post(proxy.url + "/v1/chat/completions", json=chat(n), timeout=10).ok
-    wait_until(lambda: (proxy.metric("sentinel_audit_ship_failures_total") or 0) >= 1)
+    wait_until(lambda: (proxy.metric("sentinel_audit_ship_failures_total") or 0) >= 1, timeout=30)
     assert (proxy.metric("sentinel_audit_spool_records") or 0) > 0
     es.lose_bulk_responses = 1  # then a write lands but its answer is lost: the retry must not duplicate
     es.down = False
-    wait_until(lambda: proxy.metric("sentinel_audit_spool_records") == 0, timeout=30)
+    shipper = proxy.sentinel.audit.shipper  # type: ignore[union-attr]
+    assert shipper is not None
+
+    def drained() -> bool:
+        # Retry now rather than after the backoff (1 s doubling), which depends on how long the outage took.
+        servers.loop.call_soon_threadsafe(shipper.nudge)
+        # Every record is in the spool (they are written after the responses) and none is left unshipped.
+        written = proxy.metric("sentinel_audit_records_written_total")
+        return written == 60 and proxy.metric("sentinel_audit_spool_records") == 0
+
+    wait_until(drained, timeout=30)
     interactions = [d for d in docs().values() if d["kind"] == "interaction"]
     assert len(interactions) == 60 == len({d["interaction"]["id"] for d in interactions})
     assert sorted(d["seq"] for d in docs().values()) == list(range(1, len(docs()) + 1))
@@ -189,6 +200,7 @@ def test_admin_api_roles_decrypt_with_reason_and_failed_logins(
     )
     upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("the answer")]))
     proxy = start_sentinel(upstream.url, admin_tokens_file=str(tokens))
+    before = time.time()
     requests.post(proxy.url + "/v1/chat/completions", json=chat(7), timeout=10)
     record = proxy.record()
     url = proxy.admin_url + "/audit/records"
@@ -197,7 +209,7 @@ def test_admin_api_roles_decrypt_with_reason_and_failed_logins(
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return requests.get(url + path, headers=headers, params=params, timeout=10)
 
-    wait_until(lambda: len(get("", "t-olga").json().get("records", [])) >= 1)
+    wait_until(lambda: len(get("", "t-olga").json().get("records", [])) >= 1, timeout=30)
     assert get("").status_code == 401 and get("", "wrong").status_code == 401
     listed = get("", "t-olga", user="user-7").json()["records"]
     assert [r["interaction"]["id"] for r in listed] == [record.id] and "encrypted" not in listed[0]
@@ -215,7 +227,7 @@ def test_admin_api_roles_decrypt_with_reason_and_failed_logins(
             by_type.setdefault(event["event"]["type"], []).append(event["event"])
         return "content_access" in by_type and len(by_type.get("admin_auth_failed", [])) >= 3
 
-    wait_until(events_shipped)
+    wait_until(events_shipped, timeout=30)
     assert [e["actor"] for e in by_type["content_access"]] == ["admin-api:alice"]
     assert by_type["content_access"][0]["details"]["interaction"] == record.id
     reasons = {e["details"]["reason"] for e in by_type["admin_auth_failed"]}
@@ -224,7 +236,7 @@ def test_admin_api_roles_decrypt_with_reason_and_failed_logins(
     # The stated reason is kept, encrypted, with the access event.
     doc = next(d for d in stored(tmp_path / "data", "event") if d["event"]["type"] == "content_access")
     assert open_records(tmp_path / "data", [doc])[0]["reason"] == "ticket 1234"
-    assert time.time() - doc["recorded_at"] < 60
+    assert before <= doc["recorded_at"] <= time.time()  # recorded when the access happened, during this test
 
 
 def test_policy_changes_are_audit_events(
@@ -232,11 +244,14 @@ def test_policy_changes_are_audit_events(
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text('rules:\n  - name: no-secrets\n    patterns: ["project bluebird"]\n    action: block\n')
-    start_sentinel(upstream.url, policy={"file": str(policy), "reload_interval": 0.1})
-    time.sleep(0.3)
-    policy.write_text(
+    start_sentinel(upstream.url, policy={"file": str(policy), "reload_interval": 0.1})  # loaded at start
+    # The edit, saved the way editors do (a new file renamed over the old one): the watcher never
+    # sees it half-written, however its next look lines up with the write.
+    edited = tmp_path / "policy.yaml.new"
+    edited.write_text(
         'rules:\n  - name: no-secrets\n    patterns: ["project bluebird", "red fox"]\n    action: block\n'
     )
+    os.replace(edited, policy)
     data_dir = tmp_path / "data"
 
     def changes() -> list[dict[str, Any]]:
@@ -244,7 +259,7 @@ def test_policy_changes_are_audit_events(
             return []
         return [d for d in stored(data_dir, "event") if d["event"]["type"] == "policy_change"]
 
-    wait_until(lambda: len(changes()) == 2)
+    wait_until(lambda: len(changes()) == 2, timeout=30)
     start, edit = changes()
     assert start["event"]["details"]["outcome"] == edit["event"]["details"]["outcome"] == "applied"
     assert edit["event"]["details"]["old_digest"] == start["event"]["details"]["new_digest"]

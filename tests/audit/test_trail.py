@@ -4,25 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client.samples import Sample
 
 from sentinel.audit.record import INTERACTION
+from sentinel.audit.spool import Row
 from sentinel.audit.trail import Entry
 from sentinel.proxy.hooks import JournalUnavailable
-from tests.audit.support import make_interaction, running_trail
+from tests.audit.support import Trail, make_interaction, running_trail
 
 
-async def test_concurrent_appends_share_commits_and_stay_contiguous(tmp_path: Path) -> None:
+def batch_samples(t: Trail) -> list[Sample]:
+    (metric,) = t.metrics.batch_size.collect()
+    return list(metric.samples)
+
+
+async def test_concurrent_appends_share_commits_and_stay_contiguous(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with running_trail(tmp_path) as t:
-        await asyncio.gather(
-            *(t.trail.append([Entry(INTERACTION, interaction=make_interaction(n))]) for n in range(1, 401))
-        )
+        # Hold the first commit in its spool write until the other appends have all arrived.
+        writing, release = threading.Event(), threading.Event()
+        write = t.spool.write
+
+        def held_write(rows: list[Row], checkpoint: dict[str, Any] | None = None) -> None:
+            writing.set()
+            assert release.wait(60)
+            write(rows, checkpoint)
+
+        monkeypatch.setattr(t.spool, "write", held_write)
+        first = t.trail.append([Entry(INTERACTION, interaction=make_interaction(1))])
+        assert await asyncio.to_thread(writing.wait, 60)  # record 1's commit is in flight
+        rest = [t.trail.append([Entry(INTERACTION, interaction=make_interaction(n))]) for n in range(2, 401)]
+        release.set()
+        await asyncio.gather(first, *rest)
         assert t.trail.head.seq == 400
-        commits = t.metrics.batch_size.collect()[0]
-        count = next(s.value for s in commits.samples if s.name.endswith("_count"))
-        assert count < 100  # 400 records, far fewer fsyncs: group commit
+        # 400 records, two fsyncs: everything that arrived during the first commit went in the next.
+        commits = {s.name.removeprefix("sentinel_audit_commit_batch_records"): s for s in batch_samples(t)}
+        assert commits["_count"].value == 2 and commits["_sum"].value == 400
+        sizes = {s.labels["le"]: s.value for s in batch_samples(t) if s.name.endswith("_bucket")}
+        assert (sizes["1.0"], sizes["256.0"], sizes["512.0"]) == (1, 1, 2)  # batches of 1 and of 399
         await t.ship()
         seqs = [link.seq async for link in t.store.chain_links("node-a")]
         assert seqs == list(range(1, 401))

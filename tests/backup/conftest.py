@@ -35,6 +35,19 @@ def data_dir(tmp_path: Path) -> Path:
 MakeContext = Callable[..., BackupContext]
 
 
+class FakeClock:
+    """A wall clock (epoch seconds) that stands still until the test moves it."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def make_context(data_dir: Path) -> MakeContext:
     def make(

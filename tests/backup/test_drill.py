@@ -17,10 +17,11 @@ from sentinel.backup.checks import CheckResult
 from sentinel.backup.drill import RestoreDrill
 from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.metrics import BackupCollector
+from sentinel.backup.progress import Progress
 from sentinel.backup.repository import chunk_key
 from sentinel.backup.snapshot import Snapshot
 from sentinel.backup.state import RunLog, RunRecord
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import FakeClock, MakeContext, write_model
 from tests.conftest import Running
 from tests.support.upstream import ScriptedUpstream
 
@@ -54,6 +55,17 @@ def audit_plan(tmp_path: Path, **drill: Any) -> dict[str, Any]:
     }
 
 
+class RestoreTakes(Progress):
+    """Moves the fake clock by `seconds` while the drill's restore runs: a restore of known duration."""
+
+    def __init__(self, clock: FakeClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def begin(self, description: str, total: int | None) -> None:
+        if description.startswith("restoring "):
+            self.clock.advance(self.seconds)
+
+
 def samples(context: BackupContext) -> Callable[[str, str], float | None]:
     registry = CollectorRegistry()
     registry.register(BackupCollector(context.run_log(), context.backup.plans))
@@ -63,19 +75,22 @@ def samples(context: BackupContext) -> Callable[[str, str], float | None]:
 def test_drill_restores_verifies_measures_and_reports(
     make_context: MakeContext, data_dir: Path, tmp_path: Path
 ) -> None:
-    audit_store(data_dir, newest=time.time() - 3600)
+    clock = FakeClock()
+    audit_store(data_dir, newest=clock() - 3600)
     context = make_context(plans=audit_plan(tmp_path, rto_target=120, rpo_target=7200))
     backup = run_backup(context, "audit")
     assert backup.outcome == "success" and backup.snapshot is not None
 
-    drill = RestoreDrill(context, "audit")
+    # The drill's clocks are the fake one: its restore "takes" 42 s, whatever the machine's load.
+    drill = RestoreDrill(context, "audit", clock=clock, timer=clock, progress=RestoreTakes(clock, 42.0))
     report = drill.run()
     assert report.passed, report.to_dict()
     assert report.snapshot == backup.snapshot.id and report.files == 3
     assert {c.name for c in report.checks} >= {"file hashes", "sqlite integrity"}
     assert report.rpo_basis == "newest recovered record"
-    assert 3590 < (report.rpo_seconds or 0) < 3700  # the newest audit record is an hour old
-    assert report.rto_seconds is not None and 0 < report.rto_seconds < 120
+    assert report.rpo_seconds == 3600 + 42  # the newest audit record was an hour old when the drill began
+    assert report.rto_seconds == 42
+    assert (report.started, report.finished) == (clock() - 42, clock())
     assert not Path(report.scratch).exists()  # the scratch restore is cleaned up
     saved = orjson.loads(drill.report_path.with_suffix(".json").read_bytes())
     assert saved["passed"] is True and saved["snapshot"] == backup.snapshot.id
@@ -96,11 +111,13 @@ def test_drill_restores_verifies_measures_and_reports(
 def test_drill_fails_on_a_missed_rpo_and_on_a_corrupt_chunk(
     make_context: MakeContext, data_dir: Path, tmp_path: Path
 ) -> None:
-    audit_store(data_dir, newest=time.time() - 3 * 86400)  # nothing recorded for three days
+    clock = FakeClock()
+    audit_store(data_dir, newest=clock() - 3 * 86400)  # nothing recorded for three days
     context = make_context(plans=audit_plan(tmp_path, rpo_target=86400))
     backup = run_backup(context, "audit")
     assert backup.snapshot is not None
-    report = RestoreDrill(context, "audit").run()
+    report = RestoreDrill(context, "audit", clock=clock).run()
+    assert report.rpo_seconds == 3 * 86400
     assert not report.passed and all(c.passed for c in report.checks)
     assert "**MISSED**" in report.markdown()
     assert samples(context)("sentinel_drill_last_passed", "audit") == 0.0
@@ -108,7 +125,7 @@ def test_drill_fails_on_a_missed_rpo_and_on_a_corrupt_chunk(
     chunk = next(f for f in backup.snapshot.files if f.path == "w.bin").chunks[0].id
     path = data_dir / "backups" / chunk_key(chunk)
     path.write_bytes(path.read_bytes()[:-1] + b"\0")
-    report = RestoreDrill(context, "audit").run()
+    report = RestoreDrill(context, "audit", clock=clock).run()
     assert not report.passed and chunk in report.failures[0] and "models/w.bin" in report.failures[0]
     last = context.run_log().latest("drill")["audit"]
     assert last.outcome == "failure" and last.passed is False

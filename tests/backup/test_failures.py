@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import BotoCoreError
 
 from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.lease import live_leases
 from sentinel.backup.progress import Progress
 from sentinel.backup.repository import chunk_key
 from sentinel.backup.restore import RestoreError, Restorer
+from sentinel.backup.targets import Target
+from sentinel.backup.targets.s3 import S3Target
 from sentinel.backup.verify import verify_snapshot
-from tests.backup.conftest import MakeContext, write_model
-from tests.conftest import wait_until
+from tests.backup.conftest import FakeClock, MakeContext, write_model
 from tests.support.seaweed import Seaweed
 from tests.support.tcpproxy import TcpProxy
 
@@ -39,18 +41,44 @@ class CutAt(Progress):
 
 
 def s3_context(
-    make_context: MakeContext, seaweed: Seaweed, endpoint: str, bucket: str, models: Path, attempts: int = 3
+    make_context: MakeContext,
+    seaweed: Seaweed,
+    endpoint: str,
+    bucket: str,
+    models: Path,
+    attempts: int = 3,
+    clock: FakeClock | None = None,
 ) -> BackupContext:
     target = seaweed.target_settings(
         bucket, endpoint_url=endpoint, max_attempts=attempts, connect_timeout=1, read_timeout=5
     )
-    return make_context(
+    context = make_context(
         plans={"models": {"sources": [{"kind": "path", "path": str(models)}]}},
         targets={"default": target},
         upload_concurrency=2,
         lease_ttl=5,
         **SMALL_CHUNKS,
     )
+    return context if clock is None else BackupContext(context.settings, clock=clock)
+
+
+class RetryWatchingContext(BackupContext):
+    """Calls `on_failed_attempt` (once per failed S3 request attempt, before botocore retries it)."""
+
+    def __init__(self, context: BackupContext, on_failed_attempt: Any) -> None:
+        super().__init__(context.settings, context.clock)
+        self.on_failed_attempt = on_failed_attempt
+
+    def target(self, plan: str) -> Target:
+        target = super().target(plan)
+        assert isinstance(target, S3Target)
+
+        def needs_retry(caught_exception: Exception | None = None, **_: Any) -> None:
+            if isinstance(caught_exception, BotoCoreError):
+                self.on_failed_attempt()
+
+        target.client.meta.events.register("needs-retry.s3", needs_retry)
+        return target
 
 
 def test_s3_outage_mid_upload_fails_cleanly_and_the_next_run_resumes(
@@ -61,7 +89,8 @@ def test_s3_outage_mid_upload_fails_cleanly_and_the_next_run_resumes(
     bucket = seaweed.bucket()
     proxy = TcpProxy("127.0.0.1", int(seaweed.endpoint.rsplit(":", 1)[1]))
     try:
-        context = s3_context(make_context, seaweed, proxy.url, bucket, models)
+        clock = FakeClock()  # lease expiry follows this clock, not the time the test takes
+        context = s3_context(make_context, seaweed, proxy.url, bucket, models, clock=clock)
         failed = run_backup(context, "models", progress=CutAt(2_000_000, proxy.cut))
         assert failed.outcome == "failure"
         assert "127.0.0.1" in str(failed.error)  # says which endpoint failed
@@ -73,8 +102,9 @@ def test_s3_outage_mid_upload_fails_cleanly_and_the_next_run_resumes(
 
         proxy.restore()
         # The failed run could not release its lease while S3 was away; like a crashed run's, it expires.
-        assert [lease.name for lease in live_leases(direct.target)] == ["backup-models"]
-        wait_until(lambda: not live_leases(direct.target), timeout=10, interval=0.2)
+        assert [lease.name for lease in live_leases(direct.target, now=clock())] == ["backup-models"]
+        clock.advance(context.backup.lease_ttl + 0.1)
+        assert live_leases(direct.target, now=clock()) == []
         sent_before = proxy.bytes_up
         resumed = run_backup(context, "models")
         assert resumed.outcome == "success", resumed.error
@@ -94,13 +124,25 @@ def test_a_short_outage_is_ridden_out_by_retries(make_context: MakeContext, seaw
     write_model(models, {"a.safetensors": 1_500_000})
     proxy = TcpProxy("127.0.0.1", int(seaweed.endpoint.rsplit(":", 1)[1]))
     try:
-        context = s3_context(make_context, seaweed, proxy.url, seaweed.bucket(), models, attempts=10)
+        lock = threading.Lock()
+        outage = {"cut": False, "failed_attempts": 0}
 
-        def blip() -> None:
-            proxy.cut()
-            threading.Timer(0.1, proxy.restore).start()
+        def cut() -> None:
+            with lock:
+                proxy.cut()
+                outage["cut"] = True
 
-        outcome = run_backup(context, "models", progress=CutAt(500_000, blip))
+        def failed_attempt() -> None:  # the outage lasts until a request has failed on it, then ends
+            with lock:
+                if outage["cut"]:
+                    outage["failed_attempts"] += 1
+                    if outage["failed_attempts"] == 1:
+                        proxy.restore()
+
+        plain = s3_context(make_context, seaweed, proxy.url, seaweed.bucket(), models, attempts=10)
+        context = RetryWatchingContext(plain, failed_attempt)
+        outcome = run_backup(context, "models", progress=CutAt(500_000, cut))
+        assert outage["failed_attempts"] >= 1  # requests did fail during the outage: the retries rode it out
         assert outcome.outcome == "success", outcome.error
         assert outcome.snapshot is not None
         report = verify_snapshot(context.repository("models"), outcome.snapshot, read_data=True)

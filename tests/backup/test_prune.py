@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sentinel.backup.targets import Target
 from sentinel.backup.targets.local import LocalTarget
 from sentinel.backup.targets.s3 import S3Target
 from sentinel.backup.verify import verify_snapshot
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import FakeClock, MakeContext, write_model
 from tests.support.seaweed import Seaweed
 
 SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
@@ -97,19 +96,25 @@ def test_a_crashed_holders_lease_expires_and_can_be_taken_over(where: str, seawe
         target = LocalTarget(tmp_path / "repo")
     else:
         target = S3Target.from_settings(TargetSettings(**seaweed.target_settings(seaweed.bucket(versioned=True))))
-    crashed = Lease(target, "backup-x", ttl=5)
+    clock = FakeClock()  # expiry is judged by this clock: the lease runs out when the test says so
+    crashed = Lease(target, "backup-x", ttl=5, clock=clock)
     crashed.acquire()
     crashed._stop.set()  # the process died: no more renewals, no release
-    with pytest.raises(LeaseHeld, match="held by"):
-        Lease(target, "backup-x", ttl=5).acquire()
-    time.sleep(5.2)
-    survivor = Lease(target, "backup-x", ttl=5)
+    with pytest.raises(LeaseHeld, match=r"held by .* \(expires in 5s\)"):
+        Lease(target, "backup-x", ttl=5, clock=clock).acquire()
+    clock.advance(4.9)
+    with pytest.raises(LeaseHeld, match="held by"):  # not yet
+        Lease(target, "backup-x", ttl=5, clock=clock).acquire()
+    assert [lease.name for lease in live_leases(target, now=clock())] == ["backup-x"]
+    clock.advance(0.3)  # 5.2 s after the crashed holder's last write: expired
+    assert live_leases(target, now=clock()) == []
+    survivor = Lease(target, "backup-x", ttl=5, clock=clock)
     survivor.acquire()
     crashed.renew()  # the stalled holder wakes up: it cannot renew over the new holder
     with pytest.raises(LeaseHeld, match="taken over"):
         crashed.check()
     survivor.release()
-    assert live_leases(target) == []
+    assert live_leases(target, now=clock()) == []
 
 
 def test_object_lock_refuses_prune_deletes_which_are_reported_and_safe(

@@ -111,12 +111,13 @@ def test_scheduled_runs_are_separate_processes_at_lower_cpu_priority(
 ) -> None:
     """The child is `<python> -m sentinel ARGS --data-dir D --config C`, reniced to `backup.nice`.
 
-    A stand-in interpreter records its arguments and, once the scheduler has had time to renice
-    it, its own niceness as the kernel reports it."""
+    A stand-in interpreter records its arguments and, once the scheduler has reniced it (it looks
+    until then, for at most a minute), its own niceness as the kernel reports it."""
     settings = load_settings(config(tmp_path, data_dir, "0 2 * * *", nice=7))
     seen = tmp_path / "seen"
     python = tmp_path / "python"
-    python.write_text(f'#!/bin/sh\nsleep 0.3\necho "$(nice) $*" > {seen}\nexit 5\n')
+    wait = 'i=0; while [ "$(nice)" != 7 ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done'
+    python.write_text(f'#!/bin/sh\n{wait}\necho "$(nice) $*" > {seen}\nexit 5\n')
     python.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(python))
     status = spawn_sentinel(settings)(["backup", "run", "m"])

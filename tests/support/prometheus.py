@@ -47,7 +47,7 @@ class Prometheus:
         groups = requests.get(self.url + "/api/v1/rules", timeout=10).json()["data"]["groups"]
         return [rule for group in groups for rule in group["rules"]]
 
-    def wait_for(self, expr: str, predicate: Any = bool, timeout: float = 30.0) -> float | None:
+    def wait_for(self, expr: str, predicate: Any = bool, timeout: float = 60.0) -> float | None:
         """Poll `expr` until `predicate(value)` holds (value is None while the query returns nothing)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -95,7 +95,7 @@ def running_prometheus(
         )
     prometheus = Prometheus(f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"prometheus exited with {process.returncode}:\n{log.read_text()[-3000:]}")
@@ -105,7 +105,7 @@ def running_prometheus(
             except requests.ConnectionError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"prometheus not ready in 30 s:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"prometheus not ready in 60 s:\n{log.read_text()[-3000:]}")
             time.sleep(0.1)
         yield prometheus
     finally:
