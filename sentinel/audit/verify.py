@@ -28,7 +28,7 @@ from sentinel.audit.chain import checkpoint_digest, signature_valid
 from sentinel.audit.record import GENESIS, stored_hashes
 from sentinel.audit.store import AuditStore, ChainLink
 from sentinel.audit.store.embedded import EmbeddedStore
-from sentinel.audit.walk import REACH, ChainWalk, Finding
+from sentinel.audit.walk import REACH, ChainWalk, CleanRun, Finding, clean_run
 
 __all__ = ["DEFAULT_PAGE", "Finding", "InstanceReport", "PublicKeys", "RecordObserver", "VerifyReport", "verify"]
 
@@ -179,7 +179,7 @@ async def _verify_chain(
     walk = ChainWalk(instance, from_seq, to_seq, start_prev, checkpoints, reach=reach)
     top = to_seq if to_seq is not None else (head[1] if head is not None else 0)
 
-    pages: list[Awaitable[tuple[list[tuple[Any, ...]], RecordObserver | None]]] = []
+    pages: list[Awaitable[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]]] = []
     lows = list(range(from_seq, top + 1, page))
     try:
         if pool is not None and len(lows) > 1:
@@ -190,17 +190,26 @@ async def _verify_chain(
             def submit() -> None:
                 nonlocal queued
                 lo, hi = lows[queued], min(lows[queued] + page - 1, top)
-                pages.append(loop.run_in_executor(pool, _page_in_worker, str(path), instance, lo, hi, observe))
+                hashes = {s: str(c.get("hash")) for s, c in checkpoints.items() if lo <= s <= hi}
+                pages.append(
+                    loop.run_in_executor(pool, _page_in_worker, str(path), instance, lo, hi, observe, hashes, reach)
+                )
                 queued += 1
 
             while queued < min(ahead, len(lows)):
                 submit()
-            for index in range(len(lows)):
-                rows, part = await pages[index]
+            for index, lo in enumerate(lows):
+                result, part = await pages[index]
                 pages[index] = _done
                 if queued < len(lows):
                     submit()
-                _take(walk, list(map(ChainLink._make, rows)), part, observed, progress)
+                if isinstance(result, CleanRun):
+                    if not walk.skip(result):  # what came before needs every link: read them here
+                        links, _ = await _read_page(store, instance, lo, min(lo + page - 1, top), None)
+                        walk.feed(links[len(result.head) :])
+                    _take(walk, [], part, observed, progress, result.count)
+                else:
+                    _take(walk, list(map(ChainLink._make, result)), part, observed, progress)
         else:
             for lo in lows:
                 links, part = await _read_page(store, instance, lo, min(lo + page - 1, top), observe)
@@ -230,12 +239,13 @@ def _take(
     part: RecordObserver | None,
     observed: RecordObserver | None,
     progress: Progress | None,
+    count: int | None = None,
 ) -> None:
     walk.feed(links)
     if observed is not None and part is not None:
         observed.merge(part)
     if progress is not None:
-        progress(len(links))
+        progress(len(links) if count is None else count)
 
 
 async def _read_page(
@@ -252,19 +262,27 @@ async def _read_page(
 
 
 def _page_in_worker(
-    path: str, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
-) -> tuple[list[tuple[Any, ...]], RecordObserver | None]:
-    """One page, in a worker process, on its own read-only connection to the embedded store; links
-    go back as plain tuples (half the pickling work of named ones)."""
+    path: str,
+    instance: str,
+    lo: int,
+    hi: int,
+    observe: Callable[[], RecordObserver] | None,
+    checkpoints: dict[int, str],
+    reach: int,
+) -> tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]:
+    """One page, in a worker process, on its own read-only connection to the embedded store. A page
+    found whole goes back as a `CleanRun` (its ends only); any other as plain tuples (half the
+    pickling work of named ones), for the walk to look at each record."""
 
-    async def run() -> tuple[list[tuple[Any, ...]], RecordObserver | None]:
+    async def run() -> tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]:
         store = EmbeddedStore(Path(path), read_only=True)
         await store.open()
         try:
             links, observed = await _read_page(store, instance, lo, hi, observe)
-            return list(map(tuple, links)), observed
         finally:
             await store.close()
+        whole = clean_run(links, lo, checkpoints, reach)
+        return (whole if whole is not None else list(map(tuple, links))), observed
 
     return asyncio.run(run())
 

@@ -56,6 +56,41 @@ class _Placed:
     unlinked: bool = False
 
 
+HEAD = 4
+"""Links of a `CleanRun` fed one by one before the rest is skipped over."""
+
+
+@dataclass(slots=True)
+class CleanRun:
+    """A page of records its reader found whole, so the walk need not see each one: sequence numbers
+    contiguous from the page's first, one record each, every content matching its hash and linking
+    to the record before it, every checkpoint in the page matching. It carries the first `HEAD` links
+    and the last `tail` ones (what the walk remembers: 2 x reach + 2), and how many records it holds."""
+
+    head: list[ChainLink]
+    count: int
+    tail: list[ChainLink]
+
+
+def tail_length(reach: int) -> int:
+    return 2 * reach + 2
+
+
+def clean_run(links: list[ChainLink], lo: int, checkpoints: dict[int, str], reach: int) -> CleanRun | None:
+    """`links` (one page read from `lo`) as a `CleanRun`, or None when anything in it needs a closer look."""
+    count = len(links)
+    if count < HEAD + tail_length(reach) + 2 or links[0].seq != lo or links[-1].seq != lo + count - 1:
+        return None
+    prev, seq = links[0].prev_hash, lo
+    for link in links:
+        if link.seq != seq or link.claimed_hash != link.content_hash or link.prev_hash != prev:
+            return None
+        prev, seq = link.claimed_hash, seq + 1
+    if any(links[seq - lo].claimed_hash != digest for seq, digest in checkpoints.items() if lo <= seq < lo + count):
+        return None
+    return CleanRun(links[:HEAD], count, links[-tail_length(reach) :])
+
+
 @dataclass
 class ChainWalk:
     """Check one chain over [from_seq, to_seq]; `start_prev` is the hash the first record must link to
@@ -103,6 +138,52 @@ class ChainWalk:
             groups.append([link])
             if len(groups) == 3:
                 self._settle(groups.popleft(), groups[0])
+
+    def skip(self, run: CleanRun) -> bool:
+        """Take a whole page without looking at each record: the same state as `feed` would leave.
+
+        Feeds the run's head first (it joins the page to the one before); returns False, with the head
+        fed, when what came before is not in order (something waits, or is out of place): then the
+        caller feeds the rest of the page's links."""
+        self.feed(run.head)
+        groups, prev = self._groups, self._prev
+        reach = self.reach
+        first = run.head[0].seq
+        if (
+            self._waiting
+            or self._undecided
+            or self._candidates
+            or prev is None
+            or prev.seq != first + HEAD - 3
+            or len(groups) != 2
+            or (self._placed.get(prev.claimed_hash) or _Placed(prev, prev.seq)).position != prev.seq
+            or len(run.tail) < tail_length(reach)
+        ):
+            return False
+        last = first + run.count - 1
+        settled_to = last - 2  # the last two stay unsettled, as after `feed`
+        by_seq = {link.seq: link for link in run.tail}
+        # The hashes remembered, trimmed on the same cadence as `_settle` trims them.
+        order, present = self._order, self._present
+        for seq in range(prev.seq + 1, settled_to + 1):
+            order.append((seq, ""))
+            present.add(seq)
+            if len(order) > 2 * reach:
+                self._evict(seq)
+        self._recent.pop("", None)
+        for index, (seq, digest) in enumerate(order):
+            if not digest:
+                digest = by_seq[seq].claimed_hash
+                order[index] = (seq, digest)
+                self._recent[digest] = seq
+        self.records += run.count - len(run.head)
+        self.chosen += settled_to - prev.seq
+        self._prev = by_seq[settled_to]
+        self.last_seq, self.last_hash = settled_to, self._prev.claimed_hash
+        self._expected = settled_to + 1
+        groups.clear()
+        groups.extend([[by_seq[last - 1]], [by_seq[last]]])
+        return True
 
     def finish(self) -> list[Finding]:
         while self._groups:
@@ -173,13 +254,14 @@ class ChainWalk:
         prev = self._prev if self._prev is not None and self._prev.seq == link.seq - 1 else None
         if prev is not None and link.prev_hash == prev.claimed_hash:
             before = self._placed.get(prev.claimed_hash)
-            if before is None:  # the common case: linked to the record before, which is in place
-                self._remember(link.seq, link.claimed_hash)
+            if before is None or before.position == prev.seq:
+                # The common case: linked to the record before, which is in place; so is this one.
+                self._in_place(link)
                 return
             placed = _Placed(link)
             self._after(placed, before)
         elif link.seq == self.from_seq and link.prev_hash == self.start_prev:
-            self._remember(link.seq, link.claimed_hash)
+            self._in_place(link)
             return
         else:
             placed = _Placed(link)
@@ -194,6 +276,12 @@ class ChainWalk:
         for waiting in self._waiting.pop(link.claimed_hash, []):
             if waiting is not placed:
                 self._after(waiting, placed)
+
+    def _in_place(self, link: ChainLink) -> None:
+        self._remember(link.seq, link.claimed_hash)
+        if self._waiting:  # records seen earlier that link to this one
+            for waiting in self._waiting.pop(link.claimed_hash, []):
+                self._after(waiting, None, link.seq)
 
     def _after(self, placed: _Placed, before: _Placed | None, before_seq: int | None = None) -> None:
         """`placed` links to `before` (or to the in-place record at `before_seq`): position it."""

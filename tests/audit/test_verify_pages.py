@@ -102,6 +102,9 @@ async def _all_ways(path: Path, keys: PublicKeys, processes: tuple[int, ...]) ->
             for n in processes:
                 report = await verify(store, keys, page=page, processes=n)
                 out.append(_plain(report.findings))
+        if 2 in processes:  # whole pages skipped over by the walk (a short reach makes them short)
+            for page, reach in ((12, 2), (20, 4)):
+                out.append(_plain((await verify(store, keys, page=page, processes=2, reach=reach)).findings))
         # The whole-chain walk over every link at once, with the checkpoints `verify` found valid.
         links = [link async for link in store.chain_links("node-a")]
         valid = {}

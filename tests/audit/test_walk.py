@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sentinel.audit.record import GENESIS
 from sentinel.audit.store import ChainLink
-from sentinel.audit.walk import ChainWalk, Finding
+from sentinel.audit.walk import HEAD, ChainWalk, Finding, clean_run
 from tests.audit.reference_walk import whole_chain_walk
 
 INSTANCE = "node-a"
@@ -111,6 +111,21 @@ def walk(
     return w.finish()
 
 
+def walk_skipping(links: list[ChainLink], cps: dict[int, dict[str, Any]], page: int, reach: int) -> ChainWalk:
+    """As `verify` with worker processes: pages of sequence numbers, each whole one skipped over."""
+    w = ChainWalk(INSTANCE, checkpoints=cps, reach=reach, start_prev=GENESIS)
+    hashes = {seq: c["hash"] for seq, c in cps.items()}
+    top = max((link.seq for link in links), default=0)
+    for lo in range(1, top + 1, page):
+        part = [link for link in links if lo <= link.seq < lo + page]
+        run = clean_run(part, lo, hashes, reach)
+        if run is None:
+            w.feed(part)
+        elif not w.skip(run):
+            w.feed(part[HEAD:])
+    return w
+
+
 def plain(findings: list[Finding]) -> list[tuple[Any, ...]]:
     return sorted((f.kind, f.seq, f.seq_to, f.doc_id) for f in findings)
 
@@ -123,7 +138,7 @@ tampering = st.lists(st.tuples(st.sampled_from(sorted(OPS)), st.integers(min_val
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(n=st.integers(min_value=0, max_value=60), ops=tampering, every=st.integers(min_value=1, max_value=9))
+@given(n=st.integers(min_value=0, max_value=120), ops=tampering, every=st.integers(min_value=1, max_value=9))
 @example(n=10, ops=[("unlinked", 1), ("unlinked", 3)], every=1)  # verdicts must not depend on the order decided
 def test_paging_never_changes_the_findings(n: int, ops: list[tuple[str, int]], every: int) -> None:
     links = chain(n)
@@ -135,6 +150,21 @@ def test_paging_never_changes_the_findings(n: int, ops: list[tuple[str, int]], e
         assert walk(links, cps, page) == whole
     # A reach shorter than the damage's extent changes nothing for damage this local.
     assert walk(links, cps, 3, reach=8) == whole
+    # Whole pages skipped over leave the walk as seeing every record would.
+    for page, reach in ((12, 2), (17, 3), (40, 8)):
+        skipping, fed = (
+            walk_skipping(links, cps, page, reach),
+            ChainWalk(INSTANCE, checkpoints=cps, reach=reach, start_prev=GENESIS),
+        )
+        fed.feed(links)
+        assert skipping.finish() == fed.finish()
+        assert (skipping.records, skipping.chosen, skipping.last_seq, skipping.last_hash) == (
+            fed.records,
+            fed.chosen,
+            fed.last_seq,
+            fed.last_hash,
+        )
+        assert list(skipping._order) == list(fed._order) and skipping._recent == fed._recent
 
 
 @settings(
@@ -195,3 +225,17 @@ def test_memory_holds_the_reach_not_the_chain() -> None:
         w.feed(links[start : start + 100])
         assert len(w._recent) <= 2 * 64 + 3 and not w._placed and not w._waiting
     assert w.finish() == [] and w.chosen == 5000
+
+
+def test_whole_pages_are_skipped_and_a_tampered_one_is_not() -> None:
+    links = chain(200)
+    hashes: dict[int, str] = {}
+    assert clean_run(links[:50], 1, hashes, 8) is not None
+    assert clean_run(modify(links, 20)[:50], 1, hashes, 8) is None
+    assert clean_run(delete(links, 20)[:49], 1, hashes, 8) is None
+    assert clean_run(duplicate(delete(links, 21), 20)[:50], 1, hashes, 8) is None  # a duplicate filling a gap
+    assert clean_run(links[:50], 1, {10: h("another record")}, 8) is None  # a checkpoint says otherwise
+    w = ChainWalk(INSTANCE, start_prev=GENESIS, reach=8)
+    run = clean_run(links[:50], 1, hashes, 8)
+    assert run is not None and w.skip(run)
+    assert (w.records, w.chosen, w.last_seq) == (50, 48, 48)
