@@ -233,7 +233,7 @@ class Synth:
     what it needs, so the template can be reused for the next call).
     """
 
-    def __init__(self, seed: int, instance: str, pool: int = 4096) -> None:
+    def __init__(self, seed: int, instance: str, pool: int = 4096, content_scale: float = 1.0) -> None:
         self.gen = g = np.random.default_rng(seed)
         text = _corpus(random.Random(1), 256 * 1024)
         people = random.Random(2)  # the same users and keys in every instance
@@ -254,9 +254,10 @@ class Synth:
         model = np.searchsorted(_MODEL_EDGES, g.random(pool), side="right").tolist()
         outcome = np.searchsorted(_OUTCOME_EDGES, g.random(pool), side="right").tolist()
         streamed = (g.random(pool) < 0.95).tolist()
-        prompt = np.clip(g.lognormal(6.9, 0.5, pool), 700, 3700).astype(np.int64).tolist()  # + system: 1-4 KB
-        output = g.lognormal(5.3, 0.8, pool).astype(np.int64).tolist()  # median 200 tokens
-        reasoning = g.lognormal(4.8, 0.7, pool).astype(np.int64).tolist()  # median 120 tokens
+        scale = content_scale
+        prompt = (np.clip(g.lognormal(6.9, 0.5, pool), 700, 3700) * scale).astype(np.int64).tolist()  # 1-4 KB
+        output = (g.lognormal(5.3, 0.8, pool) * scale).astype(np.int64).tolist()  # median 200 tokens
+        reasoning = (g.lognormal(4.8, 0.7, pool) * scale).astype(np.int64).tolist()  # median 120 tokens
         offset = g.integers(0, len(text) - 4000, (pool, 3)).tolist()
         phi = np.where(g.random(pool) < 0.02, g.integers(0, len(_PHI), pool), -1).tolist()
         # per call: duration ~ lognormal(mu, sigma) capped; TTFT for streams
@@ -473,6 +474,8 @@ class WorkerPlan:
     """The deployment's blind-index key, known to every instance."""
     store: Path | None
     """The embedded store to insert into (under `lock`); None: send rows to the parent (Elasticsearch)."""
+    content_scale: float = 1.0
+    """Prompt, answer and reasoning sizes times this (0.3: about the 2 KB records of a short-answer soak)."""
 
 
 class StoreRows:
@@ -523,7 +526,10 @@ def _generate(plan: WorkerPlan, sink: StoreRows | SentRows) -> dict[str, Any]:
     clock = SimClock(plan.start)
     with simulated_time(clock):
         chains = [Chain(name, BenchKeyRing(plan.keks, clock, plan.shared), clock) for name, _ in plan.instances]
-        synths = [Synth(plan.seed * 1000 + plan.number * 10 + i, name) for i, (name, _) in enumerate(plan.instances)]
+        synths = [
+            Synth(plan.seed * 1000 + plan.number * 10 + i, name, content_scale=plan.content_scale)
+            for i, (name, _) in enumerate(plan.instances)
+        ]
         per_hour = [hour_counts(count, plan.start, plan.hours) for _, count in plan.instances]
         events, event_hours = None, [0] * plan.hours
         if plan.events_chain is not None:
@@ -616,6 +622,7 @@ def generate(
     workers: int | None = None,
     events_every: int = 2500,
     elasticsearch: str | None = None,
+    content_scale: float = 1.0,
 ) -> Result:
     """Write `records` interaction records (plus one event per `events_every`) into a new data dir `out`."""
     began = time.perf_counter()
@@ -648,6 +655,7 @@ def generate(
             keks=keks,
             shared=shared.all_keys(),
             store=store,
+            content_scale=content_scale,
         )
         for w in range(workers)
     ]
@@ -687,7 +695,8 @@ def generate(
         store_bytes=store.stat().st_size if store is not None else 0,
     )
     manifest = {k: v for k, v in dataclasses.asdict(result).items() if k != "out"}
-    (out / "generated.json").write_bytes(orjson.dumps({**manifest, "seed": seed}, option=orjson.OPT_INDENT_2))
+    manifest = {**manifest, "seed": seed, "content_scale": content_scale}
+    (out / "generated.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return result
 
 
@@ -765,6 +774,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, help="sealing processes (default: CPUs, at most one per instance)")
     parser.add_argument("--events-every", type=int, default=2500, help="one audit event per N records (0: none)")
     parser.add_argument("--elasticsearch", metavar="URL", help="bulk-index into Elasticsearch instead")
+    parser.add_argument(
+        "--content-scale", type=float, default=1.0, help="content sizes times this (0.3: ~2 KB records)"
+    )
     args = parser.parse_args()
     result = generate(
         args.out,
@@ -776,6 +788,7 @@ def main() -> None:
         workers=args.workers,
         events_every=args.events_every,
         elasticsearch=args.elasticsearch,
+        content_scale=args.content_scale,
     )
     chains = ", ".join(f"{name} {seq:,}" for name, seq in result.chains.items())
     print(
