@@ -90,13 +90,23 @@ def init(config_file: Path | None, data_dir: Path | None, log_level: str | None,
 
 
 @keys.command("show")
-@click.option("--public", is_flag=True, help="Print the checkpoint signing public keys (to pin for verification).")
+@click.option(
+    "--public",
+    is_flag=True,
+    help="Print only the checkpoint signing public keys, as a pin file for `audit verify --public-key`.",
+)
 @settings_options
 def show(
     public: bool, config_file: Path | None, data_dir: Path | None, log_level: str | None, log_format: str | None
 ) -> None:
-    """List key-encryption keys and the wrapped keys in the spools (never key material)."""
+    """List key-encryption keys and the wrapped keys in the spools (never key material).
+
+    With --public, the output is a pin file: one `KID BASE64` line per checkpoint signing key (raw
+    Ed25519 public key), `#` comments."""
     settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
+    if public:
+        _print_pins(settings)
+        return
     path = settings.resolve_path(settings.key_file)
     try:
         keks = LocalKeyFile.load(path)
@@ -126,9 +136,18 @@ def show(
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created)),
             f"{(time.time() - key.created) / 86400:.1f}",
         )
-        if public and key.public:
-            console.print(f"signing public key {key.kid}: {key.public}")
     console.print(table)
+
+
+def _print_pins(settings: Any) -> None:
+    keys: dict[str, str] = {}
+    for spool in _spools(settings):
+        if spool.path.exists() and _open(spool):
+            keys.update((k.kid, k.public) for k in spool.run_sync(spool.stored_keys) if k.public)
+            spool.close()
+    lines = ["# Sentinel checkpoint signing keys: KID BASE64 (raw Ed25519 public key), one a line"]
+    lines += [f"{kid} {public}" for kid, public in sorted(keys.items())]
+    click.echo("\n".join(lines))
 
 
 @keys.command("rotate")
@@ -221,15 +240,30 @@ def retire(
 
 
 def public_keys_from(files: tuple[Path, ...]) -> dict[str, Any] | None:
-    """Pinned checkpoint public keys: files holding `KID BASE64` lines (from `keys show --public`)."""
+    """Pinned checkpoint public keys: pin files of `KID BASE64` lines (`keys show --public`), `#`
+    comments and blank lines ignored. Anything else is a usage error naming the file and line."""
     if not files:
         return None
+    import binascii
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     pinned: dict[str, Any] = {}
     for file in files:
-        for line in file.read_text().splitlines():
-            parts = line.replace("signing public key", "").replace(":", " ").split()
-            if len(parts) >= 2:
-                pinned[parts[0]] = Ed25519PublicKey.from_public_bytes(base64.b64decode(parts[-1]))
+        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            parts = text.split()
+            try:
+                if len(parts) != 2:
+                    raise ValueError("expected `KID BASE64`")
+                pinned[parts[0]] = Ed25519PublicKey.from_public_bytes(base64.b64decode(parts[1], validate=True))
+            except (ValueError, binascii.Error) as exc:
+                raise click.UsageError(
+                    f"{file}:{number} is not a pinned key line ({exc}); make a pin file with "
+                    "`sentinel keys show --public > pins.txt`"
+                ) from None
+    if not pinned:
+        raise click.UsageError(f"no pinned keys in {', '.join(map(str, files))}")
     return pinned

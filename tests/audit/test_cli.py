@@ -110,6 +110,21 @@ def test_keys_and_audit_commands(
     events = orjson.loads(sentinel(data_dir, "audit", "search", "--kind", "event", "--json").stdout)
     assert {"key_rotation", "content_access", "kek_rewrap", "kek_retired"} <= {e["event"]["type"] for e in events}
 
+    # Pinning keys as documented: the pin file verifies the untouched trail; a file that is not one is a
+    # usage error (exit 2) naming the line, never a traceback and never the "tampered" status.
+    pins = tmp_path / "pins.txt"
+    shown_pins = sentinel(data_dir, "keys", "show", "--public")
+    assert shown_pins.returncode == 0, shown_pins.stderr
+    pins.write_text(shown_pins.stdout)
+    assert [line.split()[0][:3] for line in shown_pins.stdout.splitlines() if not line.startswith("#")] == ["sk-"]
+    pinned = sentinel(data_dir, "audit", "verify", "--public-key", str(pins))
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    garbage = tmp_path / "not-pins.txt"
+    garbage.write_text("Key-encryption keys in /somewhere: kek-1 (active)\n")
+    refused_pins = sentinel(data_dir, "audit", "verify", "--public-key", str(garbage))
+    assert refused_pins.returncode == 2 and "not-pins.txt:1 is not a pinned key line" in refused_pins.stderr
+    assert "Traceback" not in refused_pins.stderr
+
     db = sqlite3.connect(data_dir / "audit" / "store.db")
     db.execute("DELETE FROM records WHERE doc_id = ?", (found[-2]["doc_id"],))  # call 2's: one in the middle
     db.commit()
