@@ -114,14 +114,20 @@ async def verify(
     report = VerifyReport(since=since, until=until)
     observed = observe() if observe is not None else None
     path = store.path if isinstance(store, EmbeddedStore) else None
-    pool = None
-    if processes > 1 and path is not None:
-        # forkserver, not fork: callers run with threads (SQLite's, the event loop's). At lower CPU
-        # priority, like scheduled backups: a check pulled through the admin API must not take the
-        # proxy's CPU.
-        pool = ProcessPoolExecutor(
-            processes, mp_context=multiprocessing.get_context("forkserver"), initializer=os.nice, initargs=(10,)
-        )
+    pools: list[ProcessPoolExecutor] = []
+
+    def pool() -> ProcessPoolExecutor | None:
+        """The worker processes, started when a chain first has more than one page."""
+        if processes <= 1 or path is None:
+            return None
+        if not pools:
+            # forkserver, not fork: callers run with threads (SQLite's, the event loop's). At lower
+            # CPU priority, like scheduled backups: a check pulled through the admin API must not
+            # take the proxy's CPU.
+            context = multiprocessing.get_context("forkserver")
+            pools.append(ProcessPoolExecutor(processes, mp_context=context, initializer=os.nice, initargs=(10,)))
+        return pools[0]
+
     try:
         for name in [instance] if instance else sorted(await store.instances()):
             start = (after or {}).get(name)
@@ -132,8 +138,8 @@ async def verify(
             if observed is not None:
                 observed.merge(chain[1])
     finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        for started in pools:
+            started.shutdown(wait=False, cancel_futures=True)
     report.observed = observed
     return report
 
@@ -146,7 +152,7 @@ async def _verify_chain(
     until: float | None,
     start: tuple[int, str] | None,
     page: int,
-    pool: ProcessPoolExecutor | None,
+    pool: Callable[[], ProcessPoolExecutor | None],
     processes: int,
     path: Path | None,
     progress: Progress | None,
@@ -181,8 +187,9 @@ async def _verify_chain(
 
     pages: list[Awaitable[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]]] = []
     lows = list(range(from_seq, top + 1, page))
+    workers = pool() if len(lows) > 1 else None
     try:
-        if pool is not None and len(lows) > 1:
+        if workers is not None:
             loop = asyncio.get_running_loop()
             ahead = processes + 1  # pages in flight: bounded memory
             queued = 0
@@ -192,7 +199,7 @@ async def _verify_chain(
                 lo, hi = lows[queued], min(lows[queued] + page - 1, top)
                 hashes = {s: str(c.get("hash")) for s, c in checkpoints.items() if lo <= s <= hi}
                 pages.append(
-                    loop.run_in_executor(pool, _page_in_worker, str(path), instance, lo, hi, observe, hashes, reach)
+                    loop.run_in_executor(workers, _page_in_worker, str(path), instance, lo, hi, observe, hashes, reach)
                 )
                 queued += 1
 
@@ -230,7 +237,8 @@ async def _verify_chain(
     return report, observed
 
 
-_done: Any = None  # a consumed page's slot
+_done: Any = None
+"""What a consumed page's slot holds instead: its links are not kept while later pages are walked."""
 
 
 def _take(
