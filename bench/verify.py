@@ -83,8 +83,8 @@ def main() -> None:
     if args.drill:
         if not (args.store / "keys" / "backup.key").exists():
             subprocess.run(sentinel("backup", "init-key", "--config", config), check=True, capture_output=True)
-        run("backup run (audit)", sentinel("backup", "run", "audit", "--config", config), 0)
-        run("drill run (restore + verify)", sentinel("drill", "run", "audit", "--config", config), records)
+        run("backup run (every plan)", sentinel("backup", "run", "--config", config), 0)
+        run("drill run (restore + verify)", sentinel("drill", "run", "--config", config), records)
     if args.report:
         out = args.store / "bench-report.json"
         days = float(generated.get("days", 30)) + 1
