@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sentinel.audit.chain import checkpoint_digest, signature_valid
 from sentinel.audit.record import GENESIS, stored_hashes
 from sentinel.audit.store import AuditStore, ChainLink
-from sentinel.audit.store.embedded import EmbeddedStore
+from sentinel.audit.store.embedded import _SPAN, EmbeddedStore, open_read_only, read_chain_page
 from sentinel.audit.walk import REACH, ChainWalk, CleanRun, Finding, clean_run
 
 __all__ = ["DEFAULT_PAGE", "Finding", "InstanceReport", "PublicKeys", "RecordObserver", "VerifyReport", "verify"]
@@ -282,17 +282,21 @@ def _page_in_worker(
     found whole goes back as a `CleanRun` (its ends only); any other as plain tuples (half the
     pickling work of named ones), for the walk to look at each record."""
 
-    async def run() -> tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]:
-        store = EmbeddedStore(Path(path), read_only=True)
-        await store.open()
-        try:
-            links, observed = await _read_page(store, instance, lo, hi, observe)
-        finally:
-            await store.close()
-        whole = clean_run(links, lo, checkpoints, reach)
-        return (whole if whole is not None else list(map(tuple, links))), observed
-
-    return asyncio.run(run())
+    # Synchronous: in a worker the event loop and the store's thread would only cost CPU.
+    db = open_read_only(Path(path))
+    observed = observe() if observe is not None else None
+    links: list[ChainLink] = []
+    try:
+        for low in range(lo, hi + 1, _SPAN):
+            records = read_chain_page(db, instance, low, min(low + _SPAN - 1, hi))
+            if observed is not None:
+                for r in records:
+                    observed.add(r.doc_id, r.kind, r.event_type, r.recorded_at, r.body)
+            links += [ChainLink(r.seq, r.doc_id, r.prev_hash, *stored_hashes(r.body), r.recorded_at) for r in records]
+    finally:
+        db.close()
+    whole = clean_run(links, lo, checkpoints, reach)
+    return (whole if whole is not None else list(map(tuple, links))), observed
 
 
 def _check_checkpoints(

@@ -108,6 +108,33 @@ def record_row(doc: dict[str, Any], body: bytes) -> tuple[Any, ...]:
     )
 
 
+_SPAN = 2000
+
+
+def read_chain_page(db: sqlite3.Connection, instance: str, low: int, high: int) -> list[StoredRecord]:
+    """Records of one chain with sequence numbers in [low, high], in `(seq, doc_id)` order.
+
+    By ranges of sequence numbers, not LIMIT: a second record claiming a sequence number lands on the
+    same page as the first; `seq` order alone keeps SQLite on the (instance, seq) index without a
+    sort (ties are ordered by doc id here)."""
+    rows = db.execute(
+        "SELECT seq, doc_id, coalesce(prev_hash, ''), recorded_at, kind, event_type, CAST(body AS BLOB) "
+        "FROM records WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+        (instance, low, high),
+    ).fetchall()
+    page = list(map(StoredRecord._make, rows))
+    if any(page[i].seq == page[i + 1].seq for i in range(len(page) - 1)):
+        page.sort(key=lambda record: (record.seq, record.doc_id))
+    return page
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A plain read-only connection, for a worker process that reads without an event loop."""
+    if not path.exists():
+        raise StoreUnavailable(f"audit store {path} does not exist")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
 def _metadata(body: str) -> dict[str, Any]:
     doc: dict[str, Any] = orjson.loads(body)
     doc.pop("encrypted", None)
@@ -228,21 +255,10 @@ class EmbeddedStore:
             yield ChainLink(seq, doc_id, prev_hash, claimed, content, recorded_at)
 
     async def chain_pages(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[list[StoredRecord]]:
-        span = 2000
+        span = _SPAN
 
         def fetch(low: int) -> list[StoredRecord]:
-            # By ranges of sequence numbers, not LIMIT: a second record claiming a sequence number
-            # lands on the same page as the first; `seq` order alone keeps SQLite on the (instance,
-            # seq) index without a sort (ties are ordered by doc id here).
-            rows = self.db.execute(
-                "SELECT seq, doc_id, coalesce(prev_hash, ''), recorded_at, kind, event_type, CAST(body AS BLOB) "
-                "FROM records WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
-                (instance, low, min(low + span - 1, to_seq)),
-            ).fetchall()
-            page = list(map(StoredRecord._make, rows))
-            if any(page[i].seq == page[i + 1].seq for i in range(len(page) - 1)):
-                page.sort(key=lambda record: (record.seq, record.doc_id))
-            return page
+            return read_chain_page(self.db, instance, low, min(low + span - 1, to_seq))
 
         low = from_seq
         pending = asyncio.ensure_future(self._run(functools.partial(fetch, low))) if low <= to_seq else None
