@@ -54,10 +54,10 @@ def test_no_content_field_is_mapped_for_search() -> None:
 
 
 def test_es_setup_reports_an_unreachable_cluster(tmp_path: Path) -> None:
-    from tests.support.upstream import free_port
+    from tests.support.upstream import refused_port
 
     env = {
-        "SENTINEL_ELASTICSEARCH_URL": f"http://127.0.0.1:{free_port()}",
+        "SENTINEL_ELASTICSEARCH_URL": f"http://127.0.0.1:{refused_port()}",
         "PATH": "/usr/bin",
         "SENTINEL_ELASTICSEARCH_REQUEST_TIMEOUT": "2",
     }

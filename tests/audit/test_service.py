@@ -111,10 +111,10 @@ def test_strict_mode_records_before_forwarding_and_before_the_last_byte(
 
 
 def test_strict_mode_records_failed_calls_too(start_sentinel: Callable[..., Running], tmp_path: Path) -> None:
-    from tests.support.upstream import free_port
+    from tests.support.upstream import refused_port
 
-    proxy = start_sentinel(f"http://127.0.0.1:{free_port()}", audit={"mode": "strict"})
-    assert requests.post(proxy.url + "/v1/chat/completions", json=chat(1), timeout=10).status_code == 502
+    proxy = start_sentinel(f"http://127.0.0.1:{refused_port()}", audit={"mode": "strict"})
+    assert requests.post(proxy.url + "/v1/chat/completions", json=chat(1), timeout=60).status_code == 502
     proxy.record()
     kinds = [kind for kind, _ in spool_kinds(tmp_path / "data")]
     assert kinds == ["interaction_started", "interaction"]

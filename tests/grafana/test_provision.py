@@ -24,7 +24,7 @@ from sentinel.monitoring.dashboards import PROMETHEUS_UID
 from sentinel.monitoring.rules import ALERTS
 from tests.support.grafana import ADMIN_TOKEN, ADMIN_USER, VIEWER_TOKEN, FakeGrafana, running_grafana
 from tests.support.loop import BackgroundLoop
-from tests.support.upstream import free_port
+from tests.support.upstream import refused_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD_UIDS = {"sentinel-overview", "sentinel-gpu", "sentinel-internals", "sentinel-backups"}
@@ -155,7 +155,7 @@ def test_viewer_token_is_a_403_message(grafana: FakeGrafana) -> None:
 
 
 def test_unreachable_grafana() -> None:
-    settings = GrafanaSettings(url=f"http://127.0.0.1:{free_port()}", token=SecretStr(ADMIN_TOKEN), timeout=2)
+    settings = GrafanaSettings(url=f"http://127.0.0.1:{refused_port()}", token=SecretStr(ADMIN_TOKEN), timeout=2)
     with pytest.raises(ProvisionError, match="cannot reach Grafana at http://127.0.0.1:"):
         provision(settings)
 

@@ -8,6 +8,7 @@ in both directions. Frame helpers come from the demo upstream, which is shaped l
 from __future__ import annotations
 
 import asyncio
+import atexit
 import socket
 import threading
 import time
@@ -182,8 +183,22 @@ async def running_upstream() -> AsyncIterator[ScriptedUpstream]:
         await runner.cleanup()
 
 
+_HELD: list[socket.socket] = []
+atexit.register(lambda: [sock.close() for sock in _HELD])
+
+
+def refused_port() -> int:
+    """A port that refuses connections for the rest of the session: bound but never listening, so no
+    server started later (one binding port 0, say) can be handed it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return int(sock.getsockname()[1])
+
+
 def free_port() -> int:
-    """A port nothing listens on (bound, then released), for 'upstream refused' tests."""
+    """A port nothing listens on (bound, then released), for a server a test starts on it; for
+    'upstream refused' tests use `refused_port`, which no other server can take meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

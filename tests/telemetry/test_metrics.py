@@ -102,9 +102,9 @@ def test_health_and_readiness(upstream: ScriptedUpstream, start_sentinel: Callab
 
 def test_not_ready_while_upstream_unreachable(start_sentinel: Callable[..., Running]) -> None:
     from tests.conftest import wait_until
-    from tests.support.upstream import free_port
+    from tests.support.upstream import refused_port
 
-    proxy = start_sentinel(f"http://127.0.0.1:{free_port()}")
+    proxy = start_sentinel(f"http://127.0.0.1:{refused_port()}")
     # The probe sets the gauge last, after the state `/readyz` reads (served on another thread): wait for
     # the gauge, then both must say unreachable.
     wait_until(lambda: proxy.metric("sentinel_upstream_up") == 0)

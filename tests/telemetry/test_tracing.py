@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.conftest import Running, wait_until
 from tests.support.frames import SSE_HEADERS, vllm_chat_stream
-from tests.support.upstream import Script, ScriptedUpstream, free_port
+from tests.support.upstream import Script, ScriptedUpstream, refused_port
 
 SECRET_PROMPT = "my patient John Doe, SSN 123-45-6789"
 
@@ -79,7 +79,7 @@ def test_server_and_client_spans_follow_genai_conventions(
 
 def test_root_trace_when_no_traceparent_and_error_status(start_sentinel: Callable[..., Running]) -> None:
     exporter = InMemorySpanExporter()
-    proxy = start_sentinel(f"http://127.0.0.1:{free_port()}", span_processor=SimpleSpanProcessor(exporter))
+    proxy = start_sentinel(f"http://127.0.0.1:{refused_port()}", span_processor=SimpleSpanProcessor(exporter))
     requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=30)
     record = proxy.record()
     wait_until(lambda: len(exporter.get_finished_spans()) >= 1)
