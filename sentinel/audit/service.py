@@ -124,6 +124,10 @@ async def stored_public_keys(store: AuditStore) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
+class InstanceRunning(Exception):
+    """Another `sentinel serve` holds this data directory's audit chain."""
+
+
 class AuditService:
     def __init__(self, settings: Settings, registry: CollectorRegistry, instance: str, *, cli: bool = False) -> None:
         self.settings = settings
@@ -152,6 +156,8 @@ class AuditService:
         itself unavailable (strict mode then refuses requests, best_effort counts losses)."""
         if self.cli:
             self._lock()
+        else:
+            self._claim_chain()
         try:
             await self.spool.run(self.spool.open)
         except SpoolUnavailable as exc:
@@ -206,6 +212,28 @@ class AuditService:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def _claim_chain(self) -> None:
+        """One writer per chain: the serving instance holds `audit/serve.lock` while it runs; a second
+        `sentinel serve` on the same data directory stops here instead of forking the chain."""
+        path = self.spool.path.parent / "serve.lock"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return  # nor can the spool be opened there: the service reports itself unavailable
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InstanceRunning(
+                f"another sentinel serve (pid {holder}) is writing the audit trail in {self.settings.data_dir}: "
+                "one writer per chain. Give each instance its own data_dir and instance_id."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:

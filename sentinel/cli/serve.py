@@ -52,13 +52,14 @@ def serve(
         admin_port=admin_port,
         access_log=access_log,
     )
+    from sentinel.audit.service import InstanceRunning
     from sentinel.server import serve as run
 
     try:
         import uvloop
 
         uvloop.run(run(settings))
-    except (ConfigError, KeyUnavailable) as exc:
+    except (ConfigError, KeyUnavailable, InstanceRunning) as exc:
         click.echo(f"sentinel: {exc}", err=True)
         sys.exit(2)
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform

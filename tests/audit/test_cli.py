@@ -160,3 +160,40 @@ def test_serve_refuses_a_key_file_that_cannot_open_the_data(tmp_path: Path) -> N
     )
     assert result.returncode == 2
     assert "wrapped only by key-encryption key(s) kek-" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_second_serve_on_the_same_data_dir_refuses(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running], tmp_path: Path
+) -> None:
+    """One writer per chain: two instances on one data directory would both write `instance:seq`."""
+    data_dir = tmp_path / "data"
+    first = start_sentinel(upstream.url)
+    assert first.sentinel.audit is not None
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sentinel",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--upstream",
+            upstream.url,
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")},
+        timeout=120,
+    )
+    assert second.returncode == 2, second.stderr
+    assert f"another sentinel serve (pid {os.getpid()}) is writing the audit trail in {data_dir}" in second.stderr
+    assert "Traceback" not in second.stderr
+    # The first one goes on recording.
+    upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("still here")]))
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    assert requests.post(first.url + "/v1/chat/completions", json=body, timeout=30).ok
+    wait_until(lambda: len(kids(data_dir)) == 1, timeout=30)
