@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,38 +113,59 @@ async def verify(
     are always all checked."""
     report = VerifyReport(since=since, until=until)
     observed = observe() if observe is not None else None
+    chains = [
+        await _plan(store, name, public_keys, since, until, (after or {}).get(name), page, reach)
+        for name in ([instance] if instance else sorted(await store.instances()))
+    ]
+    # One pipeline of pages over every chain, in order: the workers never wait between chains.
+    jobs = [(chain, lo, min(lo + page - 1, chain.top)) for chain in chains for lo in chain.lows]
     path = store.path if isinstance(store, EmbeddedStore) else None
-    pools: list[ProcessPoolExecutor] = []
-
-    def pool() -> ProcessPoolExecutor | None:
-        """The worker processes, started when a chain first has more than one page."""
-        if processes <= 1 or path is None:
-            return None
-        if not pools:
-            # forkserver, not fork: callers run with threads (SQLite's, the event loop's). At lower
-            # CPU priority, like scheduled backups: a check pulled through the admin API must not
-            # take the proxy's CPU.
-            context = multiprocessing.get_context("forkserver")
-            pools.append(ProcessPoolExecutor(processes, mp_context=context, initializer=os.nice, initargs=(10,)))
-        return pools[0]
-
-    try:
-        for name in [instance] if instance else sorted(await store.instances()):
-            start = (after or {}).get(name)
-            chain = await _verify_chain(
-                store, name, public_keys, since, until, start, page, pool, processes, path, progress, observe, reach
-            )
-            report.instances.append(chain[0])
-            if observed is not None:
-                observed.merge(chain[1])
-    finally:
-        for started in pools:
-            started.shutdown(wait=False, cancel_futures=True)
+    if processes > 1 and path is not None and len(jobs) > 1:
+        # forkserver, not fork: callers run with threads (SQLite's, the event loop's). At lower CPU
+        # priority, like scheduled backups: a check pulled through the admin API must not take the
+        # proxy's CPU.
+        context = multiprocessing.get_context("forkserver")
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=os.nice, initargs=(10,))
+        try:
+            await _in_workers(pool, str(path), jobs, 2 * processes, store, observe, observed, progress, reach)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        for chain, lo, hi in jobs:
+            links, part = await _read_page(store, chain.report.instance, lo, hi, observe)
+            _take(chain.walk, links, part, observed, progress)
+    for chain in chains:
+        report.instances.append(chain.finish())
     report.observed = observed
     return report
 
 
-async def _verify_chain(
+@dataclass
+class _Chain:
+    """One chain's verification in progress: its report so far, its walk and the pages to read."""
+
+    report: InstanceReport
+    walk: ChainWalk
+    from_seq: int = 1
+    top: int = 0
+    lows: list[int] = field(default_factory=list)
+    checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def finish(self) -> InstanceReport:
+        report, walk = self.report, self.walk
+        report.findings.extend(walk.finish())
+        report.records_checked = walk.records
+        report.first_seq, report.last_seq, report.last_hash = walk.first_seq, walk.last_seq, walk.last_hash
+        if report.last_seq is not None:
+            report.unsealed = (
+                max(0, report.last_seq - max(report.last_checkpoint_seq, self.from_seq - 1))
+                if report.last_checkpoint_seq is not None
+                else walk.chosen
+            )
+        return report
+
+
+async def _plan(
     store: AuditStore,
     instance: str,
     public_keys: PublicKeys,
@@ -152,15 +173,10 @@ async def _verify_chain(
     until: float | None,
     start: tuple[int, str] | None,
     page: int,
-    pool: Callable[[], ProcessPoolExecutor | None],
-    processes: int,
-    path: Path | None,
-    progress: Progress | None,
-    observe: Callable[[], RecordObserver] | None,
     reach: int,
-) -> tuple[InstanceReport, RecordObserver | None]:
+) -> _Chain:
+    """Check the chain's checkpoints and work out which sequence numbers to read from which hash."""
     report = InstanceReport(instance)
-    observed = observe() if observe is not None else None
     valid = _check_checkpoints(await store.checkpoints(instance), public_keys, report)
     if valid:
         report.last_checkpoint_seq = max(valid)
@@ -170,7 +186,7 @@ async def _verify_chain(
     elif since is not None or until is not None:
         bounds = await store.seq_range(instance, since, until)
         if bounds is None:
-            return report, observed
+            return _Chain(report, ChainWalk(instance))
         from_seq, to_seq = bounds
         if head is not None and to_seq == head[1]:
             to_seq = None  # the range reaches the head: checkpoints beyond it show truncation
@@ -184,57 +200,49 @@ async def _verify_chain(
     checkpoints = {s: c for s, c in valid.items() if s >= from_seq and (to_seq is None or s <= to_seq)}
     walk = ChainWalk(instance, from_seq, to_seq, start_prev, checkpoints, reach=reach)
     top = to_seq if to_seq is not None else (head[1] if head is not None else 0)
+    return _Chain(report, walk, from_seq, top, list(range(from_seq, top + 1, page)), checkpoints)
 
-    pages: list[Awaitable[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]]] = []
-    lows = list(range(from_seq, top + 1, page))
-    workers = pool() if len(lows) > 1 else None
+
+async def _in_workers(
+    pool: ProcessPoolExecutor,
+    path: str,
+    jobs: list[tuple[_Chain, int, int]],
+    ahead: int,
+    store: AuditStore,
+    observe: Callable[[], RecordObserver] | None,
+    observed: RecordObserver | None,
+    progress: Progress | None,
+    reach: int,
+) -> None:
+    """Pages read and hashed by the workers, `ahead` in flight (bounded memory), walked in order."""
+    loop = asyncio.get_running_loop()
+    pages: list[asyncio.Future[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]]] = []
+
+    def submit(index: int) -> None:
+        chain, lo, hi = jobs[index]
+        hashes = {s: str(c.get("hash")) for s, c in chain.checkpoints.items() if lo <= s <= hi}
+        instance = chain.report.instance
+        pages.append(loop.run_in_executor(pool, _page_in_worker, path, instance, lo, hi, observe, hashes, reach))
+
     try:
-        if workers is not None:
-            loop = asyncio.get_running_loop()
-            ahead = processes + 1  # pages in flight: bounded memory
-            queued = 0
-
-            def submit() -> None:
-                nonlocal queued
-                lo, hi = lows[queued], min(lows[queued] + page - 1, top)
-                hashes = {s: str(c.get("hash")) for s, c in checkpoints.items() if lo <= s <= hi}
-                pages.append(
-                    loop.run_in_executor(workers, _page_in_worker, str(path), instance, lo, hi, observe, hashes, reach)
-                )
-                queued += 1
-
-            while queued < min(ahead, len(lows)):
-                submit()
-            for index, lo in enumerate(lows):
-                result, part = await pages[index]
-                pages[index] = _done
-                if queued < len(lows):
-                    submit()
-                if isinstance(result, CleanRun):
-                    if not walk.skip(result):  # what came before needs every link: read them here
-                        links, _ = await _read_page(store, instance, lo, min(lo + page - 1, top), None)
-                        walk.feed(links[len(result.head) :])
-                    _take(walk, [], part, observed, progress, result.count)
-                else:
-                    _take(walk, list(map(ChainLink._make, result)), part, observed, progress)
-        else:
-            for lo in lows:
-                links, part = await _read_page(store, instance, lo, min(lo + page - 1, top), observe)
-                _take(walk, links, part, observed, progress)
+        for index in range(min(ahead, len(jobs))):
+            submit(index)
+        for index, (chain, lo, hi) in enumerate(jobs):
+            result, part = await pages[index]
+            pages[index] = _done
+            if len(pages) < len(jobs):
+                submit(len(pages))
+            if isinstance(result, CleanRun):
+                if not chain.walk.skip(result):  # what came before needs every link: read them here
+                    links, _ = await _read_page(store, chain.report.instance, lo, hi, None)
+                    chain.walk.feed(links[len(result.head) :])
+                _take(chain.walk, [], part, observed, progress, result.count)
+            else:
+                _take(chain.walk, list(map(ChainLink._make, result)), part, observed, progress)
     finally:
         for pending in pages:
             if isinstance(pending, asyncio.Future):
                 pending.cancel()
-    report.findings.extend(walk.finish())
-    report.records_checked = walk.records
-    report.first_seq, report.last_seq, report.last_hash = walk.first_seq, walk.last_seq, walk.last_hash
-    if report.last_seq is not None:
-        report.unsealed = (
-            max(0, report.last_seq - max(report.last_checkpoint_seq, from_seq - 1))
-            if report.last_checkpoint_seq is not None
-            else walk.chosen
-        )
-    return report, observed
 
 
 _done: Any = None
