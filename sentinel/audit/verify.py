@@ -114,7 +114,7 @@ async def verify(
     report = VerifyReport(since=since, until=until)
     observed = observe() if observe is not None else None
     chains = [
-        await _plan(store, name, public_keys, since, until, (after or {}).get(name), page, reach)
+        await _plan(store, name, since, until, (after or {}).get(name), page, reach)
         for name in ([instance] if instance else sorted(await store.instances()))
     ]
     # One pipeline of pages over every chain, in order: the workers never wait between chains.
@@ -127,10 +127,14 @@ async def verify(
         context = multiprocessing.get_context("forkserver")
         pool = ProcessPoolExecutor(processes, mp_context=context, initializer=os.nice, initargs=(10,))
         try:
-            await _in_workers(pool, str(path), jobs, 2 * processes, store, observe, observed, progress, reach)
+            await _in_workers(
+                pool, str(path), jobs, 2 * processes, store, observe, observed, progress, reach, chains, public_keys
+            )
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
     else:
+        for chain in chains:
+            chain.check_signatures(public_keys)
         for chain, lo, hi in jobs:
             links, part = await _read_page(store, chain.report.instance, lo, hi, observe)
             _take(chain.walk, links, part, observed, progress)
@@ -149,7 +153,20 @@ class _Chain:
     from_seq: int = 1
     top: int = 0
     lows: list[int] = field(default_factory=list)
-    checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stored_checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    claimed: dict[int, str] = field(default_factory=dict)
+    """Checkpoint hashes by seq as stored, signatures not yet checked ("" where two disagree): what a
+    worker compares a page with. A page whole under these is whole under the valid ones, a subset."""
+
+    def check_signatures(self, public_keys: PublicKeys) -> None:
+        """Check the checkpoints' signatures and chain; the walk then holds the valid ones in its range."""
+        valid = _check_checkpoints(self.stored_checkpoints, public_keys, self.report)
+        if valid:
+            self.report.last_checkpoint_seq = max(valid)
+        walk = self.walk
+        walk.checkpoints = {
+            s: c for s, c in valid.items() if s >= walk.from_seq and (walk.to_seq is None or s <= walk.to_seq)
+        }
 
     def finish(self) -> InstanceReport:
         report, walk = self.report, self.walk
@@ -168,25 +185,22 @@ class _Chain:
 async def _plan(
     store: AuditStore,
     instance: str,
-    public_keys: PublicKeys,
     since: float | None,
     until: float | None,
     start: tuple[int, str] | None,
     page: int,
     reach: int,
 ) -> _Chain:
-    """Check the chain's checkpoints and work out which sequence numbers to read from which hash."""
+    """Work out which sequence numbers of the chain to read, from which hash (signatures: later)."""
     report = InstanceReport(instance)
-    valid = _check_checkpoints(await store.checkpoints(instance), public_keys, report)
-    if valid:
-        report.last_checkpoint_seq = max(valid)
+    stored = await store.checkpoints(instance)
     head = await store.seq_range(instance, None, None)
     if start is not None:
         from_seq, to_seq, start_prev = start[0] + 1, None, start[1]
     elif since is not None or until is not None:
         bounds = await store.seq_range(instance, since, until)
         if bounds is None:
-            return _Chain(report, ChainWalk(instance))
+            return _Chain(report, ChainWalk(instance), stored_checkpoints=stored)
         from_seq, to_seq = bounds
         if head is not None and to_seq == head[1]:
             to_seq = None  # the range reaches the head: checkpoints beyond it show truncation
@@ -197,10 +211,14 @@ async def _plan(
         async for before in store.chain_pages(instance, from_seq - 1, from_seq - 1):
             start_prev = stored_hashes(before[0].body)[0]
             break
-    checkpoints = {s: c for s, c in valid.items() if s >= from_seq and (to_seq is None or s <= to_seq)}
-    walk = ChainWalk(instance, from_seq, to_seq, start_prev, checkpoints, reach=reach)
+    claimed: dict[int, str] = {}
+    for checkpoint in stored:
+        seq, digest = checkpoint.get("seq"), str(checkpoint.get("hash"))
+        if isinstance(seq, int):
+            claimed[seq] = digest if claimed.get(seq, digest) == digest else ""
+    walk = ChainWalk(instance, from_seq, to_seq, start_prev, reach=reach)
     top = to_seq if to_seq is not None else (head[1] if head is not None else 0)
-    return _Chain(report, walk, from_seq, top, list(range(from_seq, top + 1, page)), checkpoints)
+    return _Chain(report, walk, from_seq, top, list(range(from_seq, top + 1, page)), stored, claimed)
 
 
 async def _in_workers(
@@ -213,20 +231,25 @@ async def _in_workers(
     observed: RecordObserver | None,
     progress: Progress | None,
     reach: int,
+    chains: list[_Chain],
+    public_keys: PublicKeys,
 ) -> None:
-    """Pages read and hashed by the workers, `ahead` in flight (bounded memory), walked in order."""
+    """Pages read and hashed by the workers, `ahead` in flight (bounded memory), walked in order. The
+    checkpoint signatures are checked here while the first pages are read."""
     loop = asyncio.get_running_loop()
     pages: list[asyncio.Future[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]]] = []
 
     def submit(index: int) -> None:
         chain, lo, hi = jobs[index]
-        hashes = {s: str(c.get("hash")) for s, c in chain.checkpoints.items() if lo <= s <= hi}
+        hashes = {s: digest for s, digest in chain.claimed.items() if lo <= s <= hi}
         instance = chain.report.instance
         pages.append(loop.run_in_executor(pool, _page_in_worker, path, instance, lo, hi, observe, hashes, reach))
 
     try:
         for index in range(min(ahead, len(jobs))):
             submit(index)
+        for chain in chains:
+            chain.check_signatures(public_keys)
         for index, (chain, lo, hi) in enumerate(jobs):
             result, part = await pages[index]
             pages[index] = _done

@@ -164,3 +164,30 @@ def test_worker_processes_find_what_one_process_finds(pristine: tuple[Path, dict
         ("modified", 35),
         ("truncated", 50),
     }
+
+
+def test_a_forged_checkpoint_beside_a_genuine_one_changes_nothing_but_its_own_finding(
+    pristine: tuple[Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """Workers compare pages with the checkpoints as stored, before signatures are checked: a forged
+    one (bad signature) claiming another hash for a sequence number makes that page a closer look,
+    never a finding about the records; only the checkpoints themselves are found wrong."""
+    import orjson
+
+    source, raw = pristine
+    path = tmp_path / "store.db"
+    shutil.copyfile(source, path)
+    db = sqlite3.connect(path)
+    (body,) = db.execute("SELECT body FROM checkpoints ORDER BY seq LIMIT 1 OFFSET 2").fetchone()
+    forged = orjson.loads(body)
+    forged.update(doc_id=forged["doc_id"] + "-forged", hash="0" * 64)
+    db.execute(
+        "INSERT INTO checkpoints (doc_id, instance, seq, body) VALUES (?,?,?,?)",
+        (forged["doc_id"], forged["instance"], forged["seq"], orjson.dumps(forged).decode()),
+    )
+    db.commit()
+    db.close()
+    results = asyncio.run(_all_ways(path, _keys(raw), (1, 2)))
+    assert all(r == results[0] for r in results), results
+    # Its signature, and the checkpoint after it no longer chaining to the one before: nothing else.
+    assert {kind for kind, *_ in results[0]} == {"bad_signature", "checkpoint_missing"}

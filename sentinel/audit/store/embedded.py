@@ -305,10 +305,17 @@ class EmbeddedStore:
 
     async def seq_range(self, instance: str, since: float | None, until: float | None) -> tuple[int, int] | None:
         def _range() -> tuple[int, int] | None:
-            row = self.db.execute(
-                "SELECT MIN(seq), MAX(seq) FROM records WHERE instance = ? AND recorded_at >= ? AND recorded_at <= ?",
-                (instance, since if since is not None else 0, until if until is not None else 1e18),
-            ).fetchone()
+            # Without bounds, the (instance, seq) index answers at once; with them, the
+            # (instance, recorded_at) one is scanned over the range.
+            where = "instance = ?"
+            params: list[Any] = [instance]
+            if since is not None:
+                where += " AND recorded_at >= ?"
+                params.append(since)
+            if until is not None:
+                where += " AND recorded_at <= ?"
+                params.append(until)
+            row = self.db.execute(f"SELECT MIN(seq), MAX(seq) FROM records WHERE {where}", params).fetchone()
             return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
         return await self._run(_range)
