@@ -147,37 +147,60 @@ def report(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="The signature file (default: FILE.sig.json when it exists).",
 )
+@click.option(
+    "--public-key",
+    "public_key_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check offline against these pinned keys (`sentinel keys show --public`): no audit store needed.",
+)
 @settings_options
 def verify(
     file: Path,
     signature: Path | None,
+    public_key_files: tuple[Path, ...],
     config_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
     log_format: str | None,
 ) -> None:
     """Check that FILE is a report Sentinel issued, unmodified: its SHA-256 is named by an intact, validly
-    signed report_issued record in the audit trail. Exit status 1 if not."""
-    settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
-    from sentinel.audit.service import open_store
-    from sentinel.report.issue import public_keys
-    from sentinel.report.signing import verify_report
+    signed report_issued record in the audit trail. With --public-key, offline: FILE and its signature
+    file alone, against the pinned keys. Exit status 1 if not, 2 if the check could not run."""
+    from sentinel.audit.store import StoreUnavailable
+    from sentinel.cli.keys import public_keys_from
+    from sentinel.report.signing import verify_offline
 
     signature = signature or (file.with_name(file.name + ".sig.json") if Path(f"{file}.sig.json").exists() else None)
-    sidecar = orjson.loads(signature.read_bytes()) if signature is not None else None
+    try:
+        sidecar = orjson.loads(signature.read_bytes()) if signature is not None else None
+    except orjson.JSONDecodeError as exc:
+        raise click.UsageError(f"{signature} is not a signature file: {exc}") from None
     body = file.read_bytes()
-
-    async def run() -> Any:
-        store = open_store(settings, read_only=True)
-        await store.open()
+    pinned = public_keys_from(public_key_files)
+    if pinned is not None:
+        if sidecar is None:
+            raise click.UsageError(
+                f"offline verification needs the signature file ({file.name}.sig.json or --signature)"
+            )
+        verdict = verify_offline(pinned.get, body, sidecar)
+    else:
+        settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
         try:
-            return await verify_report(store, public_keys(await store.keys()), body, sidecar)
-        finally:
-            await store.close()
-
-    verdict = asyncio.run(run())
+            verdict = asyncio.run(_verify_in_trail(settings, body, sidecar))
+        except StoreUnavailable as exc:
+            click.echo(
+                f"sentinel: cannot read the audit trail ({exc}); to check offline, pass --public-key PINS", err=True
+            )
+            sys.exit(2)
     if verdict.ok:
         issued = verdict.issued or {}
+        if pinned is not None:
+            click.echo(
+                f"OK: {file} is report {issued.get('report_id')} ({issued.get('format')}), unmodified; signature by "
+                f"pinned key {issued.get('kid')} valid; {'; '.join(verdict.notes)}"
+            )
+            return
         click.echo(
             f"OK: {file} is report {issued.get('report_id')} ({issued.get('format')}, {issued.get('from')} to "
             f"{issued.get('to')}) issued {issued.get('time')} by {issued.get('actor')}; signature by "
@@ -188,3 +211,16 @@ def verify(
         click.echo(f"FAILED: {problem}", err=True)
     click.echo(f"sha256 {verdict.sha256}", err=True)
     sys.exit(1)
+
+
+async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] | None) -> Any:
+    from sentinel.audit.service import open_store
+    from sentinel.report.issue import public_keys
+    from sentinel.report.signing import verify_report
+
+    store = open_store(settings, read_only=True)
+    await store.open()
+    try:
+        return await verify_report(store, public_keys(await store.keys()), body, sidecar)
+    finally:
+        await store.close()

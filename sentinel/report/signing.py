@@ -146,6 +146,29 @@ async def _sealed(store: AuditStore, doc: dict[str, Any], public_key: Any) -> tu
     return True, f"sealed by signed checkpoint {checkpoint['doc_id']}"
 
 
+def verify_offline(public_key: Any, body: bytes, sidecar: dict[str, Any]) -> Verdict:
+    """Check a report file against its signature file and pinned keys alone (no audit trail): the file's
+    SHA-256 is the one signed, by a pinned key. What the trail adds (that it was recorded as issued,
+    by whom, when) is not checked here, and the verdict says so."""
+    sha = sha256_hex(body)
+    verdict = Verdict(False, sha)
+    if sidecar.get("sha256") != sha:
+        verdict.problems.append("the file does not match its signature file (SHA-256 differs): the file was modified")
+        return verdict
+    kid = str(sidecar.get("kid"))
+    key = public_key(kid)
+    if key is None:
+        verdict.problems.append(f"the signing key {kid} is not among the pinned keys")
+    elif not signature_valid(sha, str(sidecar.get("signature")), key):
+        verdict.problems.append("the signature does not verify with the pinned key")
+    if verdict.problems:
+        return verdict
+    verdict.ok = True
+    verdict.issued = {"report_id": sidecar.get("report_id"), "format": sidecar.get("format"), "kid": kid}
+    verdict.notes.append("checked offline: the audit trail's report_issued record was not consulted")
+    return verdict
+
+
 async def verify_report(
     store: AuditStore, public_key: Any, body: bytes, sidecar: dict[str, Any] | None = None
 ) -> Verdict:

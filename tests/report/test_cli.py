@@ -79,3 +79,59 @@ def test_report_to_stdout_and_bad_periods(planted: Dataset, fresh_copy: object) 
     assert json.loads(shown.stdout)["period"]["since"] == dataset.now - 4 * 86400
     backwards = sentinel(dataset, "report", "--from", "2026-01-02", "--to", "2026-01-01")
     assert backwards.returncode == 2 and "must start before it ends" in backwards.stderr
+
+
+def test_an_auditor_verifies_a_report_offline_with_pinned_keys(
+    planted: Dataset, fresh_copy: object, tmp_path: Path
+) -> None:
+    """The file and its signature file alone, against a pin file: no audit store within reach."""
+    dataset = fresh_copy(planted)  # type: ignore[operator]
+    received = tmp_path / "received"
+    received.mkdir()
+    output = received / "report.json"
+    made = sentinel(dataset, "report", "--from", "7d", "--to", str(dataset.now), "--format", "json", "-o", str(output))
+    assert made.returncode == 0, made.stderr
+    pins = received / "pins.txt"
+    shown = sentinel(dataset, "keys", "show", "--public")
+    assert shown.returncode == 0, shown.stderr
+    pins.write_text(shown.stdout)
+    elsewhere = tmp_path / "auditor"  # a data directory with no audit store in it
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+
+    def verify_offline(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sentinel", "report", "verify", *args, "--data-dir", str(elsewhere)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    good = verify_offline(str(output), "--public-key", str(pins))
+    assert good.returncode == 0, good.stderr
+    assert "unmodified; signature by pinned key sk-" in good.stdout and "checked offline" in good.stdout
+
+    original = output.read_bytes()
+    output.write_bytes(original.replace(b'"calls"', b'"Calls"', 1))
+    bad = verify_offline(str(output), "--public-key", str(pins))
+    assert bad.returncode == 1 and "the file was modified" in bad.stderr
+    output.write_bytes(original)
+
+    sidecar_path = received / "report.json.sig.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    forged = dict(sidecar, signature=sidecar["signature"][::-1])
+    sidecar_path.write_text(json.dumps(forged))
+    reversed_signature = verify_offline(str(output), "--public-key", str(pins))
+    assert reversed_signature.returncode == 1
+    assert "the signature does not verify with the pinned key" in reversed_signature.stderr
+    sidecar_path.write_text(json.dumps(sidecar))
+
+    other = received / "other-pins.txt"  # somebody else's key: the signer is not pinned
+    other.write_text("sk-someone-else " + "A" * 43 + "=\n")
+    unknown = verify_offline(str(output), "--public-key", str(other))
+    assert unknown.returncode == 1 and "is not among the pinned keys" in unknown.stderr
+
+    without = verify_offline(str(output))  # no pins and no trail here: a clear error, not a traceback
+    assert without.returncode == 2 and "pass --public-key PINS" in without.stderr
+    assert "Traceback" not in without.stderr
