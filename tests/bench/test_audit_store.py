@@ -59,7 +59,7 @@ async def check(out: Path) -> dict[str, Any]:
 
 def test_generated_trail_verifies_and_decrypts(tmp_path: Path) -> None:
     audit_store = generator()
-    end = time.time()
+    end = 1_811_462_400.0  # 2027-05-28 00:00 UTC: a fixed instant, not the wall clock
     out = tmp_path / "data"
     result = audit_store.generate(out, 2000, instances=2, workers=2, events_every=500, end=end)
 
