@@ -39,7 +39,7 @@ from sentinel.audit.store.embedded import EmbeddedStore  # noqa: E402
 from sentinel.config import load_settings  # noqa: E402
 from sentinel.report.gather import ReportInputs, gather  # noqa: E402
 from sentinel.report.integrity import verify_period  # noqa: E402
-from sentinel.report.issue import open_queries, public_keys  # noqa: E402
+from sentinel.report.issue import open_reader, public_keys  # noqa: E402
 from sentinel.report.model import Period  # noqa: E402
 from sentinel.report.render import render  # noqa: E402
 
@@ -57,12 +57,20 @@ async def run(data_dir: Path, period: Period, only_verify: bool) -> dict[str, fl
     try:
         if only_verify:
             began = time.perf_counter()
-            result = await verify_period(store, public_keys(keys), period, window=settings.audit.verify_page)
+            result = await verify_period(
+                store,
+                public_keys(keys),
+                period,
+                burst_window=settings.report.error_burst_window,
+                listed=("content_access", "content_export", "admin_auth_failed"),
+                window=settings.audit.verify_page,
+                processes=settings.audit.processes(),
+            )
             results["verify_s"] = time.perf_counter() - began
             results["verified"] = result.records_checked
             return results
-        async with open_queries(store) as (queries, second):
-            inputs = ReportInputs(settings, queries, second, period, public_keys(keys), keys, "bench")
+        async with open_reader(store) as reader:
+            inputs = ReportInputs(settings, reader, period, public_keys(keys), keys, "bench")
             began = time.perf_counter()
             report = await gather(inputs)
             results["gather_s"] = time.perf_counter() - began

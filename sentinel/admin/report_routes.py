@@ -43,6 +43,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         reasons: bool = True,
     ) -> Response:
         """A signed compliance report for the period, recorded in the audit trail as `report_issued`."""
+        from sentinel.audit.pins import PinFileError
         from sentinel.report.issue import issue_report
 
         period = _period(since, until)
@@ -57,6 +58,8 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
             ) from None
         except StoreUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
+        except PinFileError as exc:  # the deployment's audit.pinned_keys: no report rather than an unpinned one
+            raise HTTPException(500, f"no report issued: {exc}") from None
         name = f"sentinel-report-{issued.report_id}.{fmt}"
         return Response(
             issued.body,

@@ -2,10 +2,11 @@
 
 Plugged into restore drills by `backup.plans.<plan>.drill.checks: ["sentinel.audit.drill:audit_trail_check"]`
 (the default plan has it). On every restored SQLite database that is an audit store it re-verifies
-every hash chain against its signed checkpoints (public keys from the restored store), decrypts a
-sample of records with the deployment's key-encryption key (which is never in the backup: the
-drill proves the backup *plus* the separately kept KEK restore the trail), and reports the newest
-record's time for the RPO.
+every hash chain against its signed checkpoints (against the pinned keys of `audit.pinned_keys`, a
+signing key in the restored store that is not pinned failing the drill; without pins, against the
+restored store's own keys, and the result says so), decrypts a sample of records with the
+deployment's key-encryption key (which is never in the backup: the drill proves the backup *plus*
+the separately kept KEK restore the trail), and reports the newest record's time for the RPO.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import orjson
 
 from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
 from sentinel.audit.keyring import KeyRing
+from sentinel.audit.pins import PinFileError, Pins, TrustedKeys, configured_pins, trusted_keys
 from sentinel.audit.record import RecordCorrupt, decrypt
-from sentinel.audit.service import stored_public_keys
 from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.audit.verify import verify
 from sentinel.backup.checks import CheckResult
@@ -58,26 +59,33 @@ class AuditTrailCheck:
         stores = [path for path in stores if path.exists() and _is_audit_store(path)]
         if not stores:
             return CheckResult(self.name, True, "no audit store in this snapshot")
+        try:
+            pins = configured_pins(self.settings)
+        except PinFileError as exc:
+            return CheckResult(self.name, False, f"cannot verify the restored trail: {exc}")
         results: list[CheckResult] = []
         # Drills may run inside an event loop (the scheduler in `serve`): give asyncio its own thread.
-        worker = threading.Thread(target=lambda: results.extend(asyncio.run(self._check(p)) for p in stores))
+        worker = threading.Thread(target=lambda: results.extend(asyncio.run(self._check(p, pins)) for p in stores))
         worker.start()
         worker.join()
         passed = all(r.passed for r in results)
         newest = max((r.newest_record for r in results if r.newest_record is not None), default=None)
-        return CheckResult(self.name, passed, "; ".join(r.detail for r in results), newest)
+        evidence = {"trusted_keys": [r.evidence for r in results]}
+        return CheckResult(self.name, passed, "; ".join(r.detail for r in results), newest, evidence)
 
-    async def _check(self, path: Path) -> CheckResult:
+    async def _check(self, path: Path, pins: Pins | None) -> CheckResult:
         store = EmbeddedStore(path, read_only=True)
         await store.open()
         try:
+            trusted = await trusted_keys(store, pins)
             report = await verify(
                 store,
-                (await stored_public_keys(store)).get,
+                trusted,
                 page=self.settings.audit.verify_page,
                 processes=self.settings.audit.processes(),
             )
-            problems = [f"{f.kind} at {f.instance}:{f.seq}" for f in report.findings]
+            problems = [f"{k.kind} {k.kid}: {k.detail}" for k in trusted.findings]
+            problems += [f"{f.kind} at {f.instance}:{f.seq}" for f in report.findings]
             rows = await self._sample(store)
             newest_rows = await store.execute("SELECT MAX(recorded_at) FROM records")
             newest = newest_rows[0][0] if newest_rows else None
@@ -92,13 +100,15 @@ class AuditTrailCheck:
                 decrypted = "decryption FAILED"
         finally:
             await store.close()
+        verified = report.ok and not trusted.findings
         detail = (
             f"{path.parent.name}: {report.records_checked} records in {len(report.instances)} chain(s) "
-            f"{'verify' if report.ok else 'DO NOT verify'}; {decrypted}"
+            f"{'verify' if verified else 'DO NOT verify'}, {_trust(trusted)}; {decrypted}"
         )
         if problems:
             detail += " (" + "; ".join(problems[:5]) + ")"
-        return CheckResult(self.name, not problems, detail, newest)
+        evidence = {"store": path.parent.name} | trusted.to_dict()
+        return CheckResult(self.name, not problems, detail, newest, evidence)
 
     async def _sample(self, store: EmbeddedStore) -> list[tuple[Any, ...]]:
         """Up to `sample` interaction records at random rowids: index lookups, not a sort of every body."""
@@ -113,6 +123,13 @@ class AuditTrailCheck:
             if len(rows) >= self.sample:
                 break
         return rows
+
+
+def _trust(trusted: TrustedKeys) -> str:
+    """Which keys the drill trusted, as its result says it."""
+    if trusted.pins is not None:
+        return f"against the keys pinned in {trusted.pins.describe()}"
+    return "against the signing keys stored in the restored store itself (not pinned: set audit.pinned_keys)"
 
 
 def audit_trail_check(plan: str, settings: Settings) -> AuditTrailCheck:

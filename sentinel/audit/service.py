@@ -24,7 +24,7 @@ from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
 from sentinel.audit.keyring import KeyRing
 from sentinel.audit.record import Event, RecordCorrupt, blind_index, decrypt
 from sentinel.audit.shipper import Shipper
-from sentinel.audit.spool import Spool, SpoolUnavailable
+from sentinel.audit.spool import Spool, SpoolUnavailable, WriterCopy
 from sentinel.audit.store import AuditStore, SearchQuery
 from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.audit.trail import AuditJournal, AuditMetrics, AuditSink, AuditTrail
@@ -122,6 +122,19 @@ async def stored_public_keys(store: AuditStore) -> dict[str, Ed25519PublicKey]:
         if key.public:
             keys[key.kid] = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public))
     return keys
+
+
+def local_writers(settings: Settings, instance: str | None = None) -> list[WriterCopy]:
+    """The writers' copies in this data directory: the serving instance's spool and the CLI's (its
+    chain is `<instance>.cli`), those that exist."""
+    if instance is None:
+        marker = settings.data_dir / "instance-id"
+        instance = settings.instance_id or (marker.read_text().strip() if marker.exists() else None)
+        if not instance:
+            return []
+    path = settings.resolve_path(settings.audit.spool_path)
+    copies = [WriterCopy(instance, path), WriterCopy(f"{instance}.cli", path.with_name("cli-" + path.name))]
+    return [copy for copy in copies if copy.path.exists()]
 
 
 class InstanceRunning(Exception):
@@ -310,7 +323,15 @@ class AuditService:
         pinned: dict[str, Ed25519PublicKey] | None = None,
     ) -> VerifyReport:
         reader = await self.reader(pinned)
-        return await verify(reader.store, reader.public_key, since=since, until=until, instance=instance)
+        base = self.instance.removesuffix(".cli")
+        return await verify(
+            reader.store,
+            reader.public_key,
+            since=since,
+            until=until,
+            instance=instance,
+            writers=local_writers(self.settings, base),
+        )
 
 
 __all__ = ["AuditService", "KeyUnavailable", "RecordCorrupt", "open_store"]

@@ -46,6 +46,12 @@ class AuditSettings(_Section):
     verify_in_serve: bool = Field(
         default=True, description="`sentinel serve` runs the scheduled checks; false: `sentinel scheduler` does."
     )
+    pinned_keys: Path | None = Field(
+        default=None,
+        description="The pin file (`sentinel keys show --public`) that reports, restore drills and `audit verify` "
+        "trust checkpoint signatures by (env SENTINEL_AUDIT_PINNED_KEYS); a signing key in the store that it does "
+        "not pin is a finding. null: trust the keys stored beside the records, and say so.",
+    )
     verify_state_file: Path = Field(
         default=Path("audit/verify-state.json"),
         description="The last verified head of each chain and the checks' outcomes, read by /metrics.",

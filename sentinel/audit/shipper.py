@@ -3,7 +3,10 @@
 Keys ship before the records that need them, checkpoints after the records they cover. A failed
 batch is retried with exponential backoff (1 s doubling to 60 s) for as long as it takes; since
 writes are create-only with deterministic ids, a batch that partly landed before a failure is
-simply created again and the duplicates are ignored. After a restart it resumes from the spool.
+simply created again and the duplicates are ignored. A record the store refuses as a fork (it holds
+a different record under that id: two writers with one instance id) is counted, logged, and kept
+in the spool apart, never retried; the rest of the batch ships. After a restart it resumes from the
+spool.
 """
 
 from __future__ import annotations
@@ -20,6 +23,23 @@ from sentinel.audit.store import AuditStore, StoreUnavailable
 from sentinel.audit.trail import AuditMetrics
 
 log = logging.getLogger("sentinel.audit.shipper")
+
+
+def spans(doc_ids: list[str]) -> str:
+    """Doc ids, runs of consecutive sequence numbers shortened to their ends: `a:01..a:09, a:12`."""
+    runs: list[list[str]] = []  # [first, last] doc ids
+    for doc_id in doc_ids:
+        if runs and _follows(runs[-1][1], doc_id):
+            runs[-1][1] = doc_id
+        else:
+            runs.append([doc_id, doc_id])
+    return ", ".join(first if first == last else f"{first}..{last}" for first, last in runs)
+
+
+def _follows(before: str, doc_id: str) -> bool:
+    chain, _, seq = doc_id.rpartition(":")
+    chain_before, _, seq_before = before.rpartition(":")
+    return chain == chain_before and seq.isdigit() and seq_before.isdigit() and int(seq) == int(seq_before) + 1
 
 
 class Shipper:
@@ -72,23 +92,32 @@ class Shipper:
         key_docs = [orjson.loads(k) for k in keys]
         if key_docs:
             await self.store.put_keys(key_docs)
-        if records:
-            await self.store.put_records([(r.doc_id, r.body) for r in records])
+        forks = await self.store.put_records([(r.doc_id, r.body) for r in records]) if records else []
         checkpoint_docs = [orjson.loads(c) for c in checkpoints]
         if checkpoint_docs:
             await self.store.put_checkpoints(checkpoint_docs)
         last_seq = records[-1].seq if records else None
         key_ids = [(k["kid"], k["kek_id"]) for k in key_docs]
         checkpoint_seqs = [c["seq"] for c in checkpoint_docs]
+        seqs = {r.doc_id: r.seq for r in records}
+        forked = [(seqs[f.doc_id], f.ours, f.theirs) for f in forks]
 
         def mark_shipped() -> None:
             # The backlog is recounted on the spool thread, in order with the trail's writes (which
             # count what they add there too): a batch committed meanwhile is never counted away.
-            self.spool.mark_shipped(key_ids, last_seq, checkpoint_seqs)
+            self.spool.mark_shipped(key_ids, last_seq, checkpoint_seqs, forked)
             self.metrics.unshipped, self.metrics.oldest_unshipped = self.spool.backlog()
 
         await self.spool.run(mark_shipped)
-        self.metrics.shipped.inc(len(records))
+        self.metrics.shipped.inc(len(records) - len(forks))
+        if forks:
+            self.metrics.forked.inc(len(forks))
+            log.error(
+                "audit store holds different records under %d of our ids (%s): another writer uses this "
+                "instance id; ours are kept in the spool, see `sentinel audit forks`",
+                len(forks),
+                spans([f.doc_id for f in forks]),
+            )
         return len(records) + len(key_docs) + len(checkpoint_docs)
 
     async def _run(self) -> None:

@@ -3,8 +3,10 @@
 A record is durable once its batch's transaction has committed (`synchronous=FULL` fsyncs the
 WAL on each commit). The shipper later copies records to the store and marks them shipped;
 shipped records older than the retention are pruned, except the newest, which carries the chain
-head across restarts. All database work runs on the spool's own single thread, serialised, so the
-event loop never waits on disk; callers get awaitables.
+head across restarts. A record the store refused as a fork (it holds another record under the same
+id) is marked forked instead: never retried, never pruned, listed by `forks()` until an operator
+resolves it. All database work runs on the spool's own single thread, serialised, so the event
+loop never waits on disk; callers get awaitables.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
 from sentinel.audit.chain import ChainHead
 from sentinel.audit.keyring import WrappedKey
+from sentinel.audit.record import stored_hashes
 
 T = TypeVar("T")
 
@@ -32,7 +36,7 @@ CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     body BLOB NOT NULL,
-    shipped INTEGER NOT NULL DEFAULT 0
+    shipped INTEGER NOT NULL DEFAULT 0  -- 0 waiting, 1 in the store, 2 forked (the store holds another: `forks`)
 );
 CREATE INDEX IF NOT EXISTS records_unshipped ON records(shipped, seq);
 CREATE TABLE IF NOT EXISTS keys (
@@ -46,6 +50,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY,
     body BLOB NOT NULL,
     shipped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS forks (
+    seq INTEGER PRIMARY KEY,
+    ours TEXT NOT NULL,
+    theirs TEXT NOT NULL,
+    detected_at REAL NOT NULL
 );
 """
 
@@ -61,6 +71,43 @@ class Row:
     kind: str
     recorded_at: float
     body: bytes
+
+
+class ForkedRecord(NamedTuple):
+    """A record of ours the store refused because it holds another one under the same doc id."""
+
+    doc_id: str
+    seq: int
+    recorded_at: float
+    ours: str
+    """Our record's hash."""
+    theirs: str
+    """The hash of the record the store holds under that id."""
+    detected_at: float
+
+
+_FORKS = (
+    "SELECT r.doc_id, r.seq, r.recorded_at, f.ours, f.theirs, f.detected_at "
+    "FROM forks f JOIN records r ON r.seq = f.seq WHERE r.shipped = 2 ORDER BY r.seq"
+)
+
+
+def read_forks(path: Path) -> list[ForkedRecord]:
+    """The forked records of a spool file, read-only, beside a running server (none if no spool)."""
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise SpoolUnavailable(f"cannot read audit spool {path}: {exc}") from exc
+    try:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'forks'").fetchone() is None:
+            return []  # written by a version before forks were kept apart
+        return [ForkedRecord(*row) for row in db.execute(_FORKS)]
+    except sqlite3.Error as exc:
+        raise SpoolUnavailable(f"cannot read audit spool {path}: {exc}") from exc
+    finally:
+        db.close()
 
 
 class Spool:
@@ -184,14 +231,33 @@ class Spool:
             ]
         return keys, records, checkpoints
 
-    def mark_shipped(self, key_ids: list[tuple[str, str]], last_seq: int | None, checkpoint_seqs: list[int]) -> None:
+    def mark_shipped(
+        self,
+        key_ids: list[tuple[str, str]],
+        last_seq: int | None,
+        checkpoint_seqs: list[int],
+        forked: Sequence[tuple[int, str, str]] = (),
+    ) -> None:
+        """Records up to `last_seq` are in the store, but those `forked` (`(seq, ours, theirs)`): the
+        store holds another record under their ids, so they stay here, apart, for an operator."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         db.executemany("UPDATE keys SET shipped = 1 WHERE kid = ? AND kek_id = ?", key_ids)
+        if forked:
+            detected = time.time()
+            db.executemany("UPDATE records SET shipped = 2 WHERE seq = ?", [(seq,) for seq, _, _ in forked])
+            db.executemany(
+                "INSERT OR REPLACE INTO forks (seq, ours, theirs, detected_at) VALUES (?, ?, ?, ?)",
+                [(seq, ours, theirs, detected) for seq, ours, theirs in forked],
+            )
         if last_seq is not None:
             db.execute("UPDATE records SET shipped = 1 WHERE shipped = 0 AND seq <= ?", (last_seq,))
         db.executemany("UPDATE checkpoints SET shipped = 1 WHERE seq = ?", [(s,) for s in checkpoint_seqs])
         db.execute("COMMIT")
+
+    def forks(self) -> list[ForkedRecord]:
+        """Records the store refused as forks, oldest first."""
+        return [ForkedRecord(*row) for row in self.db.execute(_FORKS)]
 
     def backlog(self) -> tuple[int, float | None]:
         """(records not yet shipped, recorded_at of the oldest of them)."""
@@ -223,3 +289,42 @@ class Spool:
             else:
                 started.pop(interaction_id, None)
         return list(started.values())
+
+
+@dataclass(frozen=True, slots=True)
+class WriterCopy:
+    """The writer's own copy of its chain's recent records, read from its spool (read-only): what
+    vouches for the records a store holds after the last signed checkpoint. Every record reaches the
+    store through the spool, so a record in the store beyond the spool's newest, or differing from
+    the spool's record at its sequence number, was not written by this instance's writer."""
+
+    instance: str
+    path: Path
+
+    def shipped(self) -> int:
+        """The newest sequence number the writer has shipped to the store (0 if none it still holds)."""
+        return int(
+            self._read(lambda db: db.execute("SELECT MAX(seq) FROM records WHERE shipped = 1").fetchone()[0]) or 0
+        )
+
+    def at(self, seq: int) -> tuple[int, str | None]:
+        """(the spool's newest sequence number, the hash of its record at `seq`, None if not held)."""
+
+        def read(db: sqlite3.Connection) -> tuple[int, str | None]:
+            (newest,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()
+            row = db.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
+            return int(newest), (stored_hashes(bytes(row[0]))[0] if row is not None else None)
+
+        return self._read(read)
+
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if not self.path.exists():
+            raise SpoolUnavailable(f"audit spool {self.path} does not exist")
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                return query(db)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            raise SpoolUnavailable(f"cannot read audit spool {self.path}: {exc}") from exc

@@ -74,6 +74,12 @@ class AuditMetrics:
             registry=registry,
         )
         self.shipped = Counter("sentinel_audit_shipped", "Audit records accepted by the store.", registry=registry)
+        self.forked = Counter(
+            "sentinel_audit_records_forked",
+            "Audit records the store refused because it holds a different record under the same id "
+            "(two writers share an instance id); kept in the spool (`sentinel audit forks`).",
+            registry=registry,
+        )
         self.ship_failures = Counter(
             "sentinel_audit_ship_failures", "Failed attempts to ship a batch to the store.", registry=registry
         )

@@ -8,15 +8,19 @@ order: hashing is the CPU work, the walk is cheap.
 
 Checkpoint findings, from the checkpoints themselves: `bad_signature`, `unknown_key`,
 `checkpoint_missing` (the checkpoint before one is missing or altered). Records after the newest
-valid checkpoint are counted as `unsealed` (not an error: not yet vouched for by a signature).
+valid checkpoint are counted as `unsealed` (not an error: not yet vouched for by a signature); given
+the writer's spool, they are checked against it (`outside_writer`: records the writer never wrote;
+`head_mismatch`: the newest record is not the writer's). A record whose stored columns (the embedded
+store's search copies of its fields) differ from its signed body is `column_mismatch`, naming them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.chain import checkpoint_digest, signature_valid
 from sentinel.audit.record import GENESIS, stored_hashes
-from sentinel.audit.store import AuditStore, ChainLink
+from sentinel.audit.spool import WriterCopy
+from sentinel.audit.store import AuditStore, ChainLink, StoredRecord
 from sentinel.audit.store.embedded import _SPAN, EmbeddedStore, open_read_only, read_chain_page
 from sentinel.audit.walk import REACH, ChainWalk, CleanRun, Finding, clean_run
 
@@ -39,11 +44,11 @@ DEFAULT_PAGE = 50_000
 
 
 class RecordObserver(Protocol):
-    """Sees each stored record as it is read for verification (the report's encryption census).
+    """Sees each stored record as it is read for verification (the report's statistics and census).
 
     Made by a picklable factory, once per page (in the worker that reads it), and merged in order."""
 
-    def add(self, doc_id: str, kind: str, event_type: str | None, recorded_at: float, body: bytes) -> None: ...
+    def add(self, record: StoredRecord) -> None: ...
 
     def merge(self, other: Any) -> None: ...
 
@@ -59,6 +64,9 @@ class InstanceReport:
     checkpoints_checked: int = 0
     last_checkpoint_seq: int | None = None
     unsealed: int = 0
+    """Records after the newest valid checkpoint (or all of them when there is none)."""
+    writer_vouched: bool = False
+    """The records after the last checkpoint were checked against the writer's own copy (its spool)."""
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -105,14 +113,19 @@ async def verify(
     progress: Progress | None = None,
     observe: Callable[[], RecordObserver] | None = None,
     reach: int = REACH,
+    writers: Sequence[WriterCopy] = (),
 ) -> VerifyReport:
     """Verify each chain (or `instance`'s), all of it or the records recorded in [since, until].
 
     `after` maps an instance to the `(seq, hash)` last verified: only the records after it are read,
     and the first must link to that hash (the scheduled incremental check). Checkpoint signatures
-    are always all checked."""
+    are always all checked. With `writers` (this data directory's spools), the records of their chains
+    after the last checkpoint are checked against the writers' own copies (`outside_writer`,
+    `head_mismatch`)."""
     report = VerifyReport(since=since, until=until)
     observed = observe() if observe is not None else None
+    # What each writer had shipped before the chains are planned: all of it must be in the store.
+    shipped = {w.instance: await asyncio.to_thread(w.shipped) for w in writers}
     chains = [
         await _plan(store, name, since, until, (after or {}).get(name), page, reach)
         for name in ([instance] if instance else sorted(await store.instances()))
@@ -125,7 +138,7 @@ async def verify(
         # priority, like scheduled backups: a check pulled through the admin API must not take the
         # proxy's CPU.
         context = multiprocessing.get_context("forkserver")
-        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=os.nice, initargs=(10,))
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_worker_started)
         try:
             await _in_workers(
                 pool, str(path), jobs, 2 * processes, store, observe, observed, progress, reach, chains, public_keys
@@ -136,12 +149,64 @@ async def verify(
         for chain in chains:
             chain.check_signatures(public_keys)
         for chain, lo, hi in jobs:
-            links, part = await _read_page(store, chain.report.instance, lo, hi, observe)
-            _take(chain.walk, links, part, observed, progress)
+            links, part, mismatches = await _read_page(store, chain.report.instance, lo, hi, observe)
+            _take(chain, links, part, mismatches, observed, progress)
+    by_instance = {w.instance: w for w in writers}
+    planned = {chain.report.instance for chain in chains}
+    for name in sorted(set(by_instance) - planned):
+        if (instance is None or instance == name) and since is None and until is None and shipped[name]:
+            chains.append(_Chain(InstanceReport(name), ChainWalk(name)))  # its writer shipped records: all gone
     for chain in chains:
         report.instances.append(chain.finish())
+        writer = by_instance.get(chain.report.instance)
+        if writer is not None and chain.walk.to_seq is None:
+            # Read after the walk: every record the walk saw had reached the spool before it.
+            await _against_writer(chain.report, writer, shipped[writer.instance])
     report.observed = observed
     return report
+
+
+async def _against_writer(report: InstanceReport, writer: WriterCopy, shipped: int) -> None:
+    """The chain's newest record must be the writer's record at its sequence number; the chain links it
+    to every record back to the last checkpoint, so this vouches for them all."""
+    last, claimed = report.last_seq, report.last_hash
+    newest, held = await asyncio.to_thread(writer.at, last or 0)
+    # Where a checkpoint already vouches for missing records, the writer names only those after it.
+    vouched = max((f.seq_to or 0 for f in report.findings if f.kind == "truncated"), default=last or 0)
+    if max(last or 0, vouched) < shipped:
+        report.findings.append(
+            Finding(
+                "truncated",
+                report.instance,
+                max(last or 0, vouched) + 1,
+                f"records up to {shipped} were written and shipped by this instance's writer but are missing",
+                seq_to=shipped,
+            )
+        )
+    elif last is None:
+        return
+    elif last > newest:
+        report.findings.append(
+            Finding(
+                "outside_writer",
+                report.instance,
+                newest + 1,
+                f"records after {newest}, the newest this instance's writer has written, are in the store: "
+                "they were appended outside the writer",
+                seq_to=last,
+            )
+        )
+    elif held is not None and held != claimed:
+        report.findings.append(
+            Finding(
+                "head_mismatch",
+                report.instance,
+                last,
+                "the chain's newest record differs from the writer's own copy in its spool",
+            )
+        )
+    elif held is not None:
+        report.writer_vouched = True
 
 
 @dataclass
@@ -198,7 +263,7 @@ async def _plan(
     if start is not None:
         from_seq, to_seq, start_prev = start[0] + 1, None, start[1]
     elif since is not None or until is not None:
-        bounds = await store.seq_range(instance, since, until)
+        bounds = await _period_bounds(store, instance, since, until, head)
         if bounds is None:
             return _Chain(report, ChainWalk(instance), stored_checkpoints=stored)
         from_seq, to_seq = bounds
@@ -221,6 +286,47 @@ async def _plan(
     return _Chain(report, walk, from_seq, top, list(range(from_seq, top + 1, page)), stored, claimed)
 
 
+async def _period_bounds(
+    store: AuditStore, instance: str, since: float | None, until: float | None, head: tuple[int, int] | None
+) -> tuple[int, int] | None:
+    """The sequence numbers recorded in [since, until]: by the store's index on its `recorded_at`
+    column, widened to where the records' own (signed) times say the period begins and ends. An
+    edited column can then move no record out of the range a period's verification reads."""
+    if head is None:
+        return None
+    by_column = await store.seq_range(instance, since, until)
+    first, last = head
+    # Times are in sequence order within a chain (one writer, one clock): bisect on them.
+    low = first if since is None else await _bisect(store, instance, first, last + 1, lambda t: t >= since)
+    high = last if until is None else await _bisect(store, instance, first, last + 1, lambda t: t > until) - 1
+    if low > high:
+        return by_column
+    if by_column is None:
+        return low, high
+    return min(low, by_column[0]), max(high, by_column[1])
+
+
+async def _bisect(store: AuditStore, instance: str, lo: int, hi: int, after: Callable[[float], bool]) -> int:
+    """The first sequence number in [lo, hi) whose record's signed time satisfies `after` (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = await _time_near(store, instance, mid, hi)
+        if at is None or after(at):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+async def _time_near(store: AuditStore, instance: str, seq: int, hi: int) -> float | None:
+    """The signed `recorded_at` of the first record at or after `seq` (below `hi`)."""
+    async for page in store.chain_pages(instance, seq, min(seq + 63, hi - 1)):
+        for record in page:
+            at = record.doc.get("recorded_at")
+            return float(at) if isinstance(at, (int, float)) else record.recorded_at
+    return None
+
+
 async def _in_workers(
     pool: ProcessPoolExecutor,
     path: str,
@@ -237,7 +343,7 @@ async def _in_workers(
     """Pages read and hashed by the workers, `ahead` in flight (bounded memory), walked in order. The
     checkpoint signatures are checked here while the first pages are read."""
     loop = asyncio.get_running_loop()
-    pages: list[asyncio.Future[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]]] = []
+    pages: list[asyncio.Future[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None, list[Mismatch]]]] = []
 
     def submit(index: int) -> None:
         chain, lo, hi = jobs[index]
@@ -251,17 +357,17 @@ async def _in_workers(
         for chain in chains:
             chain.check_signatures(public_keys)
         for index, (chain, lo, hi) in enumerate(jobs):
-            result, part = await pages[index]
+            result, part, mismatches = await pages[index]
             pages[index] = _done
             if len(pages) < len(jobs):
                 submit(len(pages))
             if isinstance(result, CleanRun):
                 if not chain.walk.skip(result):  # what came before needs every link: read them here
-                    links, _ = await _read_page(store, chain.report.instance, lo, hi, None)
+                    links, _, _ = await _read_page(store, chain.report.instance, lo, hi, None)
                     chain.walk.feed(links[len(result.head) :])
-                _take(chain.walk, [], part, observed, progress, result.count)
+                _take(chain, [], part, mismatches, observed, progress, result.count)
             else:
-                _take(chain.walk, list(map(ChainLink._make, result)), part, observed, progress)
+                _take(chain, list(map(ChainLink._make, result)), part, mismatches, observed, progress)
     finally:
         for pending in pages:
             if isinstance(pending, asyncio.Future):
@@ -273,31 +379,64 @@ _done: Any = None
 
 
 def _take(
-    walk: ChainWalk,
+    chain: _Chain,
     links: list[ChainLink],
     part: RecordObserver | None,
+    mismatches: list[Mismatch],
     observed: RecordObserver | None,
     progress: Progress | None,
     count: int | None = None,
 ) -> None:
-    walk.feed(links)
+    chain.walk.feed(links)
+    for seq, doc_id, names in mismatches:
+        chain.report.findings.append(
+            Finding(
+                "column_mismatch",
+                chain.report.instance,
+                seq,
+                f"stored column(s) {', '.join(names)} differ from the signed record",
+                doc_id=doc_id,
+            )
+        )
     if observed is not None and part is not None:
         observed.merge(part)
     if progress is not None:
         progress(len(links) if count is None else count)
 
 
+Mismatch = tuple[int, str, tuple[str, ...]]
+"""A record whose stored columns differ from its signed body: (seq, doc id, column names)."""
+
+
+def _look_at(
+    records: list[StoredRecord], observed: RecordObserver | None, links: list[ChainLink], mismatches: list[Mismatch]
+) -> None:
+    """Links, column mismatches and the observer's view of one batch of stored records."""
+    for r in records:
+        claimed, content = stored_hashes(r.body)
+        links.append(ChainLink(r.seq, r.doc_id, r.prev_hash, claimed, content, r.recorded_at))
+        if r.mismatched and claimed == content:  # (a record whose content changed is named `modified`)
+            mismatches.append((r.seq, r.doc_id, r.mismatched))
+        if observed is not None:
+            observed.add(r)
+
+
 async def _read_page(
     store: AuditStore, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
-) -> tuple[list[ChainLink], RecordObserver | None]:
+) -> tuple[list[ChainLink], RecordObserver | None, list[Mismatch]]:
     observed = observe() if observe is not None else None
     links: list[ChainLink] = []
+    mismatches: list[Mismatch] = []
     async for records in store.chain_pages(instance, lo, hi):
-        if observed is not None:
-            for r in records:
-                observed.add(r.doc_id, r.kind, r.event_type, r.recorded_at, r.body)
-        links += [ChainLink(r.seq, r.doc_id, r.prev_hash, *stored_hashes(r.body), r.recorded_at) for r in records]
-    return links, observed
+        _look_at(records, observed, links, mismatches)
+    return links, observed, mismatches
+
+
+def _worker_started() -> None:
+    """A verifier worker: at lower CPU priority, and without the cycle collector, which the parsed
+    records (acyclic: freed by reference counting) would only keep triggering."""
+    os.nice(10)
+    gc.disable()
 
 
 def _page_in_worker(
@@ -308,7 +447,7 @@ def _page_in_worker(
     observe: Callable[[], RecordObserver] | None,
     checkpoints: dict[int, str],
     reach: int,
-) -> tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None]:
+) -> tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None, list[Mismatch]]:
     """One page, in a worker process, on its own read-only connection to the embedded store. A page
     found whole goes back as a `CleanRun` (its ends only); any other as plain tuples (half the
     pickling work of named ones), for the walk to look at each record."""
@@ -317,17 +456,14 @@ def _page_in_worker(
     db = open_read_only(Path(path))
     observed = observe() if observe is not None else None
     links: list[ChainLink] = []
+    mismatches: list[Mismatch] = []
     try:
         for low in range(lo, hi + 1, _SPAN):
-            records = read_chain_page(db, instance, low, min(low + _SPAN - 1, hi))
-            if observed is not None:
-                for r in records:
-                    observed.add(r.doc_id, r.kind, r.event_type, r.recorded_at, r.body)
-            links += [ChainLink(r.seq, r.doc_id, r.prev_hash, *stored_hashes(r.body), r.recorded_at) for r in records]
+            _look_at(read_chain_page(db, instance, low, min(low + _SPAN - 1, hi)), observed, links, mismatches)
     finally:
         db.close()
     whole = clean_run(links, lo, checkpoints, reach)
-    return (whole if whole is not None else list(map(tuple, links))), observed
+    return (whole if whole is not None else list(map(tuple, links))), observed, mismatches
 
 
 def _check_checkpoints(

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sentinel.audit.record import stored_hashes
 from sentinel.audit.service import stored_public_keys
+from sentinel.audit.spool import WriterCopy
 from sentinel.audit.store import AuditStore
 from sentinel.audit.verify import DEFAULT_PAGE, Finding, verify
 
@@ -167,12 +168,14 @@ class ContinuousVerification:
         page: int = DEFAULT_PAGE,
         processes: int = 1,
         clock: Callable[[], float] = time.time,
+        writers: Sequence[WriterCopy] = (),
     ) -> None:
         self.store = store
         self.state = state
         self.page = page
         self.processes = processes
         self.clock = clock
+        self.writers = writers
 
     async def run_incremental(self) -> CheckRun:
         return await self.run("incremental")
@@ -242,6 +245,7 @@ class ContinuousVerification:
             after=state.heads if check == "incremental" else None,
             page=self.page,
             processes=self.processes,
+            writers=self.writers,
         )
         held = {f.instance for f in anchors}
         if check == "incremental":

@@ -14,7 +14,7 @@ import hashlib
 import importlib
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +32,8 @@ class CheckResult:
     detail: str
     newest_record: float | None = None
     """The newest record time this check found in the restored data (epoch seconds), for RPO."""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """What the check relied on, for the drill report (e.g. the audit check's trusted keys)."""
 
 
 @runtime_checkable

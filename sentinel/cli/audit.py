@@ -1,4 +1,5 @@
-"""`sentinel audit`: search, show (and decrypt, with a recorded reason) and verify the audit trail."""
+"""`sentinel audit`: search, show (and decrypt, with a recorded reason) and verify the audit trail;
+list the records the store refused as forks."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from sentinel.audit.kek import KeyUnavailable
 from sentinel.audit.record import RecordCorrupt
 from sentinel.audit.store import SearchQuery, StoreUnavailable
 from sentinel.cli import load, settings_options
-from sentinel.cli.keys import actor, fail, public_keys_from
+from sentinel.cli.keys import actor, fail, pins_from
 from sentinel.config import ConfigError, Settings
 from sentinel.periods import iso, parse_time
 from sentinel.proxy.hooks import JournalUnavailable
 
 if TYPE_CHECKING:
+    from sentinel.audit.pins import TrustedKeys
     from sentinel.audit.watch import Check
 
 console = Console()
@@ -87,7 +89,7 @@ def audit() -> None:
     "public_key_files",
     multiple=True,
     type=click.Path(exists=True, path_type=Path),
-    help="Trust only these checkpoint keys (`sentinel keys show --public` output).",
+    help="Trust only these checkpoint keys (`sentinel keys show --public` output) [audit.pinned_keys].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option(
@@ -114,50 +116,59 @@ def verify(
 ) -> None:
     """Recompute every hash chain against its signed checkpoints.
 
+    With pinned keys (--public-key, else audit.pinned_keys) only they are trusted, and a signing key in
+    the store that they do not pin is a finding; without, the keys stored beside the records are.
+
     Exit status: 0 the trail is intact, 1 something was modified, deleted, inserted, reordered or
-    truncated (each listed), 2 the check could not run, 3 (--scheduled) another check is running.
+    truncated, or a stored key is not pinned (each listed), 2 the check could not run (a bad pin file
+    included), 3 (--scheduled) another check is running.
     """
     settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
     if scheduled is not None:
         if since or until or instance or public_key_files or as_json:
             raise click.UsageError("--scheduled takes no --from, --to, --instance, --public-key or --json")
         sys.exit(_scheduled_check(settings, cast("Check", scheduled), processes))
+    pins = pins_from(public_key_files, settings)
 
-    async def run() -> Any:
-        from sentinel.audit.service import open_store, stored_public_keys
+    async def run() -> tuple[Any, TrustedKeys]:
+        from sentinel.audit.pins import trusted_keys
+        from sentinel.audit.service import local_writers, open_store
         from sentinel.audit.verify import verify as verify_chain
 
         store = open_store(settings, read_only=True)
         await store.open()
         try:
-            pinned = public_keys_from(public_key_files)
-            keys = pinned if pinned is not None else await stored_public_keys(store)
+            keys = await trusted_keys(store, pins)
             start, end = _when(since, "--from"), _when(until, "--to")
             total = 0
             for name in [instance] if instance else await store.instances():
                 bounds = await store.seq_range(name, start, end)
                 total += bounds[1] - bounds[0] + 1 if bounds else 0
             with records_bar(total, "verifying") as advance:
-                return await verify_chain(
+                report = await verify_chain(
                     store,
-                    keys.get,
+                    keys,
                     since=start,
                     until=end,
                     instance=instance,
                     page=settings.audit.verify_page,
                     processes=processes or settings.audit.processes(),
                     progress=advance,
+                    writers=local_writers(settings),
                 )
+            return report, keys
         finally:
             await store.close()
 
     try:
-        report = asyncio.run(run())
+        report, keys = asyncio.run(run())
     except StoreUnavailable as exc:
         fail(str(exc), 2)
         return
+    ok = report.ok and not keys.findings
     if as_json:
-        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        data = report.to_dict() | {"ok": ok, "keys": keys.to_dict()}
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         for chain in report.instances:
             span = f"{chain.first_seq}..{chain.last_seq}" if chain.first_seq is not None else "empty"
@@ -171,14 +182,19 @@ def verify(
                     f"  [red]{finding.kind.upper()}[/] seq {where}: {finding.detail}"
                     + (f" ({finding.doc_id})" if finding.doc_id else "")
                 )
-        verdict = "[green]intact[/]" if report.ok else f"[red]{len(report.findings)} problem(s)[/]"
+        for key in keys.findings:
+            console.print(f"  [red]{key.kind.upper()}[/] {key.kid}: {key.detail}", highlight=False)
+        trust = keys.statement() if keys.pinned else f"[yellow]{keys.statement()}[/]"
+        console.print(f"Checkpoint signatures {trust}", highlight=False)
+        problems = len(report.findings) + len(keys.findings)
+        verdict = "[green]intact[/]" if ok else f"[red]{problems} problem(s)[/]"
         console.print(f"Audit trail: {verdict} ({report.records_checked} records checked)")
-    sys.exit(0 if report.ok else 1)
+    sys.exit(0 if ok else 1)
 
 
 def _scheduled_check(settings: Settings, check: Check, processes: int | None) -> int:
     """One check of continuous verification (sentinel/audit/watch.py); returns the exit status."""
-    from sentinel.audit.service import open_store
+    from sentinel.audit.service import local_writers, open_store
     from sentinel.audit.watch import SKIPPED_EXIT, CheckRunning, ContinuousVerification, StateFile
 
     async def run() -> Any:
@@ -188,6 +204,7 @@ def _scheduled_check(settings: Settings, check: Check, processes: int | None) ->
             StateFile(settings.resolve_path(settings.audit.verify_state_file)),
             page=settings.audit.verify_page,
             processes=processes or settings.audit.processes(),
+            writers=local_writers(settings),
         )
         try:
             await store.open()
@@ -339,3 +356,46 @@ def show(
     if decrypt:
         click.echo(f"(access recorded at {iso(__import__('time').time())} with your reason)", err=True)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@audit.command("forks")
+@click.option("--json", "as_json", is_flag=True, help="Print the forked records, hashes whole, as JSON.")
+@settings_options
+def forks(
+    as_json: bool,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """List the records the store refused as forks (another writer uses this instance id).
+
+    The store holds a different record under each one's doc id. Ours are kept in this data
+    directory's spools (the server's and the CLI's) until resolved; see docs/audit.md, "Several
+    instances".
+
+    Exit status: 0 none, 1 some (each listed), 2 a spool could not be read.
+    """
+    from sentinel.audit.spool import SpoolUnavailable, read_forks
+
+    settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
+    spool = settings.resolve_path(settings.audit.spool_path)
+    try:
+        found = [record for path in (spool, spool.with_name("cli-" + spool.name)) for record in read_forks(path)]
+    except SpoolUnavailable as exc:
+        fail(str(exc), 2)
+        return
+    if as_json:
+        sys.stdout.write(orjson.dumps([r._asdict() for r in found], option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif found:
+        click.echo(f"{len(found)} forked audit record(s): the store holds others under these ids; ours are kept here.")
+        for r in found:
+            # One line each, never cut to the terminal's width; hash prefixes tell the two apart
+            # (--json has them whole).
+            click.echo(
+                f"{r.doc_id}  seq {r.seq}  recorded {iso(r.recorded_at)}  ours {r.ours[:16]}  "
+                f"store's {r.theirs[:16]}  detected {iso(r.detected_at)}"
+            )
+    else:
+        click.echo("No forked audit records.")
+    sys.exit(1 if found else 0)

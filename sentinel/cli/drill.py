@@ -18,18 +18,37 @@ def drill() -> None:
 
 @drill.command("run")
 @click.argument("plan", required=False)
+@click.option(
+    "--public-key",
+    "pin_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify a restored audit trail against the keys this pin file pins (`sentinel keys show --public`) "
+    "[audit.pinned_keys]; without either, the drill says it trusted the restored store's own keys.",
+)
 @settings_options
 @guarded
 def run(
-    plan: str | None, config_file: Path | None, data_dir: Path | None, log_level: str | None, log_format: str | None
+    plan: str | None,
+    pin_file: Path | None,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Restore PLAN's latest snapshot into a scratch directory, verify it, measure RTO/RPO, write a report.
 
-    Every plan if none is named. Exit status 1 if any drill failed a check or missed a target.
+    Every plan if none is named. Exit status 1 if any drill failed a check or missed a target, 2 for
+    wrong input (a bad pin file included).
     """
     from sentinel.backup.drill import RestoreDrill
+    from sentinel.cli.keys import pins_from
 
     context = context_from(config_file, data_dir, log_level, log_format)
+    if pin_file is not None:
+        pins_from((pin_file,))  # a bad pin file is a usage error here, before any restore
+        context.settings.audit.pinned_keys = pin_file.absolute()
+    else:
+        pins_from((), context.settings)
     plans = [plan] if plan else sorted(context.backup.plans)
     failed = False
     for name in plans:

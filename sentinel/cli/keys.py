@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import getpass
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from prometheus_client import CollectorRegistry
@@ -17,11 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
-from sentinel.audit.keyring import KeyRing
+from sentinel.audit.keyring import KeyRing, WrappedKey
 from sentinel.audit.record import Event
 from sentinel.audit.spool import Spool, SpoolUnavailable
 from sentinel.cli import load, settings_options
 from sentinel.config import Settings
+
+if TYPE_CHECKING:
+    from sentinel.audit.pins import Pins
 
 console = Console()
 
@@ -93,7 +95,7 @@ def init(config_file: Path | None, data_dir: Path | None, log_level: str | None,
 @click.option(
     "--public",
     is_flag=True,
-    help="Print only the checkpoint signing public keys, as a pin file for `audit verify --public-key`.",
+    help="Print only the checkpoint signing public keys: a pin file for auditors (audit.pinned_keys, --public-key).",
 )
 @settings_options
 def show(
@@ -102,7 +104,8 @@ def show(
     """List key-encryption keys and the wrapped keys in the spools (never key material).
 
     With --public, the output is a pin file: one `KID BASE64` line per checkpoint signing key (raw
-    Ed25519 public key), `#` comments."""
+    Ed25519 public key), `#` comments. Reports, restore drills and `audit verify` trust only the keys
+    it pins (audit.pinned_keys, or --public-key); publish it again whenever a new signing key appears."""
     settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
     if public:
         _print_pins(settings)
@@ -140,14 +143,15 @@ def show(
 
 
 def _print_pins(settings: Any) -> None:
-    keys: dict[str, str] = {}
+    """From the spools, the keys this deployment made itself: not the store, which others may write."""
+    from sentinel.audit.pins import pin_file_text
+
+    keys: list[WrappedKey] = []
     for spool in _spools(settings):
         if spool.path.exists() and _open(spool):
-            keys.update((k.kid, k.public) for k in spool.run_sync(spool.stored_keys) if k.public)
+            keys += spool.run_sync(spool.stored_keys)
             spool.close()
-    lines = ["# Sentinel checkpoint signing keys: KID BASE64 (raw Ed25519 public key), one a line"]
-    lines += [f"{kid} {public}" for kid, public in sorted(keys.items())]
-    click.echo("\n".join(lines))
+    click.echo(pin_file_text(keys), nl=False)
 
 
 @keys.command("rotate")
@@ -240,30 +244,24 @@ def retire(
 
 
 def public_keys_from(files: tuple[Path, ...]) -> dict[str, Any] | None:
-    """Pinned checkpoint public keys: pin files of `KID BASE64` lines (`keys show --public`), `#`
-    comments and blank lines ignored. Anything else is a usage error naming the file and line."""
-    if not files:
+    """Pinned checkpoint public keys by key id, from pin files (`keys show --public`); None without files.
+    A file that is not a pin file is a usage error (exit status 2) naming the file and line."""
+    pins = pins_from(files)
+    return dict(pins.keys) if pins is not None else None
+
+
+def pins_from(files: tuple[Path, ...], settings: Settings | None = None) -> Pins | None:
+    """The pins a command trusts: its `--public-key` files, else the pin file `audit.pinned_keys` names
+    (with `settings`), else None (the store's own keys). A bad pin file exits with status 2, never a
+    traceback: a usage error for a flag, a named setting for the setting."""
+    from sentinel.audit.pins import PinFileError, Pins, configured_pins
+
+    try:
+        if files:
+            return Pins.read(files)
+        return configured_pins(settings) if settings is not None else None
+    except PinFileError as exc:
+        if files:
+            raise click.UsageError(str(exc)) from None
+        fail(str(exc), 2)
         return None
-    import binascii
-
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    pinned: dict[str, Any] = {}
-    for file in files:
-        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            parts = text.split()
-            try:
-                if len(parts) != 2:
-                    raise ValueError("expected `KID BASE64`")
-                pinned[parts[0]] = Ed25519PublicKey.from_public_bytes(base64.b64decode(parts[1], validate=True))
-            except (ValueError, binascii.Error) as exc:
-                raise click.UsageError(
-                    f"{file}:{number} is not a pinned key line ({exc}); make a pin file with "
-                    "`sentinel keys show --public > pins.txt`"
-                ) from None
-    if not pinned:
-        raise click.UsageError(f"no pinned keys in {', '.join(map(str, files))}")
-    return pinned

@@ -60,6 +60,13 @@ def _period(since: str, until: str) -> Any:
     show_default=True,
     help="Show the stated reasons of content accesses (decrypting them is recorded as an access itself).",
 )
+@click.option(
+    "--public-key",
+    "pin_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Verify the chains against the keys this pin file pins (`sentinel keys show --public`) "
+    "[audit.pinned_keys]; without either, the report says it trusted the store's own keys.",
+)
 @settings_options
 @click.pass_context
 def report(
@@ -69,6 +76,7 @@ def report(
     fmt: str,
     output: Path | None,
     reasons: bool,
+    pin_file: Path | None,
     config_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
@@ -79,6 +87,8 @@ def report(
     \b
       sentinel report --from 2026-10-01 --to 2026-11-01 --format pdf -o october.pdf
       sentinel report verify october.pdf
+
+    Exit status 1 if the report was not issued, 2 for wrong input (a bad pin file included).
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -91,9 +101,12 @@ def report(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sentinel.audit.service import AuditService
+    from sentinel.cli.keys import pins_from
     from sentinel.proxy.hooks import JournalUnavailable
     from sentinel.report.issue import issue_report
     from sentinel.server import instance_id
+
+    pins = pins_from((pin_file,) if pin_file is not None else (), settings)
 
     err = Console(stderr=True)
     service = AuditService(settings, CollectorRegistry(), instance_id(settings), cli=True)
@@ -118,6 +131,7 @@ def report(
                     actor=f"cli:{getpass.getuser()}",
                     include_reasons=reasons,
                     stages=_RichStages(bar),
+                    pins=pins,
                 )
         finally:
             await service.stop()
@@ -138,6 +152,18 @@ def report(
         sys.stdout.buffer.write(issued.body)
         sys.stdout.buffer.flush()
     err.print(f"sha256 {issued.sha256}, signed with {issued.kid}, recorded as a report_issued event", highlight=False)
+    if pins is None:
+        err.print(
+            "[yellow]note:[/] the checkpoint keys are not pinned: the report says it trusted the keys stored in "
+            "the audit store itself; see `sentinel keys show --public` and audit.pinned_keys",
+            highlight=False,
+        )
+    elif issued.kid not in pins.keys:
+        err.print(
+            f"[yellow]note:[/] {issued.kid}, which signed this report, is not in the pin file: auditors need a "
+            "new one (`sentinel keys show --public`) to check it offline",
+            highlight=False,
+        )
 
 
 @report.command("verify")
@@ -168,7 +194,7 @@ def verify(
     signed report_issued record in the audit trail. With --public-key, offline: FILE and its signature
     file alone, against the pinned keys. Exit status 1 if not, 2 if the check could not run."""
     from sentinel.audit.store import StoreUnavailable
-    from sentinel.cli.keys import public_keys_from
+    from sentinel.cli.keys import pins_from, public_keys_from
     from sentinel.report.signing import verify_offline
 
     signature = signature or (file.with_name(file.name + ".sig.json") if Path(f"{file}.sig.json").exists() else None)
@@ -186,8 +212,9 @@ def verify(
         verdict = verify_offline(pinned.get, body, sidecar)
     else:
         settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
+        trusted = pins_from((), settings)  # audit.pinned_keys, if set, vouches for the trail's signatures
         try:
-            verdict = asyncio.run(_verify_in_trail(settings, body, sidecar))
+            verdict = asyncio.run(_verify_in_trail(settings, body, sidecar, trusted))
         except StoreUnavailable as exc:
             click.echo(
                 f"sentinel: cannot read the audit trail ({exc}); to check offline, pass --public-key PINS", err=True
@@ -213,7 +240,7 @@ def verify(
     sys.exit(1)
 
 
-async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] | None) -> Any:
+async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] | None, pins: Any) -> Any:
     from sentinel.audit.service import open_store
     from sentinel.report.issue import public_keys
     from sentinel.report.signing import verify_report
@@ -221,6 +248,7 @@ async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] |
     store = open_store(settings, read_only=True)
     await store.open()
     try:
-        return await verify_report(store, public_keys(await store.keys()), body, sidecar)
+        lookup = pins.keys.get if pins is not None else public_keys(await store.keys())
+        return await verify_report(store, lookup, body, sidecar)
     finally:
         await store.close()

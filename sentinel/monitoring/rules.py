@@ -283,6 +283,18 @@ ALERTS: list[Alert] = [
         group="sentinel.audit",
     ),
     Alert(
+        name="SentinelAuditFork",
+        severity="critical",
+        query="sum by (job, instance) (increase(sentinel_audit_records_forked_total[1h]))",
+        threshold=0,
+        for_="0m",
+        summary="Another writer uses this audit chain's instance id",
+        description="{{ $value | humanize }} audit records from {{ $labels.instance }} were refused in the last hour: "
+        "the store holds different records under their ids, so two Sentinels write one chain. Ours are kept "
+        "in the spool; `sentinel audit forks` lists them.",
+        group="sentinel.audit",
+    ),
+    Alert(
         name="SentinelAuditRefusingRequests",
         severity="critical",
         query=f"sum by (job, instance) (increase(sentinel_audit_refused_total[{W}]))",

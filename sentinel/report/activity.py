@@ -11,7 +11,7 @@ from sentinel.periods import iso
 from sentinel.report import anomalies
 from sentinel.report.inputs import ReportInputs
 from sentinel.report.model import Finding, Period
-from sentinel.report.queries import Breakdown, LatencyBin, percentile
+from sentinel.report.queries import Breakdown, LatencyBin, ReportQueries, percentile
 from sentinel.report.standards import cite
 
 
@@ -38,8 +38,8 @@ def marginal(rows: list[Breakdown], key: Callable[[Breakdown], str | None]) -> l
     ]
 
 
-async def activity_section(inputs: ReportInputs) -> tuple[dict[str, Any], list[Finding]]:
-    q, period, rules = inputs.queries, inputs.period, inputs.settings.report
+async def activity_section(inputs: ReportInputs, q: ReportQueries) -> tuple[dict[str, Any], list[Finding]]:
+    period, rules = inputs.period, inputs.settings.report
     breakdown = await q.breakdown(period)
     hourly = await q.buckets(period, 3600, by_caller=True)
     windows = await q.buckets(period, rules.error_burst_window, by_caller=False)

@@ -1,14 +1,13 @@
 """`gather`: every section of a report for one period, as a JSON-shaped dict (see report.schema.json).
 
-Statistics come from store-side aggregations (`ReportQueries`); the chain verification and the
-encryption census (`verify_period`) read each record of the period once, concurrently with them.
+Every figure comes from the period's records as the chain verification reads them (`verify_period`:
+one read of each record, its hash checked, then counted), never from a store's search columns.
 Stated reasons of content accesses are shown only through `ReasonReader`, which the issuer hands
 in after it has recorded that access itself (see `issue.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -20,10 +19,11 @@ from sentinel.report.activity import activity_section, service_levels_section
 from sentinel.report.backups import gather_backups
 from sentinel.report.inputs import ACCESS_EVENTS, NoStages, ReasonReader, ReportInputs, Stages
 from sentinel.report.integrity import verify_period
-from sentinel.report.model import SEVERITIES
+from sentinel.report.model import SEVERITIES, verdict
 from sentinel.report.protection import access_section, encryption_section, integrity_section, phi_section
 from sentinel.report.standards import ALL as STANDARDS
 from sentinel.report.standards import cite
+from sentinel.report.tally import TallyQueries
 
 __all__ = ["ACCESS_EVENTS", "NoStages", "ReasonReader", "ReportInputs", "Stages", "gather"]
 
@@ -34,35 +34,36 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
     settings, period, stages = inputs.settings, inputs.period, inputs.stages
     started = time.time()
     instances = sorted(await inputs.store.instances())
+    late = settings.report.late_records
     total = 0
     for instance in instances:
-        bounds = await inputs.store.seq_range(instance, period.since, period.until)
+        bounds = await inputs.store.seq_range(instance, period.since, period.until + late)
         total += (bounds[1] - bounds[0] + 1) if bounds else 0
     stages.begin("verifying audit chains", total)
-    verification = asyncio.ensure_future(
-        verify_period(
-            inputs.store,
-            inputs.public_keys,
-            period,
-            window=settings.audit.verify_page,
-            processes=settings.audit.processes(),
-            max_listed=settings.report.max_listed,
-            progress=stages.advance,
-        )
+    # Every number below is counted from the records as they are verified (see integrity.py).
+    integrity = await verify_period(
+        inputs.store,
+        inputs.public_keys,
+        period,
+        burst_window=settings.report.error_burst_window,
+        listed=(*ACCESS_EVENTS, "admin_auth_failed"),
+        late=late,
+        window=settings.audit.verify_page,
+        processes=settings.audit.processes(),
+        max_listed=settings.report.max_listed,
+        progress=stages.advance,
+        writers=inputs.writers,
     )
-    try:
-        activity, found = await activity_section(inputs)
-        access, access_findings, auth_events = await access_section(inputs)
-        bins = await inputs.queries.latency_bins(period)
-        integrity = await verification
-    finally:
-        verification.cancel()
     stages.end()
+    queries = TallyQueries(integrity.tally, inputs.store)
+    activity, found = await activity_section(inputs, queries)
+    access, access_findings, auth_events = await access_section(inputs, queries)
+    bins = await queries.latency_bins(period)
     span = activity["span"]
     service_levels, sl_findings = service_levels_section(bins, activity["activity"])
     found += anomalies.auth_failures(settings.report, auth_events)
     encryption, enc_findings = encryption_section(inputs, integrity, started)
-    chain_integrity, int_findings = integrity_section(integrity)
+    chain_integrity, int_findings = integrity_section(integrity, inputs.trusted)
     backups, backup_findings = gather_backups(
         settings.backup, settings.resolve_path(settings.backup.state_file), period
     )
@@ -86,7 +87,9 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
         "standards": [{"citation": s.citation, "title": s.title, "text": s.text} for s in STANDARDS],
         "summary": {
             "findings": counts,
-            "verdict": "exceptions found" if findings else "no exceptions found",
+            "verdict": verdict(findings, trail_verified=chain_integrity["ok"]),
+            "trail_verified": chain_integrity["ok"],
+            "integrity_findings": chain_integrity["findings_total"],
             "records_verified": integrity.records_checked,
             "calls": activity["activity"]["totals"]["calls"],
         },

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sentinel.audit.keyring import WrappedKey
+from sentinel.audit.pins import TrustedKeys
+from sentinel.audit.spool import WriterCopy
 from sentinel.audit.store import AuditStore
 from sentinel.audit.verify import PublicKeys
 from sentinel.config import Settings
 from sentinel.report.model import Period
-from sentinel.report.queries import ReportQueries
 
 ACCESS_EVENTS = ("content_access", "content_export")
 ReasonReader = Callable[[list[dict[str, Any]]], Awaitable[dict[str, str]]]
@@ -43,9 +44,8 @@ class NoStages:
 @dataclass
 class ReportInputs:
     settings: Settings
-    queries: ReportQueries
     store: AuditStore
-    """Read for chain verification (a second connection to the same store, so it runs alongside the queries)."""
+    """Read for chain verification, which counts the report's numbers on the way."""
     period: Period
     public_keys: PublicKeys
     keys: list[WrappedKey]
@@ -53,3 +53,8 @@ class ReportInputs:
     reasons: ReasonReader | None = None
     report_id: str = field(default_factory=lambda: f"rpt-{uuid.uuid4()}")
     stages: Stages = field(default_factory=NoStages)
+    writers: Sequence[WriterCopy] = ()
+    """This data directory's spools: they vouch for records after the last checkpoint."""
+    trusted: TrustedKeys | None = None
+    """Where `public_keys` come from (pinned, or the store's own) and what the store's keys say against
+    the pins; the integrity section states it. None: not known (the keys are treated as not pinned)."""

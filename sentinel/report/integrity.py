@@ -1,37 +1,31 @@
-"""Chain verification over the reporting period, with an encryption and PHI census on the way.
+"""Chain verification over the reporting period, with the report's counts taken on the way.
 
-`sentinel.audit.verify.verify` does the checking, a page of `verify_window` records at a time, so
-memory stays bounded by the page, not by the store. While each stored record passes by for hashing,
-the `Census` also counts which sensitive fields are encrypted and under which key id, lists any
-stored in clear, and adds up the PHI categories the policy stage annotated — one read of every
-record in the period, not several.
+`sentinel.audit.verify.verify` does the checking, a page of `audit.verify_page` records at a time,
+so memory stays bounded by the page, not by the store. Each stored record it reads is handed, parsed
+from the very bytes whose hash it checks, to a `PeriodObserver`: the `Census` counts which sensitive
+fields are encrypted and under which key id, lists any stored in clear, and adds up the PHI
+categories the policy stage annotated; the `Tally` counts the report's statistics. One read of every
+record in the period, and every number in the report comes from records that were verified.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from sentinel.audit.record import ENCRYPTED_FIELDS
-from sentinel.audit.store import AuditStore
+from sentinel.audit.spool import WriterCopy
+from sentinel.audit.store import AuditStore, StoredRecord
 from sentinel.audit.verify import DEFAULT_PAGE, InstanceReport, PublicKeys, verify
 from sentinel.audit.walk import Finding as ChainFinding
 from sentinel.report.model import Period
+from sentinel.report.tally import Tally
 
-_KID = re.compile(rb'"kid":"([^"]{1,80})"')
-_PHI = re.compile(rb'"phi":(\{(?:[^{}]|\{[^{}]*\})*\})')
-_ACTIONS = re.compile(rb'"actions":(\[[^\]]*\])')
-_CLEAR_NAMES = [name for name in ENCRYPTED_FIELDS if name != "caller_user"] + ["user", "policy"]
-_CLEAR = re.compile(b'"(' + b"|".join(n.encode() for n in _CLEAR_NAMES) + b')":')
-"""Keys that must never appear in an interaction's clear metadata (`user` is the caller's end-user id);
-`policy` is matched on the same pass to find PHI annotations."""
-_CLEAR_REASON = b'"reason":'
+_CLEAR = tuple(name for name in ENCRYPTED_FIELDS if name != "caller_user")
+"""Fields of an interaction that must never be stored in its clear metadata (the caller's end-user
+id, `caller.user`, is checked too)."""
 
 Progress = Callable[[int], None]
 
@@ -55,38 +49,40 @@ class Census:
     def encrypted(self) -> int:
         return sum(self.encrypted_by_kid.values())
 
-    def add(self, doc_id: str, kind: str, event_type: str | None, recorded_at: float, body: bytes) -> None:
+    def add(self, record: StoredRecord) -> None:
+        doc = record.doc
+        kind = str(doc.get("kind", record.kind))
         self.records[kind] += 1
-        fields = body.count(b'"kid":"')
-        if fields:
-            first, last = _KID.search(body), _KID.match(body, body.rfind(b'"kid":"'))
-            kid = first.group(1) if first else b"?"
-            if last is not None and last.group(1) == kid:  # one data key per record, as `seal` writes them
-                self._seen(kid.decode(errors="replace"), fields, recorded_at)
+        recorded_at = doc.get("recorded_at", record.recorded_at)
+        encrypted = doc.get("encrypted")
+        if isinstance(encrypted, dict) and encrypted:
+            kids = [str(blob.get("kid")) if isinstance(blob, dict) else "?" for blob in encrypted.values()]
+            if kids.count(kids[0]) == len(kids):  # one data key per record, as `seal` writes them
+                self._seen(kids[0], len(kids), recorded_at)
             else:
-                for match in _KID.finditer(body):
-                    self._seen(match.group(1).decode(errors="replace"), 1, recorded_at)
+                for kid in kids:
+                    self._seen(kid, 1, recorded_at)
+        clear: list[str] = []
         if kind != "event":
-            # Keys are sorted in stored records: the interaction's metadata is the last object before "kind".
-            start = body.rfind(b'"interaction":{')
-            if start < 0:
+            interaction = doc.get("interaction")
+            if not isinstance(interaction, dict):
                 return
-            clear = []
-            if _CLEAR.search(body, start) is not None:  # rare: annotations, or a field in clear
-                clear = [
-                    "caller_user" if m.group(1) == b"user" else m.group(1).decode()
-                    for m in _CLEAR.finditer(body, start)
-                    if m.group(1) != b"policy"
-                ]
-                if body.find(b'"policy":{', start) >= 0:
-                    self._policy(body[start:])
+            clear = [name for name in _CLEAR if name in interaction]
+            if "user" in (interaction.get("caller") or {}):
+                clear.append("caller_user")
+            policy = (interaction.get("annotations") or {}).get("policy")
+            if isinstance(policy, dict):
+                self._policy(policy)
         else:
-            start = body.find(b'"event":{')
-            clear = ["reason"] if event_type == "content_access" and _CLEAR_REASON in body[max(start, 0) :] else []
+            event = doc.get("event") or {}
+            if event.get("type") == "content_access" and (
+                "reason" in event or "reason" in (event.get("details") or {})
+            ):
+                clear = ["reason"]
         if clear:
             self.plaintext += len(clear)
             if len(self.exceptions) < self.max_listed:
-                self.exceptions.append({"record": doc_id, "fields": clear})
+                self.exceptions.append({"record": record.doc_id, "fields": clear})
 
     def merge(self, other: Census) -> None:
         """Add the census of another window."""
@@ -109,32 +105,40 @@ class Census:
         if recorded_at > self.kid_last_seen.get(kid, 0.0):
             self.kid_last_seen[kid] = recorded_at
 
-    def _policy(self, tail: bytes) -> None:
-        phi = _PHI.search(tail)
-        if phi is not None:
-            try:
-                stages: dict[str, dict[str, int]] = orjson.loads(phi.group(1))
-            except orjson.JSONDecodeError:
-                stages = {}
-            if stages:
-                self.phi_records += 1
+    def _policy(self, policy: dict[str, Any]) -> None:
+        stages = policy.get("phi")
+        if isinstance(stages, dict) and stages:
+            self.phi_records += 1
             for stage, categories in stages.items():
                 for category, count in (categories or {}).items():
-                    self.phi[(stage, category)] += int(count)
-        actions = _ACTIONS.search(tail)
-        if actions is not None:
-            try:
-                items: list[dict[str, Any]] = orjson.loads(actions.group(1))
-            except orjson.JSONDecodeError:
-                items = []
-            for item in items:
+                    self.phi[(str(stage), str(category))] += int(count)
+        actions = policy.get("actions")
+        for item in actions if isinstance(actions, list) else []:
+            if isinstance(item, dict):
                 self.policy_actions[(str(item.get("action")), str(item.get("stage")))] += int(item.get("count") or 1)
+
+
+@dataclass
+class PeriodObserver:
+    """What a report takes from each verified record: its census and its tally."""
+
+    census: Census
+    tally: Tally
+
+    def add(self, record: StoredRecord) -> None:
+        self.census.add(record)
+        self.tally.add(record)
+
+    def merge(self, other: PeriodObserver) -> None:
+        self.census.merge(other.census)
+        self.tally.merge(other.tally)
 
 
 @dataclass
 class IntegrityResult:
     instances: list[InstanceReport]
     census: Census
+    tally: Tally
 
     @property
     def findings(self) -> list[ChainFinding]:
@@ -150,22 +154,49 @@ async def verify_period(
     public_keys: PublicKeys,
     period: Period,
     *,
+    burst_window: int = 300,
+    listed: tuple[str, ...] = (),
+    late: float = 3600.0,
     window: int = DEFAULT_PAGE,
     max_listed: int = 1000,
     processes: int = 1,
     progress: Progress | None = None,
+    writers: Sequence[WriterCopy] = (),
 ) -> IntegrityResult:
-    """Verify every chain's records recorded in the period with the audit trail's verifier, taking the
-    census of each record as it is read (in the worker processes that read them, with `processes` > 1)."""
+    """Verify every chain's records recorded in the period (and up to `late` seconds after it: the
+    records of calls that started in it) with the audit trail's verifier, counting the census and the
+    statistics of each record as it is read (in the worker processes that read them, with
+    `processes` > 1)."""
+
     report = await verify(
         store,
         public_keys,
         since=period.since,
-        until=period.until,
+        until=period.until + late,
         page=window,
         processes=processes,
         progress=progress,
-        observe=functools.partial(Census, max_listed=max_listed),
+        observe=_Factory(period, burst_window, listed, max_listed),
+        writers=writers,
     )
-    census = report.observed if isinstance(report.observed, Census) else Census(max_listed=max_listed)
-    return IntegrityResult(report.instances, census)
+    observed = report.observed
+    if not isinstance(observed, PeriodObserver):
+        observed = _Factory(period, burst_window, listed, max_listed)()
+    return IntegrityResult(report.instances, observed.census, observed.tally)
+
+
+@dataclass(frozen=True)
+class _Factory:
+    """A picklable `PeriodObserver` factory, for the verifier's worker processes."""
+
+    period: Period
+    burst_window: int
+    listed: tuple[str, ...]
+    max_listed: int
+
+    def __call__(self) -> PeriodObserver:
+        census = Census(max_listed=self.max_listed)
+        period = self.period
+        return PeriodObserver(
+            census, Tally(period.since, period.until, self.burst_window, self.listed, self.max_listed)
+        )

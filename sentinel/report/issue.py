@@ -1,5 +1,5 @@
 """`issue_report`: gather, render, sign and record one report through an `AuditService` (the CLI's own
-chain, or the server's), and `open_queries` for the store in use.
+chain, or the server's), and `open_reader` for the store in use.
 
 The order is what makes the trail trustworthy: an access to stated reasons is recorded before they
 are decrypted, and the `report_issued` event (hash, signature, key id) is durable before the report
@@ -12,19 +12,19 @@ import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.keyring import WrappedKey
+from sentinel.audit.pins import Pins, configured_pins, trusted_keys
 from sentinel.audit.record import Event, decrypt
-from sentinel.audit.service import AuditService
+from sentinel.audit.service import AuditService, local_writers
 from sentinel.audit.store import AuditStore
 from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.periods import iso
 from sentinel.report.gather import NoStages, ReportInputs, Stages, gather
 from sentinel.report.model import Period
-from sentinel.report.queries import EmbeddedQueries, ReportQueries
 from sentinel.report.render import MEDIA_TYPES, Format, render
 from sentinel.report.signing import REPORT_ISSUED, Issued, sha256_hex, sign
 
@@ -51,32 +51,21 @@ def public_keys(keys: list[WrappedKey]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def open_queries(store: AuditStore) -> AsyncIterator[tuple[ReportQueries, AuditStore]]:
-    """The aggregation queries for `store`, and a second reader of it for chain verification. For the
-    embedded store both are new read-only connections (each with its own thread), opened on the
-    running loop, so verification runs alongside the aggregations."""
+async def open_reader(store: AuditStore) -> AsyncIterator[AuditStore]:
+    """The store a report reads: for the embedded store a new read-only connection (with its own
+    thread) opened on the running loop; Elasticsearch as it is."""
     if isinstance(store, EmbeddedStore):
-        first, second = EmbeddedStore(store.path, read_only=True), EmbeddedStore(store.path, read_only=True)
-        await first.open()
+        reader = EmbeddedStore(store.path, read_only=True)
+        await reader.open()
         try:
-            await second.open()
-            for reader in (first, second):
-                # SQLite's default 2 MB page cache cannot hold the interior pages of a store of millions of
-                # records, so every row lookup would re-read them; 64 MB can (measured: 3x faster at 1M records).
-                await reader.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
-            try:
-                yield EmbeddedQueries(first), second
-            finally:
-                await second.close()
+            # SQLite's default 2 MB page cache cannot hold the interior pages of a store of millions of
+            # records, so every row lookup would re-read them; 64 MB can (measured: 3x faster at 1M records).
+            await reader.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
+            yield reader
         finally:
-            await first.close()
+            await reader.close()
         return
-    from sentinel.audit.store.elasticsearch import ElasticsearchStore
-    from sentinel.report.es_queries import ElasticsearchQueries
-
-    if not isinstance(store, ElasticsearchStore):
-        raise TypeError(f"reports cannot read a {type(store).__name__}")
-    yield ElasticsearchQueries(store), store
+    yield store
 
 
 async def issue_report(
@@ -87,8 +76,12 @@ async def issue_report(
     actor: str,
     include_reasons: bool,
     stages: Stages | None = None,
+    pins: Pins | None = None,
 ) -> Issued:
-    """Build, render, sign and record a report. Raises `JournalUnavailable` if the trail cannot record it."""
+    """Build, render, sign and record a report. Raises `JournalUnavailable` if the trail cannot record it.
+
+    Checkpoints are verified against `pins`, else those `audit.pinned_keys` names (`PinFileError` if that
+    is no pin file), else the store's own signing keys, which the report then says it trusted unpinned."""
     stages = stages or NoStages()
     reader = await service.reader()
     keyring = reader.keyring
@@ -96,7 +89,7 @@ async def issue_report(
         raise RuntimeError(f"the audit trail is unavailable: {service.error}")
     keys = await service.store.keys()
     keyring.learn(keys)
-    lookup = public_keys(keys)
+    trusted = await trusted_keys(service.store, pins if pins is not None else configured_pins(service.settings))
 
     main = asyncio.get_running_loop()
 
@@ -128,19 +121,20 @@ async def issue_report(
 
     inputs = ReportInputs(
         settings=service.settings,
-        queries=cast(ReportQueries, None),
         store=service.store,
         period=period,
-        public_keys=lookup,
+        public_keys=trusted,
+        trusted=trusted,
         keys=keyring.all_keys(),
         generated_by=actor,
         reasons=reasons if include_reasons else None,
         stages=stages,
+        writers=local_writers(service.settings, service.instance.removesuffix(".cli")),
     )
 
     async def build() -> dict[str, Any]:
-        async with open_queries(service.store) as (queries, second):
-            inputs.queries, inputs.store = queries, second
+        async with open_reader(service.store) as reader:
+            inputs.store = reader
             return await gather(inputs)
 
     if isinstance(service.store, EmbeddedStore):

@@ -1,4 +1,4 @@
-"""The few typed values every report part shares: the period, a finding, severities.
+"""The few typed values every report part shares: the period, a finding, severities, the verdict.
 
 The report itself is a JSON-shaped dict (its contract is `report.schema.json`), so the JSON form,
 the templates and the schema read the same structure.
@@ -6,6 +6,7 @@ the templates and the schema read the same structure.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -49,3 +50,14 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+FAILED_VERIFICATION = "audit trail failed verification"
+
+
+def verdict(findings: Sequence[Finding], *, trail_verified: bool) -> str:
+    """The report's verdict. A trail that failed verification is the verdict whatever else was found:
+    the report's figures are drawn from it, so "no exceptions found" can never be said of them."""
+    if not trail_verified:
+        return FAILED_VERIFICATION
+    return "exceptions found" if findings else "no exceptions found"

@@ -5,15 +5,19 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from sentinel.audit.pins import NOT_PINNED, TrustedKeys
 from sentinel.periods import iso
 from sentinel.report.inputs import ACCESS_EVENTS, ReportInputs
 from sentinel.report.integrity import IntegrityResult
 from sentinel.report.model import Finding
+from sentinel.report.queries import ReportQueries
 from sentinel.report.standards import cite
 
 
-async def access_section(inputs: ReportInputs) -> tuple[dict[str, Any], list[Finding], list[dict[str, Any]]]:
-    q, rules = inputs.queries, inputs.settings.report
+async def access_section(
+    inputs: ReportInputs, q: ReportQueries
+) -> tuple[dict[str, Any], list[Finding], list[dict[str, Any]]]:
+    rules = inputs.settings.report
     counts = await q.event_counts(inputs.period)
     events = await q.events(inputs.period, ACCESS_EVENTS, rules.max_listed)
     failures = await q.events(inputs.period, ("admin_auth_failed",), rules.max_listed)
@@ -142,7 +146,12 @@ def encryption_section(
     return section, findings
 
 
-def integrity_section(integrity: IntegrityResult) -> tuple[dict[str, Any], list[Finding]]:
+def integrity_section(
+    integrity: IntegrityResult, trusted: TrustedKeys | None = None
+) -> tuple[dict[str, Any], list[Finding]]:
+    """The chains and sequence ranges verified and what was found in them, and the keys the checkpoint
+    signatures were checked against: pinned ones, or the store's own (which is a finding itself)."""
+    trusted = trusted if trusted is not None else TrustedKeys({}, None)
     instances = []
     findings = []
     for report in integrity.instances:
@@ -155,6 +164,7 @@ def integrity_section(integrity: IntegrityResult) -> tuple[dict[str, Any], list[
                 "checkpoints_checked": report.checkpoints_checked,
                 "last_checkpoint_seq": report.last_checkpoint_seq,
                 "unsealed": report.unsealed,
+                "verified": not report.findings,
                 "findings": [
                     {"kind": f.kind, "seq": f.seq, "seq_to": f.seq_to, "doc_id": f.doc_id, "detail": f.detail}
                     for f in report.findings
@@ -173,15 +183,39 @@ def integrity_section(integrity: IntegrityResult) -> tuple[dict[str, Any], list[
                     {"instance": report.instance, "seq": f.seq, "doc_id": f.doc_id},
                 )
             )
+    for k in trusted.findings:
+        title = "signing key not pinned" if k.kind == "unpinned_key" else "signing key differs from its pin"
+        findings.append(
+            Finding("integrity", f"integrity.{k.kind}", "high", f"Audit store: {title}", k.detail, {"kid": k.kid})
+        )
+    if not trusted.pinned:
+        findings.append(
+            Finding(
+                "integrity",
+                "integrity.keys_not_pinned",
+                "medium",
+                "Checkpoint signing keys not pinned",
+                f"The audit chains were {NOT_PINNED}. Pin them: `sentinel keys show --public > pins.txt`, kept "
+                "by the auditors, named by audit.pinned_keys or --public-key.",
+                {"kids": trusted.to_dict()["trusted_kids"]},
+            )
+        )
     return {
         "standards": cite("integrity"),
-        "ok": not integrity.findings,
+        "ok": not integrity.findings and not trusted.findings,
+        "findings_total": len(integrity.findings) + len(trusted.findings),
         "records_checked": integrity.records_checked,
         "gaps": sum(1 for f in integrity.findings if f.kind in ("deleted", "truncated")),
-        "mismatches": sum(1 for f in integrity.findings if f.kind in ("modified", "checkpoint_mismatch")),
+        "mismatches": sum(
+            1 for f in integrity.findings if f.kind in ("modified", "checkpoint_mismatch", "column_mismatch")
+        ),
         "checkpoint_problems": sum(
             1 for f in integrity.findings if f.kind in ("bad_signature", "unknown_key", "checkpoint_missing")
         ),
+        "key_problems": len(trusted.findings),
+        "keys": trusted.to_dict(),
+        "scope": "The figures in this report are drawn from the records of the period in these chains and "
+        "sequence ranges; each range was verified as stated.",
         "instances": instances,
         "method": "SHA-256 of every record recorded in the period recomputed and linked to its predecessor; "
         "signed checkpoints verified with Ed25519",

@@ -30,6 +30,12 @@ class ReportSettings(_Section):
     error_burst_ratio: float = Field(default=0.5, gt=0, le=1)
     auth_failures_high: int = Field(default=5, ge=1, description="Failed admin logins from one client: high severity.")
     max_listed: int = Field(default=1000, ge=10, description="Rows listed per table (access events, exceptions).")
+    late_records: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A call counts in the period it started in, and its record is written when it ends: records "
+        "written up to this many seconds after the period are read (and verified) for the calls that started in it.",
+    )
 
     @field_validator("timezone")
     @classmethod

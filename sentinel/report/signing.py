@@ -19,9 +19,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sentinel.audit.chain import signature_valid as checkpoint_signature_valid
-from sentinel.audit.record import digest, stored_hashes
-from sentinel.audit.store import AuditStore
-from sentinel.audit.store.embedded import EmbeddedStore
+from sentinel.audit.record import stored_hashes
+from sentinel.audit.store import AuditStore, SearchQuery
 
 DOMAIN = b"sentinel-report/v1\n"
 REPORT_ISSUED = "report_issued"
@@ -90,37 +89,26 @@ class Verdict:
 
 
 async def find_issued(store: AuditStore, sha256: str) -> list[dict[str, Any]]:
-    """`report_issued` event records naming this hash (full documents)."""
-    if isinstance(store, EmbeddedStore):
-        rows = await store.execute(
-            "SELECT body FROM records WHERE kind = 'event' AND event_type = ? AND instr(body, ?) > 0",
-            (REPORT_ISSUED, sha256),
-        )
-        docs = [orjson.loads(r[0]) for r in rows]
-    else:
-        from sentinel.audit.store.elasticsearch import ElasticsearchStore
-
-        assert isinstance(store, ElasticsearchStore)
-        docs = await store_search(store, sha256)
+    """`report_issued` event records naming this hash (without their `encrypted` part)."""
+    docs = await store.search(SearchQuery(kind="event", event_type=REPORT_ISSUED, limit=100_000))
     return [d for d in docs if ((d.get("event") or {}).get("details") or {}).get("sha256") == sha256]
 
 
-async def store_search(store: Any, sha256: str) -> list[dict[str, Any]]:
-    response = await store.client.search(
-        index=store.stream,
-        query={
-            "bool": {"filter": [{"term": {"event.type": REPORT_ISSUED}}, {"term": {"event.details.sha256": sha256}}]}
-        },
-        size=10,
-    )
-    return [hit["_source"] for hit in response["hits"]["hits"]]
+async def _stored_body(store: AuditStore, doc: dict[str, Any]) -> bytes | None:
+    """The stored bytes of a record, as verification reads them."""
+    seq = int(doc["seq"])
+    async for page in store.chain_pages(str(doc["instance"]), seq, seq):
+        for record in page:
+            if record.doc_id == doc["doc_id"]:
+                return record.body
+    return None
 
 
 def _record_intact(doc: dict[str, Any], raw: bytes | None) -> bool:
-    if raw is not None:
-        claimed, content = stored_hashes(raw)
-        return claimed == content
-    return str(doc.get("hash")) == digest(doc)
+    if raw is None:
+        return False
+    claimed, content = stored_hashes(raw)
+    return claimed == content == doc.get("hash")
 
 
 async def _sealed(store: AuditStore, doc: dict[str, Any], public_key: Any) -> tuple[bool, str]:
@@ -184,11 +172,7 @@ async def verify_report(
             "it was modified or not issued by Sentinel"
         )
         return verdict
-    raw_rows: dict[str, bytes] = {}
-    if isinstance(store, EmbeddedStore):
-        for d in docs:
-            rows = await store.execute("SELECT body FROM records WHERE doc_id = ?", (d["doc_id"],))
-            raw_rows[d["doc_id"]] = rows[0][0].encode()
+    raw_rows = {d["doc_id"]: await _stored_body(store, d) for d in docs}
     for doc in docs:
         details = doc["event"]["details"]
         problems = []
@@ -196,7 +180,7 @@ async def verify_report(
             problems.append(f"the report_issued record {doc['doc_id']} was altered")
         key = public_key(str(details.get("kid")))
         if key is None:
-            problems.append(f"signing key {details.get('kid')} is not in the store")
+            problems.append(f"signing key {details.get('kid')} is not trusted (not pinned, or not in the store)")
         elif not signature_valid(sha, str(details.get("signature")), key):
             problems.append("the signature does not verify")
         if sidecar is not None and sidecar.get("signature") not in (None, details.get("signature")):

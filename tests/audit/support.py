@@ -76,13 +76,16 @@ class Trail:
         return doc
 
     def replace(self, seq: int, doc: dict[str, Any], *, rehash: bool = False) -> None:
+        """Rewrite the record at `seq` as `doc`, its columns too (a thorough attacker)."""
         from sentinel.audit.record import digest
+        from sentinel.audit.store.embedded import COLUMN_NAMES, record_columns
 
         if rehash:
             doc["hash"] = digest(doc)
+        assignments = ", ".join(f"{name} = ?" for name in (*COLUMN_NAMES, "body"))
         self.sql(
-            "UPDATE records SET body = ?, seq = ?, prev_hash = ?, hash = ? WHERE seq = ?",
-            (encode(doc).decode(), doc["seq"], doc["prev_hash"], doc["hash"], seq),
+            f"UPDATE records SET {assignments} WHERE seq = ?",
+            (*record_columns(doc), encode(doc).decode(), seq),
         )
 
 

@@ -123,7 +123,10 @@ async def _all_ways(path: Path, keys: PublicKeys, processes: tuple[int, ...]) ->
 
 
 def _plain(findings: list[Finding]) -> list[tuple[Any, ...]]:
-    return sorted((f.kind, f.seq, f.seq_to, f.doc_id) for f in findings)
+    """The chain's findings. Some tampering here edits columns without the body (`swap` moves records by
+    their `seq` column): `column_mismatch` says so too, the reference walk knows no columns, and
+    tests/audit/test_columns.py tests those findings."""
+    return sorted((f.kind, f.seq, f.seq_to, f.doc_id) for f in findings if f.kind != "column_mismatch")
 
 
 OPS = ["delete", "modify", "rehash", "duplicate", "swap", "truncate"]

@@ -25,7 +25,7 @@ from sentinel.config import Settings, load_settings
 from sentinel.report.issue import issue_report
 from sentinel.report.model import Period
 from sentinel.report.signing import Issued
-from tests.report.dataset import MONDAY, Planted, build
+from tests.report.dataset import MONDAY, Planted, build, configure
 
 
 @dataclass
@@ -67,6 +67,10 @@ class Dataset:
     def report(self, **kwargs: Any) -> dict[str, Any]:
         data: dict[str, Any] = orjson.loads(self.issue("json", **kwargs).body)
         return data
+
+    def configure(self, **audit: Any) -> Dataset:
+        """This dataset with `audit` settings changed in its config file (use on a fresh copy)."""
+        return Dataset(configure(self.config, **audit), self.planted, self.config, self.now)
 
 
 def make_dataset(tmp_path_factory: pytest.TempPathFactory, *, clean: bool, at: str = MONDAY) -> Dataset:

@@ -22,8 +22,10 @@ import time_machine
 import yaml
 from prometheus_client import CollectorRegistry
 
+from sentinel.audit.pins import pin_file_text
 from sentinel.audit.record import INTERACTION, Event
 from sentinel.audit.service import AuditService
+from sentinel.audit.spool import Spool
 from sentinel.audit.trail import Entry
 from sentinel.backup.drill import RestoreDrill
 from sentinel.backup.jobs import BackupContext, run_backup
@@ -203,6 +205,7 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
     calls.sort(key=lambda i: i.started_at)
     assert all(i.started_at < time.time() for i in calls), "a planted call lies in the dataset's future"
     planted.decrypted, planted.reason = asyncio.run(_write(settings, calls, events, decrypt=not clean))
+    settings = pin_keys(settings)
     backups = BackupContext(settings)
     run_backup(backups, "audit")
     run_backup(backups, "models")  # fails when the models directory is missing (not clean)
@@ -230,6 +233,30 @@ async def _write(
         return str(shown["doc_id"]), reason
     finally:
         await service.stop()
+
+
+PINS = "pins.txt"
+"""The dataset's pin file, relative to its data directory (a copy of the directory keeps its own)."""
+
+
+def pin_keys(settings: Settings) -> Settings:
+    """Pin the deployment's checkpoint keys as an operator does for its auditors (`sentinel keys show
+    --public` into a file that audit.pinned_keys names): the dataset's reports and drills trust only them."""
+    spool = Spool(settings.resolve_path(settings.audit.spool_path))
+    spool.run_sync(spool.open)
+    try:
+        (settings.data_dir / PINS).write_text(pin_file_text(spool.run_sync(spool.stored_keys)))
+    finally:
+        spool.close()
+    return configure(settings.data_dir / "sentinel.yaml", pinned_keys=PINS)
+
+
+def configure(config: Path, **audit: Any) -> Settings:
+    """Change `audit` settings in a dataset's config file (None: back to the default) and load it again."""
+    data = yaml.safe_load(config.read_text())
+    data["audit"] = {**data.get("audit", {}), **audit}
+    config.write_text(yaml.safe_dump(data))
+    return load_settings(config)
 
 
 def tamper(store: Path) -> str:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from tests.report.conftest import Dataset
+from tests.report.dataset import PINS
+from tests.support.forgery import forge
 
 
 def sentinel(dataset: Dataset, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +43,9 @@ def test_report_then_verify_accepts_the_file_and_rejects_a_modified_one(
     assert good.stdout.startswith(f"OK: {output} is report {sidecar['report_id']} (md,")
     assert "signature by sk-" in good.stdout
 
-    output.write_text(output.read_text().replace("exceptions found", "no exceptions found", 1))
+    text = output.read_text()
+    assert "audit trail failed verification" in text  # the planted dataset's tampered record
+    output.write_text(text.replace("audit trail failed verification", "no exceptions found", 1))
     bad = sentinel(dataset, "report", "verify", str(output))
     assert bad.returncode == 1
     assert "the file was modified" in bad.stderr
@@ -135,3 +139,62 @@ def test_an_auditor_verifies_a_report_offline_with_pinned_keys(
     without = verify_offline(str(output))  # no pins and no trail here: a clear error, not a traceback
     assert without.returncode == 2 and "pass --public-key PINS" in without.stderr
     assert "Traceback" not in without.stderr
+
+
+def test_a_report_names_the_keys_it_trusted_and_a_bad_pin_file_is_wrong_input(
+    planted: Dataset, fresh_copy: object, tmp_path: Path
+) -> None:
+    """`--public-key PINS` over audit.pinned_keys over the store's own keys; a pin file that is not one,
+    by flag or by setting, is exit status 2 with a message naming it, for reports and drills alike."""
+    dataset = fresh_copy(planted)  # type: ignore[operator]
+    pins = dataset.settings.data_dir / PINS  # what the dataset's operator pinned: audit.pinned_keys
+    moved = tmp_path / "auditors-pins.txt"
+    moved.write_bytes(pins.read_bytes())
+    output = tmp_path / "r.json"
+    made = sentinel(
+        dataset, "report", "--to", str(dataset.now), "--format", "json", "--public-key", str(moved), "-o", str(output)
+    )
+    assert made.returncode == 0, made.stderr
+    keys = json.loads(output.read_text())["integrity"]["keys"]
+    assert keys["pinned"] and keys["pin_files"][0]["path"] == str(moved)  # the flag over the setting
+
+    garbage = tmp_path / "not-pins.txt"
+    garbage.write_text("Key-encryption keys in /somewhere: kek-1 (active)\n")
+    for command in (["report", "--to", str(dataset.now)], ["drill", "run", "audit"]):
+        refused = sentinel(dataset, *command, "--public-key", str(garbage))
+        assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
+        assert "not-pins.txt:1 is not a pinned key line" in refused.stderr
+        assert "keys show --public" in refused.stderr and "Traceback" not in refused.stderr
+
+    broken = dataset.configure(pinned_keys=str(garbage))
+    for command in (["report", "--to", str(dataset.now)], ["drill", "run", "audit"], ["audit", "verify"]):
+        refused = sentinel(broken, *command)
+        assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
+        assert "audit.pinned_keys (env SENTINEL_AUDIT_PINNED_KEYS)" in refused.stderr
+        assert "not-pins.txt:1 is not a pinned key line" in refused.stderr and "Traceback" not in refused.stderr
+
+    unpinned = dataset.configure(pinned_keys=None)
+    made = sentinel(unpinned, "report", "--to", str(dataset.now), "--format", "json", "-o", str(output))
+    assert made.returncode == 0, made.stderr
+    assert "the checkpoint keys are not pinned" in made.stderr
+    assert json.loads(output.read_text())["integrity"]["keys"]["pinned"] is False
+
+
+def test_audit_verify_against_pins_names_a_key_added_to_the_store(
+    clean: Dataset, fresh_copy: object, tmp_path: Path
+) -> None:
+    dataset = fresh_copy(clean)  # type: ignore[operator]
+    settings = dataset.settings
+    kid = forge(settings.resolve_path(settings.audit.store_path), settings.resolve_path(settings.key_file))
+    blind = sentinel(dataset.configure(pinned_keys=None), "audit", "verify")
+    assert blind.returncode == 0, blind.stdout  # the stored keys vouch for the forger's signatures...
+    assert "not pinned" in blind.stdout  # ...and the output says that is all it checked against
+
+    pins = settings.data_dir / PINS
+    for setting, args in ((None, ["--public-key", str(pins)]), (PINS, [])):  # the flag, then audit.pinned_keys
+        found = sentinel(dataset.configure(pinned_keys=setting), "audit", "verify", *args)
+        assert found.returncode == 1, found.stdout + found.stderr
+        assert "UNPINNED_KEY" in found.stdout and kid in found.stdout and "UNKNOWN_KEY" in found.stdout
+    as_json = json.loads(sentinel(dataset, "audit", "verify", "--json").stdout)
+    assert as_json["ok"] is False and as_json["keys"]["pinned"] is True
+    assert [(f["kind"], f["kid"]) for f in as_json["keys"]["findings"]] == [("unpinned_key", kid)]

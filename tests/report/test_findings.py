@@ -6,6 +6,7 @@ the report over "the last week" must be exact whatever the date."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,10 @@ def test_every_planted_fact_is_found_with_the_rule_that_flagged_it(planted: Data
     assert rto["evidence"]["rto_seconds"] > 1e-06
     assert _one(report, "backup.none")["title"].endswith("models")
     assert _one(report, "service_level.error_rate")["severity"] == "medium"
-    assert report["summary"]["verdict"] == "exceptions found"
+    # The tampered record is an integrity finding: the verdict says the trail failed verification, whatever
+    # else was found (the figures were drawn from it).
+    assert report["summary"]["verdict"] == "audit trail failed verification"
+    assert report["summary"]["trail_verified"] is False and report["summary"]["integrity_findings"] == 1
 
     assert report["encryption"]["share_encrypted"] == 1.0 and report["encryption"]["exceptions"] == []
     assert report["phi"]["records_with_phi"] == facts.phi_records
@@ -117,7 +121,14 @@ def test_clean_dataset_yields_no_findings(clean: Dataset) -> None:
     jsonschema.validate(report, SCHEMA)
     assert report["findings"] == [], _rules(report)
     assert report["summary"]["verdict"] == "no exceptions found"
-    assert report["integrity"]["ok"] is True
+    assert report["integrity"]["ok"] is True and report["summary"]["trail_verified"] is True
+    # Verified against the pinned keys, from a file the report names with its SHA-256.
+    keys = report["integrity"]["keys"]
+    pins = clean.settings.resolve_path(clean.settings.audit.pinned_keys or Path())
+    assert keys["pinned"] is True and keys["findings"] == []
+    assert keys["pin_files"] == [{"path": str(pins), "sha256": hashlib.sha256(pins.read_bytes()).hexdigest()}]
+    assert keys["trusted_kids"] == keys["stored_signing_kids"] and keys["trusted_kids"][0].startswith("sk-")
+    assert all(i["verified"] for i in report["integrity"]["instances"])
     # Every record of the period was verified: the instance's chain plus the CLI chain.
     assert report["integrity"]["records_checked"] == sum(i["records_checked"] for i in report["integrity"]["instances"])
     assert report["integrity"]["records_checked"] >= 206

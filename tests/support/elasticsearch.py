@@ -11,8 +11,10 @@ official client checks. A point in time freezes the documents as they were when 
 For the audit trail it also speaks: `PUT _ilm/policy/<name>`, `PUT _index_template/<name>`,
 `PUT _data_stream/<name>` (400 `resource_already_exists_exception` the second time), `_bulk`
 `create` actions (201, or 409 `version_conflict_engine_exception` for an existing `_id`, with
-`errors: true`), and `POST /<index>/_search` with a `bool` query of `term`/`range`/`match_all`,
-`sort`, `size`, `search_after`, `_source_excludes`, and `terms`/`min`/`max` aggregations.
+`errors: true`), multi get (`POST /_mget` with `docs` of `_index` and `_id`, or `/<index>/_mget`
+with `ids`; `_source_includes`; `found: false` for a missing document, real-time like the real
+one), and `POST /<index>/_search` with a `bool` query of `term`/`range`/`match_all`, `sort`, `size`,
+`search_after`, `_source_excludes`, and `terms`/`min`/`max` aggregations.
 `down = True` makes every request answer 503, as a cluster without a master does.
 """
 
@@ -156,6 +158,23 @@ def _app(es: FakeElasticsearch) -> web.Application:
             return _json({"error": {"root_cause": [error], **error}, "status": 503}, 503)
         return _json({"errors": errors, "took": 1, "items": items})
 
+    async def mget(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        default = request.match_info.get("index")
+        wanted = [(d.get("_index", default), d["_id"]) for d in body["docs"]] if "docs" in body else []
+        wanted += [(default, doc_id) for doc_id in body.get("ids", [])]
+        includes = [f for f in request.query.get("_source_includes", "").split(",") if f]
+        docs = []
+        for index_name, doc_id in wanted:
+            source = es.indices[index_name].docs.get(doc_id) if index_name in es.indices else None
+            if source is None:
+                docs.append({"_index": index_name, "_id": doc_id, "found": False})
+                continue
+            if includes:
+                source = {k: v for k, v in source.items() if k in includes}
+            docs.append({"_index": index_name, "_id": doc_id, "_version": 1, "found": True, "_source": source})
+        return _json({"docs": docs})
+
     async def put_policy(request: web.Request) -> web.Response:
         es.policies[request.match_info["name"]] = orjson.loads(await request.read())
         return _json({"acknowledged": True})
@@ -222,6 +241,8 @@ def _app(es: FakeElasticsearch) -> web.Application:
     app.router.add_delete("/_pit", close_pit)
     app.router.add_post("/_bulk", bulk)
     app.router.add_put("/_bulk", bulk)
+    app.router.add_post("/_mget", mget)
+    app.router.add_post("/{index}/_mget", mget)
     app.router.add_post("/{index}/_pit", open_pit)
     app.router.add_post("/{index}/_refresh", refresh)
     app.router.add_route("HEAD", "/{index}", head_index)

@@ -1,7 +1,8 @@
 """Where shipped audit records live and are read back: Elasticsearch, or the embedded SQLite store.
 
 Both implement `AuditStore`. Writes are idempotent (deterministic ids, create-only), so a retried
-batch never duplicates a record. Reads serve `audit search/show/verify`, reports and backups.
+batch never duplicates a record; a different record already stored under an id is reported as a
+`Fork`, never overwritten. Reads serve `audit search/show/verify`, reports and backups.
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ class StoredRecord(NamedTuple):
     event_type: str | None
     body: bytes
     """The stored form (`sentinel.audit.record.encode`): canonical JSON with `hash` last."""
+    doc: dict[str, Any]
+    """`body` parsed (empty when it is not JSON): what reports count and columns are checked against."""
+    mismatched: tuple[str, ...] = ()
+    """Names of the store's own copies of fields (the embedded store's search columns) that differ
+    from `doc`: each is a place where what a query sees is not what was signed."""
+
+
+class Fork(NamedTuple):
+    """A record the store refused because it already holds a different record under the same doc id:
+    two writers claim one place in a chain (two instances sharing an `instance_id`). The store keeps
+    its own; ours stays in the spool for an operator."""
+
+    doc_id: str
+    ours: str
+    """Our record's `hash`."""
+    theirs: str
+    """The `hash` of the record the store holds under that id."""
 
 
 class StoreUnavailable(Exception):
@@ -57,6 +75,7 @@ class SearchQuery:
     user_index: str | None = None
     api_key_id: str | None = None
     kind: str | None = None
+    event_type: str | None = None
     instance: str | None = None
     limit: int = 100
 
@@ -68,8 +87,10 @@ class AuditStore(Protocol):
 
     async def put_keys(self, keys: Sequence[dict[str, Any]]) -> None: ...
 
-    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> None:
-        """Create each `(doc_id, json)`; a doc that already exists is not an error (retries)."""
+    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> list[Fork]:
+        """Create each `(doc_id, stored form)`. A doc id already stored with the same hash is a
+        duplicate (a retried batch) and not an error; one stored with a different hash is a fork,
+        returned and left as the store has it. The rest of the batch is created either way."""
 
     async def put_checkpoints(self, docs: Sequence[dict[str, Any]]) -> None: ...
 
@@ -98,3 +119,9 @@ class AuditStore(Protocol):
         """First and last sequence numbers recorded in [since, until] (by `recorded_at`)."""
 
     async def checkpoints(self, instance: str) -> list[dict[str, Any]]: ...
+
+    async def callers_before(self, since: float) -> set[str]:
+        """API key ids of the interactions recorded before `since` (a report's "new caller" test)."""
+
+    async def span(self) -> dict[str, Any]:
+        """The whole store: record count, oldest and newest interaction start and record time."""

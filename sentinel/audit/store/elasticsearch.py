@@ -9,8 +9,10 @@ Layout (applied idempotently by `setup()` / `sentinel es setup`):
   never overwrites), so the writer needs only `create_doc`;
 - index `<prefix>-checkpoints`: signed chain checkpoints, `_id` = `instance:seq`.
 
-Writes use `_bulk` `create`: a retried batch gets 409 for what already landed, which counts as
-success, so retries never duplicate. See compose/elasticsearch/ for the least-privilege roles.
+Writes use `_bulk` `create`: a retried batch gets 409 for what already landed, so retries never
+duplicate. A record's 409 is checked: the stored document's `hash` is read back (`_mget` on the
+backing index that refused it: real-time, unlike a search) and a different one is a `Fork`. See
+compose/elasticsearch/ for the least-privilege roles.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import orjson
 from elasticsearch import ApiError, AsyncElasticsearch, ConnectionError, TransportError
 
 from sentinel.audit.keyring import WrappedKey
-from sentinel.audit.record import digest, encode
-from sentinel.audit.store import ChainLink, SearchQuery, StoredRecord, StoreUnavailable
+from sentinel.audit.record import digest, encode, stored_hashes
+from sentinel.audit.store import ChainLink, Fork, SearchQuery, StoredRecord, StoreUnavailable
 
 _KEYWORD = {"type": "keyword"}
 
@@ -194,9 +196,10 @@ class ElasticsearchStore:
         return done
 
     # -- writing -----------------------------------------------------------------------------------
-    async def _bulk(self, index: str, docs: Sequence[tuple[str, bytes | dict[str, Any]]]) -> None:
+    async def _bulk(self, index: str, docs: Sequence[tuple[str, bytes | dict[str, Any]]]) -> list[tuple[str, str]]:
+        """Create each doc; returns `(doc_id, backing index)` of those that already existed (409)."""
         if not docs:
-            return
+            return []
         operations: list[Any] = []
         for doc_id, body in docs:
             operations.append({"create": {"_index": index, "_id": doc_id}})
@@ -205,22 +208,53 @@ class ElasticsearchStore:
             response = await self.client.bulk(operations=operations)
         except (ApiError, ConnectionError, TransportError) as exc:
             raise StoreUnavailable(f"Elasticsearch bulk request failed: {exc}") from exc
+        existing: list[tuple[str, str]] = []
         if response.get("errors"):
             for item in response["items"]:
                 result = item.get("create", {})
                 status = result.get("status", 0)
-                if status not in (200, 201, 409):
+                if status == 409:
+                    existing.append((str(result.get("_id")), str(result.get("_index") or index)))
+                elif status not in (200, 201):
                     error = result.get("error", {})
                     raise StoreUnavailable(
                         f"Elasticsearch refused {result.get('_id')}: {status} "
                         f"{error.get('type')}: {error.get('reason')}"
                     )
+        return existing
 
     async def put_keys(self, keys: Sequence[dict[str, Any]]) -> None:
         await self._bulk(self.keys_index, [(f"{k['kid']}@{k['kek_id']}", k) for k in keys])
 
-    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> None:
-        await self._bulk(self.stream, docs)
+    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> list[Fork]:
+        existing = await self._bulk(self.stream, docs)
+        if not existing:
+            return []
+        theirs = await self._stored_hashes(existing)
+        bodies = dict(docs)
+        forks = []
+        for doc_id, _ in existing:
+            ours = stored_hashes(bodies[doc_id])[0]
+            if theirs[doc_id] != ours:
+                forks.append(Fork(doc_id, ours, theirs[doc_id]))
+        return forks
+
+    async def _stored_hashes(self, docs: Sequence[tuple[str, str]]) -> dict[str, str]:
+        """The stored `hash` of each `(doc_id, backing index)`, read in real time."""
+        try:
+            response = await self.client.mget(
+                docs=[{"_index": index, "_id": doc_id} for doc_id, index in docs], source_includes="hash"
+            )
+        except (ApiError, ConnectionError, TransportError) as exc:
+            raise StoreUnavailable(f"Elasticsearch multi get failed: {exc}") from exc
+        hashes = {}
+        for doc in response["docs"]:
+            if not doc.get("found"):
+                # Answered 409 a moment ago, now missing or failing: retry the batch rather than guess.
+                reason = (doc.get("error") or {}).get("reason", "not found")
+                raise StoreUnavailable(f"Elasticsearch reported {doc.get('_id')} as existing, then: {reason}")
+            hashes[str(doc["_id"])] = str(doc["_source"].get("hash"))
+        return hashes
 
     async def put_checkpoints(self, docs: Sequence[dict[str, Any]]) -> None:
         await self._bulk(self.checkpoints_index, [(d["doc_id"], d) for d in docs])
@@ -262,6 +296,7 @@ class ElasticsearchStore:
             ("interaction.caller.user_index", query.user_index),
             ("interaction.caller.api_key_id", query.api_key_id),
             ("kind", query.kind),
+            ("event.type", query.event_type),
             ("instance", query.instance),
         ):
             if value is not None:
@@ -327,6 +362,7 @@ class ElasticsearchStore:
                     str(doc.get("kind")),
                     (doc.get("event") or {}).get("type"),
                     encode(doc) if "hash" in doc else orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
+                    doc,
                 )
             )
             if len(page) >= 1000:
@@ -370,6 +406,55 @@ class ElasticsearchStore:
             raise StoreUnavailable(f"Elasticsearch search failed: {exc}") from exc
         first, last = response["aggregations"]["first"]["value"], response["aggregations"]["last"]["value"]
         return None if first is None else (int(first), int(last))
+
+    async def _aggregate(self, **body: Any) -> dict[str, Any]:
+        try:
+            response = await self.client.search(index=self.stream, size=0, **body)
+        except ApiError as exc:
+            if exc.status_code == 404:
+                return {"hits": {"total": {"value": 0}}, "aggregations": {}}
+            raise StoreUnavailable(f"Elasticsearch search failed: {exc}") from exc
+        except TransportError as exc:
+            raise StoreUnavailable(f"Elasticsearch search failed: {exc}") from exc
+        return dict(response)
+
+    async def callers_before(self, since: float) -> set[str]:
+        query = {
+            "bool": {
+                "filter": [{"term": {"kind": "interaction"}}, {"range": {"interaction.started_at": {"lt": since}}}]
+            }
+        }
+        callers: set[str] = set()
+        after: dict[str, Any] | None = None
+        while True:
+            composite: dict[str, Any] = {
+                "size": 1000,
+                "sources": [{"caller": {"terms": {"field": "interaction.caller.api_key_id"}}}],
+            }
+            if after is not None:
+                composite["after"] = after
+            response = await self._aggregate(query=query, aggs={"groups": {"composite": composite}})
+            groups = (response.get("aggregations") or {}).get("groups") or {}
+            callers.update(str(b["key"]["caller"]) for b in groups.get("buckets", []))
+            after = groups.get("after_key")
+            if not groups.get("buckets") or after is None:
+                return callers
+
+    async def span(self) -> dict[str, Any]:
+        names = {
+            "oldest_started_at": ("min", "interaction.started_at"),
+            "newest_started_at": ("max", "interaction.started_at"),
+            "oldest_recorded_at": ("min", "recorded_at"),
+            "newest_recorded_at": ("max", "recorded_at"),
+        }
+        response = await self._aggregate(
+            track_total_hits=True, aggs={name: {op: {"field": f}} for name, (op, f) in names.items()}
+        )
+        aggs = response.get("aggregations") or {}
+        out: dict[str, Any] = {"records": int(response["hits"]["total"]["value"])}
+        for name in names:
+            out[name] = (aggs.get(name) or {}).get("value")
+        return out
 
     async def checkpoints(self, instance: str) -> list[dict[str, Any]]:
         hits = await self._search(

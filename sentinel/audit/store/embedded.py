@@ -2,7 +2,8 @@
 
 Besides each full document it keeps the metadata reports filter and aggregate on in columns
 (time, model, operation, outcome, status, caller, tokens, latencies) so statistics are SQL, not
-Python loops. Writes are `INSERT OR IGNORE` on the deterministic doc id: idempotent.
+Python loops. Writes are `INSERT OR IGNORE` on the deterministic doc id: idempotent; a doc id
+already stored with a different hash is reported as a `Fork`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,9 +22,10 @@ import orjson
 
 from sentinel.audit.keyring import WrappedKey
 from sentinel.audit.record import stored_hashes
-from sentinel.audit.store import ChainLink, SearchQuery, StoredRecord, StoreUnavailable
+from sentinel.audit.store import ChainLink, Fork, SearchQuery, StoredRecord, StoreUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("sentinel.audit")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -76,17 +79,21 @@ _COLUMNS = (
 )
 
 
-def record_row(doc: dict[str, Any], body: bytes) -> tuple[Any, ...]:
-    """The `records` table's row (`_COLUMNS`) for a stored document and its parsed form."""
+COLUMN_NAMES = tuple(name.strip() for name in _COLUMNS.split(","))[:-1]
+"""The metadata columns (all but `body`): each is a copy of a field of the signed record."""
+
+
+def record_columns(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """The metadata columns (`COLUMN_NAMES`) a stored document's row must hold."""
     i = doc.get("interaction") or {}
     usage = i.get("usage") or {}
     caller = i.get("caller") or {}
     return (
-        doc["doc_id"],
-        doc["instance"],
-        doc["seq"],
-        doc["kind"],
-        doc["recorded_at"],
+        doc.get("doc_id"),
+        doc.get("instance"),
+        doc.get("seq"),
+        doc.get("kind"),
+        doc.get("recorded_at"),
         i.get("started_at", (doc.get("event") or {}).get("time")),
         i.get("id"),
         i.get("model_requested"),
@@ -104,25 +111,64 @@ def record_row(doc: dict[str, Any], body: bytes) -> tuple[Any, ...]:
         (doc.get("event") or {}).get("type"),
         doc.get("prev_hash"),
         doc.get("hash"),
-        body.decode(),
     )
+
+
+def record_row(doc: dict[str, Any], body: bytes) -> tuple[Any, ...]:
+    """The `records` table's row (`_COLUMNS`) for a stored document and its parsed form."""
+    return (*record_columns(doc), body.decode())
+
+
+def mismatched_columns(row: Sequence[Any], doc: dict[str, Any]) -> tuple[str, ...]:
+    """Names of the columns of `row` (in `COLUMN_NAMES` order) that differ from the document's fields."""
+    expected = record_columns(doc)
+    if tuple(row) == expected:
+        return ()
+    return tuple(name for name, have, want in zip(COLUMN_NAMES, row, expected, strict=True) if have != want)
+
+
+def parse(body: bytes | str) -> dict[str, Any]:
+    """A stored body as a document; `{}` when it is not a JSON object (verification names it modified)."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 _SPAN = 2000
 
 
 def read_chain_page(db: sqlite3.Connection, instance: str, low: int, high: int) -> list[StoredRecord]:
-    """Records of one chain with sequence numbers in [low, high], in `(seq, doc_id)` order.
+    """Records of one chain with sequence numbers in [low, high], in `(seq, doc_id)` order, each body
+    parsed and its metadata columns compared with it.
 
     By ranges of sequence numbers, not LIMIT: a second record claiming a sequence number lands on the
     same page as the first; `seq` order alone keeps SQLite on the (instance, seq) index without a
     sort (ties are ordered by doc id here)."""
     rows = db.execute(
-        "SELECT seq, doc_id, coalesce(prev_hash, ''), recorded_at, kind, event_type, CAST(body AS BLOB) "
-        "FROM records WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+        f"SELECT {_COLUMNS.removesuffix(', body')}, CAST(body AS BLOB) FROM records "
+        "WHERE instance = ? AND seq >= ? AND seq <= ? ORDER BY seq",
         (instance, low, high),
     ).fetchall()
-    page = list(map(StoredRecord._make, rows))
+    page = []
+    for row in rows:
+        body = row[-1]
+        doc = parse(body)
+        # seq, doc_id, prev_hash, recorded_at, kind, event_type: the columns the chain is walked by
+        page.append(
+            StoredRecord(
+                row[2],
+                row[0],
+                row[20] or "",
+                row[4],
+                row[3],
+                row[19],
+                body,
+                doc,
+                mismatched_columns(row[:-1], doc) if doc else (),
+            )
+        )
     if any(page[i].seq == page[i + 1].seq for i in range(len(page) - 1)):
         page.sort(key=lambda record: (record.seq, record.doc_id))
     return page
@@ -133,12 +179,6 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise StoreUnavailable(f"audit store {path} does not exist")
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-
-
-def _metadata(body: str) -> dict[str, Any]:
-    doc: dict[str, Any] = orjson.loads(body)
-    doc.pop("encrypted", None)
-    return doc
 
 
 class EmbeddedStore:
@@ -185,27 +225,42 @@ class EmbeddedStore:
             raise StoreUnavailable(f"audit store {self.path} is not open")
         return self._db
 
-    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, sql: str, rows: list[tuple[Any, ...]], before: Callable[[], T] | None = None) -> T | None:
+        """One transaction: `before` (reads that must see the table as the insert will) then the insert."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
+            seen = before() if before is not None else None
             self.db.executemany(sql, rows)
             self.db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             with contextlib.suppress(sqlite3.Error):
                 self.db.execute("ROLLBACK")
             raise StoreUnavailable(f"cannot write audit store {self.path}: {exc}") from exc
+        return seen
 
     async def put_keys(self, keys: Sequence[dict[str, Any]]) -> None:
         rows = [(k["kid"], k["kek_id"], orjson.dumps(k).decode()) for k in keys]
         await self._run(lambda: self._write("INSERT OR IGNORE INTO keys (kid, kek_id, body) VALUES (?, ?, ?)", rows))
 
-    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> None:
-        def _put() -> None:
+    async def put_records(self, docs: Sequence[tuple[str, bytes]]) -> list[Fork]:
+        def _put() -> list[Fork]:
             rows = [record_row(orjson.loads(body), body) for _, body in docs]
-            placeholders = ", ".join("?" * 23)
-            self._write(f"INSERT OR IGNORE INTO records ({_COLUMNS}) VALUES ({placeholders})", rows)
+            ours = {row[0]: row[21] for row in rows}  # doc_id: hash
 
-        await self._run(_put)
+            def stored() -> dict[str, str]:
+                ids = list(ours)
+                found: dict[str, str] = {}
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ", ".join("?" * len(chunk))
+                    found.update(self.db.execute(f"SELECT doc_id, hash FROM records WHERE doc_id IN ({marks})", chunk))
+                return found
+
+            placeholders = ", ".join("?" * 23)
+            theirs = self._write(f"INSERT OR IGNORE INTO records ({_COLUMNS}) VALUES ({placeholders})", rows, stored)
+            return [Fork(doc_id, ours[doc_id], held) for doc_id, held in (theirs or {}).items() if held != ours[doc_id]]
+
+        return await self._run(_put)
 
     async def put_checkpoints(self, docs: Sequence[dict[str, Any]]) -> None:
         rows = [(d["doc_id"], d["instance"], d["seq"], orjson.dumps(d).decode()) for d in docs]
@@ -221,22 +276,51 @@ class EmbeddedStore:
         )
 
     async def get(self, record_id: str) -> dict[str, Any] | None:
+        """The record by doc id, else the interaction's completed record, as its body says (a row whose
+        id columns were edited to point elsewhere is not taken for it)."""
+
         def _get() -> dict[str, Any] | None:
-            row = self.db.execute("SELECT body FROM records WHERE doc_id = ?", (record_id,)).fetchone()
-            if row is None:
-                row = self.db.execute(
-                    "SELECT body FROM records WHERE interaction_id = ? ORDER BY kind = 'interaction' DESC, seq DESC "
-                    "LIMIT 1",
-                    (record_id,),
-                ).fetchone()
-            return orjson.loads(row[0]) if row else None
+            for sql in (
+                "SELECT body FROM records WHERE doc_id = ?",
+                "SELECT body FROM records WHERE interaction_id = ? ORDER BY kind = 'interaction' DESC, seq DESC",
+            ):
+                for (body,) in self.db.execute(sql, (record_id,)):
+                    doc = parse(body)
+                    if record_id in (doc.get("doc_id"), (doc.get("interaction") or {}).get("id")):
+                        return doc
+            return None
 
         return await self._run(_get)
 
     async def search(self, query: SearchQuery) -> list[dict[str, Any]]:
+        """Records matching `query` by their columns, each checked against its signed body: one whose
+        columns were edited is left out (it does not match what was recorded) and logged; `audit
+        verify` names it."""
         clauses, params = _where(query)
-        sql = f"SELECT body FROM records {clauses} ORDER BY started_at DESC, seq DESC LIMIT ?"
-        return await self._run(lambda: [_metadata(b) for (b,) in self.db.execute(sql, (*params, query.limit))])
+        sql = (
+            f"SELECT {_COLUMNS.removesuffix(', body')}, body FROM records {clauses} "
+            "ORDER BY started_at DESC, seq DESC LIMIT ?"
+        )
+
+        def _search() -> list[dict[str, Any]]:
+            out, edited = [], []
+            for row in self.db.execute(sql, (*params, query.limit)):
+                doc = parse(row[-1])
+                if not doc or mismatched_columns(row[:-1], doc):
+                    edited.append(str(row[0]))
+                    continue
+                doc.pop("encrypted", None)
+                out.append(doc)
+            if edited:
+                log.warning(
+                    "audit search: %d record(s) left out whose stored columns differ from the signed record "
+                    "(%s); run `sentinel audit verify`",
+                    len(edited),
+                    ", ".join(edited[:10]),
+                )
+            return out
+
+        return await self._run(_search)
 
     async def instances(self) -> list[str]:
         return await self._run(lambda: [i for (i,) in self.db.execute("SELECT DISTINCT instance FROM records")])
@@ -328,6 +412,26 @@ class EmbeddedStore:
             ]
         )
 
+    async def callers_before(self, since: float) -> set[str]:
+        rows = await self.execute(
+            "SELECT DISTINCT api_key_id FROM records WHERE kind = 'interaction' AND started_at < ? "
+            "AND api_key_id IS NOT NULL",
+            (since,),
+        )
+        return {str(r[0]) for r in rows}
+
+    async def span(self) -> dict[str, Any]:
+        (count, oldest, newest, first_recorded, last_recorded), *_ = await self.execute(
+            "SELECT COUNT(*), MIN(started_at), MAX(started_at), MIN(recorded_at), MAX(recorded_at) FROM records"
+        )
+        return {
+            "records": int(count),
+            "oldest_started_at": oldest,
+            "newest_started_at": newest,
+            "oldest_recorded_at": first_recorded,
+            "newest_recorded_at": last_recorded,
+        }
+
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only SQL over the metadata columns, for store-side aggregation (reports)."""
         return await self._run(lambda: self.db.execute(sql, tuple(params)).fetchall())
@@ -344,6 +448,7 @@ def _where(query: SearchQuery) -> tuple[str, list[Any]]:
         ("user_index", query.user_index),
         ("api_key_id", query.api_key_id),
         ("kind", query.kind),
+        ("event_type", query.event_type),
         ("instance", query.instance),
     ):
         if value is not None:

@@ -1,0 +1,99 @@
+"""Records after the last signed checkpoint (issue #13): no signature vouches for them yet, so the
+writer's own copy does. An attacker with the store appends a well-linked, correctly hashed record, or
+rewrites the newest one; checked against the writer's spool, each is named."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sentinel.audit.record import digest, encode
+from sentinel.audit.spool import WriterCopy
+from sentinel.audit.store.embedded import COLUMN_NAMES, record_columns
+from sentinel.audit.verify import VerifyReport, verify
+from tests.audit.support import Trail, running_trail
+
+
+def _keys(t: Trail) -> Any:
+    return {k.kid: t.keyring.public_key(k.kid) for k in t.keyring.all_keys() if k.purpose == "signing"}.get
+
+
+def _insert(t: Trail, doc: dict[str, Any]) -> None:
+    names = ", ".join((*COLUMN_NAMES, "body"))
+    marks = ", ".join("?" * (len(COLUMN_NAMES) + 1))
+    t.sql(f"INSERT INTO records ({names}) VALUES ({marks})", (*record_columns(doc), encode(doc).decode()))
+
+
+def _forge_after(t: Trail, seq: int) -> dict[str, Any]:
+    """A record that links to `seq` and hashes right: all an attacker without the writer can make."""
+    doc = t.body(seq)
+    doc["prev_hash"], doc["seq"] = doc["hash"], seq + 1
+    doc["doc_id"] = f"{doc['instance']}:{seq + 1:012d}"
+    doc["interaction"]["model_requested"] = "forged"
+    doc["hash"] = digest(doc)
+    return doc
+
+
+def _run(tmp_path: Path, attack: str) -> tuple[VerifyReport, VerifyReport]:
+    async def run() -> tuple[VerifyReport, VerifyReport]:
+        async with running_trail(tmp_path, checkpoint_every=10) as t:
+            await t.write(25)
+            await t.ship()
+            if attack == "append":
+                _insert(t, _forge_after(t, 25))
+            elif attack == "rewrite":
+                doc = t.body(25)
+                doc["interaction"]["model_requested"] = "rewritten"
+                t.replace(25, doc, rehash=True)
+            elif attack == "unshipped":
+                await t.write(5)  # in the spool, not yet in the store
+            elif attack == "delete-tail":
+                t.sql("DELETE FROM records WHERE seq > 23")
+            elif attack == "delete-chain":
+                t.sql("DELETE FROM records")
+                t.sql("DELETE FROM checkpoints")
+            writer = WriterCopy("node-a", t.spool.path)
+            return await verify(t.store, _keys(t), writers=[writer]), await verify(t.store, _keys(t))
+
+    return asyncio.run(run())
+
+
+def _plain(report: VerifyReport) -> list[tuple[str, int | None, int | None]]:
+    return sorted((f.kind, f.seq, f.seq_to) for f in report.findings)
+
+
+def test_the_writers_copy_vouches_for_records_after_the_last_checkpoint(tmp_path: Path) -> None:
+    checked, _ = _run(tmp_path, "none")
+    (chain,) = checked.instances
+    assert (checked.findings, chain.last_checkpoint_seq, chain.unsealed, chain.writer_vouched) == ([], 21, 4, True)
+
+
+def test_records_still_in_the_spool_are_not_a_finding(tmp_path: Path) -> None:
+    checked, _ = _run(tmp_path, "unshipped")
+    assert checked.findings == [] and checked.instances[0].writer_vouched
+
+
+def test_a_record_appended_outside_the_writer_is_named(tmp_path: Path) -> None:
+    checked, unchecked = _run(tmp_path, "append")
+    assert _plain(checked) == [("outside_writer", 26, 26)]
+    assert unchecked.findings == []  # linked and hashed right: only the writer's copy shows it
+
+
+def test_a_rewritten_newest_record_is_named(tmp_path: Path) -> None:
+    checked, unchecked = _run(tmp_path, "rewrite")
+    assert _plain(checked) == [("head_mismatch", 25, None)]
+    assert unchecked.findings == []
+
+
+def test_shipped_records_deleted_after_the_last_checkpoint_are_named(tmp_path: Path) -> None:
+    checked, unchecked = _run(tmp_path, "delete-tail")
+    assert _plain(checked) == [("truncated", 24, 25)]
+    assert not checked.instances[0].writer_vouched
+    assert unchecked.findings == []  # no checkpoint covers them: only the writer's copy shows it
+
+
+def test_a_whole_chain_deleted_is_named(tmp_path: Path) -> None:
+    checked, unchecked = _run(tmp_path, "delete-chain")
+    assert _plain(checked) == [("truncated", 1, 25)]
+    assert unchecked.instances == []
