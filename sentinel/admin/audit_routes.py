@@ -93,11 +93,17 @@ def audit_router(service: AuditService, auth: AdminAuth) -> APIRouter:
     async def verify(
         since: str | None = None, until: str | None = None, principal: Principal = anyone
     ) -> dict[str, Any]:
-        """Recompute the hash chains against their signed checkpoints."""
+        """Recompute the hash chains against their signed checkpoints (and the pinned keys, when
+        `audit.pinned_keys` names them: then a stored signing key they do not pin is a finding)."""
+        from sentinel.audit.pins import PinFileError, configured_pins, trusted_keys
+
         try:
-            report = await service.verify(_time(since), _time(until))
+            trusted = await trusted_keys(service.store, configured_pins(service.settings))
+            report = await service.verify(_time(since), _time(until), pinned=dict(trusted.keys))
         except StoreUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
-        return report.to_dict()
+        except PinFileError as exc:
+            raise HTTPException(500, f"cannot verify: {exc}") from None
+        return report.to_dict() | {"ok": report.ok and not trusted.findings, "keys": trusted.to_dict()}
 
     return router

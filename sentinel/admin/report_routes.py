@@ -75,17 +75,21 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
 
     @router.post("/verify")
     async def verify(request: Request, principal: Principal = auditor) -> dict[str, Any]:
-        """Whether the request body is a report Sentinel issued, unmodified."""
-        from sentinel.report.issue import public_keys
+        """Whether the request body is a report Sentinel issued, unmodified (signed by a pinned key when
+        `audit.pinned_keys` names them)."""
+        from sentinel.audit.pins import PinFileError, configured_pins, trusted_keys
         from sentinel.report.signing import verify_report
 
         body = await request.body()
         if len(body) > MAX_VERIFY_BYTES:
             raise HTTPException(413, "report too large")
         try:
-            verdict = await verify_report(service.store, public_keys(await service.store.keys()), body)
+            trusted = await trusted_keys(service.store, configured_pins(service.settings))
+            verdict = await verify_report(service.store, trusted, body)
         except StoreUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
+        except PinFileError as exc:
+            raise HTTPException(500, f"cannot verify: {exc}") from None
         return verdict.to_dict()
 
     return router

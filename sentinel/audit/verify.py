@@ -427,7 +427,7 @@ async def _read_page(
     observed = observe() if observe is not None else None
     links: list[ChainLink] = []
     mismatches: list[Mismatch] = []
-    async for records in store.chain_pages(instance, lo, hi):
+    async for records in store.chain_pages(instance, lo, hi, documents=observe is not None):
         _look_at(records, observed, links, mismatches)
     return links, observed, mismatches
 
@@ -459,7 +459,8 @@ def _page_in_worker(
     mismatches: list[Mismatch] = []
     try:
         for low in range(lo, hi + 1, _SPAN):
-            _look_at(read_chain_page(db, instance, low, min(low + _SPAN - 1, hi)), observed, links, mismatches)
+            records = read_chain_page(db, instance, low, min(low + _SPAN - 1, hi), documents=observe is not None)
+            _look_at(records, observed, links, mismatches)
     finally:
         db.close()
     whole = clean_run(links, lo, checkpoints, reach)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from sentinel.audit.pins import Pins, trusted_keys
 from sentinel.audit.record import stored_hashes
 from sentinel.audit.service import stored_public_keys
 from sentinel.audit.spool import WriterCopy
@@ -169,6 +170,7 @@ class ContinuousVerification:
         processes: int = 1,
         clock: Callable[[], float] = time.time,
         writers: Sequence[WriterCopy] = (),
+        pins: Pins | None = None,
     ) -> None:
         self.store = store
         self.state = state
@@ -176,6 +178,7 @@ class ContinuousVerification:
         self.processes = processes
         self.clock = clock
         self.writers = writers
+        self.pins = pins
 
     async def run_incremental(self) -> CheckRun:
         return await self.run("incremental")
@@ -238,6 +241,10 @@ class ContinuousVerification:
         ]
         known = {kid: Ed25519PublicKey.from_public_bytes(base64.b64decode(raw)) for kid, raw in state.keys.items()}
         keys = {**stored, **known}
+        if self.pins is not None:  # pinned: only the pins are trusted, and a stored key they do not pin is a finding
+            trusted = await trusted_keys(self.store, self.pins)
+            keys = dict(trusted.keys)
+            findings += [Finding(k.kind, "", None, k.detail) for k in trusted.findings]
         anchors = await self._anchors(state.heads)
         report = await verify(
             self.store,

@@ -205,6 +205,7 @@ def _scheduled_check(settings: Settings, check: Check, processes: int | None) ->
             page=settings.audit.verify_page,
             processes=processes or settings.audit.processes(),
             writers=local_writers(settings),
+            pins=pins_from((), settings),
         )
         try:
             await store.open()

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import CollectorRegistry
 
 from sentinel.audit.chain import checkpoint_digest
+from sentinel.audit.pins import Pins, pin_file_text
 from sentinel.audit.service import stored_public_keys
 from sentinel.audit.store import StoreUnavailable
 from sentinel.audit.verify import verify
@@ -25,6 +26,7 @@ from sentinel.audit.watch import CheckRunning, ContinuousVerification, StateFile
 from sentinel.audit.watch_metrics import VerifyCollector
 from sentinel.cli import main
 from tests.audit.support import Trail, running_trail
+from tests.support.forgery import forge
 
 T0 = 1_800_000_000.0
 HOUR = 3600.0
@@ -204,6 +206,22 @@ async def test_a_rewritten_and_re_signed_trail_with_a_replaced_key_is_found(trai
     assert run.findings["bad_signature"] == len(checkpoints)
     assert "modified node-a:10" in run.examples  # the head verified before was rewritten
     assert watch.head()[1] != trail.body(10)["hash"]  # held at what was verified
+
+
+async def test_with_pins_a_key_added_to_the_store_is_found_from_the_first_check(trail: Trail, tmp_path: Path) -> None:
+    """Pinned, the checks trust the pins alone, not what the first check saw: a forger's signing key
+    added before any check, with every checkpoint re-signed by it, is a finding at once."""
+    pins_path = tmp_path / "pins.txt"
+    pins_path.write_text(pin_file_text(await trail.store.keys()))
+    kid = forge(trail.store.path, tmp_path / "keys" / "kek.key")
+    pins = Pins.read([pins_path])
+    unpinned = ContinuousVerification(trail.store, StateFile(tmp_path / "unpinned.json"), page=1000)
+    assert (await unpinned.run_full()).outcome == "ok"  # trust on first use: the forgery passes
+    pinned = ContinuousVerification(trail.store, StateFile(tmp_path / "pinned.json"), page=1000, pins=pins)
+    run = await pinned.run_full()
+    assert run.outcome == "findings"
+    assert run.findings["unpinned_key"] == 1 and run.findings["unknown_key"] == 2
+    assert kid in " ".join(run.examples)
 
 
 async def test_the_state_survives_a_restart(trail: Trail, watch: Watch, tmp_path: Path) -> None:

@@ -5,12 +5,15 @@ rewrites the newest one; checked against the writer's spool, each is named."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-from sentinel.audit.record import digest, encode
+import orjson
+
+from sentinel.audit.record import Event, digest, encode
 from sentinel.audit.spool import WriterCopy
-from sentinel.audit.store.embedded import COLUMN_NAMES, record_columns
+from sentinel.audit.store.embedded import COLUMN_NAMES, record_columns, stored_columns
 from sentinel.audit.verify import VerifyReport, verify
 from tests.audit.support import Trail, running_trail
 
@@ -97,3 +100,24 @@ def test_a_whole_chain_deleted_is_named(tmp_path: Path) -> None:
     checked, unchecked = _run(tmp_path, "delete-chain")
     assert _plain(checked) == [("truncated", 1, 25)]
     assert unchecked.instances == []
+
+
+def test_columns_read_without_parsing_the_record_are_those_of_the_parsed_record(tmp_path: Path) -> None:
+    """Verification alone reads the columns a body implies without parsing its content
+    (`stored_columns`); they must be exactly what `record_columns` makes of the whole parsed record,
+    for interactions and events alike, or a genuine record would show as edited."""
+
+    async def bodies() -> list[bytes]:
+        async with running_trail(tmp_path) as t:
+            await t.write(20)
+            await t.trail.record_event(Event("content_access", "admin-api:alice", {"records": ["x"]}, reason="why"))
+            await t.ship()
+            return [
+                bytes(b) for (b,) in sqlite3.connect(t.store.path).execute("SELECT CAST(body AS BLOB) FROM records")
+            ]
+
+    stored = asyncio.run(bodies())
+    assert len(stored) == 21
+    for body in stored:
+        assert stored_columns(body) == record_columns(orjson.loads(body))
+    assert stored_columns(b"not json") is None

@@ -3,11 +3,14 @@ signed and recorded before it is sent, and failed attempts showing up in the nex
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from sentinel.admin.auth import hash_token
 from tests.conftest import Running, wait_until
@@ -89,3 +92,39 @@ def test_auditors_get_signed_reports_others_do_not(
     )
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
     assert pdf.headers["content-disposition"].endswith('.pdf"')
+
+
+def test_admin_verify_trusts_only_the_pinned_keys(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running], tmp_path: Path
+) -> None:
+    """With `audit.pinned_keys`, `GET /audit/verify` trusts the pin file alone: the instance's own
+    signing key, not pinned there, is a finding and the trail is not declared intact."""
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(f"tokens:\n  - {{name: alice, role: auditor, sha256: {hash_token(AUDITOR)}}}\n")
+    foreign = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    pins = tmp_path / "pins.txt"
+    pins.write_text(f"sk-20260101-foreign {base64.b64encode(foreign).decode()}\n")
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=vllm_chat_stream(["r"], ["ok"])))
+    sentinel = start_sentinel(
+        upstream.url, admin_tokens_file=tokens, instance_id="pin-test", audit={"pinned_keys": str(pins)}
+    )
+    answer = requests.post(
+        f"{sentinel.url}/v1/chat/completions",
+        json={"model": "deepseek-r1", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert answer.status_code == 200
+
+    def checked() -> bool:
+        response = requests.get(
+            f"{sentinel.admin_url}/audit/verify", headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        checked.last = response.json()  # type: ignore[attr-defined]
+        return bool(checked.last["records_checked"] >= 1)  # type: ignore[attr-defined]
+
+    wait_until(checked, timeout=20, interval=0.3)
+    body = checked.last  # type: ignore[attr-defined]
+    assert body["ok"] is False
+    assert body["keys"]["pinned"] is True and body["keys"]["trusted_kids"] == ["sk-20260101-foreign"]
+    assert [f["kind"] for f in body["keys"]["findings"]] == ["unpinned_key"]

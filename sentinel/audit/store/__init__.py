@@ -110,10 +110,13 @@ class AuditStore(Protocol):
     def chain_links(self, instance: str, from_seq: int = 1, to_seq: int | None = None) -> AsyncIterator[ChainLink]:
         """The chain fields of one instance's records in sequence order, hashes recomputed."""
 
-    def chain_pages(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[list[StoredRecord]]:
+    def chain_pages(
+        self, instance: str, from_seq: int, to_seq: int, *, documents: bool = True
+    ) -> AsyncIterator[list[StoredRecord]]:
         """One instance's stored records with sequence numbers in [from_seq, to_seq], in
         `(seq, doc_id)` order (every record claiming a sequence number, duplicates included), a page
-        at a time."""
+        at a time. Without `documents` a store may leave `StoredRecord.doc` empty (verification alone
+        needs only the bytes and the columns checked)."""
 
     async def seq_range(self, instance: str, since: float | None, until: float | None) -> tuple[int, int] | None:
         """First and last sequence numbers recorded in [since, until] (by `recorded_at`)."""

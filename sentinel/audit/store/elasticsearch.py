@@ -348,7 +348,9 @@ class ElasticsearchStore:
                 yield hit["_source"]
             after = hits[-1]["sort"]
 
-    async def chain_pages(self, instance: str, from_seq: int, to_seq: int) -> AsyncIterator[list[StoredRecord]]:
+    async def chain_pages(
+        self, instance: str, from_seq: int, to_seq: int, *, documents: bool = True
+    ) -> AsyncIterator[list[StoredRecord]]:
         # Elasticsearch returns parsed documents: re-encode them in the stored form, which hashes to
         # the same digest as the bytes that were indexed (`hash` last after the canonical JSON).
         page: list[StoredRecord] = []
