@@ -38,8 +38,15 @@ def checkpoint_digest(checkpoint: dict[str, Any]) -> str:
 
 
 def make_checkpoint(
-    instance: str, head: ChainHead, previous: dict[str, Any] | None, kid: str, key: Ed25519PrivateKey
+    instance: str,
+    head: ChainHead,
+    previous: dict[str, Any] | None,
+    kid: str,
+    key: Ed25519PrivateKey,
+    note: str | None = None,
 ) -> dict[str, Any]:
+    """The signed checkpoint of `head`; `note`, the C2SP signed checkpoint of the chain's Merkle tree
+    at the same size (sentinel/audit/note.py), rides along under the same signature."""
     checkpoint: dict[str, Any] = {
         "doc_id": f"{instance}:{head.seq:012d}",
         "instance": instance,
@@ -49,6 +56,8 @@ def make_checkpoint(
         "prev_checkpoint": checkpoint_digest(previous) if previous is not None else None,
         "kid": kid,
     }
+    if note is not None:
+        checkpoint["note"] = note
     checkpoint["signature"] = base64.b64encode(key.sign(_signed_bytes(checkpoint))).decode()
     return checkpoint
 

@@ -159,6 +159,7 @@ class AuditService:
             self.metrics,
             checkpoint_every=settings.audit.checkpoint_every,
             checkpoint_interval=settings.audit.checkpoint_interval,
+            origin_prefix=settings.audit.log_origin,
         )
         self.shipper: Shipper | None = None
         self.error: str | None = None

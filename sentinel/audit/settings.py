@@ -27,6 +27,11 @@ class AuditSettings(_Section):
     store_path: Path = Path("audit/store.db")
     checkpoint_every: int = Field(default=1000, ge=1, description="Sign a checkpoint every N records ...")
     checkpoint_interval: float = Field(default=300.0, gt=0, description="... or every M seconds, whichever first.")
+    log_origin: str = Field(
+        default="sentinel/audit",
+        description="Checkpoints name each chain's Merkle tree `<log_origin>/<instance>` (the C2SP origin line and "
+        "the signing key's name in verifier keys): make it unique to the deployment, e.g. `audit.hospital.example`.",
+    )
     spool_retention_hours: float = Field(default=24.0, ge=0, description="Keep shipped records this long locally.")
     verify_processes: int = Field(
         default=0, ge=0, le=64, description="Worker processes that read and hash pages when verifying; 0: one per CPU."

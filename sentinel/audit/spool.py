@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     body BLOB NOT NULL,
     shipped INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS tiles (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hashes BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+);
 CREATE TABLE IF NOT EXISTS forks (
     seq INTEGER PRIMARY KEY,
     ours TEXT NOT NULL,
@@ -166,8 +172,14 @@ class Spool:
         row = self.db.execute("SELECT body FROM checkpoints ORDER BY seq DESC LIMIT 1").fetchone()
         return orjson.loads(row[0]) if row else None
 
-    def write(self, rows: list[Row], checkpoint: dict[str, Any] | None = None) -> None:
-        """One transaction: the batch is durable when this returns."""
+    def write(
+        self,
+        rows: list[Row],
+        checkpoint: dict[str, Any] | None = None,
+        tiles: Sequence[tuple[int, int, bytes]] = (),
+    ) -> None:
+        """One transaction: the batch (its records, the Merkle tree's tiles they changed, a checkpoint)
+        is durable when this returns."""
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -175,6 +187,8 @@ class Spool:
                 "INSERT INTO records (seq, doc_id, kind, recorded_at, body) VALUES (?, ?, ?, ?, ?)",
                 [(r.seq, r.doc_id, r.kind, r.recorded_at, r.body) for r in rows],
             )
+            if tiles:
+                db.executemany("INSERT OR REPLACE INTO tiles (level, idx, hashes) VALUES (?, ?, ?)", tiles)
             if checkpoint is not None:
                 db.execute(
                     "INSERT INTO checkpoints (seq, body) VALUES (?, ?)", (checkpoint["seq"], orjson.dumps(checkpoint))
@@ -184,6 +198,14 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise SpoolUnavailable(f"cannot write to audit spool {self.path}: {exc}") from exc
+
+    def tile(self, level: int, index: int) -> bytes | None:
+        """A tile of this chain's Merkle tree (sentinel/audit/tiles.py)."""
+        row = self.db.execute("SELECT hashes FROM tiles WHERE level = ? AND idx = ?", (level, index)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def has_tiles(self) -> bool:
+        return self.db.execute("SELECT 1 FROM tiles LIMIT 1").fetchone() is not None
 
     def stored_keys(self) -> list[WrappedKey]:
         return [WrappedKey.from_dict(orjson.loads(b)) for (b,) in self.db.execute("SELECT body FROM keys")]

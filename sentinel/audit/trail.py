@@ -27,8 +27,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from sentinel.audit import record as records
 from sentinel.audit.chain import ChainHead, make_checkpoint
 from sentinel.audit.keyring import KeyRing
+from sentinel.audit.note import Checkpoint, origin_of, sign_checkpoint
 from sentinel.audit.record import Event
 from sentinel.audit.spool import Row, Spool, SpoolUnavailable
+from sentinel.audit.tiles import TileReader, TreeBuilder
+from sentinel.audit.tlog import CompactRange, leaf_hash
 from sentinel.capture.build import build_interaction, request_interaction
 from sentinel.cooperative import Slices
 from sentinel.interaction import Interaction
@@ -37,6 +40,8 @@ from sentinel.proxy.hooks import JournalUnavailable
 from sentinel.telemetry.metrics import ReadAtScrape
 
 log = logging.getLogger("sentinel.audit")
+DEFAULT_ORIGIN_PREFIX = "sentinel/audit"
+"""Checkpoint origins are `<prefix>/<instance>` (`audit.log_origin`)."""
 
 
 @dataclass(slots=True)
@@ -117,6 +122,7 @@ class AuditTrail:
         *,
         checkpoint_every: int = 1000,
         checkpoint_interval: float = 300.0,
+        origin_prefix: str = DEFAULT_ORIGIN_PREFIX,
     ) -> None:
         self.spool = spool
         self.keyring: KeyRing | None = None
@@ -127,6 +133,10 @@ class AuditTrail:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = checkpoint_interval
         self._head = ChainHead()
+        self.origin = origin_of(origin_prefix, instance)
+        self._tree: TreeBuilder | None = None
+        """The chain's Merkle tree (its tiles in the spool), None for a spool written before there was one."""
+        self._range = CompactRange()
         self._last_checkpoint: dict[str, Any] | None = None
         self._pending: list[tuple[Entry, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
@@ -136,6 +146,7 @@ class AuditTrail:
 
     async def start(self, keyring: KeyRing) -> None:
         self._head = await self.spool.run(self.spool.head)
+        self._tree, self._range = await self.spool.run(self._resume_tree)
         self._last_checkpoint = await self.spool.run(self.spool.last_checkpoint)
         if self._last_checkpoint is not None:
             self.metrics.last_checkpoint = self._last_checkpoint["time"]
@@ -144,6 +155,20 @@ class AuditTrail:
         self._ticker = asyncio.get_running_loop().create_task(self._tick(), name="audit-checkpoints")
         self.keyring = keyring
         log.info("audit trail for instance %s at sequence %d", self.instance, self._head.seq)
+
+    def _resume_tree(self) -> tuple[TreeBuilder | None, CompactRange]:
+        size = self._head.seq
+        if size and not self.spool.has_tiles():
+            log.warning(
+                "the audit spool of %s predates Merkle checkpoints: its checkpoints carry no tree root "
+                "until a new chain starts",
+                self.instance,
+            )
+            return None, CompactRange()
+        tree = TreeBuilder.resume(size, self.spool.tile)
+        return tree, tree.compact_range(
+            TileReader(lambda level, index: tree.tile(level, index) or self.spool.tile(level, index))
+        )
 
     async def stop(self) -> None:
         """Write what is pending plus a final checkpoint, then stop."""
@@ -198,6 +223,8 @@ class AuditTrail:
         keyring = self.keyring
         assert keyring is not None
         head = ChainHead(self._head.seq, self._head.hash, self._head.recorded_at)
+        tree = self._tree.copy() if self._tree is not None else None
+        tree_range = self._range.copy()
         rows: list[Row] = []
         slices = Slices()  # a record takes ~20 µs to seal
         try:
@@ -213,14 +240,22 @@ class AuditTrail:
                 )
                 head = ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
                 rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], stored))
+                if tree is not None:
+                    leaf = leaf_hash(stored)
+                    tree.append(leaf)
+                    tree_range.append(leaf)
                 if slices.due():
                     await slices.pause()
             checkpoint = None
             if self._checkpoint_due(head=head, force=force_checkpoint):
                 kid, key = keyring.signing_key()
-                checkpoint = make_checkpoint(self.instance, head, self._last_checkpoint, kid, key)
+                note = None
+                if tree is not None:
+                    note = sign_checkpoint(Checkpoint(self.origin, head.seq, tree_range.root()), key)
+                checkpoint = make_checkpoint(self.instance, head, self._last_checkpoint, kid, key, note)
+            tiles = tree.take_changed() if tree is not None else []
             if rows or checkpoint is not None:
-                await self.spool.run(lambda: self._write(rows, checkpoint))
+                await self.spool.run(lambda: self._write(rows, checkpoint, tiles))
         except Exception as exc:  # the chain head stays where the spool is
             error = exc if isinstance(exc, SpoolUnavailable) else SpoolUnavailable(f"{type(exc).__name__}: {exc}")
             log.error("audit spool write failed for %d records: %s", len(rows), error)
@@ -229,6 +264,7 @@ class AuditTrail:
                     future.set_exception(JournalUnavailable(str(error)))
             return
         self._head = head
+        self._tree, self._range = tree, tree_range
         if checkpoint is not None:
             self._last_checkpoint = checkpoint
             self.metrics.last_checkpoint = checkpoint["time"]
@@ -240,11 +276,11 @@ class AuditTrail:
             if not future.done():
                 future.set_result(None)
 
-    def _write(self, rows: list[Row], checkpoint: dict[str, Any] | None) -> None:
+    def _write(self, rows: list[Row], checkpoint: dict[str, Any] | None, tiles: list[tuple[int, int, bytes]]) -> None:
         """On the spool thread: make the batch durable, then count it as unshipped. The shipper
         recounts the backlog on that thread too (`Shipper.ship_once`), so the two updates apply in
         the order the spool saw them and neither overwrites the other with a stale count."""
-        self.spool.write(rows, checkpoint)
+        self.spool.write(rows, checkpoint, tiles)
         if rows:
             self.metrics.unshipped += len(rows)
             if self.metrics.oldest_unshipped is None:

@@ -31,10 +31,10 @@ async def test_concurrent_appends_share_commits_and_stay_contiguous(
         writing, release = threading.Event(), threading.Event()
         write = t.spool.write
 
-        def held_write(rows: list[Row], checkpoint: dict[str, Any] | None = None) -> None:
+        def held_write(rows: list[Row], checkpoint: dict[str, Any] | None = None, tiles: Any = ()) -> None:
             writing.set()
             assert release.wait(60)
-            write(rows, checkpoint)
+            write(rows, checkpoint, tiles)
 
         monkeypatch.setattr(t.spool, "write", held_write)
         first = t.trail.append([Entry(INTERACTION, interaction=make_interaction(1))])

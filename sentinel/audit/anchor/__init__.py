@@ -1,0 +1,1 @@
+"""Anchors that tie the audit log's checkpoints to witnesses outside the operator's control."""
