@@ -29,10 +29,12 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.chain import checkpoint_digest, signature_valid
+from sentinel.audit.note import Checkpoint, NoteError
 from sentinel.audit.record import GENESIS, stored_hashes
 from sentinel.audit.spool import WriterCopy
 from sentinel.audit.store import AuditStore, ChainLink, StoredRecord
 from sentinel.audit.store.embedded import _SPAN, EmbeddedStore, open_read_only, read_chain_page
+from sentinel.audit.tlog import CompactRange, leaf_hash
 from sentinel.audit.walk import REACH, ChainWalk, CleanRun, Finding, clean_run
 
 __all__ = ["DEFAULT_PAGE", "Finding", "InstanceReport", "PublicKeys", "RecordObserver", "VerifyReport", "verify"]
@@ -65,6 +67,8 @@ class InstanceReport:
     last_checkpoint_seq: int | None = None
     unsealed: int = 0
     """Records after the newest valid checkpoint (or all of them when there is none)."""
+    roots_checked: int = 0
+    """Signed Merkle checkpoints (C2SP notes) whose root was recomputed from the chain's records."""
     writer_vouched: bool = False
     """The records after the last checkpoint were checked against the writer's own copy (its spool)."""
     findings: list[Finding] = field(default_factory=list)
@@ -149,8 +153,10 @@ async def verify(
         for chain in chains:
             chain.check_signatures(public_keys)
         for chain, lo, hi in jobs:
-            links, part, mismatches = await _read_page(store, chain.report.instance, lo, hi, observe)
-            _take(chain, links, part, mismatches, observed, progress)
+            links, part, mismatches, tree = await _read_page(
+                store, chain.report.instance, lo, hi, observe, _sizes(chain, lo, hi)
+            )
+            _take(chain, links, part, mismatches, tree, observed, progress)
     by_instance = {w.instance: w for w in writers}
     planned = {chain.report.instance for chain in chains}
     for name in sorted(set(by_instance) - planned):
@@ -219,6 +225,14 @@ class _Chain:
     top: int = 0
     lows: list[int] = field(default_factory=list)
     stored_checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    notes: dict[int, Checkpoint | str] = field(default_factory=dict)
+    """The Merkle checkpoint each stored checkpoint carries, by seq (a string: why it does not parse)."""
+    roots: dict[int, bytes] = field(default_factory=dict)
+    """Roots the chain's tree must have, by size: those of validly signed checkpoints."""
+    tree: CompactRange | None = None
+    """The tree over the leaves walked so far (from leaf 0); None where it cannot be known."""
+    tree_mismatch: int | None = None
+    """The first size whose signed root the records do not give (every later one then differs too)."""
     claimed: dict[int, str] = field(default_factory=dict)
     """Checkpoint hashes by seq as stored, signatures not yet checked ("" where two disagree): what a
     worker compares a page with. A page whole under these is whole under the valid ones, a subset."""
@@ -232,10 +246,57 @@ class _Chain:
         walk.checkpoints = {
             s: c for s, c in valid.items() if s >= walk.from_seq and (walk.to_seq is None or s <= walk.to_seq)
         }
+        instance = self.report.instance
+        for seq, note in sorted(self.notes.items()):
+            if seq not in valid:
+                continue
+            if isinstance(note, str):
+                self.report.findings.append(Finding("note_invalid", instance, seq, note))
+            elif note.size != seq or not note.origin.endswith("/" + instance):
+                detail = f"its Merkle checkpoint names {note.origin} at size {note.size}, not this chain at {seq}"
+                self.report.findings.append(Finding("note_invalid", instance, seq, detail))
+            else:
+                self.roots[seq] = note.root
+
+    def take_tree(self, page: TreePage | None) -> None:
+        """Extend the chain's tree by a page's leaves, checking the roots of signed checkpoints in it."""
+        tree = self.tree
+        if tree is None or page is None:
+            return
+        if page.range.begin != tree.end:
+            self.tree = None
+            return
+        for size, snapshot in sorted(page.snapshots.items()):
+            root = self.roots.get(size)
+            if root is None:
+                continue
+            at = tree.copy()
+            at.extend(snapshot)
+            self.report.roots_checked += 1
+            if at.root() != root:
+                self.tree_mismatch = size
+                self.tree = None
+                return
+        if page.broken:
+            self.tree = None
+        else:
+            tree.extend(page.range)
 
     def finish(self) -> InstanceReport:
         report, walk = self.report, self.walk
         report.findings.extend(walk.finish())
+        size = self.tree_mismatch
+        if size is not None and not any(f.seq is not None and f.seq <= size for f in report.findings):
+            # Not explained by a record found modified, deleted, inserted or moved before it.
+            report.findings.append(
+                Finding(
+                    "tree_mismatch",
+                    report.instance,
+                    size,
+                    f"the Merkle tree of the chain's first {size} records does not have the root its signed "
+                    "checkpoint names",
+                )
+            )
         report.records_checked = walk.records
         report.first_seq, report.last_seq, report.last_hash = walk.first_seq, walk.last_seq, walk.last_hash
         if report.last_seq is not None:
@@ -283,7 +344,23 @@ async def _plan(
             claimed[seq] = digest if claimed.get(seq, digest) == digest else ""
     walk = ChainWalk(instance, from_seq, to_seq, start_prev, reach=reach)
     top = to_seq if to_seq is not None else (head[1] if head is not None else 0)
-    return _Chain(report, walk, from_seq, top, list(range(from_seq, top + 1, page)), stored, claimed)
+    chain = _Chain(report, walk, from_seq, top, list(range(from_seq, top + 1, page)), stored, claimed=claimed)
+    chain.notes = _notes(stored)
+    chain.tree = CompactRange() if from_seq == 1 else None  # a range from the middle: its prefix is not read
+    return chain
+
+
+def _notes(checkpoints: list[dict[str, Any]]) -> dict[int, Checkpoint | str]:
+    notes: dict[int, Checkpoint | str] = {}
+    for checkpoint in checkpoints:
+        seq, note = checkpoint.get("seq"), checkpoint.get("note")
+        if isinstance(seq, int) and isinstance(note, str):
+            text, sep, _ = note.rpartition("\n\n")
+            try:
+                notes[seq] = Checkpoint.parse(text + "\n") if sep else "its Merkle checkpoint is not a signed note"
+            except NoteError as exc:
+                notes[seq] = f"its Merkle checkpoint does not parse: {exc}"
+    return notes
 
 
 async def _period_bounds(
@@ -343,13 +420,14 @@ async def _in_workers(
     """Pages read and hashed by the workers, `ahead` in flight (bounded memory), walked in order. The
     checkpoint signatures are checked here while the first pages are read."""
     loop = asyncio.get_running_loop()
-    pages: list[asyncio.Future[tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None, list[Mismatch]]]] = []
+    pages: list[asyncio.Future[PageResult]] = []
 
     def submit(index: int) -> None:
         chain, lo, hi = jobs[index]
         hashes = {s: digest for s, digest in chain.claimed.items() if lo <= s <= hi}
         instance = chain.report.instance
-        pages.append(loop.run_in_executor(pool, _page_in_worker, path, instance, lo, hi, observe, hashes, reach))
+        sizes = _sizes(chain, lo, hi)
+        pages.append(loop.run_in_executor(pool, _page_in_worker, path, instance, lo, hi, observe, hashes, reach, sizes))
 
     try:
         for index in range(min(ahead, len(jobs))):
@@ -357,17 +435,17 @@ async def _in_workers(
         for chain in chains:
             chain.check_signatures(public_keys)
         for index, (chain, lo, hi) in enumerate(jobs):
-            result, part, mismatches = await pages[index]
+            result, part, mismatches, tree = await pages[index]
             pages[index] = _done
             if len(pages) < len(jobs):
                 submit(len(pages))
             if isinstance(result, CleanRun):
                 if not chain.walk.skip(result):  # what came before needs every link: read them here
-                    links, _, _ = await _read_page(store, chain.report.instance, lo, hi, None)
+                    links, _, _, _ = await _read_page(store, chain.report.instance, lo, hi, None, None)
                     chain.walk.feed(links[len(result.head) :])
-                _take(chain, [], part, mismatches, observed, progress, result.count)
+                _take(chain, [], part, mismatches, tree, observed, progress, result.count)
             else:
-                _take(chain, list(map(ChainLink._make, result)), part, mismatches, observed, progress)
+                _take(chain, list(map(ChainLink._make, result)), part, mismatches, tree, observed, progress)
     finally:
         for pending in pages:
             if isinstance(pending, asyncio.Future):
@@ -383,11 +461,13 @@ def _take(
     links: list[ChainLink],
     part: RecordObserver | None,
     mismatches: list[Mismatch],
+    tree: TreePage | None,
     observed: RecordObserver | None,
     progress: Progress | None,
     count: int | None = None,
 ) -> None:
     chain.walk.feed(links)
+    chain.take_tree(tree)
     for seq, doc_id, names in mismatches:
         chain.report.findings.append(
             Finding(
@@ -408,28 +488,77 @@ Mismatch = tuple[int, str, tuple[str, ...]]
 """A record whose stored columns differ from its signed body: (seq, doc id, column names)."""
 
 
+@dataclass(slots=True)
+class TreePage:
+    """A page's part of the chain's Merkle tree: the compact range of its leaves (leaf = seq - 1), and
+    the range up to each size a signed checkpoint names in it. One leaf per sequence number (the first
+    record claiming it); `broken` where a number is missing (the walk names the gap)."""
+
+    range: CompactRange
+    sizes: frozenset[int]
+    snapshots: dict[int, CompactRange] = field(default_factory=dict)
+    broken: bool = False
+
+    def add(self, seq: int, body: bytes) -> None:
+        tree = self.range
+        if self.broken or seq <= tree.end:  # a second record claiming a number: not a leaf
+            return
+        if seq != tree.end + 1:
+            self.broken = True
+            return
+        tree.append(leaf_hash(body))
+        if seq in self.sizes:
+            self.snapshots[seq] = tree.copy()
+
+
+def _sizes(chain: _Chain, lo: int, hi: int) -> frozenset[int] | None:
+    """The sizes in [lo, hi] whose roots a page must give, or None when the chain's tree is not followed."""
+    if chain.tree is None:
+        return None
+    return frozenset(size for size in chain.notes if lo <= size <= hi)
+
+
 def _look_at(
-    records: list[StoredRecord], observed: RecordObserver | None, links: list[ChainLink], mismatches: list[Mismatch]
+    records: list[StoredRecord],
+    observed: RecordObserver | None,
+    links: list[ChainLink],
+    mismatches: list[Mismatch],
+    tree: TreePage | None,
 ) -> None:
-    """Links, column mismatches and the observer's view of one batch of stored records."""
+    """Links, column mismatches, Merkle leaves and the observer's view of one batch of stored records."""
     for r in records:
         claimed, content = stored_hashes(r.body)
         links.append(ChainLink(r.seq, r.doc_id, r.prev_hash, claimed, content, r.recorded_at))
         if r.mismatched and claimed == content:  # (a record whose content changed is named `modified`)
             mismatches.append((r.seq, r.doc_id, r.mismatched))
+        if tree is not None:
+            tree.add(r.seq, r.body)
         if observed is not None:
             observed.add(r)
 
 
+def _tree_page(lo: int, sizes: frozenset[int] | None) -> TreePage | None:
+    return TreePage(CompactRange(lo - 1, lo - 1), sizes) if sizes is not None else None
+
+
 async def _read_page(
-    store: AuditStore, instance: str, lo: int, hi: int, observe: Callable[[], RecordObserver] | None
-) -> tuple[list[ChainLink], RecordObserver | None, list[Mismatch]]:
+    store: AuditStore,
+    instance: str,
+    lo: int,
+    hi: int,
+    observe: Callable[[], RecordObserver] | None,
+    sizes: frozenset[int] | None,
+) -> tuple[list[ChainLink], RecordObserver | None, list[Mismatch], TreePage | None]:
     observed = observe() if observe is not None else None
     links: list[ChainLink] = []
     mismatches: list[Mismatch] = []
+    tree = _tree_page(lo, sizes)
     async for records in store.chain_pages(instance, lo, hi, documents=observe is not None):
-        _look_at(records, observed, links, mismatches)
-    return links, observed, mismatches
+        _look_at(records, observed, links, mismatches, tree)
+    return links, observed, mismatches, tree
+
+
+PageResult = tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None, list[Mismatch], TreePage | None]
 
 
 def _worker_started() -> None:
@@ -447,7 +576,8 @@ def _page_in_worker(
     observe: Callable[[], RecordObserver] | None,
     checkpoints: dict[int, str],
     reach: int,
-) -> tuple[CleanRun | list[tuple[Any, ...]], RecordObserver | None, list[Mismatch]]:
+    sizes: frozenset[int] | None,
+) -> PageResult:
     """One page, in a worker process, on its own read-only connection to the embedded store. A page
     found whole goes back as a `CleanRun` (its ends only); any other as plain tuples (half the
     pickling work of named ones), for the walk to look at each record."""
@@ -457,14 +587,15 @@ def _page_in_worker(
     observed = observe() if observe is not None else None
     links: list[ChainLink] = []
     mismatches: list[Mismatch] = []
+    tree = _tree_page(lo, sizes)
     try:
         for low in range(lo, hi + 1, _SPAN):
             records = read_chain_page(db, instance, low, min(low + _SPAN - 1, hi), documents=observe is not None)
-            _look_at(records, observed, links, mismatches)
+            _look_at(records, observed, links, mismatches, tree)
     finally:
         db.close()
     whole = clean_run(links, lo, checkpoints, reach)
-    return (whole if whole is not None else list(map(tuple, links))), observed, mismatches
+    return (whole if whole is not None else list(map(tuple, links))), observed, mismatches, tree
 
 
 def _check_checkpoints(

@@ -1,0 +1,287 @@
+"""The S3 Object Lock anchor against a real SeaweedFS: what is published stays, and a rewrite shows."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
+
+from sentinel.audit.anchor.s3 import (
+    AnchorConflict,
+    AnchorError,
+    AnchorMisconfigured,
+    AnchorUnavailable,
+    ObjectLockAnchor,
+    ObjectLockAnchorSettings,
+)
+from sentinel.backup.targets import ObjectLocked
+from sentinel.backup.targets.s3 import S3Target
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports, running_seaweed
+
+ORIGIN = "sentinel.local/audit/node-a"
+# "Now" for retention: fixed, and far ahead of the server's own clock, which refuses a retain-until
+# date in its past.
+NOW = datetime(2099, 1, 1, tzinfo=UTC)
+DAYS = 30
+
+
+def checkpoint(size: int, origin: str = ORIGIN, root: bytes = b"") -> bytes:
+    """A signed checkpoint's bytes (c2sp.org/tlog-checkpoint); the signature is not checked here."""
+    digest = base64.b64encode(hashlib.sha256(root or str(size).encode()).digest()).decode()
+    signature = base64.b64encode(hashlib.sha512(f"{origin}{size}{digest}".encode()).digest()[:36]).decode()
+    return f"{origin}\n{size}\n{digest}\n\n\u2014 {origin} {signature}\n".encode()
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture
+def owner(seaweed: Seaweed) -> Iterator[Any]:
+    """A plain client with the anchor's own credentials: what an operator holding them can do."""
+    client = seaweed.client()
+    yield client
+    client.close()
+
+
+MakeAnchor = Callable[..., ObjectLockAnchor]
+
+
+@pytest.fixture
+def make_anchor(seaweed: Seaweed) -> Iterator[MakeAnchor]:
+    made: list[ObjectLockAnchor] = []
+
+    def make(bucket: str, **settings: Any) -> ObjectLockAnchor:
+        values: dict[str, Any] = {
+            "endpoint_url": seaweed.endpoint,
+            "bucket": bucket,
+            "prefix": "anchors",
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+            "retention_days": DAYS,
+            "max_attempts": 1,
+            **settings,
+        }
+        anchor = ObjectLockAnchor.from_settings(ObjectLockAnchorSettings(**values), clock=NOW.timestamp)
+        made.append(anchor)
+        return anchor
+
+    yield make
+    for anchor in made:
+        anchor.close()
+
+
+@pytest.fixture
+def bucket(seaweed: Seaweed) -> str:
+    return seaweed.bucket(lock=True)
+
+
+@pytest.fixture
+def anchor(make_anchor: MakeAnchor, bucket: str) -> ObjectLockAnchor:
+    return make_anchor(bucket)
+
+
+async def test_publish_and_read_back(anchor: ObjectLockAnchor, owner: Any, bucket: str) -> None:
+    await anchor.check()
+    assert await anchor.publish(ORIGIN, 7, checkpoint(7)) is True
+    assert await anchor.publish(ORIGIN, 1000, checkpoint(1000), b"token for 1000") is True
+    assert await anchor.publish("sentinel.local/audit/node-b", 3, checkpoint(3, "sentinel.local/audit/node-b"))
+
+    keys = [item["Key"] for item in owner.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert sorted(keys) == [
+        "anchors/sentinel.local/audit/node-a/checkpoint/00000000000000000007",
+        "anchors/sentinel.local/audit/node-a/checkpoint/00000000000000001000",
+        "anchors/sentinel.local/audit/node-a/checkpoint/00000000000000001000.tsr",
+        "anchors/sentinel.local/audit/node-b/checkpoint/00000000000000000003",
+    ]
+    found = await anchor.checkpoints(ORIGIN)
+    assert [(c.origin, c.size, c.note, c.token) for c in found] == [
+        (ORIGIN, 7, checkpoint(7), None),
+        (ORIGIN, 1000, checkpoint(1000), b"token for 1000"),
+    ]
+    assert [(c.versions, c.token_versions, c.delete_markers, c.rewritten) for c in found] == [
+        (1, 0, 0, False),
+        (1, 1, 0, False),
+    ]
+    assert all(c.last_modified.tzinfo is not None for c in found)
+    assert await anchor.origins() == [ORIGIN, "sentinel.local/audit/node-b"]
+    assert await anchor.checkpoints("sentinel.local/audit/node-c") == []
+
+
+async def test_every_object_is_locked_in_compliance_mode_from_the_clock(
+    anchor: ObjectLockAnchor, owner: Any, bucket: str
+) -> None:
+    await anchor.publish(ORIGIN, 42, checkpoint(42), b"\x30\x82token")
+    key = anchor.key(ORIGIN, 42)
+    for name, content_type in ((key, "text/plain; charset=utf-8"), (key + ".tsr", "application/timestamp-reply")):
+        head = owner.head_object(Bucket=bucket, Key=name)
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+        assert head["ObjectLockRetainUntilDate"] == NOW + timedelta(days=DAYS)
+        assert head["ContentType"] == content_type
+        retention = owner.get_object_retention(Bucket=bucket, Key=name)["Retention"]
+        assert (retention["Mode"], retention["RetainUntilDate"]) == ("COMPLIANCE", NOW + timedelta(days=DAYS))
+
+
+async def test_the_credential_holder_cannot_delete_a_locked_checkpoint(
+    anchor: ObjectLockAnchor, owner: Any, seaweed: Seaweed, bucket: str
+) -> None:
+    await anchor.publish(ORIGIN, 5, checkpoint(5))
+    key = anchor.key(ORIGIN, 5)
+    version = owner.head_object(Bucket=bucket, Key=key)["VersionId"]
+
+    with pytest.raises(ClientError) as refused:
+        owner.delete_object(Bucket=bucket, Key=key, VersionId=version)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    with pytest.raises(ClientError) as refused:  # COMPLIANCE: not even with the governance bypass
+        owner.delete_object(Bucket=bucket, Key=key, VersionId=version, BypassGovernanceRetention=True)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    with pytest.raises(ClientError) as refused:  # nor by shortening the retention first
+        owner.put_object_retention(
+            Bucket=bucket, Key=key, VersionId=version, Retention={"Mode": "COMPLIANCE", "RetainUntilDate": NOW}
+        )
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+    # The backup's own "delete every version" path meets the same wall.
+    with pytest.raises(ObjectLocked) as locked:
+        S3Target(seaweed.client(), bucket).delete(key)
+    assert locked.value.until == NOW + timedelta(days=DAYS)
+
+    [still] = await anchor.checkpoints(ORIGIN)
+    assert (still.size, still.note, still.versions, still.rewritten) == (5, checkpoint(5), 1, False)
+
+
+async def test_an_overwrite_leaves_the_original_as_the_oldest_version_and_is_flagged(
+    anchor: ObjectLockAnchor, owner: Any, bucket: str
+) -> None:
+    await anchor.publish(ORIGIN, 9, checkpoint(9), b"original token")
+    key = anchor.key(ORIGIN, 9)
+    forged = checkpoint(9, root=b"another history")
+    owner.put_object(Bucket=bucket, Key=key, Body=forged)
+    owner.put_object(Bucket=bucket, Key=key + ".tsr", Body=b"forged token")
+    # A reader that trusts "latest" is fooled ...
+    assert owner.get_object(Bucket=bucket, Key=key)["Body"].read() == forged
+
+    # ... this one is not, and says what happened.
+    [found] = await anchor.checkpoints(ORIGIN)
+    assert (found.note, found.token) == (checkpoint(9), b"original token")
+    assert (found.versions, found.token_versions, found.rewritten) == (2, 2, True)
+    # Publishing the anchored bytes again still agrees with the anchor; the forgery does not.
+    assert await anchor.publish(ORIGIN, 9, checkpoint(9), b"original token") is False
+    with pytest.raises(AnchorConflict):
+        await anchor.publish(ORIGIN, 9, forged)
+
+
+async def test_a_delete_marker_hides_nothing(anchor: ObjectLockAnchor, owner: Any, bucket: str) -> None:
+    await anchor.publish(ORIGIN, 11, checkpoint(11))
+    key = anchor.key(ORIGIN, 11)
+    owner.delete_object(Bucket=bucket, Key=key)  # no version id: Object Lock allows a delete marker
+    assert owner.list_objects_v2(Bucket=bucket, Prefix="anchors/").get("Contents", []) == []
+
+    [found] = await anchor.checkpoints(ORIGIN)
+    assert (found.note, found.versions, found.delete_markers, found.rewritten) == (checkpoint(11), 1, 1, True)
+    assert await anchor.origins() == [ORIGIN]
+    # A conditional PUT would succeed on top of the marker; publish looks at the versions underneath.
+    assert await anchor.publish(ORIGIN, 11, checkpoint(11)) is False
+    with pytest.raises(AnchorConflict):
+        await anchor.publish(ORIGIN, 11, checkpoint(11, root=b"other"))
+
+
+async def test_publishing_again_is_idempotent_and_different_bytes_conflict(
+    anchor: ObjectLockAnchor, owner: Any, bucket: str
+) -> None:
+    assert await anchor.publish(ORIGIN, 12, checkpoint(12)) is True
+    assert await anchor.publish(ORIGIN, 12, checkpoint(12)) is False
+    assert await anchor.publish(ORIGIN, 12, checkpoint(12), b"token") is False  # the token is added
+    assert await anchor.publish(ORIGIN, 12, checkpoint(12), b"token") is False
+
+    with pytest.raises(AnchorConflict) as conflict:
+        await anchor.publish(ORIGIN, 12, checkpoint(12, root=b"a fork"))
+    assert (conflict.value.key, conflict.value.what) == (anchor.key(ORIGIN, 12), "note")
+    with pytest.raises(AnchorConflict) as conflict:
+        await anchor.publish(ORIGIN, 12, checkpoint(12), b"another token")
+    assert (conflict.value.key, conflict.value.what) == (anchor.key(ORIGIN, 12) + ".tsr", "token")
+
+    [found] = await anchor.checkpoints(ORIGIN)
+    assert (found.note, found.token, found.versions, found.token_versions) == (checkpoint(12), b"token", 1, 1)
+    versions = owner.list_object_versions(Bucket=bucket, Prefix="anchors/")
+    assert len(versions["Versions"]) == 2 and "DeleteMarkers" not in versions
+
+
+async def test_a_note_is_filed_only_under_its_own_origin_and_size(anchor: ObjectLockAnchor) -> None:
+    with pytest.raises(ValueError, match="not a checkpoint of sentinel.local/audit/node-a at size 8"):
+        await anchor.publish(ORIGIN, 8, checkpoint(7))
+    with pytest.raises(ValueError, match="not a checkpoint"):
+        await anchor.publish(ORIGIN, 7, checkpoint(7, origin="sentinel.local/audit/node-b"))
+    for origin in ("", "/abs", "a//b", "a/../b", "with space", "trailing/"):
+        with pytest.raises(ValueError, match="not a log origin"):
+            await anchor.publish(origin, 1, checkpoint(1, origin=origin))
+    with pytest.raises(ValueError, match="out of range"):
+        await anchor.publish(ORIGIN, 10**20, checkpoint(10**20))
+    assert await anchor.checkpoints(ORIGIN) == []
+
+
+async def test_check_refuses_a_bucket_that_could_be_rewritten(seaweed: Seaweed, make_anchor: MakeAnchor) -> None:
+    with pytest.raises(AnchorMisconfigured, match="Object Lock is not enabled"):
+        await make_anchor(seaweed.bucket(versioned=True)).check()
+    with pytest.raises(AnchorMisconfigured, match="versioning is off"):
+        await make_anchor(seaweed.bucket()).check()
+    with pytest.raises(AnchorMisconfigured, match="does not exist"):
+        await make_anchor("no-such-bucket").check()
+    # Publishing there anyway fails too: the server refuses the lock headers.
+    with pytest.raises(AnchorError):
+        await make_anchor(seaweed.bucket(versioned=True)).publish(ORIGIN, 1, checkpoint(1))
+
+
+async def test_an_unreachable_endpoint_is_a_clear_error(make_anchor: MakeAnchor, tmp_path: Path) -> None:
+    (secret := tmp_path / "secret").write_text(SECRET_KEY + "\n")
+    [port] = free_ports(1)
+    anchor = make_anchor(
+        "anchor-bucket",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        secret_access_key=None,
+        secret_access_key_file=secret,
+        connect_timeout=2,
+    )
+    for call in (anchor.check(), anchor.publish(ORIGIN, 1, checkpoint(1)), anchor.checkpoints(ORIGIN)):
+        with pytest.raises(AnchorUnavailable) as failed:
+            await call
+        message = str(failed.value)
+        assert f"cannot reach the S3 anchor s3://anchor-bucket/anchors/ at http://127.0.0.1:{port}" in message
+        assert SECRET_KEY not in message and ACCESS_KEY not in message
+
+
+def test_settings_read_secrets_from_files_and_never_show_them(tmp_path: Path) -> None:
+    (key := tmp_path / "key").write_text("AKIAANCHOR\n")
+    (secret := tmp_path / "secret").write_text("the-anchor-secret\n")
+    settings = ObjectLockAnchorSettings(bucket="anchor", access_key_id_file=key, secret_access_key_file=secret)
+    assert settings.access_key_id is not None and settings.access_key_id.get_secret_value() == "AKIAANCHOR"
+    assert settings.secret_access_key is not None
+    assert settings.secret_access_key.get_secret_value() == "the-anchor-secret"
+    assert "the-anchor-secret" not in repr(settings) and "the-anchor-secret" not in str(settings.model_dump())
+    assert ObjectLockAnchorSettings(bucket="anchor").access_key_id is None  # boto3's own lookup
+
+    with pytest.raises(ValidationError, match="set both access_key_id and secret_access_key"):
+        ObjectLockAnchorSettings(bucket="anchor", access_key_id_file=key)
+    with pytest.raises(ValidationError, match="retention_days"):
+        ObjectLockAnchorSettings(bucket="anchor", retention_days=0)
+    with pytest.raises(ValidationError, match="extra"):
+        ObjectLockAnchorSettings.model_validate({"bucket": "anchor", "object_lock_mode": "GOVERNANCE"})
+
+
+def test_describe_keeps_credentials_out(seaweed: Seaweed) -> None:
+    anchor = ObjectLockAnchor(
+        seaweed.client(), "anchor", prefix="/a/b/", endpoint="https://user:pass@s3.example:9000/?token=x"
+    )
+    try:
+        assert anchor.describe() == "s3://anchor/a/b/ at https://s3.example:9000/"
+        assert anchor.key(ORIGIN, 3) == "a/b/sentinel.local/audit/node-a/checkpoint/00000000000000000003"
+    finally:
+        anchor.close()
