@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -20,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry
 
+from sentinel.audit.anchor.publish import AnchorMetrics, AnchorPublisher
 from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
 from sentinel.audit.keyring import KeyRing
 from sentinel.audit.record import Event, RecordCorrupt, blind_index, decrypt
@@ -164,6 +166,8 @@ class AuditService:
         self.shipper: Shipper | None = None
         self.error: str | None = None
         self._lock_fd: int | None = None
+        self._anchor_metrics = AnchorMetrics(registry) if settings.audit.anchor is not None else None
+        self.anchors = self._anchor_publisher()
 
     async def start(self) -> None:
         """Open everything. A spool that cannot be opened is not fatal here: the service reports
@@ -196,10 +200,38 @@ class AuditService:
         )
         if not self.cli:
             self.shipper.start()
+        if self.anchors is not None:
+            self.trail.on_checkpoint = self.anchors.nudge
+            self.trail.anchor_lag = self.anchors.lag
+            self.trail.anchor_lag_max = self.settings.audit.anchor_lag_max
+            await self.anchors.refresh()
+            if not self.cli:
+                self.anchors.start()
+
+    def _anchor_publisher(self) -> AnchorPublisher | None:
+        """The publisher of checkpoints to `audit.anchor` (with `audit.timestamp`), when configured."""
+        audit = self.settings.audit
+        if audit.anchor is None or self._anchor_metrics is None:
+            return None
+        from sentinel.audit.anchor.s3 import ObjectLockAnchor
+        from sentinel.audit.anchor.tsa import TimestampAuthority
+
+        stamps = None
+        if audit.timestamp is not None:
+            certificates = [self.settings.resolve_path(p) for p in audit.timestamp.certificates]
+            stamps = TimestampAuthority(audit.timestamp.url, certificates, timeout=audit.timestamp.timeout)
+        anchor = ObjectLockAnchor.from_settings(audit.anchor)
+        return AnchorPublisher(self.spool, anchor, self._anchor_metrics, timestamps=stamps)
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         if self.keyring is not None:
             await self.trail.stop()
+        if self.anchors is not None:
+            if self.cli:  # the CLI's own chain: anchor what it signed, or leave it for the next run
+                with contextlib.suppress(Exception):
+                    await self.anchors.publish_once()
+            else:
+                await self.anchors.stop(drain_timeout)
         if self.shipper is not None:
             if self.cli:
                 await self.ship_now()
@@ -264,6 +296,8 @@ class AuditService:
 
     def register_gauges(self, gauges: ReadAtScrape) -> None:
         self.metrics.register_gauges(gauges)
+        if self.anchors is not None:
+            self.anchors.register_gauges(gauges)
 
     def ready(self) -> tuple[bool, str]:
         if self.keyring is None:

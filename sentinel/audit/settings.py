@@ -12,6 +12,58 @@ from sentinel.sections import Section as _Section
 from sentinel.sections import secret_from_file as _read_secret_file
 
 
+class ObjectLockAnchorSettings(_Section):
+    """Where checkpoints are anchored: a bucket created with Object Lock, ideally in another account.
+
+    Credentials: both keys (or their `*_file`s), or neither, and boto3 finds them in its usual places
+    (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, a profile, an instance role). Give these credentials
+    only the write-once permissions in docs/anchors.md.
+    """
+
+    endpoint_url: str | None = Field(default=None, description="e.g. http://minio:9000; unset for AWS.")
+    bucket: str = Field(min_length=3)
+    prefix: str = Field(default="", description="Key prefix, so several logs or installations can share a bucket.")
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    access_key_id_file: Path | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_file: Path | None = None
+    retention_days: int = Field(
+        default=2190,
+        ge=1,
+        le=36500,
+        description="COMPLIANCE retention of each checkpoint: nobody, the bucket's root account included, can "
+        "delete or shorten it before then. Default: six years (HIPAA's retention of documentation).",
+    )
+    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request (botocore standard mode).")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=30.0, gt=0)
+    verify_tls: bool = True
+
+    @model_validator(mode="after")
+    def _credentials(self) -> ObjectLockAnchorSettings:
+        if self.access_key_id is None:
+            self.access_key_id = _read_secret_file(self.access_key_id_file, "access_key_id")
+        if self.secret_access_key is None:
+            self.secret_access_key = _read_secret_file(self.secret_access_key_file, "secret_access_key")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError(
+                "set both access_key_id and secret_access_key (or their *_file), or neither to use boto3's own "
+                "lookup (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
+            )
+        return self
+
+
+class TimestampSettings(_Section):
+    """An RFC 3161 time-stamping authority: each checkpoint's note is stamped before it is anchored."""
+
+    url: str = Field(description="The TSA's URL (http or https), e.g. http://timestamp.example/tsr.")
+    certificates: list[Path] = Field(
+        min_length=1, description="PEM files with the TSA's root (and intermediate) certificates, to verify tokens."
+    )
+    timeout: float = Field(default=10.0, gt=0)
+
+
 class AuditSettings(_Section):
     """The audit trail. Paths are relative to the data directory."""
 
@@ -33,6 +85,19 @@ class AuditSettings(_Section):
         "the signing key's name in verifier keys): make it unique to the deployment, e.g. `audit.hospital.example`.",
     )
     spool_retention_hours: float = Field(default=24.0, ge=0, description="Keep shipped records this long locally.")
+    anchor: ObjectLockAnchorSettings | None = Field(
+        default=None,
+        description="An S3 bucket with Object Lock where every signed checkpoint is published (docs/anchors.md).",
+    )
+    timestamp: TimestampSettings | None = Field(
+        default=None, description="An RFC 3161 time-stamping authority for every anchored checkpoint."
+    )
+    anchor_lag_max: float = Field(
+        default=900.0,
+        gt=0,
+        description="Strict mode refuses traffic (and /metrics shows it) while the oldest checkpoint not yet "
+        "anchored is older than this many seconds.",
+    )
     verify_processes: int = Field(
         default=0, ge=0, le=64, description="Worker processes that read and hash pages when verifying; 0: one per CPU."
     )

@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     body BLOB NOT NULL,
     shipped INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS anchors (
+    seq INTEGER PRIMARY KEY,
+    token BLOB,
+    anchored_at REAL
+);
 CREATE TABLE IF NOT EXISTS tiles (
     level INTEGER NOT NULL,
     idx INTEGER NOT NULL,
@@ -64,6 +69,12 @@ CREATE TABLE IF NOT EXISTS forks (
     detected_at REAL NOT NULL
 );
 """
+
+
+_UNANCHORED = (
+    "json_extract(c.body, '$.note') IS NOT NULL AND "
+    "NOT EXISTS (SELECT 1 FROM anchors x WHERE x.seq = c.seq AND x.anchored_at IS NOT NULL)"
+)
 
 
 class SpoolUnavailable(Exception):
@@ -293,8 +304,41 @@ class Spool:
             "DELETE FROM records WHERE shipped = 1 AND recorded_at < ? AND seq < (SELECT MAX(seq) FROM records)",
             (older_than,),
         )
-        db.execute("DELETE FROM checkpoints WHERE shipped = 1 AND seq < (SELECT MAX(seq) FROM checkpoints)")
+        # A checkpoint waiting to be anchored stays (`unanchored`); the anchors table keeps the tokens.
+        db.execute(
+            "DELETE FROM checkpoints AS c WHERE shipped = 1 AND seq < (SELECT MAX(seq) FROM checkpoints) "
+            f"AND NOT ({_UNANCHORED})"
+        )
         return cursor.rowcount
+
+    # anchoring (sentinel/audit/anchor/publish.py)
+    def unanchored(self, limit: int) -> list[tuple[int, dict[str, Any], bytes | None]]:
+        """Checkpoints with a Merkle note not yet anchored, oldest first: (seq, checkpoint, token so far)."""
+        rows = self.db.execute(
+            "SELECT c.seq, c.body, a.token FROM checkpoints c LEFT JOIN anchors a ON a.seq = c.seq "
+            f"WHERE {_UNANCHORED} ORDER BY c.seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            (int(seq), orjson.loads(body), bytes(token) if token is not None else None) for seq, body, token in rows
+        ]
+
+    def save_token(self, seq: int, token: bytes) -> None:
+        self.db.execute("INSERT OR REPLACE INTO anchors (seq, token, anchored_at) VALUES (?, ?, NULL)", (seq, token))
+
+    def mark_anchored(self, seq: int, at: float) -> None:
+        self.db.execute(
+            "INSERT INTO anchors (seq, anchored_at) VALUES (?, ?) ON CONFLICT(seq) DO UPDATE SET anchored_at = ?",
+            (seq, at, at),
+        )
+
+    def anchor_backlog(self) -> tuple[int, float | None]:
+        """(checkpoints waiting to be anchored, the signing time of the oldest of them)."""
+        count, oldest = self.db.execute(
+            "SELECT COUNT(*), MIN(json_extract(c.body, '$.time')) FROM checkpoints c "
+            f"LEFT JOIN anchors a ON a.seq = c.seq WHERE {_UNANCHORED}"
+        ).fetchone()
+        return int(count), oldest
 
     def incomplete_since(self, since: float) -> list[dict[str, Any]]:
         """Strict-mode `interaction_started` records with no completed record after them (crash evidence)."""

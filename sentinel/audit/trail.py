@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +141,11 @@ class AuditTrail:
         self._pending: list[tuple[Entry, asyncio.Future[None]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._checkpoint_requested = False
+        self.on_checkpoint: Callable[[], None] | None = None
+        """Called once a signed checkpoint is durable (the anchor publisher's nudge)."""
+        self.anchor_lag: Callable[[], float] | None = None
+        """Seconds the oldest checkpoint has waited to be anchored, when anchoring is configured."""
+        self.anchor_lag_max = float("inf")
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -268,6 +273,8 @@ class AuditTrail:
         if checkpoint is not None:
             self._last_checkpoint = checkpoint
             self.metrics.last_checkpoint = checkpoint["time"]
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
         if rows:
             self.metrics.written.inc(len(rows))
             self.metrics.commit_seconds.observe(time.perf_counter() - started)
@@ -343,6 +350,15 @@ class AuditJournal:
         self.provider = provider
 
     async def begin(self, exchange: Exchange) -> None:
+        trail = self.trail
+        if trail.anchor_lag is not None:
+            lag = trail.anchor_lag()
+            if lag > trail.anchor_lag_max:
+                trail.metrics.refused.inc()
+                raise JournalUnavailable(
+                    f"audit checkpoints have not been anchored for {lag:.0f} s (audit.anchor_lag_max is "
+                    f"{trail.anchor_lag_max:.0f} s): strict mode refuses until the anchor is reachable"
+                )
         started = request_interaction(exchange, instance=self.instance, provider=self.provider)
         try:
             await self.trail.append([Entry(records.INTERACTION_STARTED, interaction=started)])

@@ -118,6 +118,7 @@ async def verify(
     observe: Callable[[], RecordObserver] | None = None,
     reach: int = REACH,
     writers: Sequence[WriterCopy] = (),
+    anchored: Mapping[str, Mapping[int, bytes]] | None = None,
 ) -> VerifyReport:
     """Verify each chain (or `instance`'s), all of it or the records recorded in [since, until].
 
@@ -134,6 +135,8 @@ async def verify(
         await _plan(store, name, since, until, (after or {}).get(name), page, reach)
         for name in ([instance] if instance else sorted(await store.instances()))
     ]
+    for chain in chains:
+        chain.anchored = dict((anchored or {}).get(chain.report.instance, {}))
     # One pipeline of pages over every chain, in order: the workers never wait between chains.
     jobs = [(chain, lo, min(lo + page - 1, chain.top)) for chain in chains for lo in chain.lows]
     path = store.path if isinstance(store, EmbeddedStore) else None
@@ -162,6 +165,11 @@ async def verify(
     for name in sorted(set(by_instance) - planned):
         if (instance is None or instance == name) and since is None and until is None and shipped[name]:
             chains.append(_Chain(InstanceReport(name), ChainWalk(name)))  # its writer shipped records: all gone
+    for name in sorted(set(anchored or {}) - planned - set(by_instance)):
+        if (instance is None or instance == name) and since is None and until is None:
+            gone = _Chain(InstanceReport(name), ChainWalk(name), tree=CompactRange())  # anchored, all gone
+            gone.anchored = dict((anchored or {})[name])
+            chains.append(gone)
     for chain in chains:
         report.instances.append(chain.finish())
         writer = by_instance.get(chain.report.instance)
@@ -233,6 +241,9 @@ class _Chain:
     """The tree over the leaves walked so far (from leaf 0); None where it cannot be known."""
     tree_mismatch: int | None = None
     """The first size whose signed root the records do not give (every later one then differs too)."""
+    anchored: dict[int, bytes] = field(default_factory=dict)
+    """Roots published to the anchors (outside the operator's reach), by size."""
+    anchor_mismatch: int | None = None
     claimed: dict[int, str] = field(default_factory=dict)
     """Checkpoint hashes by seq as stored, signatures not yet checked ("" where two disagree): what a
     worker compares a page with. A page whole under these is whole under the valid ones, a subset."""
@@ -258,6 +269,41 @@ class _Chain:
             else:
                 self.roots[seq] = note.root
 
+    def _check_anchors(self) -> None:
+        """What the anchors say against the chain: a root they hold that the records do not give, and
+        sizes they vouch for beyond the records left (checkpoints deleted locally or not)."""
+        if not self.anchored:
+            return
+        report, instance = self.report, self.report.instance
+        size = self.anchor_mismatch
+        if size is not None:
+            later = sum(1 for s in self.anchored if s > size)
+            report.findings.append(
+                Finding(
+                    "anchor_mismatch",
+                    instance,
+                    size,
+                    f"the checkpoint anchored for the first {size} records names a Merkle root their stored "
+                    "form does not give: the trail was rewritten after it was anchored"
+                    + (f" ({later} later anchored checkpoints differ too)" if later else ""),
+                )
+            )
+            return
+        have = self.tree.end if self.tree is not None else None
+        if have is None:
+            return
+        beyond = [s for s in self.anchored if s > have]
+        if beyond:
+            report.findings.append(
+                Finding(
+                    "truncated",
+                    instance,
+                    have + 1,
+                    f"anchored checkpoints vouch for {max(beyond)} records; the chain holds {have}",
+                    seq_to=max(beyond),
+                )
+            )
+
     def take_tree(self, page: TreePage | None) -> None:
         """Extend the chain's tree by a page's leaves, checking the roots of signed checkpoints in it."""
         tree = self.tree
@@ -267,14 +313,20 @@ class _Chain:
             self.tree = None
             return
         for size, snapshot in sorted(page.snapshots.items()):
-            root = self.roots.get(size)
-            if root is None:
+            root, anchored = self.roots.get(size), self.anchored.get(size)
+            if root is None and anchored is None:
                 continue
             at = tree.copy()
             at.extend(snapshot)
+            digest = at.root()
             self.report.roots_checked += 1
-            if at.root() != root:
+            if anchored is not None and digest != anchored and self.anchor_mismatch is None:
+                self.anchor_mismatch = size
+            if root is not None and digest != root and self.tree_mismatch is None:
                 self.tree_mismatch = size
+            local_done = self.tree_mismatch is not None or not self.roots
+            anchors_done = self.anchor_mismatch is not None or not self.anchored
+            if local_done and anchors_done:  # every later root would differ too
                 self.tree = None
                 return
         if page.broken:
@@ -285,6 +337,7 @@ class _Chain:
     def finish(self) -> InstanceReport:
         report, walk = self.report, self.walk
         report.findings.extend(walk.finish())
+        self._check_anchors()
         size = self.tree_mismatch
         if size is not None and not any(f.seq is not None and f.seq <= size for f in report.findings):
             # Not explained by a record found modified, deleted, inserted or moved before it.
@@ -515,7 +568,7 @@ def _sizes(chain: _Chain, lo: int, hi: int) -> frozenset[int] | None:
     """The sizes in [lo, hi] whose roots a page must give, or None when the chain's tree is not followed."""
     if chain.tree is None:
         return None
-    return frozenset(size for size in chain.notes if lo <= size <= hi)
+    return frozenset(size for size in (*chain.notes, *chain.anchored) if lo <= size <= hi)
 
 
 def _look_at(

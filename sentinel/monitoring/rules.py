@@ -295,6 +295,30 @@ ALERTS: list[Alert] = [
         group="sentinel.audit",
     ),
     Alert(
+        name="SentinelAuditAnchorLagging",
+        severity="critical",
+        query="max by (job, instance) (sentinel_audit_anchor_lag_seconds)",
+        threshold=900,
+        for_="5m",
+        summary="Audit checkpoints are not being anchored",
+        description="The oldest signed checkpoint of {{ $labels.instance }} has waited {{ $value | humanizeDuration }} "
+        "to be published to the Object Lock anchor: until it is, the operator could still rewrite those records "
+        "unseen. Strict mode refuses traffic past audit.anchor_lag_max.",
+        group="sentinel.audit",
+    ),
+    Alert(
+        name="SentinelAuditAnchorConflict",
+        severity="critical",
+        query='sum by (job, instance) (increase(sentinel_audit_anchor_failures_total{stage="conflict"}[1h]))',
+        threshold=0,
+        for_="0m",
+        summary="The anchor bucket holds another checkpoint at one of this chain's sizes",
+        description="{{ $labels.instance }} could not anchor a checkpoint because the bucket already holds a "
+        "different one for the same origin and size: two histories of one chain (a fork, or a rewritten trail). "
+        "Run `sentinel audit verify --anchors`.",
+        group="sentinel.audit",
+    ),
+    Alert(
         name="SentinelAuditRefusingRequests",
         severity="critical",
         query=f"sum by (job, instance) (increase(sentinel_audit_refused_total[{W}]))",

@@ -20,7 +20,6 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,9 +27,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
-from pydantic import Field, SecretStr, model_validator
 
-from sentinel.sections import Section, secret_from_file
+from sentinel.audit.settings import ObjectLockAnchorSettings
 
 __all__ = [
     "AnchorConflict",
@@ -46,48 +44,6 @@ NOTE_TYPE = "text/plain; charset=utf-8"
 TOKEN_TYPE = "application/timestamp-reply"  # RFC 3161 section 3.4
 _SIZE_DIGITS = 20  # 2**64 - 1 has 20 digits, so keys sort by size
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
-
-
-class ObjectLockAnchorSettings(Section):
-    """Where checkpoints are anchored: a bucket created with Object Lock, ideally in another account.
-
-    Credentials: both keys (or their `*_file`s), or neither, and boto3 finds them in its usual places
-    (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, a profile, an instance role). Give these credentials
-    only the write-once permissions in docs/anchors.md.
-    """
-
-    endpoint_url: str | None = Field(default=None, description="e.g. http://minio:9000; unset for AWS.")
-    bucket: str = Field(min_length=3)
-    prefix: str = Field(default="", description="Key prefix, so several logs or installations can share a bucket.")
-    region: str = "us-east-1"
-    access_key_id: SecretStr | None = None
-    access_key_id_file: Path | None = None
-    secret_access_key: SecretStr | None = None
-    secret_access_key_file: Path | None = None
-    retention_days: int = Field(
-        default=2190,
-        ge=1,
-        le=36500,
-        description="COMPLIANCE retention of each checkpoint: nobody, the bucket's root account included, can "
-        "delete or shorten it before then. Default: six years (HIPAA's retention of documentation).",
-    )
-    max_attempts: int = Field(default=5, ge=1, le=20, description="Tries per request (botocore standard mode).")
-    connect_timeout: float = Field(default=10.0, gt=0)
-    read_timeout: float = Field(default=30.0, gt=0)
-    verify_tls: bool = True
-
-    @model_validator(mode="after")
-    def _credentials(self) -> ObjectLockAnchorSettings:
-        if self.access_key_id is None:
-            self.access_key_id = secret_from_file(self.access_key_id_file, "access_key_id")
-        if self.secret_access_key is None:
-            self.secret_access_key = secret_from_file(self.secret_access_key_file, "secret_access_key")
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError(
-                "set both access_key_id and secret_access_key (or their *_file), or neither to use boto3's own "
-                "lookup (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, an instance role)"
-            )
-        return self
 
 
 class AnchorError(Exception):
