@@ -80,9 +80,12 @@ from sentinel.audit import record as record_module
 from sentinel.audit.chain import ChainHead, make_checkpoint
 from sentinel.audit.kek import LocalKeyFile
 from sentinel.audit.keyring import KeyRing, WrappedKey
+from sentinel.audit.note import Checkpoint, origin_of, sign_checkpoint
 from sentinel.audit.record import EVENT, INTERACTION, Event, seal_encoded
 from sentinel.audit.store.embedded import _COLUMNS as COLUMNS
 from sentinel.audit.store.embedded import EmbeddedStore, record_row
+from sentinel.audit.tlog import CompactRange, leaf_hash
+from sentinel.audit.trail import DEFAULT_ORIGIN_PREFIX
 from sentinel.interaction import Caller, Interaction, Operation, Outcome, Protocol, Usage
 
 DAY = 86400.0
@@ -417,6 +420,8 @@ class Chain:
     head: ChainHead = field(default_factory=ChainHead)
     last_checkpoint: dict[str, Any] | None = None
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    tree: CompactRange = field(default_factory=CompactRange)
+    """The chain's Merkle tree, as the trail keeps it: each checkpoint carries its signed note."""
 
     def append(self, kind: str, interaction: Interaction | None = None, event: Event | None = None) -> tuple[Any, ...]:
         last = self.last_checkpoint
@@ -435,6 +440,7 @@ class Chain:
             event=event,
         )
         self.head = ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
+        self.tree.append(leaf_hash(stored))
         if self.last_checkpoint is None or self.head.seq - self.last_checkpoint["seq"] >= CHECKPOINT_EVERY:
             self.checkpoint()  # the first commit, then every `checkpoint_every` records
         return record_row(doc, stored)
@@ -442,7 +448,10 @@ class Chain:
     def checkpoint(self) -> None:
         if self.head.seq and (self.last_checkpoint is None or self.last_checkpoint["seq"] < self.head.seq):
             kid, key = self.keyring.signing_key()
-            self.last_checkpoint = make_checkpoint(self.instance, self.head, self.last_checkpoint, kid, key)
+            note = sign_checkpoint(
+                Checkpoint(origin_of(DEFAULT_ORIGIN_PREFIX, self.instance), self.head.seq, self.tree.root()), key
+            )
+            self.last_checkpoint = make_checkpoint(self.instance, self.head, self.last_checkpoint, kid, key, note)
             self.checkpoints.append(self.last_checkpoint)
 
 

@@ -4,7 +4,8 @@ Plugged into restore drills by `backup.plans.<plan>.drill.checks: ["sentinel.aud
 (the default plan has it). On every restored SQLite database that is an audit store it re-verifies
 every hash chain against its signed checkpoints (against the pinned keys of `audit.pinned_keys`, a
 signing key in the restored store that is not pinned failing the drill; without pins, against the
-restored store's own keys, and the result says so), decrypts a sample of records with the
+restored store's own keys, and the result says so) and, when `audit.anchor` is configured, against the
+checkpoints anchored there up to the restored records (docs/anchors.md), decrypts a sample of records with the
 deployment's key-encryption key (which is never in the backup: the drill proves the backup *plus*
 the separately kept KEK restore the trail), and reports the newest record's time for the RPO.
 """
@@ -20,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from sentinel.audit.anchor.check import NOT_ANCHORED, AnchorReading, read_configured
+from sentinel.audit.anchor.s3 import AnchorError
 from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
 from sentinel.audit.keyring import KeyRing
 from sentinel.audit.pins import PinFileError, Pins, TrustedKeys, configured_pins, trusted_keys
@@ -70,7 +73,10 @@ class AuditTrailCheck:
         worker.join()
         passed = all(r.passed for r in results)
         newest = max((r.newest_record for r in results if r.newest_record is not None), default=None)
-        evidence = {"trusted_keys": [r.evidence for r in results]}
+        evidence = {
+            "trusted_keys": [r.evidence["keys"] for r in results],
+            "anchors": [r.evidence["anchors"] for r in results],
+        }
         return CheckResult(self.name, passed, "; ".join(r.detail for r in results), newest, evidence)
 
     async def _check(self, path: Path, pins: Pins | None) -> CheckResult:
@@ -78,14 +84,21 @@ class AuditTrailCheck:
         await store.open()
         try:
             trusted = await trusted_keys(store, pins)
+            anchors, anchored, heads = await self._anchors(store, trusted.keys)
             report = await verify(
                 store,
                 trusted,
                 page=self.settings.audit.verify_page,
                 processes=self.settings.audit.processes(),
+                anchored=anchored,
             )
             problems = [f"{k.kind} {k.kid}: {k.detail}" for k in trusted.findings]
+            if isinstance(anchors, str):
+                problems.append(anchors)
+            elif anchors is not None:
+                problems += [f"{f.kind} at {f.instance}:{f.seq} (anchored)" for f in anchors.findings]
             problems += [f"{f.kind} at {f.instance}:{f.seq}" for f in report.findings]
+            verified = len(problems) == 0
             rows = await self._sample(store)
             newest_rows = await store.execute("SELECT MAX(recorded_at) FROM records")
             newest = newest_rows[0][0] if newest_rows else None
@@ -100,15 +113,37 @@ class AuditTrailCheck:
                 decrypted = "decryption FAILED"
         finally:
             await store.close()
-        verified = report.ok and not trusted.findings
         detail = (
             f"{path.parent.name}: {report.records_checked} records in {len(report.instances)} chain(s) "
-            f"{'verify' if verified else 'DO NOT verify'}, {_trust(trusted)}; {decrypted}"
+            f"{'verify' if verified else 'DO NOT verify'}, {_trust(trusted)}, {_anchored(anchors, anchored)}; "
+            f"{decrypted}"
         )
         if problems:
             detail += " (" + "; ".join(problems[:5]) + ")"
-        evidence = {"store": path.parent.name} | trusted.to_dict()
+        against = anchors.to_dict() if isinstance(anchors, AnchorReading) else {"statement": anchors or NOT_ANCHORED}
+        evidence = {
+            "keys": {"store": path.parent.name} | trusted.to_dict(),
+            "anchors": {"store": path.parent.name, "configured": anchors is not None, "restored_heads": heads}
+            | against,
+        }
         return CheckResult(self.name, not problems, detail, newest, evidence)
+
+    async def _anchors(
+        self, store: EmbeddedStore, keys: dict[str, Any]
+    ) -> tuple[AnchorReading | str | None, dict[str, dict[int, bytes]] | None, dict[str, int]]:
+        """The configured anchors (None: none; a string: why they could not be read), the roots to verify the
+        restored chains by, and the chains' restored heads. A backup is older than the anchors: only what was
+        anchored up to each restored chain's newest record is compared."""
+        heads = {}
+        for name in await store.instances():
+            bounds = await store.seq_range(name, None, None)
+            if bounds is not None:
+                heads[name] = bounds[1]
+        try:
+            reading = await read_configured(self.settings, keys)
+        except (AnchorError, ValueError) as exc:
+            return f"cannot verify against the anchors: {exc}", None, heads
+        return reading, reading.within(heads) if reading is not None else None, heads
 
     async def _sample(self, store: EmbeddedStore) -> list[tuple[Any, ...]]:
         """Up to `sample` interaction records at random rowids: index lookups, not a sort of every body."""
@@ -130,6 +165,20 @@ def _trust(trusted: TrustedKeys) -> str:
     if trusted.pins is not None:
         return f"against the keys pinned in {trusted.pins.describe()}"
     return "against the signing keys stored in the restored store itself (not pinned: set audit.pinned_keys)"
+
+
+def _anchored(anchors: AnchorReading | str | None, anchored: dict[str, dict[int, bytes]] | None) -> str:
+    """Against what anchors the drill verified, as its result says it."""
+    if anchors is None:
+        return "not against anchors (audit.anchor is not configured)"
+    if isinstance(anchors, str):
+        return "NOT against the anchors (they could not be read)"
+    compared = sum(len(roots) for roots in (anchored or {}).values())
+    if compared == anchors.anchored:
+        return anchors.statement().removeprefix("verified ")
+    return (
+        f"against the {compared} up to the restored records, of {anchors.statement().removeprefix('verified against ')}"
+    )
 
 
 def audit_trail_check(plan: str, settings: Settings) -> AuditTrailCheck:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.keyring import WrappedKey
+from sentinel.audit.note import Verifier, verifier_key
 from sentinel.audit.store import AuditStore
 
 if TYPE_CHECKING:
@@ -31,12 +32,40 @@ NOT_PINNED = (
 )
 
 
-def pin_file_text(keys: Iterable[WrappedKey]) -> str:
-    """A pin file pinning the signing keys among `keys` (what `sentinel keys show --public` prints)."""
+NOTE_VERIFIER = "# note-verifier: "
+"""How a pin file carries a chain's C2SP verifier key (`name+hash+base64key`): on a comment line, so that
+readers of `KID BASE64` lines skip it and transparency-log clients can take it as it is."""
+
+
+def pin_file_text(keys: Iterable[WrappedKey], origins: Iterable[str] = ()) -> str:
+    """A pin file pinning the signing keys among `keys` (what `sentinel keys show --public` prints), and
+    for each of the chains named by their `origins` and each of those keys, a `# note-verifier:` line
+    with its verifier key for the chain's signed checkpoints (`sentinel audit checkpoint`, `prove`)."""
     public = {key.kid: key.public for key in keys if key.public}
     lines = ["# Sentinel checkpoint signing keys: KID BASE64 (raw Ed25519 public key), one a line"]
     lines += [f"{kid} {key}" for kid, key in sorted(public.items())]
+    verifiers = [
+        verifier_key(origin, Ed25519PublicKey.from_public_bytes(_decoded(key)))
+        for origin in sorted(set(origins))
+        for _, key in sorted(public.items())
+    ]
+    if verifiers:
+        lines += [
+            "#",
+            "# The same keys as C2SP note verifier keys (name+hash+base64key), one per chain and key: what",
+            "# transparency-log clients check `sentinel audit checkpoint/prove/consistency` output with.",
+        ]
+        lines += [NOTE_VERIFIER + verifier for verifier in verifiers]
     return "\n".join(lines) + "\n"
+
+
+def note_verifiers(text: str) -> list[Verifier]:
+    """The verifier keys on a pin file's `# note-verifier:` lines; `NoteError` for one that is not."""
+    return [
+        Verifier.parse(line.strip()[len(NOTE_VERIFIER) :])
+        for line in text.splitlines()
+        if line.strip().startswith(NOTE_VERIFIER)
+    ]
 
 
 class PinFileError(ValueError):

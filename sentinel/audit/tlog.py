@@ -24,7 +24,9 @@ SubtreeHashes = Callable[[int, int], bytes]
 
 
 def leaf_hash(record: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + record).digest()
+    digest = hashlib.sha256(b"\x00")
+    digest.update(record)  # no copy of the record
+    return digest.digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

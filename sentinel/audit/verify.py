@@ -171,8 +171,10 @@ async def verify(
             gone.anchored = dict((anchored or {})[name])
             chains.append(gone)
     for chain in chains:
-        report.instances.append(chain.finish())
         writer = by_instance.get(chain.report.instance)
+        if writer is not None and chain.anchored:
+            chain.pending = (await asyncio.to_thread(writer.at, 0))[0]
+        report.instances.append(chain.finish())
         if writer is not None and chain.walk.to_seq is None:
             # Read after the walk: every record the walk saw had reached the spool before it.
             await _against_writer(chain.report, writer, shipped[writer.instance])
@@ -244,6 +246,8 @@ class _Chain:
     anchored: dict[int, bytes] = field(default_factory=dict)
     """Roots published to the anchors (outside the operator's reach), by size."""
     anchor_mismatch: int | None = None
+    pending: int = 0
+    """The newest record this data directory's writer holds for the chain (shipped or not)."""
     claimed: dict[int, str] = field(default_factory=dict)
     """Checkpoint hashes by seq as stored, signatures not yet checked ("" where two disagree): what a
     worker compares a page with. A page whole under these is whole under the valid ones, a subset."""
@@ -292,7 +296,11 @@ class _Chain:
         have = self.tree.end if self.tree is not None else None
         if have is None:
             return
-        beyond = [s for s in self.anchored if s > have]
+        # A range that ends before the head (a report's period) says nothing about the records after it.
+        to_seq = self.walk.to_seq
+        # Records the writer holds but has not shipped yet are on their way, not gone.
+        have_anywhere = max(have, self.pending)
+        beyond = [s for s in self.anchored if s > have_anywhere and (to_seq is None or s <= to_seq)]
         if beyond:
             report.findings.append(
                 Finding(
@@ -378,8 +386,8 @@ async def _plan(
         from_seq, to_seq, start_prev = start[0] + 1, None, start[1]
     elif since is not None or until is not None:
         bounds = await _period_bounds(store, instance, since, until, head)
-        if bounds is None:
-            return _Chain(report, ChainWalk(instance), stored_checkpoints=stored)
+        if bounds is None:  # nothing recorded in the period: nothing to check (nor any tail to miss)
+            return _Chain(report, ChainWalk(instance, 1, 0), stored_checkpoints=stored)
         from_seq, to_seq = bounds
         if head is not None and to_seq == head[1]:
             to_seq = None  # the range reaches the head: checkpoints beyond it show truncation

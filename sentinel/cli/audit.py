@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit
 
 import click
 import orjson
@@ -26,10 +28,14 @@ from sentinel.periods import iso, parse_time
 from sentinel.proxy.hooks import JournalUnavailable
 
 if TYPE_CHECKING:
+    from sentinel.audit.anchor.check import AnchorReading
     from sentinel.audit.pins import TrustedKeys
+    from sentinel.audit.settings import ObjectLockAnchorSettings
     from sentinel.audit.watch import Check
 
 console = Console()
+CONFIGURED_ANCHOR = "audit.anchor"
+"""What `--anchors` given alone stands for: the bucket the settings configure."""
 
 
 @contextlib.contextmanager
@@ -100,6 +106,21 @@ def audit() -> None:
     type=click.Choice(["incremental", "full"]),
     help="Run one continuous-verification check as the schedule does, and record its outcome for /metrics.",
 )
+@click.option(
+    "--anchors",
+    "anchors",
+    is_flag=False,
+    flag_value=CONFIGURED_ANCHOR,
+    default=None,
+    metavar="[s3://BUCKET/PREFIX]",
+    help="Also verify against the checkpoints anchored in S3: alone, the bucket audit.anchor configures; with "
+    "s3://BUCKET/PREFIX, that bucket, read with your own credentials (AWS_* environment, profile or role).",
+)
+@click.option(
+    "--anchor-endpoint",
+    metavar="URL",
+    help="The S3 endpoint of --anchors s3://... when it is not AWS (e.g. http://minio:9000).",
+)
 @settings_options
 def verify(
     since: str | None,
@@ -109,6 +130,8 @@ def verify(
     as_json: bool,
     processes: int | None,
     scheduled: str | None,
+    anchors: str | None,
+    anchor_endpoint: str | None,
     config_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
@@ -119,18 +142,39 @@ def verify(
     With pinned keys (--public-key, else audit.pinned_keys) only they are trusted, and a signing key in
     the store that they do not pin is a finding; without, the keys stored beside the records are.
 
+    With --anchors, every chain is verified in full against the signed checkpoints anchored in the S3
+    Object Lock bucket (their notes opened with the same trusted keys, their RFC 3161 tokens checked
+    against audit.timestamp's certificates): a trail rewritten or cut after it was anchored shows even
+    when it was re-signed with the real key (docs/anchors.md).
+
     Exit status: 0 the trail is intact, 1 something was modified, deleted, inserted, reordered or
-    truncated, or a stored key is not pinned (each listed), 2 the check could not run (a bad pin file
-    included), 3 (--scheduled) another check is running.
+    truncated, or a stored key is not pinned, or the anchors disagree (each listed), 2 the check could
+    not run (a bad pin file, an anchor bucket that cannot be read), 3 (--scheduled) another check is
+    running.
     """
     settings = load(config_file, data_dir=data_dir, log_level=log_level or "warning", log_format=log_format)
     if scheduled is not None:
-        if since or until or instance or public_key_files or as_json:
-            raise click.UsageError("--scheduled takes no --from, --to, --instance, --public-key or --json")
+        if since or until or instance or public_key_files or as_json or anchors:
+            raise click.UsageError("--scheduled takes no --from, --to, --instance, --public-key, --json or --anchors")
         sys.exit(_scheduled_check(settings, cast("Check", scheduled), processes))
+    if anchors is not None and (since or until):
+        raise click.UsageError("--anchors verifies every chain from its first record: it takes no --from or --to")
+    if anchor_endpoint is not None and (anchors is None or anchors == CONFIGURED_ANCHOR):
+        raise click.UsageError("--anchor-endpoint goes with --anchors s3://BUCKET/PREFIX")
     pins = pins_from(public_key_files, settings)
+    anchor_settings, stamps = None, None
+    if anchors is not None:
+        from sentinel.audit.anchor.check import timestamp_trust
 
-    async def run() -> tuple[Any, TrustedKeys]:
+        anchor_settings = _anchor_settings(settings, anchors, anchor_endpoint)
+        try:
+            stamps = timestamp_trust(settings)
+        except ValueError as exc:
+            fail(f"cannot verify against the anchors: {exc}", 2)
+
+    async def run() -> tuple[Any, TrustedKeys, AnchorReading | None]:
+        from sentinel.audit.anchor.check import read_anchors
+        from sentinel.audit.anchor.s3 import ObjectLockAnchor
         from sentinel.audit.pins import trusted_keys
         from sentinel.audit.service import local_writers, open_store
         from sentinel.audit.verify import verify as verify_chain
@@ -139,6 +183,16 @@ def verify(
         await store.open()
         try:
             keys = await trusted_keys(store, pins)
+            reading = None
+            if anchor_settings is not None:
+                anchor = ObjectLockAnchor.from_settings(anchor_settings)
+                try:
+                    reading = await read_anchors(anchor, keys.keys, settings.audit.log_origin, stamps)
+                finally:
+                    anchor.close()
+                if instance is not None:
+                    reading.findings = [f for f in reading.findings if f.instance == instance]
+                    reading.heads = {n: h for n, h in reading.heads.items() if n == instance}
             start, end = _when(since, "--from"), _when(until, "--to")
             total = 0
             for name in [instance] if instance else await store.instances():
@@ -155,19 +209,28 @@ def verify(
                     processes=processes or settings.audit.processes(),
                     progress=advance,
                     writers=local_writers(settings),
+                    anchored=reading.roots if reading is not None else None,
                 )
-            return report, keys
+            return report, keys, reading
         finally:
             await store.close()
 
+    from sentinel.audit.anchor.s3 import AnchorError
+
     try:
-        report, keys = asyncio.run(run())
+        report, keys, reading = asyncio.run(run())
     except StoreUnavailable as exc:
         fail(str(exc), 2)
         return
-    ok = report.ok and not keys.findings
+    except AnchorError as exc:
+        fail(f"cannot verify against the anchors: {exc}", 2)
+        return
+    anchor_findings = reading.findings if reading is not None else []
+    ok = report.ok and not keys.findings and not anchor_findings
     if as_json:
         data = report.to_dict() | {"ok": ok, "keys": keys.to_dict()}
+        if reading is not None:
+            data["anchors"] = reading.to_dict()
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         for chain in report.instances:
@@ -186,10 +249,59 @@ def verify(
             console.print(f"  [red]{key.kind.upper()}[/] {key.kid}: {key.detail}", highlight=False)
         trust = keys.statement() if keys.pinned else f"[yellow]{keys.statement()}[/]"
         console.print(f"Checkpoint signatures {trust}", highlight=False)
-        problems = len(report.findings) + len(keys.findings)
+        if reading is not None:
+            _print_anchors(reading, [chain.instance for chain in report.instances])
+        problems = len(report.findings) + len(keys.findings) + len(anchor_findings)
         verdict = "[green]intact[/]" if ok else f"[red]{problems} problem(s)[/]"
         console.print(f"Audit trail: {verdict} ({report.records_checked} records checked)")
     sys.exit(0 if ok else 1)
+
+
+def _anchor_settings(settings: Settings, anchors: str, endpoint: str | None) -> ObjectLockAnchorSettings:
+    """The bucket `--anchors` names: audit.anchor, or an s3:// URL read with boto3's own credentials."""
+    from sentinel.audit.settings import ObjectLockAnchorSettings
+
+    if anchors == CONFIGURED_ANCHOR:
+        if settings.audit.anchor is None:
+            raise click.UsageError("--anchors without a URL reads audit.anchor, which is not configured")
+        return settings.audit.anchor
+    url = urlsplit(anchors)
+    if url.scheme != "s3" or not url.netloc or url.query or url.fragment or "@" in url.netloc:
+        raise click.BadParameter(f"{anchors!r} is not s3://BUCKET/PREFIX", param_hint="--anchors")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    try:
+        return ObjectLockAnchorSettings(
+            bucket=url.netloc, prefix=url.path.strip("/"), endpoint_url=endpoint, region=region
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--anchors") from None
+
+
+def _print_anchors(reading: AnchorReading, chains: list[str]) -> None:
+    for finding in reading.findings:
+        console.print(
+            f"  [red]{finding.kind.upper()}[/] {finding.instance} size {finding.seq}: {finding.detail}", highlight=False
+        )
+    heads = []
+    for name in sorted({*chains, *reading.heads}):
+        head = reading.heads.get(name)
+        if head is None:
+            heads.append(f"{name}: nothing anchored")
+            continue
+        stamped = f", time-stamped {iso(head.stamped_at.timestamp())}" if head.stamped_at is not None else ""
+        heads.append(f"{name} up to {head.size}{stamped}")
+    console.print(
+        f"Anchors: {reading.statement()}; " + ("; ".join(heads) or "no chains"), highlight=False, soft_wrap=True
+    )
+    if reading.ignored:
+        ignored = ", ".join(reading.ignored[:5]) + (
+            f" and {len(reading.ignored) - 5} more" if len(reading.ignored) > 5 else ""
+        )
+        console.print(
+            f"  [yellow]{len(reading.ignored)} origin(s) in the bucket are not under audit.log_origin[/] "
+            f"({ignored}): not checked",
+            highlight=False,
+        )
 
 
 def _scheduled_check(settings: Settings, check: Check, processes: int | None) -> int:
@@ -400,3 +512,14 @@ def forks(
     else:
         click.echo("No forked audit records.")
     sys.exit(1 if found else 0)
+
+
+def _add_proof_commands() -> None:
+    # In their own module (sentinel/cli/proofs.py), which reads records_bar from this one when it runs.
+    from sentinel.cli.proofs import checkpoint, consistency, prove
+
+    for command in (checkpoint, prove, consistency):
+        audit.add_command(command)
+
+
+_add_proof_commands()

@@ -105,7 +105,10 @@ def show(
 
     With --public, the output is a pin file: one `KID BASE64` line per checkpoint signing key (raw
     Ed25519 public key), `#` comments. Reports, restore drills and `audit verify` trust only the keys
-    it pins (audit.pinned_keys, or --public-key); publish it again whenever a new signing key appears."""
+    it pins (audit.pinned_keys, or --public-key); publish it again whenever a new signing key appears.
+    Its `# note-verifier: name+hash+base64key` comment lines give each key as the C2SP verifier key of
+    each chain this data directory writes: what transparency-log clients check `sentinel audit
+    checkpoint`, `prove` and `consistency` output with."""
     settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
     if public:
         _print_pins(settings)
@@ -142,16 +145,21 @@ def show(
     console.print(table)
 
 
-def _print_pins(settings: Any) -> None:
-    """From the spools, the keys this deployment made itself: not the store, which others may write."""
+def _print_pins(settings: Settings) -> None:
+    """From the spools, the keys this deployment made itself: not the store, which others may write; and
+    their verifier keys for the chains this data directory writes (the serving instance's and the CLI's),
+    whose checkpoints those keys sign."""
+    from sentinel.audit.note import origin_of
     from sentinel.audit.pins import pin_file_text
+    from sentinel.audit.service import local_writers
 
     keys: list[WrappedKey] = []
     for spool in _spools(settings):
         if spool.path.exists() and _open(spool):
             keys += spool.run_sync(spool.stored_keys)
             spool.close()
-    click.echo(pin_file_text(keys), nl=False)
+    origins = [origin_of(settings.audit.log_origin, writer.instance) for writer in local_writers(settings)]
+    click.echo(pin_file_text(keys, origins), nl=False)
 
 
 @keys.command("rotate")

@@ -53,6 +53,7 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
         max_listed=settings.report.max_listed,
         progress=stages.advance,
         writers=inputs.writers,
+        anchors=inputs.anchors,
     )
     stages.end()
     queries = TallyQueries(integrity.tally, inputs.store)
@@ -63,7 +64,7 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
     service_levels, sl_findings = service_levels_section(bins, activity["activity"])
     found += anomalies.auth_failures(settings.report, auth_events)
     encryption, enc_findings = encryption_section(inputs, integrity, started)
-    chain_integrity, int_findings = integrity_section(integrity, inputs.trusted)
+    chain_integrity, int_findings = integrity_section(integrity, inputs.trusted, inputs.anchors, inputs.anchors_unread)
     backups, backup_findings = gather_backups(
         settings.backup, settings.resolve_path(settings.backup.state_file), period
     )

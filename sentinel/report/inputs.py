@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sentinel.audit.anchor.check import AnchorReading
 from sentinel.audit.keyring import WrappedKey
 from sentinel.audit.pins import TrustedKeys
 from sentinel.audit.spool import WriterCopy
@@ -58,3 +59,8 @@ class ReportInputs:
     trusted: TrustedKeys | None = None
     """Where `public_keys` come from (pinned, or the store's own) and what the store's keys say against
     the pins; the integrity section states it. None: not known (the keys are treated as not pinned)."""
+    anchors: AnchorReading | None = None
+    """The checkpoints anchored in `audit.anchor`, read with the trusted keys; None: no anchor configured,
+    or (with `anchors_unread`) it could not be read."""
+    anchors_unread: str | None = None
+    """Why the configured anchors could not be read."""

@@ -6,6 +6,9 @@ from the very bytes whose hash it checks, to a `PeriodObserver`: the `Census` co
 fields are encrypted and under which key id, lists any stored in clear, and adds up the PHI
 categories the policy stage annotated; the `Tally` counts the report's statistics. One read of every
 record in the period, and every number in the report comes from records that were verified.
+
+Against the anchors (`audit.anchor`), a chain's Merkle tree must be hashed from its first record: a
+chain whose period starts later is read once more in full, for the anchored roots alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sentinel.audit.anchor.check import AnchorReading
 from sentinel.audit.record import ENCRYPTED_FIELDS
 from sentinel.audit.spool import WriterCopy
 from sentinel.audit.store import AuditStore, StoredRecord
@@ -162,11 +166,13 @@ async def verify_period(
     processes: int = 1,
     progress: Progress | None = None,
     writers: Sequence[WriterCopy] = (),
+    anchors: AnchorReading | None = None,
 ) -> IntegrityResult:
     """Verify every chain's records recorded in the period (and up to `late` seconds after it: the
     records of calls that started in it) with the audit trail's verifier, counting the census and the
     statistics of each record as it is read (in the worker processes that read them, with
-    `processes` > 1)."""
+    `processes` > 1). With `anchors`, every chain is also checked against the roots anchored for it,
+    and the anchors' own findings are its findings."""
 
     report = await verify(
         store,
@@ -178,11 +184,55 @@ async def verify_period(
         progress=progress,
         observe=_Factory(period, burst_window, listed, max_listed),
         writers=writers,
+        anchored=anchors.roots if anchors is not None else None,
     )
     observed = report.observed
     if not isinstance(observed, PeriodObserver):
         observed = _Factory(period, burst_window, listed, max_listed)()
+    if anchors is not None:
+        await _against_anchors(store, public_keys, anchors, report.instances, window, processes)
     return IntegrityResult(report.instances, observed.census, observed.tally)
+
+
+ANCHOR_KINDS = ("anchor_mismatch", "truncated")
+"""What a chain's records say against its anchored roots."""
+
+
+async def _against_anchors(
+    store: AuditStore,
+    public_keys: PublicKeys,
+    anchors: AnchorReading,
+    instances: list[InstanceReport],
+    page: int,
+    processes: int,
+) -> None:
+    """Add to `instances` what the anchors say: their own findings, and for each anchored chain whose
+    period did not cover it from its first record to its head (so its tree was not followed to every
+    anchored size), what a full pass over it finds against the anchored roots."""
+    by_name = {report.instance: report for report in instances}
+
+    def chain(name: str) -> InstanceReport:
+        if name not in by_name:
+            by_name[name] = InstanceReport(name)
+            instances.append(by_name[name])
+        return by_name[name]
+
+    for name, roots in sorted(anchors.roots.items()):
+        head = await store.seq_range(name, None, None)
+        period = by_name.get(name)
+        if period is not None and period.first_seq == 1 and head is not None and period.last_seq == head[1]:
+            continue  # checked in the period's pass
+        full = await verify(store, public_keys, instance=name, anchored={name: roots}, page=page, processes=processes)
+        report = chain(name)
+        have = {(f.kind, f.seq, f.seq_to) for f in report.findings}
+        report.findings += [
+            f
+            for r in full.instances
+            for f in r.findings
+            if f.kind in ANCHOR_KINDS and (f.kind, f.seq, f.seq_to) not in have
+        ]
+    for finding in anchors.findings:
+        chain(finding.instance).findings.append(finding)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from sentinel.audit.anchor.check import AnchorReading, read_configured
+from sentinel.audit.anchor.s3 import AnchorError
 from sentinel.audit.keyring import WrappedKey
 from sentinel.audit.pins import Pins, configured_pins, trusted_keys
 from sentinel.audit.record import Event, decrypt
@@ -81,7 +83,9 @@ async def issue_report(
     """Build, render, sign and record a report. Raises `JournalUnavailable` if the trail cannot record it.
 
     Checkpoints are verified against `pins`, else those `audit.pinned_keys` names (`PinFileError` if that
-    is no pin file), else the store's own signing keys, which the report then says it trusted unpinned."""
+    is no pin file), else the store's own signing keys, which the report then says it trusted unpinned;
+    and against the checkpoints anchored in `audit.anchor` when it is configured (one that cannot be read
+    is a finding of the report, not its failure)."""
     stages = stages or NoStages()
     reader = await service.reader()
     keyring = reader.keyring
@@ -90,6 +94,12 @@ async def issue_report(
     keys = await service.store.keys()
     keyring.learn(keys)
     trusted = await trusted_keys(service.store, pins if pins is not None else configured_pins(service.settings))
+    anchors: AnchorReading | None = None
+    anchors_unread = None
+    try:
+        anchors = await read_configured(service.settings, trusted.keys)
+    except (AnchorError, ValueError) as exc:
+        anchors_unread = str(exc)
 
     main = asyncio.get_running_loop()
 
@@ -125,6 +135,8 @@ async def issue_report(
         period=period,
         public_keys=trusted,
         trusted=trusted,
+        anchors=anchors,
+        anchors_unread=anchors_unread,
         keys=keyring.all_keys(),
         generated_by=actor,
         reasons=reasons if include_reasons else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from sentinel.audit.anchor.check import NOT_ANCHORED, AnchorReading
 from sentinel.audit.pins import NOT_PINNED, TrustedKeys
 from sentinel.periods import iso
 from sentinel.report.inputs import ACCESS_EVENTS, ReportInputs
@@ -147,10 +148,14 @@ def encryption_section(
 
 
 def integrity_section(
-    integrity: IntegrityResult, trusted: TrustedKeys | None = None
+    integrity: IntegrityResult,
+    trusted: TrustedKeys | None = None,
+    anchors: AnchorReading | None = None,
+    anchors_unread: str | None = None,
 ) -> tuple[dict[str, Any], list[Finding]]:
-    """The chains and sequence ranges verified and what was found in them, and the keys the checkpoint
-    signatures were checked against: pinned ones, or the store's own (which is a finding itself)."""
+    """The chains and sequence ranges verified and what was found in them, the keys the checkpoint
+    signatures were checked against (pinned ones, or the store's own, which is a finding itself), and
+    the anchors the chains were checked against (`anchors_unread`: why the configured ones could not be)."""
     trusted = trusted if trusted is not None else TrustedKeys({}, None)
     instances = []
     findings = []
@@ -200,6 +205,17 @@ def integrity_section(
                 {"kids": trusted.to_dict()["trusted_kids"]},
             )
         )
+    if anchors_unread is not None:
+        findings.append(
+            Finding(
+                "integrity",
+                "integrity.anchors_unreadable",
+                "high",
+                "Anchored checkpoints could not be read",
+                f"The audit chains were not verified against the anchors (audit.anchor): {anchors_unread}",
+                {},
+            )
+        )
     return {
         "standards": cite("integrity"),
         "ok": not integrity.findings and not trusted.findings,
@@ -207,19 +223,49 @@ def integrity_section(
         "records_checked": integrity.records_checked,
         "gaps": sum(1 for f in integrity.findings if f.kind in ("deleted", "truncated")),
         "mismatches": sum(
-            1 for f in integrity.findings if f.kind in ("modified", "checkpoint_mismatch", "column_mismatch")
+            1
+            for f in integrity.findings
+            if f.kind in ("modified", "checkpoint_mismatch", "column_mismatch", "anchor_mismatch")
         ),
         "checkpoint_problems": sum(
-            1 for f in integrity.findings if f.kind in ("bad_signature", "unknown_key", "checkpoint_missing")
+            1
+            for f in integrity.findings
+            if f.kind
+            in (
+                "bad_signature",
+                "unknown_key",
+                "checkpoint_missing",
+                "anchor_invalid",
+                "anchor_rewritten",
+                "timestamp_invalid",
+            )
         ),
         "key_problems": len(trusted.findings),
         "keys": trusted.to_dict(),
+        "anchors": _anchors(anchors, anchors_unread),
         "scope": "The figures in this report are drawn from the records of the period in these chains and "
         "sequence ranges; each range was verified as stated.",
         "instances": instances,
         "method": "SHA-256 of every record recorded in the period recomputed and linked to its predecessor; "
         "signed checkpoints verified with Ed25519",
     }, findings
+
+
+def _anchors(anchors: AnchorReading | None, unread: str | None) -> dict[str, Any]:
+    """What the chains were verified against outside the operator's reach, for the integrity section."""
+    if anchors is None:
+        statement = (
+            NOT_ANCHORED if unread is None else f"not verified against the anchors, which could not be read: {unread}"
+        )
+        return {
+            "configured": unread is not None,
+            "statement": statement,
+            "anchored": 0,
+            "time_stamped": 0,
+            "chains": [],
+        }
+    read = anchors.to_dict()
+    return {"configured": True} | {key: read[key] for key in ("statement", "anchored", "time_stamped", "chains")}
 
 
 def phi_section(integrity: IntegrityResult) -> dict[str, Any]:

@@ -15,8 +15,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -45,9 +43,6 @@ from sentinel.audit.tlog import (
 )
 from tests.audit.support import running_trail
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "tests" / "interop" / "tlogcheck"
-GOCODE = Path("/usr/share/gocode")  # where Debian's golang-*-dev packages put Go sources
 INSTANCE = "node-a"
 RECORDS = 300
 LOG_KEY = "sentinel interop: the log key"
@@ -131,30 +126,6 @@ def flip(data: bytes, at: int) -> bytes:
 
 def flip_hash(encoded: str) -> str:
     return b64(flip(base64.b64decode(encoded), 0))
-
-
-@pytest.fixture(scope="session")
-def tlogcheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tests/interop/tlogcheck built with Debian's Go and x/mod, offline, once per session."""
-    go = shutil.which("go")
-    if go is None or not (GOCODE / "src/golang.org/x/mod/sumdb/tlog").is_dir():
-        pytest.fail("the interop test needs Go and golang.org/x/mod: run scripts/install-system-deps")
-    out = tmp_path_factory.mktemp("tlogcheck")
-    binary = out / "tlogcheck"
-    env = {
-        **os.environ,
-        "GO111MODULE": "off",
-        "GOPROXY": "off",
-        "GOFLAGS": "",
-        "GOPATH": f"{out / 'gopath'}:{GOCODE}",
-        "GOCACHE": str(out / "cache"),
-        "CGO_ENABLED": "0",
-    }
-    build = subprocess.run(
-        [go, "build", "-o", str(binary), "."], cwd=SOURCE, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert build.returncode == 0, f"go build failed:\n{build.stderr}"
-    return binary
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.audit.note import Checkpoint
 from sentinel.audit.record import Event, digest, encode
 from sentinel.audit.spool import WriterCopy
 from sentinel.audit.store.embedded import COLUMN_NAMES, record_columns, stored_columns
@@ -121,3 +122,39 @@ def test_columns_read_without_parsing_the_record_are_those_of_the_parsed_record(
     for body in stored:
         assert stored_columns(body) == record_columns(orjson.loads(body))
     assert stored_columns(b"not json") is None
+
+
+def test_anchored_checkpoints_of_records_not_yet_shipped_are_not_a_truncation(tmp_path: Path) -> None:
+    """The publisher anchors from the spool, maybe before the shipper has moved those records: with the
+    writer's copy they are on their way, not gone; without it, the anchors say they are missing."""
+
+    async def run() -> tuple[VerifyReport, VerifyReport]:
+        async with running_trail(tmp_path, checkpoint_every=7) as t:
+            await t.write(10)
+            await t.ship()
+            await t.write(10, start=11)  # checkpoint 15 signed, records 11..20 only in the spool
+            (body,) = t.spool.db.execute("SELECT body FROM checkpoints WHERE seq = 15").fetchone()
+            note = orjson.loads(body)["note"]
+            root = Checkpoint.parse(note.rpartition("\n\n")[0] + "\n").root
+            anchored = {"node-a": {15: root}}
+            writer = WriterCopy("node-a", t.spool.path)
+            return (
+                await verify(t.store, _keys(t), writers=[writer], anchored=anchored),
+                await verify(t.store, _keys(t), anchored=anchored),
+            )
+
+    pending, alone = asyncio.run(run())
+    assert pending.findings == []
+    assert _plain(alone) == [("truncated", 11, 15)]
+
+
+def test_a_period_with_no_records_of_a_chain_is_not_a_truncation(tmp_path: Path) -> None:
+    async def run() -> VerifyReport:
+        async with running_trail(tmp_path, checkpoint_every=7) as t:
+            await t.write(10)
+            await t.ship()
+            later = max(r[0] for r in t.spool.db.execute("SELECT recorded_at FROM records")) + 3600
+            return await verify(t.store, _keys(t), since=later, until=later + 3600)
+
+    report = asyncio.run(run())
+    assert report.findings == [] and report.records_checked == 0

@@ -118,7 +118,18 @@ def test_every_dashboard_and_rule_query_returns_data(
         upstream.url,
         gpu={"sources": ["vllm", "ollama", "dcgm"], "ollama_url": site.url, "dcgm_url": site.url + "/metrics"},
         tracing={"otlp_endpoint": site.url + "/v1/traces"},
-        audit={"verify_in_serve": False},  # serve shows the recorded checks and runs none
+        # serve shows the recorded checks and runs none; its anchor is down (its metrics show it)
+        audit={
+            "verify_in_serve": False,
+            "anchor": {
+                "endpoint_url": "http://127.0.0.1:9",
+                "bucket": "anchors",
+                "access_key_id": "test",
+                "secret_access_key": "test",
+                "max_attempts": 1,
+                "connect_timeout": 0.5,
+            },
+        },
     )
     admin = proxy.admin_url.removeprefix("http://")
 

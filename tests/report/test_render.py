@@ -71,6 +71,14 @@ def test_html_is_well_formed_with_inline_svg_charts(planted: Dataset) -> None:
     assert "45 CFR 164.312(b)" in html and "45 CFR 164.308(a)(7)" in html and "45 CFR 164.316(b)(2)(i)" in html
 
 
+def test_a_period_without_streamed_calls_renders_without_its_chart(planted: Dataset) -> None:
+    report = planted.report()
+    report["service_levels"]["ttft_histogram"] = []  # no streams: no time-to-first-token chart
+    html = render(report, "html").decode()
+    assert html.count("data:image/svg+xml;base64,") == 2
+    assert render(report, "pdf").startswith(b"%PDF-")
+
+
 def test_markdown_and_json_forms(planted: Dataset) -> None:
     report = planted.report()
     markdown = render(report, "md").decode()

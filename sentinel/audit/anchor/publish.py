@@ -38,6 +38,8 @@ class AnchorMetrics:
             ["stage"],
             registry=registry,
         )
+        for stage in ("timestamp", "publish", "conflict"):
+            self.failures.labels(stage)  # every series from the start: rates and alerts see a 0
         self.backlog = 0
         self.oldest: float | None = None
         self.last_success: float | None = None

@@ -1,0 +1,199 @@
+"""Verifying a trail against its anchors (sentinel/audit/anchor/check.py with the verifier): the S3 is a
+real SeaweedFS with an Object Lock bucket and the time-stamps come from a real RFC 3161 authority
+(`openssl ts`). The operator holds the data directory and the key: what they rewrite and re-sign
+verifies locally, and the anchors show it."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sentinel.audit.anchor.check import read_anchors
+from sentinel.audit.anchor.s3 import AnchorConflict, AnchorMisconfigured, AnchorUnavailable
+from sentinel.audit.tlog import CompactRange, leaf_hash
+from tests.support.anchors import ORIGIN, PREFIX, Anchored, anchored_trail, object_lock_anchor, rewrite
+from tests.support.seaweed import Seaweed, free_ports, running_seaweed
+from tests.support.tsa import Tsa, running_tsa
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
+    with running_tsa(tmp_path_factory.mktemp("tsa")) as authority:
+        yield authority
+
+
+@pytest.fixture
+async def anchored(tmp_path: Path, seaweed: Seaweed, tsa: Tsa) -> AsyncIterator[Anchored]:
+    async with anchored_trail(tmp_path, seaweed, tsa) as trail:
+        yield trail
+
+
+async def test_a_clean_trail_agrees_with_its_anchors(anchored: Anchored) -> None:
+    reading = await anchored.read()
+    assert await anchored.against_anchors() == []
+    assert sorted(reading.roots["node-a"]) == [1, 8, 15, 22, 29]
+    assert (reading.anchored, reading.stamped, reading.ignored) == (5, 5, [])
+    head = reading.heads["node-a"]
+    assert head.size == 29 and head.stamped_at is not None and head.stamped_at.tzinfo is not None
+    assert reading.statement().startswith(f"verified against 5 checkpoints anchored in s3://{anchored.bucket}/anchors/")
+    assert "(Object Lock, COMPLIANCE), 5 time-stamped by CN=Sentinel Test Root CA (RFC 3161)" in reading.statement()
+    report = await anchored.trail.verify(anchored=reading.roots)
+    assert report.instances[0].roots_checked == 5  # the same sizes the local notes name
+
+
+async def test_a_truncation_with_its_checkpoints_deleted_is_found(anchored: Anchored) -> None:
+    """The issue's measured attack: the records after 10 and their checkpoints deleted; locally intact."""
+    anchored.trail.sql("DELETE FROM records WHERE seq > 10")
+    anchored.trail.sql("DELETE FROM checkpoints WHERE seq > 10")
+    assert await anchored.local() == []
+    assert await anchored.against_anchors() == [("truncated", 11, 29)]
+
+
+async def test_a_chain_deleted_whole_is_truncated_from_its_first_record(anchored: Anchored) -> None:
+    anchored.trail.sql("DELETE FROM records")
+    anchored.trail.sql("DELETE FROM checkpoints")
+    assert await anchored.local() == []
+    assert await anchored.against_anchors() == [("truncated", 1, 29)]
+
+
+async def test_a_full_rewrite_re_signed_with_the_real_key_is_found(anchored: Anchored) -> None:
+    """Record 3 changed, every later record re-hashed and relinked, every checkpoint and its Merkle note
+    re-signed with the real signing key: the store verifies, against the anchored roots it does not."""
+    before = {c["seq"]: c["note"] for c in anchored.checkpoints()}
+    rewrite(anchored.trail.store.path, "node-a", 3, anchored.signer())
+    assert await anchored.local() == []
+    stored = await anchored.trail.store.checkpoints("node-a")
+    assert [c["note"] == before[c["seq"]] for c in stored] == [True, False, False, False, False]  # re-signed
+    assert await anchored.against_anchors() == [("anchor_mismatch", 8, None)]
+
+
+async def test_a_rewrite_after_the_last_anchored_checkpoint_is_found_there(anchored: Anchored) -> None:
+    rewrite(anchored.trail.store.path, "node-a", 23, anchored.signer())
+    assert await anchored.local() == []
+    assert await anchored.against_anchors() == [("anchor_mismatch", 29, None)]
+
+
+async def test_a_fork_cannot_replace_an_anchored_size_and_disagrees_at_a_new_one(anchored: Anchored) -> None:
+    """A second history for the same origin: at a size already anchored, publishing is refused; at a size
+    not yet anchored it is anchored beside the first, and its root is not the records'."""
+    other = hashlib.sha256(b"another history").digest()
+    with pytest.raises(AnchorConflict):
+        await anchored.anchor.publish(ORIGIN, 15, anchored.note(15, other))
+    assert await anchored.against_anchors() == []
+
+    assert await anchored.anchor.publish(ORIGIN, 10, anchored.note(10, other)) is True
+    assert await anchored.against_anchors() == [("anchor_mismatch", 10, None)]
+
+
+async def test_an_anchored_checkpoint_overwritten_by_the_credential_holder_is_flagged_and_not_used(
+    anchored: Anchored,
+) -> None:
+    key = anchored.anchor.key(ORIGIN, 15)
+    original = (await anchored.read()).roots["node-a"][15]
+    # The forger's note is validly signed (they hold the key) for records they would rewrite.
+    forged = anchored.note(15, hashlib.sha256(b"rewritten").digest())
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=key, Body=forged)
+
+    reading = await anchored.read()
+    assert reading.roots["node-a"][15] == original
+    assert await anchored.against_anchors() == [("anchor_rewritten", 15, None)]
+    (finding,) = reading.findings
+    assert "2 version(s)" in finding.detail and "the first version, which Object Lock keeps" in finding.detail
+
+    anchored.owner.delete_object(Bucket=anchored.bucket, Key=anchored.anchor.key(ORIGIN, 22))  # a delete marker
+    assert await anchored.against_anchors() == [("anchor_rewritten", 15, None), ("anchor_rewritten", 22, None)]
+    assert sorted((await anchored.read()).roots["node-a"]) == [1, 8, 15, 22, 29]
+
+
+async def test_notes_not_signed_by_a_trusted_key_for_their_place_vouch_for_nothing(anchored: Anchored) -> None:
+    stranger = Ed25519PrivateKey.generate()
+    root = hashlib.sha256(b"junk").digest()
+    await anchored.anchor.publish(ORIGIN, 35, anchored.note(35, root, stranger))  # beyond the records
+    await anchored.anchor.publish(ORIGIN, 36, f"{ORIGIN}\n36\nnot a checkpoint\n".encode())
+    # Validly signed, but for size 15, filed under 42 (publish refuses that; the credential holder need not).
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=anchored.anchor.key(ORIGIN, 42), Body=anchored.note(15, root))
+    await anchored.anchor.publish("elsewhere/audit/node-z", 3, b"elsewhere/audit/node-z\n3\nx\n")
+
+    reading = await anchored.read()
+    assert sorted(reading.roots["node-a"]) == [1, 8, 15, 22, 29]  # no truncation claimed by junk
+    assert reading.ignored == ["elsewhere/audit/node-z"]
+    assert await anchored.against_anchors() == [
+        ("anchor_invalid", 35, None),
+        ("anchor_invalid", 36, None),
+        ("anchor_invalid", 42, None),
+    ]
+    details = {f.seq: f.detail for f in reading.findings}
+    assert "not signed by a trusted key" in details[35]
+    assert f"it names {ORIGIN} at size 15" in details[42]
+
+
+async def test_a_token_that_does_not_stamp_its_note_is_found(anchored: Anchored) -> None:
+    """A checkpoint published with the token of another: the token verifies, but not for this note."""
+    note = anchored.note(10, await _root_at(anchored, 10))
+    await anchored.anchor.publish(ORIGIN, 10, note, anchored.tokens[8])
+    reading = await anchored.read()
+    assert 10 in reading.roots["node-a"]  # the signed note still counts
+    assert (reading.anchored, reading.stamped) == (6, 5)
+    assert await anchored.against_anchors() == [("timestamp_invalid", 10, None)]
+    assert "stamps other data" in reading.findings[0].detail
+
+    # Without the TSA's certificates, tokens are not checked, and the statement says so.
+    unchecked = await read_anchors(anchored.anchor, anchored.keys(), PREFIX, None)
+    assert unchecked.findings == [] and unchecked.stamped == 0
+    assert unchecked.statement().endswith("their time-stamp tokens not checked (no audit.timestamp configured)")
+
+
+async def test_only_a_bucket_under_object_lock_is_read(anchored: Anchored, seaweed: Seaweed) -> None:
+    with object_lock_anchor(seaweed, seaweed.bucket(versioned=True)) as unlocked:
+        with pytest.raises(AnchorMisconfigured, match="Object Lock is not enabled"):
+            await read_anchors(unlocked, anchored.keys(), PREFIX, None)
+
+
+async def test_an_unreachable_anchor_is_an_error_not_an_empty_reading(anchored: Anchored, seaweed: Seaweed) -> None:
+    (port,) = free_ports(1)
+    gone = Seaweed(f"http://127.0.0.1:{port}", seaweed.data_dir)
+    with object_lock_anchor(gone, anchored.bucket) as anchor, pytest.raises(AnchorUnavailable):
+        await read_anchors(anchor, anchored.keys(), PREFIX, None)
+
+
+async def _root_at(anchored: Anchored, size: int) -> bytes:
+    """The Merkle root of the chain's first `size` records, as the verifier computes it."""
+    tree = CompactRange()
+    rows = await anchored.trail.store.execute(
+        "SELECT CAST(body AS BLOB) FROM records WHERE seq <= ? ORDER BY seq", (size,)
+    )
+    for (body,) in rows:
+        tree.append(leaf_hash(bytes(body)))
+    return tree.root()
+
+
+async def test_a_range_that_ends_before_the_head_is_checked_up_to_its_end(anchored: Anchored) -> None:
+    """A period from the first record to record 10 gives the roots at 1 and 8, and claims nothing about
+    the anchored sizes after it; a rewrite in it shows."""
+    rows = await anchored.trail.store.execute("SELECT recorded_at FROM records WHERE seq = 10")
+    until = float(rows[0][0])
+    reading = await anchored.read()
+    report = await anchored.trail.verify(until=until, anchored=reading.roots)
+    assert (report.instances[0].first_seq, report.instances[0].last_seq) == (1, 10)
+    assert report.findings == []
+    rewrite(anchored.trail.store.path, "node-a", 3, anchored.signer())
+    report = await anchored.trail.verify(until=until, anchored=reading.roots)
+    assert [(f.kind, f.seq) for f in report.findings] == [("anchor_mismatch", 8)]
+
+
+async def test_objects_that_cannot_name_a_log_are_a_finding_not_a_failure(anchored: Anchored) -> None:
+    key = f"anchors/{PREFIX}/a node/checkpoint/{3:020d}"
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=key, Body=b"anything")
+    reading = await anchored.read()
+    assert [(f.kind, f.instance, f.seq) for f in reading.findings] == [("anchor_invalid", "a node", None)]
+    assert sorted(reading.roots) == ["node-a"] and reading.anchored == 5
