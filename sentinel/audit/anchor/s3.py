@@ -18,6 +18,7 @@ import math
 import time
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -43,6 +44,8 @@ __all__ = [
 NOTE_TYPE = "text/plain; charset=utf-8"
 TOKEN_TYPE = "application/timestamp-reply"  # RFC 3161 section 3.4
 _SIZE_DIGITS = 20  # 2**64 - 1 has 20 digits, so keys sort by size
+_READERS = 16
+"""Objects read at once when reading an origin's checkpoints back."""
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
@@ -180,6 +183,7 @@ class ObjectLockAnchor:
             retries={"max_attempts": settings.max_attempts, "mode": "standard"},
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
+            max_pool_connections=_READERS,
             s3={"addressing_style": "path"} if settings.endpoint_url else None,
         )
         credentials: dict[str, str] = {}
@@ -371,22 +375,28 @@ class ObjectLockAnchor:
             if len(digits) != _SIZE_DIGITS or not (digits.isascii() and digits.isdigit()):
                 continue  # not ours; the layout has nothing else under checkpoint/
             (tokens if name.endswith(".tsr") else notes)[int(digits)] = (key, history)
-        anchored = []
+        wanted = []  # (size, note key and version, token key and version or None)
         for size in sorted(notes):
             key, history = notes[size]
             if not history.versions:
                 continue  # only delete markers: the versions outlived their retention and were removed
-            oldest = history.oldest()
             token_key, token_history = tokens.get(size, (key + ".tsr", _History()))
-            token = self._read(token_key, token_history.oldest()["VersionId"]) if token_history.versions else None
+            token = (token_key, token_history.oldest()["VersionId"]) if token_history.versions else None
+            wanted.append((size, (key, history.oldest()["VersionId"]), token, history, token_history))
+        # The GETs in parallel (a year of checkpoints is tens of thousands of objects); clients are thread-safe.
+        reads = [w[1] for w in wanted] + [w[2] for w in wanted if w[2] is not None]
+        with ThreadPoolExecutor(_READERS) as pool:
+            bodies = dict(zip(reads, pool.map(lambda kv: self._read(*kv), reads), strict=True))
+        anchored = []
+        for size, note, token, history, token_history in wanted:
             anchored.append(
                 AnchoredCheckpoint(
                     origin=origin,
                     size=size,
-                    note=self._read(key, oldest["VersionId"]),
-                    token=token,
+                    note=bodies[note],
+                    token=bodies[token] if token is not None else None,
                     versions=len(history.versions),
-                    last_modified=oldest["LastModified"],
+                    last_modified=history.oldest()["LastModified"],
                     token_versions=len(token_history.versions),
                     delete_markers=history.delete_markers + token_history.delete_markers,
                 )
