@@ -31,6 +31,8 @@ _CLEAR = tuple(name for name in ENCRYPTED_FIELDS if name != "caller_user")
 """Fields of an interaction that must never be stored in its clear metadata (the caller's end-user
 id, `caller.user`, is checked too)."""
 
+_CLEAR_SET = frozenset(_CLEAR)
+
 Progress = Callable[[int], None]
 
 
@@ -71,7 +73,7 @@ class Census:
             interaction = doc.get("interaction")
             if not isinstance(interaction, dict):
                 return
-            clear = [name for name in _CLEAR if name in interaction]
+            clear = [name for name in _CLEAR if name in interaction] if not _CLEAR_SET.isdisjoint(interaction) else []
             if "user" in (interaction.get("caller") or {}):
                 clear.append("caller_user")
             policy = (interaction.get("annotations") or {}).get("policy")
