@@ -49,9 +49,9 @@ def main() -> None:
     parser.add_argument("--store", type=Path, required=True, help="a data directory made by bench/audit_store.py")
     args = parser.parse_args()
     db = sqlite3.connect(f"file:{args.store / 'audit' / 'store.db'}?mode=ro", uri=True)
-    notes = [(int(seq), orjson.loads(body).get("note")) for seq, body in db.execute("SELECT seq, body FROM checkpoints")]
+    rows = db.execute("SELECT seq, body FROM checkpoints").fetchall()
     db.close()
-    notes = [(seq, note) for seq, note in notes if note]
+    notes = [(int(seq), note) for seq, body in rows if (note := orjson.loads(body).get("note"))]
     with tempfile.TemporaryDirectory() as scratch, running_seaweed(Path(scratch)) as seaweed:
         bucket = seaweed.bucket(lock=True)
         settings = {
