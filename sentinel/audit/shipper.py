@@ -11,13 +11,12 @@ spool.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 
 import orjson
 
+from sentinel.audit.background import Background
 from sentinel.audit.spool import Spool
 from sentinel.audit.store import AuditStore, StoreUnavailable
 from sentinel.audit.trail import AuditMetrics
@@ -42,7 +41,9 @@ def _follows(before: str, doc_id: str) -> bool:
     return chain == chain_before and seq.isdigit() and seq_before.isdigit() and int(seq) == int(seq_before) + 1
 
 
-class Shipper:
+class Shipper(Background):
+    name = "audit-shipper"
+
     def __init__(
         self,
         spool: Spool,
@@ -61,28 +62,8 @@ class Shipper:
         self.idle_interval = idle_interval
         self.max_backoff = max_backoff
         self.spool_retention = spool_retention
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        super().__init__()
         self.down_since: float | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-shipper")
-
-    def nudge(self) -> None:
-        self._wake.set()
-
-    async def stop(self, drain_timeout: float = 5.0) -> None:
-        """Try to ship what is left for a moment; whatever remains stays safe in the spool."""
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
 
     async def ship_once(self) -> int:
         """Ship one batch; returns how many records it carried (0 when the spool is drained)."""
@@ -154,8 +135,3 @@ class Shipper:
                 last_prune = time.time()
                 await self.spool.run(lambda: self.spool.prune(time.time() - self.spool_retention))
             await self._sleep(self.idle_interval)
-
-    async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)

@@ -10,8 +10,6 @@ refuses traffic while the oldest checkpoint waiting is older than `audit.anchor_
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -21,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from sentinel.audit.anchor.s3 import AnchorConflict, AnchorError, ObjectLockAnchor
 from sentinel.audit.anchor.tsa import TimestampAuthority, TimestampError
+from sentinel.audit.background import Background
 from sentinel.audit.spool import Spool
 from sentinel.telemetry.metrics import ReadAtScrape
 
@@ -45,7 +44,9 @@ class AnchorMetrics:
         self.last_success: float | None = None
 
 
-class AnchorPublisher:
+class AnchorPublisher(Background):
+    name = "audit-anchor"
+
     def __init__(
         self,
         spool: Spool,
@@ -64,9 +65,7 @@ class AnchorPublisher:
         self.clock = clock
         self.max_backoff = max_backoff
         self.idle_interval = idle_interval
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        super().__init__()
 
     def register_gauges(self, gauges: ReadAtScrape) -> None:
         gauges.gauge(
@@ -91,24 +90,6 @@ class AnchorPublisher:
     def lag(self) -> float:
         oldest = self.metrics.oldest
         return max(0.0, self.clock() - oldest) if oldest is not None else 0.0
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-anchor")
-
-    def nudge(self) -> None:
-        """A checkpoint was signed: anchor it now rather than at the next idle tick."""
-        self._wake.set()
-
-    async def stop(self, drain_timeout: float = 5.0) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), drain_timeout)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
 
     async def refresh(self) -> None:
         self.metrics.backlog, self.metrics.oldest = await self.spool.run(self.spool.anchor_backlog)
@@ -172,8 +153,3 @@ class AnchorPublisher:
             if self._stopping:
                 return
             await self._sleep(self.idle_interval)
-
-    async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)

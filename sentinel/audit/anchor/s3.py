@@ -24,12 +24,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sentinel.audit.settings import ObjectLockAnchorSettings
+from sentinel.s3client import s3_client
 
 __all__ = [
     "AnchorConflict",
@@ -178,26 +177,7 @@ class ObjectLockAnchor:
     def from_settings(
         cls, settings: ObjectLockAnchorSettings, *, clock: Callable[[], float] = time.time
     ) -> ObjectLockAnchor:
-        # The same client recipe as the backup's S3 target (sentinel/backup/targets/s3.py).
-        config = Config(
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            max_pool_connections=_READERS,
-            s3={"addressing_style": "path"} if settings.endpoint_url else None,
-        )
-        credentials: dict[str, str] = {}
-        if settings.access_key_id and settings.secret_access_key:
-            credentials["aws_access_key_id"] = settings.access_key_id.get_secret_value()
-            credentials["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            config=config,
-            verify=settings.verify_tls,
-            **credentials,
-        )
+        client = s3_client(settings, max_pool_connections=_READERS)
         return cls(
             client,
             settings.bucket,

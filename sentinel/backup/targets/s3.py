@@ -18,13 +18,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sentinel.backup.settings import TargetSettings
 from sentinel.backup.targets import ObjectInfo, ObjectLocked, ObjectNotFound, TargetError
+from sentinel.s3client import s3_client
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
@@ -65,25 +64,7 @@ class S3Target:
     @classmethod
     def from_settings(cls, settings: TargetSettings, *, max_pool_connections: int = 32) -> S3Target:
         assert settings.bucket is not None
-        config = Config(
-            retries={"max_attempts": settings.max_attempts, "mode": "standard"},
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            max_pool_connections=max_pool_connections,
-            s3={"addressing_style": "path"} if settings.endpoint_url else None,
-        )
-        kwargs: dict[str, Any] = {}
-        if settings.access_key_id and settings.secret_access_key:
-            kwargs["aws_access_key_id"] = settings.access_key_id.get_secret_value()
-            kwargs["aws_secret_access_key"] = settings.secret_access_key.get_secret_value()
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            config=config,
-            verify=settings.verify_tls,
-            **kwargs,
-        )
+        client = s3_client(settings, max_pool_connections=max_pool_connections)
         return cls(
             client,
             settings.bucket,
