@@ -16,6 +16,8 @@ from sentinel.interaction import Interaction
 from sentinel.server import Sentinel, run_server
 from sentinel.sinks.memory import MemorySink
 from tests.support.loop import BackgroundLoop
+from tests.support.seaweed import Seaweed, running_seaweed
+from tests.support.tsa import Tsa, running_tsa
 from tests.support.upstream import ScriptedUpstream, running_upstream
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
@@ -109,3 +111,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A real SeaweedFS (S3 with versioning and Object Lock) for the session; tests make their own buckets."""
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
+    """A real RFC 3161 time-stamping authority (openssl) for the session; tests that make it fail
+    start their own (`running_tsa`)."""
+    with running_tsa(tmp_path_factory.mktemp("tsa")) as authority:
+        yield authority

@@ -6,7 +6,7 @@ verifies locally, and the anchors show it."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,20 +16,8 @@ from sentinel.audit.anchor.check import read_anchors
 from sentinel.audit.anchor.s3 import AnchorConflict, AnchorMisconfigured, AnchorUnavailable
 from sentinel.audit.tlog import CompactRange, leaf_hash
 from tests.support.anchors import ORIGIN, PREFIX, Anchored, anchored_trail, object_lock_anchor, rewrite
-from tests.support.seaweed import Seaweed, free_ports, running_seaweed
-from tests.support.tsa import Tsa, running_tsa
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
-    with running_tsa(tmp_path_factory.mktemp("tsa")) as authority:
-        yield authority
+from tests.support.seaweed import Seaweed, free_ports
+from tests.support.tsa import Tsa
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from sentinel.audit.trail import AuditJournal
 from sentinel.proxy.exchange import Exchange
 from sentinel.proxy.hooks import JournalUnavailable
 from tests.audit.support import Trail, running_trail
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports, running_seaweed
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports
 from tests.support.tsa import Tsa, running_tsa
 
 ORIGIN = "sentinel/audit/node-a"
@@ -33,12 +33,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from sentinel.audit.anchor.s3 import (
 )
 from sentinel.backup.targets import ObjectLocked
 from sentinel.backup.targets.s3 import S3Target
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports, running_seaweed
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports
 
 ORIGIN = "sentinel.local/audit/node-a"
 # "Now" for retention: fixed, and far ahead of the server's own clock, which refuses a retain-until
@@ -37,12 +37,6 @@ def checkpoint(size: int, origin: str = ORIGIN, root: bytes = b"") -> bytes:
     digest = base64.b64encode(hashlib.sha256(root or str(size).encode()).digest()).decode()
     signature = base64.b64encode(hashlib.sha512(f"{origin}{size}{digest}".encode()).digest()[:36]).decode()
     return f"{origin}\n{size}\n{digest}\n\n\u2014 {origin} {signature}\n".encode()
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture

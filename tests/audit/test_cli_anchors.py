@@ -8,7 +8,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +17,8 @@ import pytest
 import yaml
 
 from tests.support.anchors import Anchored, anchor_settings, anchored_trail, rewrite
-from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports, running_seaweed
-from tests.support.tsa import Tsa, running_tsa
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
-    with running_tsa(tmp_path_factory.mktemp("tsa")) as authority:
-        yield authority
+from tests.support.seaweed import ACCESS_KEY, SECRET_KEY, Seaweed, free_ports
+from tests.support.tsa import Tsa
 
 
 @pytest.fixture

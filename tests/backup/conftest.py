@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,6 @@ import pytest
 from sentinel.backup.jobs import BackupContext
 from sentinel.backup.keys import create_key_file
 from sentinel.config import load_settings
-from tests.support.seaweed import Seaweed, running_seaweed
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import orjson
-import pytest
 from prometheus_client import CollectorRegistry
 
 from sentinel.audit.anchor.check import NOT_ANCHORED
@@ -32,23 +31,11 @@ from sentinel.report.model import FAILED_VERIFICATION, Period
 from sentinel.report.render import render
 from tests.report.conftest import Dataset
 from tests.support.anchors import anchor_settings, checkpoints, object_lock_anchor, publish, rewrite
-from tests.support.seaweed import Seaweed, free_ports, running_seaweed
-from tests.support.tsa import Tsa, running_tsa
+from tests.support.seaweed import Seaweed, free_ports
+from tests.support.tsa import Tsa
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "sentinel" / "report" / "report.schema.json").read_text())
 INSTANCE = "report-test"
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def tsa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tsa]:
-    with running_tsa(tmp_path_factory.mktemp("tsa")) as authority:
-        yield authority
 
 
 def recorded_at(dataset: Dataset, seq: int) -> float:
