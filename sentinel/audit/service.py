@@ -196,7 +196,11 @@ class AuditService:
             log.warning("could not read keys from the audit store: %s", exc)
         await self.trail.start(self.keyring)
         self.shipper = Shipper(
-            self.spool, self.store, self.metrics, spool_retention=self.settings.audit.spool_retention_hours * 3600
+            self.spool,
+            self.store,
+            self.metrics,
+            spool_retention=self.settings.audit.spool_retention_hours * 3600,
+            anchoring=self.anchors is not None,
         )
         if not self.cli:
             self.shipper.start()

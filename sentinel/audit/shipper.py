@@ -11,6 +11,7 @@ spool.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -54,6 +55,7 @@ class Shipper(Background):
         idle_interval: float = 0.5,
         max_backoff: float = 60.0,
         spool_retention: float = 24 * 3600.0,
+        anchoring: bool = False,
     ) -> None:
         self.spool = spool
         self.store = store
@@ -62,6 +64,8 @@ class Shipper(Background):
         self.idle_interval = idle_interval
         self.max_backoff = max_backoff
         self.spool_retention = spool_retention
+        self.anchoring = anchoring
+        """Checkpoints are anchored (audit.anchor): pruning keeps those still waiting."""
         super().__init__()
         self.down_since: float | None = None
 
@@ -133,5 +137,8 @@ class Shipper(Background):
                 return
             if time.time() - last_prune > 600:
                 last_prune = time.time()
-                await self.spool.run(lambda: self.spool.prune(time.time() - self.spool_retention))
+                prune = functools.partial(
+                    self.spool.prune, time.time() - self.spool_retention, anchoring=self.anchoring
+                )
+                await self.spool.run(prune)
             await self._sleep(self.idle_interval)

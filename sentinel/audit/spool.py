@@ -297,17 +297,17 @@ class Spool:
         count, oldest = self.db.execute("SELECT COUNT(*), MIN(recorded_at) FROM records WHERE shipped = 0").fetchone()
         return int(count), oldest
 
-    def prune(self, older_than: float) -> int:
-        """Delete shipped records recorded before `older_than`, never the newest record."""
+    def prune(self, older_than: float, *, anchoring: bool = True) -> int:
+        """Delete shipped records recorded before `older_than`, never the newest record, and shipped
+        checkpoints but the newest; with `anchoring`, not those still waiting to be anchored."""
         db = self.db
         cursor = db.execute(
             "DELETE FROM records WHERE shipped = 1 AND recorded_at < ? AND seq < (SELECT MAX(seq) FROM records)",
             (older_than,),
         )
-        # A checkpoint waiting to be anchored stays (`unanchored`); the anchors table keeps the tokens.
+        waiting = f"AND NOT ({_UNANCHORED})" if anchoring else ""  # the anchors table keeps the tokens
         db.execute(
-            "DELETE FROM checkpoints AS c WHERE shipped = 1 AND seq < (SELECT MAX(seq) FROM checkpoints) "
-            f"AND NOT ({_UNANCHORED})"
+            f"DELETE FROM checkpoints AS c WHERE shipped = 1 AND seq < (SELECT MAX(seq) FROM checkpoints) {waiting}"
         )
         return cursor.rowcount
 

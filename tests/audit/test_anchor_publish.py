@@ -112,6 +112,16 @@ async def test_an_unreachable_anchor_loses_nothing(tmp_path: Path, seaweed: Seaw
     up.close()
 
 
+async def test_without_anchoring_pruning_keeps_no_checkpoint_waiting_for_it(tmp_path: Path) -> None:
+    """No anchor configured: checkpoints (all carrying notes) are pruned like records, or the spool
+    would grow by one checkpoint per interval forever."""
+    async with running_trail(tmp_path, checkpoint_every=7) as t:
+        await t.write(20)
+        await t.ship()
+        t.spool.prune(NOW + 10**9, anchoring=False)
+        assert [s for (s,) in t.spool.db.execute("SELECT seq FROM checkpoints")] == [15]
+
+
 async def test_a_time_stamping_authority_that_is_down_holds_the_checkpoint_back(
     tmp_path: Path, seaweed: Seaweed, tsa: Tsa
 ) -> None:
