@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from sentinel.audit import record as records
@@ -245,22 +246,15 @@ class AuditTrail:
                 )
                 head = ChainHead(doc["seq"], doc["hash"], doc["recorded_at"])
                 rows.append(Row(doc["seq"], doc["doc_id"], doc["kind"], doc["recorded_at"], stored))
-                if tree is not None:
-                    leaf = leaf_hash(stored)
-                    tree.append(leaf)
-                    tree_range.append(leaf)
                 if slices.due():
                     await slices.pause()
+            signer = keyring.signing_key() if self._checkpoint_due(head=head, force=force_checkpoint) else None
             checkpoint = None
-            if self._checkpoint_due(head=head, force=force_checkpoint):
-                kid, key = keyring.signing_key()
-                note = None
-                if tree is not None:
-                    note = sign_checkpoint(Checkpoint(self.origin, head.seq, tree_range.root()), key)
-                checkpoint = make_checkpoint(self.instance, head, self._last_checkpoint, kid, key, note)
-            tiles = tree.take_changed() if tree is not None else []
-            if rows or checkpoint is not None:
-                await self.spool.run(lambda: self._write(rows, checkpoint, tiles))
+            if rows or signer is not None:
+                last = self._last_checkpoint
+                checkpoint = await self.spool.run(
+                    lambda: self._grow_and_write(rows, tree, tree_range, head, last, signer)
+                )
         except Exception as exc:  # the chain head stays where the spool is
             error = exc if isinstance(exc, SpoolUnavailable) else SpoolUnavailable(f"{type(exc).__name__}: {exc}")
             log.error("audit spool write failed for %d records: %s", len(rows), error)
@@ -282,6 +276,33 @@ class AuditTrail:
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    def _grow_and_write(
+        self,
+        rows: list[Row],
+        tree: TreeBuilder | None,
+        tree_range: CompactRange,
+        head: ChainHead,
+        last: dict[str, Any] | None,
+        signer: tuple[str, Ed25519PrivateKey] | None,
+    ) -> dict[str, Any] | None:
+        """On the spool thread, off the event loop: the batch's leaves into the Merkle tree (a SHA-256
+        over each stored record), the checkpoint signed if one is due, then all of it made durable.
+        `tree` and `tree_range` are the batch's own copies: they become the trail's once this returns."""
+        if tree is not None:
+            for row in rows:
+                leaf = leaf_hash(row.body)
+                tree.append(leaf)
+                tree_range.append(leaf)
+        checkpoint = None
+        if signer is not None:
+            kid, key = signer
+            note = (
+                sign_checkpoint(Checkpoint(self.origin, head.seq, tree_range.root()), key) if tree is not None else None
+            )
+            checkpoint = make_checkpoint(self.instance, head, last, kid, key, note)
+        self._write(rows, checkpoint, tree.take_changed() if tree is not None else [])
+        return checkpoint
 
     def _write(self, rows: list[Row], checkpoint: dict[str, Any] | None, tiles: list[tuple[int, int, bytes]]) -> None:
         """On the spool thread: make the batch durable, then count it as unshipped. The shipper
