@@ -121,6 +121,12 @@ def audit() -> None:
     metavar="URL",
     help="The S3 endpoint of --anchors s3://... when it is not AWS (e.g. http://minio:9000).",
 )
+@click.option(
+    "--every-anchor",
+    is_flag=True,
+    help="With --anchors, read every anchored note and token and check each signature and time-stamp (one "
+    "GET each), not only each chain's newest and those written over.",
+)
 @settings_options
 def verify(
     since: str | None,
@@ -132,6 +138,7 @@ def verify(
     scheduled: str | None,
     anchors: str | None,
     anchor_endpoint: str | None,
+    every_anchor: bool,
     config_file: Path | None,
     data_dir: Path | None,
     log_level: str | None,
@@ -142,10 +149,11 @@ def verify(
     With pinned keys (--public-key, else audit.pinned_keys) only they are trusted, and a signing key in
     the store that they do not pin is a finding; without, the keys stored beside the records are.
 
-    With --anchors, every chain is verified in full against the signed checkpoints anchored in the S3
-    Object Lock bucket (their notes opened with the same trusted keys, their RFC 3161 tokens checked
-    against audit.timestamp's certificates): a trail rewritten or cut after it was anchored shows even
-    when it was re-signed with the real key (docs/anchors.md).
+    With --anchors, every chain is verified in full against the checkpoints anchored in the S3 Object
+    Lock bucket: every anchored root (named by its key) is compared with the records' Merkle tree, each
+    chain's newest note is opened with the same trusted keys and its RFC 3161 token checked against
+    audit.timestamp's certificates (--every-anchor: every note and token). A trail rewritten or cut
+    after it was anchored shows even when it was re-signed with the real key (docs/anchors.md).
 
     Exit status: 0 the trail is intact, 1 something was modified, deleted, inserted, reordered or
     truncated, or a stored key is not pinned, or the anchors disagree (each listed), 2 the check could
@@ -161,6 +169,8 @@ def verify(
         raise click.UsageError("--anchors verifies every chain from its first record: it takes no --from or --to")
     if anchor_endpoint is not None and (anchors is None or anchors == CONFIGURED_ANCHOR):
         raise click.UsageError("--anchor-endpoint goes with --anchors s3://BUCKET/PREFIX")
+    if every_anchor and anchors is None:
+        raise click.UsageError("--every-anchor goes with --anchors")
     pins = pins_from(public_key_files, settings)
     anchor_settings, stamps = None, None
     if anchors is not None:
@@ -187,7 +197,9 @@ def verify(
             if anchor_settings is not None:
                 anchor = ObjectLockAnchor.from_settings(anchor_settings)
                 try:
-                    reading = await read_anchors(anchor, keys.keys, settings.audit.log_origin, stamps)
+                    reading = await read_anchors(
+                        anchor, keys.keys, settings.audit.log_origin, stamps, every=every_anchor
+                    )
                 finally:
                     anchor.close()
                 if instance is not None:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sentinel.audit.anchor.check import read_anchors
 from sentinel.audit.anchor.s3 import AnchorConflict, AnchorMisconfigured, AnchorUnavailable
+from sentinel.audit.note import Checkpoint, sign_checkpoint
 from sentinel.audit.tlog import CompactRange, leaf_hash
 from tests.support.anchors import ORIGIN, PREFIX, Anchored, anchored_trail, object_lock_anchor, rewrite
 from tests.support.seaweed import Seaweed, free_ports
@@ -30,13 +31,20 @@ async def test_a_clean_trail_agrees_with_its_anchors(anchored: Anchored) -> None
     reading = await anchored.read()
     assert await anchored.against_anchors() == []
     assert sorted(reading.roots["node-a"]) == [1, 8, 15, 22, 29]
-    assert (reading.anchored, reading.stamped, reading.ignored) == (5, 5, [])
+    # Every root from the listing; the newest note read, its signature and token checked.
+    assert (reading.anchored, reading.signed, reading.stamped, reading.ignored) == (5, 1, 1, [])
     head = reading.heads["node-a"]
     assert head.size == 29 and head.stamped_at is not None and head.stamped_at.tzinfo is not None
     assert reading.statement().startswith(f"verified against 5 checkpoints anchored in s3://{anchored.bucket}/anchors/")
-    assert "(Object Lock, COMPLIANCE), 5 time-stamped by CN=Sentinel Test Root CA (RFC 3161)" in reading.statement()
+    assert "roots as their keys name them, 1 note(s) read (each chain's newest)" in reading.statement()
+    assert reading.statement().endswith("1 time-stamped by CN=Sentinel Test Root CA (RFC 3161)")
     report = await anchored.trail.verify(anchored=reading.roots)
     assert report.instances[0].roots_checked == 5  # the same sizes the local notes name
+
+    every = await anchored.read(every=True)
+    assert (every.roots, every.anchored, every.signed, every.stamped) == (reading.roots, 5, 5, 5)
+    assert "every note's signature checked, 5 time-stamped by CN=Sentinel Test Root CA" in every.statement()
+    assert await anchored.against_anchors(every=True) == []
 
 
 async def test_a_truncation_with_its_checkpoints_deleted_is_found(anchored: Anchored) -> None:
@@ -86,8 +94,8 @@ async def test_a_fork_cannot_replace_an_anchored_size_and_disagrees_at_a_new_one
 async def test_an_anchored_checkpoint_overwritten_by_the_credential_holder_is_flagged_and_not_used(
     anchored: Anchored,
 ) -> None:
-    key = anchored.anchor.key(ORIGIN, 15)
     original = (await anchored.read()).roots["node-a"][15]
+    key = anchored.key(15, original)
     # The forger's note is validly signed (they hold the key) for records they would rewrite.
     forged = anchored.note(15, hashlib.sha256(b"rewritten").digest())
     anchored.owner.put_object(Bucket=anchored.bucket, Key=key, Body=forged)
@@ -96,9 +104,11 @@ async def test_an_anchored_checkpoint_overwritten_by_the_credential_holder_is_fl
     assert reading.roots["node-a"][15] == original
     assert await anchored.against_anchors() == [("anchor_rewritten", 15, None)]
     (finding,) = reading.findings
-    assert "2 version(s)" in finding.detail and "the first version, which Object Lock keeps" in finding.detail
+    assert "2 version(s)" in finding.detail
+    assert "the first version of the first key, which Object Lock keeps" in finding.detail
 
-    anchored.owner.delete_object(Bucket=anchored.bucket, Key=anchored.anchor.key(ORIGIN, 22))  # a delete marker
+    roots = reading.roots["node-a"]
+    anchored.owner.delete_object(Bucket=anchored.bucket, Key=anchored.key(22, roots[22]))  # a delete marker
     assert await anchored.against_anchors() == [("anchor_rewritten", 15, None), ("anchor_rewritten", 22, None)]
     assert sorted((await anchored.read()).roots["node-a"]) == [1, 8, 15, 22, 29]
 
@@ -107,10 +117,12 @@ async def test_notes_not_signed_by_a_trusted_key_for_their_place_vouch_for_nothi
     stranger = Ed25519PrivateKey.generate()
     root = hashlib.sha256(b"junk").digest()
     await anchored.anchor.publish(ORIGIN, 35, anchored.note(35, root, stranger))  # beyond the records
-    await anchored.anchor.publish(ORIGIN, 36, f"{ORIGIN}\n36\nnot a checkpoint\n".encode())
-    # Validly signed, but for size 15, filed under 42 (publish refuses that; the credential holder need not).
-    anchored.owner.put_object(Bucket=anchored.bucket, Key=anchored.anchor.key(ORIGIN, 42), Body=anchored.note(15, root))
-    await anchored.anchor.publish("elsewhere/audit/node-z", 3, b"elsewhere/audit/node-z\n3\nx\n")
+    # Not a checkpoint, and validly signed but for size 15, filed under 42 (publish refuses both; the
+    # credential holder need not).
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=anchored.key(36, root), Body=f"{ORIGIN}\n36\nnot\n".encode())
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=anchored.key(42, root), Body=anchored.note(15, root))
+    elsewhere = sign_checkpoint(Checkpoint("elsewhere/audit/node-z", 3, root), stranger).encode()
+    await anchored.anchor.publish("elsewhere/audit/node-z", 3, elsewhere)
 
     reading = await anchored.read()
     assert sorted(reading.roots["node-a"]) == [1, 8, 15, 22, 29]  # no truncation claimed by junk
@@ -125,20 +137,34 @@ async def test_notes_not_signed_by_a_trusted_key_for_their_place_vouch_for_nothi
     assert f"it names {ORIGIN} at size 15" in details[42]
 
 
+async def test_a_root_in_a_key_no_trusted_key_signed_can_only_fail_verification(anchored: Anchored) -> None:
+    """Between the newest and the first, roots are taken from the keys unread: a key added by whoever
+    holds the anchor's credentials, with a note nobody trusted signed, is compared like the others, so
+    it cannot make a rewritten trail pass, only a clean one fail. Reading every note names it for what
+    it is and leaves it out."""
+    stranger = Ed25519PrivateKey.generate()
+    junk = hashlib.sha256(b"junk").digest()
+    forged = anchored.note(10, junk, stranger)
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=anchored.key(10, junk), Body=forged)
+    assert await anchored.against_anchors() == [("anchor_mismatch", 10, None)]
+    assert await anchored.against_anchors(every=True) == [("anchor_invalid", 10, None)]
+
+
 async def test_a_token_that_does_not_stamp_its_note_is_found(anchored: Anchored) -> None:
     """A checkpoint published with the token of another: the token verifies, but not for this note."""
     note = anchored.note(10, await _root_at(anchored, 10))
     await anchored.anchor.publish(ORIGIN, 10, note, anchored.tokens[8])
-    reading = await anchored.read()
+    reading = await anchored.read(every=True)
     assert 10 in reading.roots["node-a"]  # the signed note still counts
     assert (reading.anchored, reading.stamped) == (6, 5)
-    assert await anchored.against_anchors() == [("timestamp_invalid", 10, None)]
+    assert await anchored.against_anchors(every=True) == [("timestamp_invalid", 10, None)]
     assert "stamps other data" in reading.findings[0].detail
+    assert await anchored.against_anchors() == []  # only the newest token is read by default
 
     # Without the TSA's certificates, tokens are not checked, and the statement says so.
     unchecked = await read_anchors(anchored.anchor, anchored.keys(), PREFIX, None)
     assert unchecked.findings == [] and unchecked.stamped == 0
-    assert unchecked.statement().endswith("their time-stamp tokens not checked (no audit.timestamp configured)")
+    assert unchecked.statement().endswith("time-stamp tokens not checked (no audit.timestamp configured)")
 
 
 async def test_only_a_bucket_under_object_lock_is_read(anchored: Anchored, seaweed: Seaweed) -> None:

@@ -32,9 +32,14 @@ NOW = datetime(2099, 1, 1, tzinfo=UTC)
 DAYS = 30
 
 
+def root_of(size: int, root: bytes = b"") -> bytes:
+    """The Merkle root `checkpoint(size, root=root)` names."""
+    return hashlib.sha256(root or str(size).encode()).digest()
+
+
 def checkpoint(size: int, origin: str = ORIGIN, root: bytes = b"") -> bytes:
     """A signed checkpoint's bytes (c2sp.org/tlog-checkpoint); the signature is not checked here."""
-    digest = base64.b64encode(hashlib.sha256(root or str(size).encode()).digest()).decode()
+    digest = base64.b64encode(root_of(size, root)).decode()
     signature = base64.b64encode(hashlib.sha512(f"{origin}{size}{digest}".encode()).digest()[:36]).decode()
     return f"{origin}\n{size}\n{digest}\n\n\u2014 {origin} {signature}\n".encode()
 
@@ -74,6 +79,10 @@ def make_anchor(seaweed: Seaweed) -> Iterator[MakeAnchor]:
         anchor.close()
 
 
+def note_key(anchor: ObjectLockAnchor, size: int, root: bytes = b"") -> str:
+    return anchor.key(ORIGIN, size, root_of(size, root))
+
+
 @pytest.fixture
 def bucket(seaweed: Seaweed) -> str:
     return seaweed.bucket(lock=True)
@@ -92,16 +101,23 @@ async def test_publish_and_read_back(anchor: ObjectLockAnchor, owner: Any, bucke
 
     keys = [item["Key"] for item in owner.list_objects_v2(Bucket=bucket)["Contents"]]
     assert sorted(keys) == [
-        "anchors/sentinel.local/audit/node-a/checkpoint/00000000000000000007",
-        "anchors/sentinel.local/audit/node-a/checkpoint/00000000000000001000",
-        "anchors/sentinel.local/audit/node-a/checkpoint/00000000000000001000.tsr",
-        "anchors/sentinel.local/audit/node-b/checkpoint/00000000000000000003",
+        f"anchors/sentinel.local/audit/node-a/checkpoint/00000000000000000007-{root_of(7).hex()}",
+        f"anchors/sentinel.local/audit/node-a/checkpoint/00000000000000001000-{root_of(1000).hex()}",
+        f"anchors/sentinel.local/audit/node-a/checkpoint/00000000000000001000-{root_of(1000).hex()}.tsr",
+        f"anchors/sentinel.local/audit/node-b/checkpoint/00000000000000000003-{root_of(3).hex()}",
     ]
     found = await anchor.checkpoints(ORIGIN)
-    assert [(c.origin, c.size, c.note, c.token) for c in found] == [
-        (ORIGIN, 7, checkpoint(7), None),
-        (ORIGIN, 1000, checkpoint(1000), b"token for 1000"),
+    assert [(c.origin, c.size, c.root, c.note, c.token) for c in found] == [
+        (ORIGIN, 7, root_of(7), checkpoint(7), None),
+        (ORIGIN, 1000, root_of(1000), checkpoint(1000), b"token for 1000"),
     ]
+    # The listing alone names every size and root, reading nothing.
+    listed = (await anchor.listing(ORIGIN)).checkpoints
+    assert [(c.size, c.root, c.note, c.token_version_id is not None) for c in listed] == [
+        (7, root_of(7), None, False),
+        (1000, root_of(1000), None, True),
+    ]
+    assert sorted(await anchor.listings()) == [ORIGIN, "sentinel.local/audit/node-b"]
     assert [(c.versions, c.token_versions, c.delete_markers, c.rewritten) for c in found] == [
         (1, 0, 0, False),
         (1, 1, 0, False),
@@ -115,7 +131,7 @@ async def test_every_object_is_locked_in_compliance_mode_from_the_clock(
     anchor: ObjectLockAnchor, owner: Any, bucket: str
 ) -> None:
     await anchor.publish(ORIGIN, 42, checkpoint(42), b"\x30\x82token")
-    key = anchor.key(ORIGIN, 42)
+    key = note_key(anchor, 42)
     for name, content_type in ((key, "text/plain; charset=utf-8"), (key + ".tsr", "application/timestamp-reply")):
         head = owner.head_object(Bucket=bucket, Key=name)
         assert head["ObjectLockMode"] == "COMPLIANCE"
@@ -129,7 +145,7 @@ async def test_the_credential_holder_cannot_delete_a_locked_checkpoint(
     anchor: ObjectLockAnchor, owner: Any, seaweed: Seaweed, bucket: str
 ) -> None:
     await anchor.publish(ORIGIN, 5, checkpoint(5))
-    key = anchor.key(ORIGIN, 5)
+    key = note_key(anchor, 5)
     version = owner.head_object(Bucket=bucket, Key=key)["VersionId"]
 
     with pytest.raises(ClientError) as refused:
@@ -156,7 +172,7 @@ async def test_an_overwrite_leaves_the_original_as_the_oldest_version_and_is_fla
     anchor: ObjectLockAnchor, owner: Any, bucket: str
 ) -> None:
     await anchor.publish(ORIGIN, 9, checkpoint(9), b"original token")
-    key = anchor.key(ORIGIN, 9)
+    key = note_key(anchor, 9)
     forged = checkpoint(9, root=b"another history")
     owner.put_object(Bucket=bucket, Key=key, Body=forged)
     owner.put_object(Bucket=bucket, Key=key + ".tsr", Body=b"forged token")
@@ -173,9 +189,38 @@ async def test_an_overwrite_leaves_the_original_as_the_oldest_version_and_is_fla
         await anchor.publish(ORIGIN, 9, forged)
 
 
+async def test_a_second_root_for_a_size_or_a_stray_key_changes_nothing_anchored(
+    anchor: ObjectLockAnchor, owner: Any, bucket: str
+) -> None:
+    """Whoever holds the credentials can add keys: another root for an anchored size (a fork written
+    after the fact), a key in no publisher's layout, a token with no note. Each addition is named. (Which
+    of two roots is the anchored one goes by LastModified, one-second resolution: written within the
+    same second here, either may come first, and the other is named.)"""
+    await anchor.publish(ORIGIN, 13, checkpoint(13))
+    forged = checkpoint(13, root=b"rewritten history")
+    owner.put_object(Bucket=bucket, Key=note_key(anchor, 13, b"rewritten history"), Body=forged)
+    stray = anchor.key(ORIGIN, 13) + "-not-a-root"
+    owner.put_object(Bucket=bucket, Key=stray, Body=b"junk")
+    orphan = note_key(anchor, 14) + ".tsr"
+    owner.put_object(Bucket=bucket, Key=orphan, Body=b"token of nothing")
+    upper = anchor.key(ORIGIN, 15) + "-" + root_of(15).hex().upper()  # another spelling of a root: not ours
+    owner.put_object(Bucket=bucket, Key=upper, Body=checkpoint(15))
+
+    listing = await anchor.listing(ORIGIN)
+    [found] = listing.checkpoints
+    assert (found.size, found.rewritten, len(found.others)) == (13, True, 1)
+    assert {found.key, *found.others} == {note_key(anchor, 13), note_key(anchor, 13, b"rewritten history")}
+    assert found.key == anchor.key(ORIGIN, 13, found.root)
+    assert listing.strays == sorted([stray, orphan, upper])
+    [read] = await anchor.read(listing.checkpoints)
+    assert read.note in (checkpoint(13), forged) and read.note.split(b"\n")[2] == base64.b64encode(found.root)
+    with pytest.raises(AnchorConflict):  # the writer refuses to add either root again beside the other
+        await anchor.publish(ORIGIN, 13, forged)
+
+
 async def test_a_delete_marker_hides_nothing(anchor: ObjectLockAnchor, owner: Any, bucket: str) -> None:
     await anchor.publish(ORIGIN, 11, checkpoint(11))
-    key = anchor.key(ORIGIN, 11)
+    key = note_key(anchor, 11)
     owner.delete_object(Bucket=bucket, Key=key)  # no version id: Object Lock allows a delete marker
     assert owner.list_objects_v2(Bucket=bucket, Prefix="anchors/").get("Contents", []) == []
 
@@ -198,10 +243,10 @@ async def test_publishing_again_is_idempotent_and_different_bytes_conflict(
 
     with pytest.raises(AnchorConflict) as conflict:
         await anchor.publish(ORIGIN, 12, checkpoint(12, root=b"a fork"))
-    assert (conflict.value.key, conflict.value.what) == (anchor.key(ORIGIN, 12), "note")
+    assert (conflict.value.key, conflict.value.what) == (note_key(anchor, 12), "note")
     with pytest.raises(AnchorConflict) as conflict:
         await anchor.publish(ORIGIN, 12, checkpoint(12), b"another token")
-    assert (conflict.value.key, conflict.value.what) == (anchor.key(ORIGIN, 12) + ".tsr", "token")
+    assert (conflict.value.key, conflict.value.what) == (note_key(anchor, 12) + ".tsr", "token")
 
     [found] = await anchor.checkpoints(ORIGIN)
     assert (found.note, found.token, found.versions, found.token_versions) == (checkpoint(12), b"token", 1, 1)
@@ -277,5 +322,6 @@ def test_describe_keeps_credentials_out(seaweed: Seaweed) -> None:
     try:
         assert anchor.describe() == "s3://anchor/a/b/ at https://s3.example:9000/"
         assert anchor.key(ORIGIN, 3) == "a/b/sentinel.local/audit/node-a/checkpoint/00000000000000000003"
+        assert anchor.key(ORIGIN, 3, b"\xab" * 32) == anchor.key(ORIGIN, 3) + "-" + "ab" * 32
     finally:
         anchor.close()

@@ -58,7 +58,10 @@ async def test_verify_against_the_anchors_finds_a_rewrite_re_signed_with_the_rea
     intact = await sentinel(config, "--anchors")
     assert intact.returncode == 0, intact.stdout + intact.stderr
     assert f"Anchors: verified against 5 checkpoints anchored in s3://{anchored.bucket}/anchors/" in intact.stdout
-    assert "5 time-stamped by CN=Sentinel Test Root CA (RFC 3161); node-a up to 29, time-stamped 20" in intact.stdout
+    assert "1 time-stamped by CN=Sentinel Test Root CA (RFC 3161); node-a up to 29, time-stamped 20" in intact.stdout
+    every = await sentinel(config, "--anchors", "--every-anchor")
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert "every note's signature checked, 5 time-stamped by CN=Sentinel Test Root CA (RFC 3161)" in every.stdout
 
     rewrite(anchored.trail.store.path, "node-a", 3, anchored.signer())
     local = await sentinel(config)
@@ -77,6 +80,7 @@ async def test_verify_against_the_anchors_finds_a_rewrite_re_signed_with_the_rea
         "--anchor-endpoint",
         seaweed.endpoint,
         "--json",
+        "--every-anchor",
         AWS_ACCESS_KEY_ID=ACCESS_KEY,
         AWS_SECRET_ACCESS_KEY=SECRET_KEY,
     )
@@ -84,7 +88,8 @@ async def test_verify_against_the_anchors_finds_a_rewrite_re_signed_with_the_rea
     report = orjson.loads(own.stdout)
     assert report["ok"] is False
     assert [(f["kind"], f["seq"]) for f in report["instances"][0]["findings"]] == [("anchor_mismatch", 8)]
-    assert (report["anchors"]["anchored"], report["anchors"]["time_stamped"]) == (5, 5)
+    assert (report["anchors"]["anchored"], report["anchors"]["signatures_checked"]) == (5, 5)
+    assert (report["anchors"]["every_note_read"], report["anchors"]["time_stamped"]) == (True, 5)
     assert report["anchors"]["chains"][0]["instance"] == "node-a" and report["anchors"]["chains"][0]["size"] == 29
 
 
@@ -93,9 +98,8 @@ async def test_anchor_findings_fail_the_check_and_usage_errors_are_status_2(
 ) -> None:
     data_dir = tmp_path / "data"
     config = configure(data_dir, tsa, anchor_settings(seaweed, anchored.bucket))
-    anchored.owner.put_object(
-        Bucket=anchored.bucket, Key=anchored.anchor.key("sentinel/audit/node-a", 15), Body=b"written over"
-    )
+    root = (await anchored.read()).roots["node-a"][15]
+    anchored.owner.put_object(Bucket=anchored.bucket, Key=anchored.key(15, root), Body=b"written over")
     rewritten = await sentinel(config, "--anchors")
     assert rewritten.returncode == 1, rewritten.stdout + rewritten.stderr
     assert "ANCHOR_REWRITTEN node-a size 15:" in rewritten.stdout
@@ -104,6 +108,8 @@ async def test_anchor_findings_fail_the_check_and_usage_errors_are_status_2(
     assert ranged.returncode == 2 and "it takes no --from or --to" in ranged.stderr
     unconfigured = await sentinel(configure(data_dir, tsa, None), "--anchors")
     assert unconfigured.returncode == 2 and "audit.anchor, which is not configured" in unconfigured.stderr
+    alone = await sentinel(config, "--every-anchor")
+    assert alone.returncode == 2 and "--every-anchor goes with --anchors" in alone.stderr
     not_s3 = await sentinel(config, "--anchors", "https://bucket/prefix")
     assert not_s3.returncode == 2 and "is not s3://BUCKET/PREFIX" in not_s3.stderr
 

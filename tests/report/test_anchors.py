@@ -86,7 +86,8 @@ async def test_a_report_verifies_against_the_anchors_and_finds_a_rewrite_before_
     dataset, bucket, published = await anchor(fresh_copy(clean), seaweed, tsa)
     intact = await report(dataset)
     anchors = intact["integrity"]["anchors"]
-    assert anchors["configured"] is True and (anchors["anchored"], anchors["time_stamped"]) == (published, published)
+    assert anchors["configured"] is True and anchors["anchored"] == published
+    assert anchors["time_stamped"] == len(anchors["chains"])  # each chain's newest note and token read
     assert anchors["statement"].startswith(f"verified against {published} checkpoints anchored in s3://{bucket}/")
     assert "(Object Lock, COMPLIANCE), " in anchors["statement"] and "CN=Sentinel Test Root CA" in anchors["statement"]
     assert INSTANCE in {c["instance"] for c in anchors["chains"]}

@@ -155,17 +155,21 @@ class Anchored:
     def checkpoints(self) -> list[dict[str, Any]]:
         return checkpoints(self.trail.spool.path)
 
-    async def read(self) -> AnchorReading:
-        return await read_anchors(self.anchor, self.keys(), PREFIX, self.trust)
+    async def read(self, *, every: bool = False) -> AnchorReading:
+        return await read_anchors(self.anchor, self.keys(), PREFIX, self.trust, every=every)
 
     async def local(self) -> Found:
         return sorted((f.kind, f.seq, f.seq_to) for f in (await self.trail.verify()).findings)
 
-    async def against_anchors(self) -> Found:
+    async def against_anchors(self, *, every: bool = False) -> Found:
         """Every finding of the verifier given the anchored roots, and of the anchors themselves."""
-        reading = await self.read()
+        reading = await self.read(every=every)
         report = await self.trail.verify(anchored=reading.roots)
         return sorted((f.kind, f.seq, f.seq_to) for f in [*report.findings, *reading.findings])
+
+    def key(self, size: int, root: bytes) -> str:
+        """The object key of the checkpoint anchored at `size` with `root`."""
+        return self.anchor.key(ORIGIN, size, root)
 
     def note(self, size: int, root: bytes, key: Ed25519PrivateKey | None = None) -> bytes:
         return sign_checkpoint(Checkpoint(ORIGIN, size, root), key or self.signer()[1]).encode()

@@ -1,10 +1,12 @@
 """Signed checkpoints published to an S3 bucket under Object Lock (COMPLIANCE), out of the operator's reach.
 
-One object per checkpoint, `<prefix>/<origin>/checkpoint/<size, 20 digits>` (its RFC 3161 token beside
-it with `.tsr`), locked until `retention_days` after publishing. Object Lock forbids deleting a version,
-not adding one: whoever holds the credentials can still PUT new bytes on top. So a reader lists every
-version and takes the oldest as the anchored checkpoint, and a key with more than one version (or a
-delete marker) is reported as rewritten. See docs/anchors.md.
+One object per checkpoint, `<prefix>/<origin>/checkpoint/<size, 20 digits>-<root, hex>` (its RFC 3161
+token beside it with `.tsr`), locked until `retention_days` after publishing. The key names the tree size
+and Merkle root the note signs, so one listing gives every anchored root without reading the objects: a
+key, unlike an object's bytes, cannot be written over. Object Lock forbids deleting a version, not adding
+one: whoever holds the credentials can still PUT new bytes on top, or add a key. So a reader lists every
+version, takes the oldest as the anchored checkpoint, and reports a key with more than one version (or a
+delete marker), or a second root for one size, as rewritten. See docs/anchors.md.
 
 The boto3 calls block; the public methods run them in a thread, so asyncio code awaits them directly.
 """
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import math
 import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +36,7 @@ from sentinel.s3client import s3_client
 __all__ = [
     "AnchorConflict",
     "AnchorError",
+    "AnchorListing",
     "AnchorMisconfigured",
     "AnchorUnavailable",
     "AnchoredCheckpoint",
@@ -74,28 +78,44 @@ class AnchorConflict(AnchorError):
 
 @dataclass(frozen=True, slots=True)
 class AnchoredCheckpoint:
-    """One checkpoint as the anchor holds it: the bytes first written under its key.
+    """One checkpoint as the anchor holds it: the first key written for its tree size, and its history.
 
-    `versions` counts the object versions under the note's key: 1 unless someone with the credentials
-    wrote new bytes on top (which S3 allows, keeping the locked version). `token_versions` is the same
-    for the `.tsr` (0: no token), `delete_markers` counts both keys' delete markers (a plain DELETE,
-    which Object Lock also allows, hides a key from ordinary listings). `last_modified` is when the
-    anchored version was written, by the server's clock.
+    `root` is the Merkle root the key names (and the note, when read, signs). `versions` counts the object
+    versions under the note's key: 1 unless someone with the credentials wrote new bytes on top (which S3
+    allows, keeping the locked version). `token_versions` is the same for the `.tsr` (0: no token),
+    `delete_markers` counts both keys' delete markers (a plain DELETE, which Object Lock also allows,
+    hides a key from ordinary listings). `others` are further keys for the same size with another root,
+    added later. `last_modified` is when the anchored version was written, by the server's clock.
+    `note` and `token` are the oldest versions' bytes, None until read (`ObjectLockAnchor.read`).
     """
 
     origin: str
     size: int
-    note: bytes
-    token: bytes | None
-    versions: int
+    root: bytes
+    key: str
+    version_id: str
     last_modified: datetime
+    versions: int = 1
+    token_version_id: str | None = None
     token_versions: int = 0
     delete_markers: int = 0
+    others: tuple[str, ...] = ()
+    note: bytes | None = None
+    token: bytes | None = None
 
     @property
     def rewritten(self) -> bool:
         """Someone wrote or deleted after the checkpoint was anchored: what they wrote is not trusted."""
-        return self.versions > 1 or self.token_versions > 1 or self.delete_markers > 0
+        return self.versions > 1 or self.token_versions > 1 or self.delete_markers > 0 or bool(self.others)
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorListing:
+    """An origin's anchored checkpoints by size, from one listing of every version; `strays` are keys under
+    its `checkpoint/` that no publisher writes (someone with the credentials put them there)."""
+
+    checkpoints: list[AnchoredCheckpoint]
+    strays: list[str]
 
 
 @dataclass
@@ -126,15 +146,38 @@ def _check_origin(origin: str) -> None:
         raise ValueError(f"{origin!r} is not a log origin: no leading, trailing or doubled '/', no '.' or '..'")
 
 
-def _check_note(origin: str, size: int, note: bytes) -> None:
-    # A tlog checkpoint's first two lines are its origin and tree size (c2sp.org/tlog-checkpoint); a note
-    # filed under another key would anchor a claim it does not make.
+def _check_note(origin: str, size: int, note: bytes) -> bytes:
+    """The root hash a checkpoint note of `origin` at `size` signs. A tlog checkpoint's first three lines
+    are its origin, tree size and base64 root (c2sp.org/tlog-checkpoint); a note filed under another key
+    would anchor a claim it does not make."""
     if not 0 <= size < 10**_SIZE_DIGITS:
         raise ValueError(f"tree size {size} out of range")
-    lines = note.split(b"\n", 2)
-    if len(lines) < 3 or lines[0] != origin.encode() or lines[1] != str(size).encode():
+    lines = note.split(b"\n", 3)
+    if len(lines) < 4 or lines[0] != origin.encode() or lines[1] != str(size).encode():
         head = b" / ".join(lines[:2]).decode(errors="replace")
         raise ValueError(f"the note is not a checkpoint of {origin} at size {size} (it starts {head!r})")
+    try:
+        root = base64.b64decode(lines[2], validate=True)
+    except binascii.Error:
+        root = b""
+    if len(root) != 32:
+        raise ValueError(f"the note's third line is not a base64 SHA-256 root hash: {lines[2][:64]!r}")
+    return root
+
+
+def _parse_name(name: str) -> tuple[int, bytes, bool] | None:
+    """(size, root, is a token) from a key's last part, `<20 digits>-<64 hex>[.tsr]`; None: not ours."""
+    token = name.endswith(".tsr")
+    digits, dash, hexroot = name.removesuffix(".tsr").partition("-")
+    if len(digits) != _SIZE_DIGITS or not (digits.isascii() and digits.isdigit()) or not dash or len(hexroot) != 64:
+        return None
+    try:
+        root = bytes.fromhex(hexroot)
+    except ValueError:
+        return None
+    if root.hex() != hexroot:  # upper case: another key for the same root
+        return None
+    return int(digits), root, token
 
 
 def _md5(data: bytes) -> str:
@@ -198,10 +241,12 @@ class ObjectLockAnchor:
             where = " at " + urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))
         return f"s3://{self.bucket}/{self.prefix}{where}"
 
-    def key(self, origin: str, size: int) -> str:
-        """The object key of `origin`'s checkpoint at tree `size` (its token: this + `.tsr`)."""
+    def key(self, origin: str, size: int, root: bytes | None = None) -> str:
+        """The object key of `origin`'s checkpoint at tree `size` with Merkle `root` (its token: this +
+        `.tsr`); without `root`, the prefix every key for that size starts with."""
         _check_origin(origin)
-        return f"{self.prefix}{origin}/checkpoint/{size:0{_SIZE_DIGITS}d}"
+        key = f"{self.prefix}{origin}/checkpoint/{size:0{_SIZE_DIGITS}d}"
+        return key if root is None else f"{key}-{root.hex()}"
 
     async def check(self) -> None:
         """Raise `AnchorMisconfigured` unless the bucket exists, is versioned and has Object Lock enabled."""
@@ -213,9 +258,22 @@ class ObjectLockAnchor:
         were already anchored; `AnchorConflict` if different bytes are."""
         return await asyncio.to_thread(self._publish, origin, size, note, token)
 
+    async def listing(self, origin: str) -> AnchorListing:
+        """Every checkpoint anchored for `origin`, by size, from the listing alone (no object read): each
+        size's first key, its root and history. `ValueError` for an origin no publisher writes."""
+        return await asyncio.to_thread(self._listing, origin)
+
+    async def read(self, anchored: list[AnchoredCheckpoint]) -> list[AnchoredCheckpoint]:
+        """`anchored` with their notes and tokens read: the oldest version of each, which Object Lock keeps."""
+        return await asyncio.to_thread(self._read_all, anchored)
+
+    async def listings(self) -> dict[str, AnchorListing]:
+        """`listing` of every origin with checkpoints here, from one listing of the bucket's prefix."""
+        return await asyncio.to_thread(self._listings)
+
     async def checkpoints(self, origin: str) -> list[AnchoredCheckpoint]:
-        """Every checkpoint anchored for `origin`, by size: each key's oldest version, with its history."""
-        return await asyncio.to_thread(self._checkpoints, origin)
+        """Every checkpoint anchored for `origin`, by size, read: `listing` then `read`."""
+        return await self.read((await self.listing(origin)).checkpoints)
 
     async def origins(self) -> list[str]:
         """The origins that have checkpoints here, sorted."""
@@ -265,17 +323,24 @@ class ObjectLockAnchor:
             )
 
     def _publish(self, origin: str, size: int, note: bytes, token: bytes | None) -> bool:
-        _check_note(origin, size, note)
-        key = self.key(origin, size)
-        written = self._put_once(key, note, NOTE_TYPE, "note")
+        root = _check_note(origin, size, note)
+        key = self.key(origin, size, root)
+        # Every key for this size, notes and tokens: another root anchored for it is a fork, never replaced.
+        histories = self._histories(self.key(origin, size))
+        for other, history in histories.items():
+            if other != key and not other.endswith(".tsr") and history.versions:
+                raise AnchorConflict(other, "note")
+        written = self._put_once(key, note, NOTE_TYPE, "note", histories.get(key))
         if token is not None:
-            self._put_once(key + ".tsr", token, TOKEN_TYPE, "token")
+            self._put_once(key + ".tsr", token, TOKEN_TYPE, "token", histories.get(key + ".tsr"))
         return written
 
-    def _put_once(self, key: str, data: bytes, content_type: str, what: Literal["note", "token"]) -> bool:
-        # Look at every version first: the latest may be someone's overwrite, or a delete marker over the
-        # anchored version (a conditional PUT would succeed on top of that one).
-        anchored = self._anchored(key)
+    def _put_once(
+        self, key: str, data: bytes, content_type: str, what: Literal["note", "token"], history: _History | None
+    ) -> bool:
+        # `history` is every version already there: the latest may be someone's overwrite, or a delete
+        # marker over the anchored version (a conditional PUT would succeed on top of that one).
+        anchored = self._read(key, history.oldest()["VersionId"]) if history and history.versions else None
         if anchored is None:
             if self._put_locked(key, data, content_type):
                 return True
@@ -345,43 +410,80 @@ class ObjectLockAnchor:
             return None
         return self._read(key, history.oldest()["VersionId"])
 
-    def _checkpoints(self, origin: str) -> list[AnchoredCheckpoint]:
+    def _listing(self, origin: str) -> AnchorListing:
         base = self.key(origin, 0).rpartition("/")[0] + "/"
-        notes: dict[int, tuple[str, _History]] = {}
-        tokens: dict[int, tuple[str, _History]] = {}
-        for key, history in self._histories(base).items():
-            name = key[len(base) :]
-            digits = name.removesuffix(".tsr")
-            if len(digits) != _SIZE_DIGITS or not (digits.isascii() and digits.isdigit()):
-                continue  # not ours; the layout has nothing else under checkpoint/
-            (tokens if name.endswith(".tsr") else notes)[int(digits)] = (key, history)
-        wanted = []  # (size, note key and version, token key and version or None)
-        for size in sorted(notes):
-            key, history = notes[size]
-            if not history.versions:
-                continue  # only delete markers: the versions outlived their retention and were removed
-            token_key, token_history = tokens.get(size, (key + ".tsr", _History()))
-            token = (token_key, token_history.oldest()["VersionId"]) if token_history.versions else None
-            wanted.append((size, (key, history.oldest()["VersionId"]), token, history, token_history))
-        # The GETs in parallel (a year of checkpoints is tens of thousands of objects); clients are thread-safe.
-        reads = [w[1] for w in wanted] + [w[2] for w in wanted if w[2] is not None]
-        with ThreadPoolExecutor(_READERS) as pool:
-            bodies = dict(zip(reads, pool.map(lambda kv: self._read(*kv), reads), strict=True))
+        return self._group(origin, base, self._histories(base))
+
+    def _listings(self) -> dict[str, AnchorListing]:
+        # One listing of every version under the prefix, split by origin: a delete marker must not make
+        # an origin disappear, and a year of checkpoints is tens of thousands of keys.
+        by_origin: dict[str, dict[str, _History]] = {}
+        for key, history in self._histories(self.prefix).items():
+            origin, found, _ = key[len(self.prefix) :].rpartition("/checkpoint/")
+            if found and origin:
+                by_origin.setdefault(origin, {})[key] = history
+        listings = {}
+        for origin, histories in sorted(by_origin.items()):
+            try:
+                base = self.key(origin, 0).rpartition("/")[0] + "/"
+            except ValueError:  # keys no publisher writes: the origin cannot name a log
+                listings[origin] = AnchorListing([], sorted(histories))
+                continue
+            listings[origin] = self._group(origin, base, histories)
+        return listings
+
+    def _group(self, origin: str, base: str, histories: dict[str, _History]) -> AnchorListing:
+        notes: dict[int, list[tuple[str, bytes, _History]]] = {}
+        tokens: dict[str, _History] = {}
+        strays = []
+        for key, history in histories.items():
+            parsed = _parse_name(key[len(base) :])
+            if parsed is None:
+                strays.append(key)
+            elif parsed[2]:
+                tokens[key] = history
+            elif history.versions:  # only delete markers: the versions outlived their retention and were removed
+                notes.setdefault(parsed[0], []).append((key, parsed[1], history))
+        noted = {key for keys in notes.values() for key, _, _ in keys}
+        strays += [key for key in tokens if key.removesuffix(".tsr") not in noted]
         anchored = []
-        for size, note, token, history, token_history in wanted:
+        for size in sorted(notes):
+            # The first key written for a size is the anchored one; later roots for it are someone's.
+            keys = sorted(notes[size], key=lambda item: (item[2].oldest()["LastModified"], item[0]))
+            key, root, history = keys[0]
+            oldest = history.oldest()
+            token = tokens.get(key + ".tsr", _History())
             anchored.append(
                 AnchoredCheckpoint(
                     origin=origin,
                     size=size,
-                    note=bodies[note],
-                    token=bodies[token] if token is not None else None,
+                    root=root,
+                    key=key,
+                    version_id=oldest["VersionId"],
+                    last_modified=oldest["LastModified"],
                     versions=len(history.versions),
-                    last_modified=history.oldest()["LastModified"],
-                    token_versions=len(token_history.versions),
-                    delete_markers=history.delete_markers + token_history.delete_markers,
+                    token_version_id=token.oldest()["VersionId"] if token.versions else None,
+                    token_versions=len(token.versions),
+                    delete_markers=history.delete_markers + token.delete_markers,
+                    others=tuple(other for other, _, _ in keys[1:]),
                 )
             )
-        return anchored
+        return AnchorListing(anchored, sorted(strays))
+
+    def _read_all(self, anchored: list[AnchoredCheckpoint]) -> list[AnchoredCheckpoint]:
+        reads = [(c.key, c.version_id) for c in anchored]
+        reads += [(c.key + ".tsr", c.token_version_id) for c in anchored if c.token_version_id is not None]
+        # In parallel (a year of checkpoints is tens of thousands of objects); boto3 clients are thread-safe.
+        with ThreadPoolExecutor(_READERS) as pool:
+            bodies = dict(zip(reads, pool.map(lambda kv: self._read(*kv), reads), strict=True))
+        return [
+            replace(
+                c,
+                note=bodies[(c.key, c.version_id)],
+                token=bodies[(c.key + ".tsr", c.token_version_id)] if c.token_version_id is not None else None,
+            )
+            for c in anchored
+        ]
 
     def _origins(self) -> list[str]:
         # Versions, not the current listing: a delete marker must not make an origin disappear.
