@@ -60,6 +60,10 @@ def create_admin_app(state: AdminState) -> FastAPI:
         status, body = state.moderation.handle(request.headers.get("authorization"), await request.body())
         return JSONResponse(body, status_code=status)
 
+    if state.audit is not None:
+        from sentinel.admin.tlog_routes import tlog_router
+
+        app.include_router(tlog_router(state.audit.instance, state.audit.spool.path))
     if state.audit is not None and state.auth is not None:
         from sentinel.admin.audit_routes import audit_router
 

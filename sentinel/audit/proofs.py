@@ -83,6 +83,15 @@ class SpoolTiles:
         row = self._query("SELECT hashes FROM tiles WHERE level = ? AND idx = ?", (level, index))
         return bytes(row[0]) if row else None
 
+    def newest_note(self) -> str | None:
+        """The C2SP signed note of the newest checkpoint the writer signed (None: none yet). The spool keeps
+        its newest checkpoint whatever it prunes, and writes it in the transaction that writes its tiles."""
+        row = self._query(
+            "SELECT json_extract(body, '$.note') FROM checkpoints "
+            "WHERE json_extract(body, '$.note') IS NOT NULL ORDER BY seq DESC LIMIT 1"
+        )
+        return str(row[0]) if row else None
+
     def size(self) -> int:
         """The leaves the tiles hold (0 when none)."""
         row = self._query("SELECT idx, length(hashes) FROM tiles WHERE level = 0 ORDER BY idx DESC LIMIT 1")

@@ -141,3 +141,43 @@ def tiles_of(leaves: Iterable[bytes]) -> dict[tuple[int, int], bytes]:
     for level, hashes in builder.edge.items():
         tiles[(level, (builder.size >> (HEIGHT * level)) // WIDTH)] = b"".join(hashes)
     return tiles
+
+
+def tile_path(level: int, index: int, width: int = WIDTH) -> str:
+    """A hash tile's path in C2SP tlog-tiles: `tile/<L>/<N>[.p/<W>]`, the index in 3-digit elements, all
+    but the last prefixed `x` (index 1234067 is `x001/x234/067`); `.p/<W>` only for a partial tile."""
+    digits = f"{index % 1000:03d}"
+    while index >= 1000:
+        index //= 1000
+        digits = f"x{index % 1000:03d}/{digits}"
+    return f"tile/{level}/{digits}" + (f".p/{width}" if width != WIDTH else "")
+
+
+def parse_tile_path(path: str) -> tuple[int, int, int]:
+    """`(level, index, width)` from a C2SP hash tile path (`tile_path`'s inverse); `ValueError` for any
+    path not in its one canonical spelling (leading zeros, a needless `x000`, a width of 0 or 256)."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "tile":
+        raise ValueError(f"{path!r} is not a tile path")
+    level, elements = parts[1], parts[2:]
+    width = WIDTH
+    if len(elements) >= 2 and elements[-2].endswith(".p"):
+        if not _decimal(elements[-1]) or not 0 < int(elements[-1]) < WIDTH:
+            raise ValueError(f"{path!r}: a partial tile's width is 1 to {WIDTH - 1}")
+        width = int(elements[-1])
+        elements = [*elements[:-2], elements[-2][:-2]]
+    if not _decimal(level) or int(level) > 63:
+        raise ValueError(f"{path!r}: the level is a decimal number from 0 to 63")
+    *upper, last = elements
+    if not (len(last) == 3 and last.isdigit() and last.isascii()):
+        raise ValueError(f"{path!r}: the index ends in 3 digits")
+    if any(not (len(e) == 4 and e[0] == "x" and e[1:].isdigit() and e[1:].isascii()) for e in upper):
+        raise ValueError(f"{path!r}: the index's leading elements are x and 3 digits")
+    index = int("".join(e.removeprefix("x") for e in elements))
+    if tile_path(int(level), index, width) != path:
+        raise ValueError(f"{path!r} is not the canonical path of tile {level}/{index}")
+    return int(level), index, width
+
+
+def _decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit() and (text == "0" or not text.startswith("0"))

@@ -6,11 +6,17 @@
 // Usage:
 //
 //	tlogcheck -vkey 'origin+hash+base64key' proof.json
+//	tlogcheck -vkey 'origin+hash+base64key' -tiles URL [-leaf N -record FILE]
 //
 // proof.json is what `sentinel audit prove --json` or `sentinel audit consistency --json` prints:
 //
 //	{"origin", "leaf_index", "tree_size", "record" (base64), "proof" ([base64]), "checkpoint" (note)}
 //	{"origin", "old_size", "new_size", "old_checkpoint", "new_checkpoint", "proof" ([base64])}
+//
+// With -tiles, URL is a C2SP tlog-tiles log (Sentinel's admin port serves one at /tlog/<instance>):
+// it reads URL/checkpoint, opens it, and reads the hash tiles through tlog.TileHashReader, which checks
+// every tile against the signed root; the tree hash must be the root, and with -leaf and -record the
+// record must be leaf N of the tree (a proof made from the served tiles). It prints "ok SIZE".
 //
 // It prints "ok" and exits 0 when every signature, checkpoint and proof holds; otherwise it prints
 // why on stderr and exits 1 (2 for a usage error or an unreadable file).
@@ -26,6 +32,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -61,11 +69,28 @@ type checkpoint struct {
 
 func main() {
 	vkey := flag.String("vkey", "", "verifier key of the log, `name+hash+base64key`")
+	tiles := flag.String("tiles", "", "read the log from this C2SP tlog-tiles `URL` instead of a proof file")
+	leaf := flag.Int64("leaf", -1, "with -tiles and -record: the record's leaf `index`")
+	record := flag.String("record", "", "with -tiles and -leaf: a `file` with the record's stored bytes")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: tlogcheck -vkey 'origin+hash+base64key' proof.json")
+		fmt.Fprintln(os.Stderr, "       tlogcheck -vkey 'origin+hash+base64key' -tiles URL [-leaf N -record FILE]")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
+	if *tiles != "" {
+		if *vkey == "" || flag.NArg() != 0 || (*leaf < 0) != (*record == "") {
+			flag.Usage()
+			os.Exit(2)
+		}
+		size, err := checkTiles(*tiles, *vkey, *leaf, *record)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "tlogcheck:", err)
+			os.Exit(1)
+		}
+		fmt.Println("ok", size)
+		return
+	}
 	if *vkey == "" || flag.NArg() != 1 {
 		flag.Usage()
 		os.Exit(2)
@@ -230,4 +255,82 @@ func hashes(ss []string) ([]tlog.Hash, error) {
 		out[i] = h
 	}
 	return out, nil
+}
+
+// httpTiles reads hash tiles from a C2SP tlog-tiles URL. x/mod names a tile tile/H/L/N[.p/W]; C2SP
+// fixes H at 8 and leaves it out: tile/L/N[.p/W].
+type httpTiles struct{ base string }
+
+func (h httpTiles) Height() int { return 8 }
+
+func (h httpTiles) SaveTiles([]tlog.Tile, [][]byte) {}
+
+func (h httpTiles) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
+	out := make([][]byte, len(tiles))
+	for i, t := range tiles {
+		data, err := get(h.base + "/" + strings.Replace(t.Path(), "tile/8/", "tile/", 1))
+		if err != nil {
+			return nil, err
+		}
+		out[i] = data
+	}
+	return out, nil
+}
+
+func get(url string) ([]byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return data, nil
+}
+
+func checkTiles(base, vkey string, leaf int64, recordFile string) (int64, error) {
+	verifier, err := note.NewVerifier(vkey)
+	if err != nil {
+		return 0, fmt.Errorf("verifier key: %w", err)
+	}
+	msg, err := get(base + "/checkpoint")
+	if err != nil {
+		return 0, err
+	}
+	c, err := openCheckpoint(string(msg), verifier.Name(), note.VerifierList(verifier))
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint: %w", err)
+	}
+	// TileHashReader checks every tile it reads against the signed tree: what it returns is proven.
+	reader := tlog.TileHashReader(tlog.Tree{N: c.size, Hash: c.root}, httpTiles{base})
+	root, err := tlog.TreeHash(c.size, reader)
+	if err != nil {
+		return 0, fmt.Errorf("tiles: %w", err)
+	}
+	if root != c.root {
+		return 0, fmt.Errorf("the tiles give root %v, the checkpoint signs %v", root, c.root)
+	}
+	if recordFile == "" {
+		return c.size, nil
+	}
+	record, err := os.ReadFile(recordFile)
+	if err != nil {
+		return 0, err
+	}
+	if leaf >= c.size {
+		return 0, fmt.Errorf("leaf %d is not in the tree of size %d", leaf, c.size)
+	}
+	proof, err := tlog.ProveRecord(c.size, leaf, reader)
+	if err != nil {
+		return 0, fmt.Errorf("proof of leaf %d: %w", leaf, err)
+	}
+	if err := tlog.CheckRecord(proof, c.size, c.root, leaf, tlog.RecordHash(record)); err != nil {
+		return 0, fmt.Errorf("record is not leaf %d of the tree of size %d: %w", leaf, c.size, err)
+	}
+	return c.size, nil
 }
