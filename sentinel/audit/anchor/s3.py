@@ -268,7 +268,7 @@ class ObjectLockAnchor:
         return await asyncio.to_thread(self._read_all, anchored)
 
     async def listings(self) -> dict[str, AnchorListing]:
-        """`listing` of every origin with checkpoints here, from one listing of the bucket's prefix."""
+        """`listing` of every origin with checkpoints here (`origins`), the origins listed in parallel."""
         return await asyncio.to_thread(self._listings)
 
     async def checkpoints(self, origin: str) -> list[AnchoredCheckpoint]:
@@ -415,22 +415,17 @@ class ObjectLockAnchor:
         return self._group(origin, base, self._histories(base))
 
     def _listings(self) -> dict[str, AnchorListing]:
-        # One listing of every version under the prefix, split by origin: a delete marker must not make
-        # an origin disappear, and a year of checkpoints is tens of thousands of keys.
-        by_origin: dict[str, dict[str, _History]] = {}
-        for key, history in self._histories(self.prefix).items():
-            origin, found, _ = key[len(self.prefix) :].rpartition("/checkpoint/")
-            if found and origin:
-                by_origin.setdefault(origin, {})[key] = history
-        listings = {}
-        for origin, histories in sorted(by_origin.items()):
+        origins = self._origins()
+
+        def one(origin: str) -> AnchorListing:
             try:
-                base = self.key(origin, 0).rpartition("/")[0] + "/"
+                return self._listing(origin)
             except ValueError:  # keys no publisher writes: the origin cannot name a log
-                listings[origin] = AnchorListing([], sorted(histories))
-                continue
-            listings[origin] = self._group(origin, base, histories)
-        return listings
+                base = f"{self.prefix}{origin}/checkpoint/"
+                return AnchorListing([], sorted(self._histories(base)))
+
+        with ThreadPoolExecutor(4) as pool:
+            return dict(zip(origins, pool.map(one, origins), strict=True))
 
     def _group(self, origin: str, base: str, histories: dict[str, _History]) -> AnchorListing:
         notes: dict[int, list[tuple[str, bytes, _History]]] = {}
@@ -486,6 +481,32 @@ class ObjectLockAnchor:
         ]
 
     def _origins(self) -> list[str]:
-        # Versions, not the current listing: a delete marker must not make an origin disappear.
-        found = {key[len(self.prefix) :].rpartition("/checkpoint/")[0] for key in self._histories(self.prefix)}
-        return sorted(origin for origin in found if origin)
+        """Every origin with a `checkpoint/` folder, found by walking the folders one level at a time.
+
+        Not from one listing of every version under the prefix: SeaweedFS (4.x) drops a folder from a
+        `ListObjectVersions` that spans pages when its name extends a sibling's (`node-a.cli` beside
+        `node-a`, which is how the CLI's chain is named), so a whole chain would vanish from the reading.
+        Each folder is listed with both `ListObjectVersions` and `ListObjectsV2` (a delete marker hides
+        a folder from the second, not from the first)."""
+        origins, folders = [], [self.prefix]
+        while folders:
+            folder = folders.pop()
+            for child in self._subfolders(folder):
+                name = child[len(self.prefix) :].rstrip("/")
+                if child == folder + "checkpoint/":
+                    origins.append(folder[len(self.prefix) :].rstrip("/"))
+                elif name:
+                    folders.append(child)
+        return sorted(origin for origin in origins if origin)
+
+    def _subfolders(self, folder: str) -> set[str]:
+        found: set[str] = set()
+        try:
+            for method in ("list_object_versions", "list_objects_v2"):
+                for page in self.client.get_paginator(method).paginate(
+                    Bucket=self.bucket, Prefix=folder, Delimiter="/"
+                ):
+                    found.update(p["Prefix"] for p in page.get("CommonPrefixes", []))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._failure(f"list the folders under {folder or '/'}", exc) from exc
+        return found
