@@ -17,6 +17,7 @@ from sentinel.config import Settings, load_settings
 from sentinel.interaction import Interaction
 from sentinel.server import Sentinel, run_server
 from sentinel.sinks.memory import MemorySink
+from tests.support.hsm import Hsm, make_token
 from tests.support.loop import BackgroundLoop
 from tests.support.seaweed import Seaweed, running_seaweed
 from tests.support.tsa import Tsa, running_tsa
@@ -157,3 +158,9 @@ def tlogcheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert build.returncode == 0, f"go build failed:\n{build.stderr}"
     return binary
+
+
+@pytest.fixture(scope="session")
+def hsm(tmp_path_factory: pytest.TempPathFactory) -> Hsm:
+    """A SoftHSM 2 PKCS#11 token with Ed25519 key pairs, for the session (tests/support/hsm.py)."""
+    return make_token(tmp_path_factory.mktemp("hsm"))

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.record import GENESIS
+from sentinel.audit.signer import Signer
 
 
 @dataclass(slots=True)
@@ -42,7 +43,7 @@ def make_checkpoint(
     head: ChainHead,
     previous: dict[str, Any] | None,
     kid: str,
-    key: Ed25519PrivateKey,
+    key: Signer,
     note: str | None = None,
 ) -> dict[str, Any]:
     """The signed checkpoint of `head`; `note`, the C2SP signed checkpoint of the chain's Merkle tree

@@ -5,7 +5,9 @@ the store so that a backup or a restored store plus the KEK can open everything:
 
 - data keys (`dk-YYYYMMDD-…`): encrypt content fields; a new one each UTC day, or on `rotate()`;
 - the index key (`ix-…`): HMAC key for blind indexes; stable, so equal values stay searchable;
-- the checkpoint signing key (`sk-…`): Ed25519; its public half is stored in clear.
+- the checkpoint signing key (`sk-…`): Ed25519; its public half is stored in clear. With `audit.signer`
+  it is held in a PKCS#11 token instead (`sk-hsm-…`, sentinel/audit/signer.py): the ring stores only its
+  public half, as a key wrapped by no KEK (`kek_id` "external").
 
 A key may be stored wrapped under several KEKs: `rewrap` adds a wrapping under a new KEK (the
 store is append-only) and touches no record; a key opens if any of its wrappings' KEKs is at hand.
@@ -26,8 +28,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sentinel.audit.kek import KeyEncryptionKey, KeyUnavailable, LocalKeyFile
+from sentinel.audit.signer import Signer, external_kid
 
 DATA, INDEX, SIGNING = "data", "index", "signing"
+EXTERNAL = "external"
+"""The `kek_id` of a key held outside the ring (a PKCS#11 token): no wrapping, only its public half."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -89,12 +94,13 @@ class KeyRing:
         self._plain: dict[str, bytes] = {}
         self._aead: dict[str, AESGCM] = {}
         self._current: str | None = None
+        self._external: tuple[str, Signer] | None = None
         self._lock = threading.Lock()
         self._check_keks()
 
     def _check_keks(self) -> None:
         """Fail at start, naming the keys, if some stored key has no wrapping under a KEK we hold."""
-        held = set(self.keks.key_ids)
+        held = set(self.keks.key_ids) | {EXTERNAL}
         orphans = {kid: sorted(wrappings) for kid, wrappings in self._wrappings.items() if not (set(wrappings) & held)}
         if orphans:
             needed = sorted({kek for keks in orphans.values() for kek in keks})
@@ -168,7 +174,24 @@ class KeyRing:
                 first = self._first(INDEX) or self._new("ix", INDEX, secrets.token_bytes(32))
         return self._unwrapped(first.kid)
 
-    def signing_key(self) -> tuple[str, Ed25519PrivateKey]:
+    def use_signer(self, signer: Signer) -> str:
+        """Sign with `signer` (a key in a PKCS#11 token) from now on; its public half is stored (and made
+        durable) under `external_kid` the first time. Returns the key id."""
+        kid = external_kid(signer.public_key())
+        if kid not in self._wrappings:
+            public = signer.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            key = WrappedKey(kid, SIGNING, EXTERNAL, "", time.time(), base64.b64encode(public).decode())
+            if self._table is not None:
+                self._table.save_keys([key])
+            self.learn([key])
+        self._external = (kid, signer)
+        return kid
+
+    def signing_key(self) -> tuple[str, Signer]:
+        """The key checkpoints and reports are signed with: the token's (`use_signer`), else the newest
+        software key, made on first use."""
+        if self._external is not None:
+            return self._external
         latest = self._latest(SIGNING)
         if latest is None:
             with self._lock:
@@ -202,7 +225,12 @@ class KeyRing:
             return self._ends[(purpose, latest)]
         except KeyError:
             pass
-        candidates = [self._any(kid) for kid, w in self._wrappings.items() if next(iter(w.values())).purpose == purpose]
+        # A key held in a token is never the software key: `signing_key` answers it from `_external`.
+        candidates = [
+            self._any(kid)
+            for kid, w in self._wrappings.items()
+            if next(iter(w.values())).purpose == purpose and EXTERNAL not in w
+        ]
         pick = max if latest else min
         end = pick(candidates, key=lambda k: (k.created, k.kid)) if candidates else None
         self._ends[(purpose, latest)] = end
@@ -214,6 +242,8 @@ class KeyRing:
             wrappings = self._wrappings.get(kid)
             if not wrappings:
                 raise KeyUnavailable(f"data key {kid} is not known to this key ring (not in the store?)")
+            if EXTERNAL in wrappings:
+                raise KeyUnavailable(f"key {kid} is held in a PKCS#11 token (audit.signer): it never leaves it")
             held = [w for kek_id, w in wrappings.items() if kek_id in self.keks.key_ids]
             if not held:
                 raise KeyUnavailable(
@@ -248,9 +278,12 @@ class KeyRing:
 
     # -- KEK rotation --------------------------------------------------------------------------
     def rewrap(self, new_kek: KeyEncryptionKey) -> list[WrappedKey]:
-        """Wrap every key under `new_kek` too; returns the new wrappings (records are untouched)."""
+        """Wrap every key under `new_kek` too; returns the new wrappings (records are untouched). Keys held
+        in a token have nothing to wrap."""
         rewrapped = []
         for key in self.all_keys():
+            if key.kek_id == EXTERNAL:
+                continue
             plain = self._unwrapped(key.kid)
             rewrapped.append(
                 WrappedKey(
@@ -269,5 +302,5 @@ class KeyRing:
 
     def unwrappable_without(self, kek_id: str) -> list[str]:
         """Keys that would become unreadable if `kek_id` were removed from the key file."""
-        held = set(self.keks.key_ids) - {kek_id}
+        held = set(self.keks.key_ids) - {kek_id} | {EXTERNAL}
         return [kid for kid, wrappings in self._wrappings.items() if not (set(wrappings) & held)]

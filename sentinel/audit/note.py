@@ -21,8 +21,10 @@ import hashlib
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from sentinel.audit.signer import Signer
 
 ED25519 = b"\x01"
 DASH = "\u2014 "
@@ -78,7 +80,7 @@ class Verifier:
         return verifier
 
 
-def sign(text: str, name: str, key: Ed25519PrivateKey) -> str:
+def sign(text: str, name: str, key: Signer) -> str:
     """The signed note: `text` (ending in a newline), a blank line, the signature line."""
     if not text.endswith("\n"):
         raise NoteError("a note's text ends with a newline")
@@ -148,7 +150,7 @@ class Checkpoint:
         return cls(origin, int(size), digest, tuple(lines[3:-1]))
 
 
-def sign_checkpoint(checkpoint: Checkpoint, key: Ed25519PrivateKey) -> str:
+def sign_checkpoint(checkpoint: Checkpoint, key: Signer) -> str:
     """A checkpoint signed as a note, with the origin as the key name."""
     return sign(checkpoint.text(), checkpoint.origin, key)
 

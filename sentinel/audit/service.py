@@ -26,6 +26,7 @@ from sentinel.audit.kek import KeyUnavailable, LocalKeyFile
 from sentinel.audit.keyring import KeyRing
 from sentinel.audit.record import Event, RecordCorrupt, blind_index, decrypt
 from sentinel.audit.shipper import Shipper
+from sentinel.audit.signer import Pkcs11Signer
 from sentinel.audit.spool import Spool, SpoolUnavailable, WriterCopy
 from sentinel.audit.store import AuditStore, SearchQuery
 from sentinel.audit.store.embedded import EmbeddedStore
@@ -155,6 +156,7 @@ class AuditService:
         self.metrics = AuditMetrics(registry)
         self.store = open_store(settings)
         self.keyring: KeyRing | None = None
+        self.signer: Pkcs11Signer | None = None
         self.trail = AuditTrail(
             self.spool,
             self.instance,
@@ -186,6 +188,10 @@ class AuditService:
         spool_keys = await self.spool.run(self.spool.stored_keys)
         keks = load_or_create_keks(self.settings.resolve_path(self.settings.key_file), bool(spool_keys))
         self.keyring = KeyRing(keks, self.spool)
+        if self.settings.audit.signer is not None:
+            # The PKCS#11 module loads and logs in here, once; SignerUnavailable stops the start.
+            self.signer = await asyncio.to_thread(Pkcs11Signer.open, self.settings.audit.signer)
+            self.keyring.use_signer(self.signer)
         if self.cli:
             # Share the deployment's blind-index key: learn the server's keys before making any.
             self.keyring.learn(await asyncio.to_thread(_server_keys, self.settings))
@@ -242,6 +248,8 @@ class AuditService:
             else:
                 await self.shipper.stop(drain_timeout)
         await self.store.close()
+        if self.signer is not None:
+            await asyncio.to_thread(self.signer.close)
         if self.error is None:
             await asyncio.to_thread(self.spool.close)
         self._unlock()

@@ -64,6 +64,24 @@ class TimestampSettings(_Section):
     timeout: float = Field(default=10.0, gt=0)
 
 
+class Pkcs11SignerSettings(_Section):
+    """An Ed25519 signing key in a PKCS#11 token (an HSM), used for checkpoints and reports instead of a key
+    wrapped under the KEK (docs/audit.md, "Signing in a hardware security module"). The PIN comes from
+    `pin_file` (or `pin`, e.g. in `SENTINEL_AUDIT_SIGNER` as JSON), never from the command line."""
+
+    module: Path = Field(description="The token's PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so.")
+    token_label: str = Field(min_length=1)
+    key_label: str = Field(min_length=1, description="CKA_LABEL of the Ed25519 key pair (private and public).")
+    pin: SecretStr | None = None
+    pin_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pin(self) -> Pkcs11SignerSettings:
+        if self.pin is None:
+            self.pin = _read_secret_file(self.pin_file, "pin")
+        return self
+
+
 class AuditSettings(_Section):
     """The audit trail. Paths are relative to the data directory."""
 
@@ -91,6 +109,11 @@ class AuditSettings(_Section):
     )
     timestamp: TimestampSettings | None = Field(
         default=None, description="An RFC 3161 time-stamping authority for every anchored checkpoint."
+    )
+    signer: Pkcs11SignerSettings | None = Field(
+        default=None,
+        description="Sign checkpoints and reports with a key held in a PKCS#11 token (HSM) instead of one wrapped "
+        "under the KEK beside the data.",
     )
     anchor_lag_max: float = Field(
         default=900.0,

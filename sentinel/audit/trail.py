@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from sentinel.audit import record as records
@@ -30,6 +29,7 @@ from sentinel.audit.chain import ChainHead, make_checkpoint
 from sentinel.audit.keyring import KeyRing
 from sentinel.audit.note import Checkpoint, origin_of, sign_checkpoint
 from sentinel.audit.record import Event
+from sentinel.audit.signer import Signer
 from sentinel.audit.spool import Row, Spool, SpoolUnavailable
 from sentinel.audit.tiles import TileReader, TreeBuilder
 from sentinel.audit.tlog import CompactRange, leaf_hash
@@ -284,7 +284,7 @@ class AuditTrail:
         tree_range: CompactRange,
         head: ChainHead,
         last: dict[str, Any] | None,
-        signer: tuple[str, Ed25519PrivateKey] | None,
+        signer: tuple[str, Signer] | None,
     ) -> dict[str, Any] | None:
         """On the spool thread, off the event loop: the batch's leaves into the Merkle tree (a SHA-256
         over each stored record), the checkpoint signed if one is due, then all of it made durable.

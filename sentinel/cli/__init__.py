@@ -86,6 +86,19 @@ class LazyGroup(click.Group):
         command: click.Command = getattr(importlib.import_module(module), attr)
         return command
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            # A key that cannot be had (no KEK file, a token that refuses the PIN) is the operator's to fix:
+            # a message and status 2 from any command, never a traceback.
+            from sentinel.audit.kek import KeyUnavailable
+
+            if isinstance(exc, KeyUnavailable):
+                click.echo(f"sentinel: {exc}", err=True)
+                sys.exit(2)
+            raise
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))  # as click.Group.format_commands

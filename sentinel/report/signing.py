@@ -16,10 +16,11 @@ from typing import Any
 
 import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.chain import signature_valid as checkpoint_signature_valid
 from sentinel.audit.record import stored_hashes
+from sentinel.audit.signer import Signer
 from sentinel.audit.store import AuditStore, SearchQuery
 
 DOMAIN = b"sentinel-report/v1\n"
@@ -30,7 +31,7 @@ def sha256_hex(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def sign(sha256: str, key: Ed25519PrivateKey) -> str:
+def sign(sha256: str, key: Signer) -> str:
     return base64.b64encode(key.sign(DOMAIN + sha256.encode())).decode()
 
 
