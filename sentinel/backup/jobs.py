@@ -61,7 +61,7 @@ class BackupContext:
             raise PlanNotFound(f"no backup plan {name!r} (configured: {known})") from None
 
     def target(self, plan: str) -> Target:
-        return open_target(self.backup.targets[self.plan(plan).target], self.settings.data_dir)
+        return open_target(self.backup.targets[self.plan(plan).target], self.settings.data_dir, clock=self.clock)
 
     def repository(self, plan: str, *, create: bool = False) -> Repository:
         params = ChunkerParams(self.backup.chunk_min_size, self.backup.chunk_avg_size, self.backup.chunk_max_size)
@@ -128,6 +128,7 @@ def run_backup(
                 concurrency=context.backup.upload_concurrency,
                 progress=progress,
                 scheduled_for=scheduled_for,
+                clock=context.clock,
             )
             outcome.stats = job.stats
             snapshot = job.run()

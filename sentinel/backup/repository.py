@@ -1,25 +1,38 @@
-"""A backup repository: sealed chunks, signed snapshot manifests and a plain config object in a `Target`.
+"""A backup repository: sealed chunks, signed snapshot manifests, a signed snapshot index and a signed
+config object in a `Target`.
 
-Object names: `config` (format, repository id, key id, public signing key, chunker sizes),
-`chunks/<2 hex>/<chunk id>`, `snapshots/<snapshot id>`, `locks/<name>`. Nothing secret is stored
-in clear, and the backup key itself is never stored here.
+Object names: `config` (format, repository id, key id, public signing key, chunker sizes, signature),
+`chunks/<2 hex>/<chunk id>`, `snapshots/<snapshot id>`, `index/<sequence>`, `locks/<name>`. Nothing
+secret is stored in clear, and the backup key itself is never stored here.
+
+Whoever holds the bucket's credentials but not the backup key can add versions and delete markers
+(Object Lock allows both) but not forge anything: so every read takes the version the repository
+wrote (the version id a manifest records, else the oldest version that authenticates), listings
+include keys hidden by a delete marker, and the signed index names snapshots that went missing.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from cryptography.exceptions import InvalidSignature
 
+from sentinel.backup import index
 from sentinel.backup.chunking import ChunkerParams
 from sentinel.backup.crypto import AuthenticationError, associated_data, seal, unseal
 from sentinel.backup.keys import BackupKey
-from sentinel.backup.snapshot import Snapshot
-from sentinel.backup.targets import ObjectInfo, ObjectNotFound, Target
+from sentinel.backup.snapshot import ChunkRef, Snapshot
+from sentinel.backup.targets import History, ObjectNotFound, Target, TargetError
+
+log = logging.getLogger("sentinel.backup")
+T = TypeVar("T")
 
 FORMAT = "sentinel-backup"
 CONFIG_KEY = "config"
@@ -41,6 +54,10 @@ class WrongKeyError(RepositoryError):
 
 class SnapshotNotFound(RepositoryError):
     pass
+
+
+class SnapshotUnavailable(SnapshotNotFound):
+    """The snapshot asked for (or the newest one, for `latest`) is missing or damaged: never fall back silently."""
 
 
 class CorruptSnapshot(RepositoryError):
@@ -71,45 +88,184 @@ def snapshot_key(snapshot_id: str) -> str:
     return f"snapshots/{snapshot_id}"
 
 
+def recovery_hint(target: Target) -> str:
+    return (
+        "to rebuild it from the signed snapshot index run `sentinel backup recover-config --plan <plan>`; "
+        f"to start afresh instead, point the target at a new prefix (never reuse {target.describe()})"
+    )
+
+
+def _config_message(config: dict[str, Any]) -> bytes:
+    unsigned = {k: v for k, v in config.items() if k != "signature"}
+    return b"sentinel-backup/v1 config\0" + orjson.dumps(unsigned, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_config(config: dict[str, Any], key: BackupKey) -> dict[str, Any]:
+    return {**config, "signature": key.signing_key.sign(_config_message(config)).hex()}
+
+
+def config_authentic(config: dict[str, Any], key: BackupKey) -> bool:
+    """Signed by this key; a config written before signatures (v1 without one) counts if its public key is ours."""
+    if config.get("public_key") != key.verify_key.public_bytes_raw().hex():
+        return False
+    signature = config.get("signature")
+    if signature is None:
+        return True
+    try:
+        key.verify_key.verify(bytes.fromhex(str(signature)), _config_message(config))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+@dataclass
+class Catalog:
+    """What the repository holds, as far as the key can tell.
+
+    `snapshots`: authentic ones, oldest first. `damaged`: present, but no version authenticates (id →
+    why). `missing`: named by the signed index but absent (id → plan). `notes`: tampering that was seen
+    and survived (a delete marker or a newer version over what the repository wrote).
+    """
+
+    snapshots: list[Snapshot] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    indexed: bool = False
+
+    @property
+    def intact(self) -> bool:
+        return not self.damaged and not self.missing
+
+    def problems(self) -> list[str]:
+        out = [f"snapshot {i} is damaged: {why}" for i, why in sorted(self.damaged.items())]
+        out += [
+            f"snapshot {i} (plan {plan}) is missing: the signed snapshot index names it, but the repository "
+            "no longer holds it (deleted by someone without the key, or lost)"
+            for i, plan in sorted(self.missing.items())
+        ]
+        return out
+
+
 class Repository:
-    def __init__(self, target: Target, key: BackupKey, config: dict[str, Any]) -> None:
+    def __init__(
+        self, target: Target, key: BackupKey, config: dict[str, Any], *, config_version: str | None = None
+    ) -> None:
         self.target = target
         self.key = key
         self.config = config
+        self.config_version = config_version
         self.id: str = config["id"]
         chunker = config["chunker"]
         self.chunker = ChunkerParams(int(chunker["min_size"]), int(chunker["avg_size"]), int(chunker["max_size"]))
 
     @classmethod
     def open(cls, target: Target, key: BackupKey, *, create: ChunkerParams | None = None) -> Repository:
-        """Open the repository in `target`; with `create`, make it first if there is none (race-safe)."""
-        try:
-            config = orjson.loads(target.get(CONFIG_KEY))
-        except ObjectNotFound:
+        """Open the repository in `target`; with `create`, make it first if there is none (race-safe).
+
+        A config that vanished while the repository holds data, or that no longer authenticates, is an
+        error with a recovery command: a new repository on top of old chunks would make them unreadable."""
+        history = target.histories(CONFIG_KEY).get(CONFIG_KEY)
+        if history is None:
+            if cls._holds_data(target):
+                raise RepositoryError(
+                    f"the repository config in {target.describe()} is missing although the repository holds "
+                    f"snapshots or chunks (deleted by someone without the key?); {recovery_hint(target)}"
+                )
             if create is None:
-                raise RepositoryNotFound(f"no backup repository in {target.describe()} (none taken yet?)") from None
-            config = {
-                "format": FORMAT,
-                "version": 1,
-                "id": secrets.token_hex(16),
-                "key_id": key.key_id,
-                "public_key": key.verify_key.public_bytes_raw().hex(),
-                "chunker": {"min_size": create.min_size, "avg_size": create.avg_size, "max_size": create.max_size},
-                "created": datetime.now(UTC).isoformat(),
-            }
-            if target.put_if_absent(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2)) is None:
-                return cls.open(target, key)
-        except orjson.JSONDecodeError:
-            raise RepositoryError(f"{target.describe()}: the repository config is not valid JSON") from None
-        if config.get("format") != FORMAT or config.get("version") != 1:
-            raise RepositoryError(f"{target.describe()} does not hold a Sentinel backup repository (format v1)")
-        if config.get("key_id") != key.key_id:
+                raise RepositoryNotFound(f"no backup repository in {target.describe()} (none taken yet?)")
+            config = sign_config(
+                {
+                    "format": FORMAT,
+                    "version": 1,
+                    "id": secrets.token_hex(16),
+                    "key_id": key.key_id,
+                    "public_key": key.verify_key.public_bytes_raw().hex(),
+                    "chunker": {"min_size": create.min_size, "avg_size": create.avg_size, "max_size": create.max_size},
+                    "created": datetime.now(UTC).isoformat(),
+                },
+                key,
+            )
+            target.put_if_absent(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
+            return cls.open(target, key)
+        first: dict[str, Any] | None = None
+        for version in history.versions:  # oldest first: what was written first is what we wrote
+            try:
+                config = orjson.loads(target.get(CONFIG_KEY, version.id))
+            except ObjectNotFound:
+                continue
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(config, dict):
+                continue
+            first = first or config
+            if config.get("format") != FORMAT or config.get("version") != 1:
+                continue
+            if config_authentic(config, key):
+                if history.rewritten:
+                    log.warning(
+                        "the repository config in %s was written over or deleted by someone without the key; "
+                        "using the version the repository wrote",
+                        target.describe(),
+                    )
+                return cls(target, key, config, config_version=version.id)
+        if first is not None and first.get("format") == FORMAT and first.get("key_id") != key.key_id:
             raise WrongKeyError(
                 f"wrong backup key: the key file has key id {key.key_id}, but the repository in "
-                f"{target.describe()} was made with key id {config.get('key_id')}; use that key file "
+                f"{target.describe()} was made with key id {first.get('key_id')}; use that key file "
                 "(SENTINEL_BACKUP_KEY_FILE)"
             )
-        return cls(target, key, config)
+        if first is None or first.get("format") != FORMAT:
+            raise RepositoryError(f"{target.describe()} does not hold a Sentinel backup repository (format v1)")
+        raise RepositoryError(
+            f"the repository config in {target.describe()} does not authenticate with this key "
+            f"(tampered with by someone without the key?); {recovery_hint(target)}"
+        )
+
+    @staticmethod
+    def _holds_data(target: Target) -> bool:
+        return any(target.histories(prefix) for prefix in ("snapshots/", index.PREFIX)) or any(
+            True for _ in target.list("chunks/")
+        )
+
+    @classmethod
+    def recover_config(cls, target: Target, key: BackupKey) -> Repository:
+        """Write the config back from the newest signed index entry (after it was deleted or replaced)."""
+        reading = index.read(target, key.verify_key)
+        if reading.newest is None:
+            raise RepositoryError(
+                f"no signed snapshot index in {target.describe()} to recover the config from; "
+                "point the target at a new prefix and take a fresh backup"
+            )
+        config = reading.newest.config
+        if not config_authentic(config, key) or config.get("signature") is None:
+            raise RepositoryError(f"the config in the newest index entry of {target.describe()} does not authenticate")
+        target.put(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
+        return cls.open(target, key)
+
+    def _first_authentic(self, key: str, history: History | None, check: Callable[[bytes], T], tried: str | None) -> T:
+        """The first version of `key`, oldest first, that passes `check` (which raises if it does not)."""
+        error: Exception | None = None
+        for version in history.versions if history else []:
+            if tried is not None and version.id == tried:
+                continue
+            try:
+                return check(self.target.get(key, version.id))
+            except ObjectNotFound as exc:
+                error = error or exc
+            except RepositoryError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        raise ObjectNotFound(key)
+
+    def ensure_locked(self, until: float, extend_to: float) -> None:
+        """Extend the config's Object Lock to `extend_to` if it ends before `until` (every restore needs it)."""
+        if self.target.lock_days is None:
+            return
+        current = self.target.lock_until(CONFIG_KEY, self.config_version)
+        if current is None or current.timestamp() < until:
+            self.target.extend_lock(CONFIG_KEY, self.config_version, datetime.fromtimestamp(extend_to, UTC))
 
     # -- chunks ----------------------------------------------------------------------------------
 
@@ -127,22 +283,41 @@ class Repository:
             raise CorruptChunkError(chunk_id, "content does not match its id")
         return data
 
-    def put_chunk(self, chunk_id: str, blob: bytes | bytearray) -> None:
-        self.target.put(chunk_key(chunk_id), blob)
+    def put_chunk(self, chunk_id: str, blob: bytes | bytearray) -> str | None:
+        """Store a sealed chunk; its version id (None on a store without versions)."""
+        return self.target.put(chunk_key(chunk_id), blob)
 
-    def get_chunk(self, chunk_id: str, *, check_id: bool = True) -> bytes:
+    def get_chunk(self, ref: ChunkRef | str, *, check_id: bool = True) -> bytes:
+        """The chunk's plaintext: the version the manifest names, else the current one; if that is gone or
+        does not authenticate (written over, hidden), the oldest version that does."""
+        chunk_id, version = (ref, None) if isinstance(ref, str) else (ref.id, ref.version)
+        key = chunk_key(chunk_id)
+
+        def check(blob: bytes) -> bytes:
+            return self.open_chunk(chunk_id, blob, check_id=check_id)
+
         try:
-            blob = self.target.get(chunk_key(chunk_id))
-        except ObjectNotFound:
-            raise MissingChunkError(chunk_id) from None
-        return self.open_chunk(chunk_id, blob, check_id=check_id)
+            return check(self.target.get(key, version))
+        except (ObjectNotFound, CorruptChunkError) as exc:
+            first = exc
+        try:
+            return self._first_authentic(key, self.target.histories(key).get(key), check, version)
+        except (ObjectNotFound, CorruptChunkError):
+            if isinstance(first, ObjectNotFound):
+                raise MissingChunkError(chunk_id) from None
+            raise first from None
 
-    def list_chunks(self) -> Iterator[ObjectInfo]:
-        return self.target.list("chunks/")
+    def chunk_versions(self) -> dict[str, tuple[int, str | None]]:
+        """Every stored chunk id with the stored (sealed) size and id of its first version."""
+        out = {}
+        for key, history in self.target.histories("chunks/").items():
+            first = history.versions[0]
+            out[key.rsplit("/", 1)[-1]] = (first.size, first.id)
+        return out
 
     def chunk_sizes(self) -> dict[str, int]:
-        """Every stored chunk id and its stored (sealed) size."""
-        return {info.key.rsplit("/", 1)[-1]: info.size for info in self.list_chunks()}
+        """Every stored chunk id and its stored (sealed) size, as first written."""
+        return {chunk_id: size for chunk_id, (size, _) in self.chunk_versions().items()}
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -150,17 +325,14 @@ class Repository:
         return b"\0".join((b"sentinel-backup/v1 manifest", self.id.encode(), snapshot_id.encode(), sealed))
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Write the manifest: the moment the snapshot becomes complete and visible."""
+        """Write the manifest (the moment the snapshot becomes complete and visible), then add it to the index."""
         plaintext = orjson.dumps(snapshot.to_dict())
         sealed = seal(self.key.manifest_aead, plaintext, associated_data("manifest", self.id, snapshot.id))
         signature = self.key.signing_key.sign(self._signed_message(snapshot.id, sealed))
         self.target.put(snapshot_key(snapshot.id), MANIFEST_MAGIC + signature + sealed)
+        self.update_index(add={snapshot.id: snapshot.plan})
 
-    def load_snapshot(self, snapshot_id: str) -> Snapshot:
-        try:
-            blob = self.target.get(snapshot_key(snapshot_id))
-        except ObjectNotFound:
-            raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.target.describe()}") from None
+    def _parse_manifest(self, snapshot_id: str, blob: bytes) -> Snapshot:
         head = len(MANIFEST_MAGIC) + SIGNATURE_BYTES
         if len(blob) < head or not blob.startswith(MANIFEST_MAGIC):
             raise CorruptSnapshot(f"snapshot {snapshot_id}: not a signed manifest")
@@ -171,30 +343,119 @@ class Repository:
             raise CorruptSnapshot(f"snapshot {snapshot_id}: the manifest signature does not verify") from None
         try:
             plaintext = unseal(self.key.manifest_aead, sealed, associated_data("manifest", self.id, snapshot_id))
-            return Snapshot.from_dict(orjson.loads(plaintext))
+            snapshot = Snapshot.from_dict(orjson.loads(plaintext))
         except (AuthenticationError, ValueError, KeyError) as exc:
             raise CorruptSnapshot(f"snapshot {snapshot_id}: {exc}") from None
+        if snapshot.id != snapshot_id:
+            raise CorruptSnapshot(f"snapshot {snapshot_id}: the manifest is that of {snapshot.id}")
+        return snapshot
+
+    def load_snapshot(self, snapshot_id: str, history: History | None = None) -> Snapshot:
+        key = snapshot_key(snapshot_id)
+        if history is None:
+            history = self.target.histories(key).get(key)
+        if history is None:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.target.describe()}")
+        try:
+            return self._first_authentic(key, history, lambda blob: self._parse_manifest(snapshot_id, blob), None)
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.target.describe()}") from None
+
+    def _manifests(self) -> dict[str, History]:
+        return {key.rsplit("/", 1)[-1]: h for key, h in self.target.histories("snapshots/").items()}
 
     def snapshot_ids(self) -> list[str]:
-        return sorted(info.key.rsplit("/", 1)[-1] for info in self.target.list("snapshots/"))
+        return sorted(self._manifests())
+
+    def read_index(self) -> index.IndexReading:
+        return index.read(self.target, self.key.verify_key)
+
+    def catalog(self, plan: str | None = None) -> Catalog:
+        """Every snapshot (of `plan`), checked against the signed index. One bad manifest affects only itself."""
+        manifests = self._manifests()
+        reading = self.read_index()
+        named = reading.newest.snapshots if reading.newest else {}
+        catalog = Catalog(indexed=reading.newest is not None, notes=list(reading.problems))
+        loaded = []
+        for snapshot_id, history in sorted(manifests.items()):
+            if plan is not None and named.get(snapshot_id, plan) != plan:
+                continue
+            try:
+                snapshot = self.load_snapshot(snapshot_id, history)
+            except (CorruptSnapshot, SnapshotNotFound) as exc:
+                catalog.damaged[snapshot_id] = str(exc).removeprefix(f"snapshot {snapshot_id}: ")
+                continue
+            if plan is not None and snapshot.plan != plan:
+                continue
+            if history.hidden:
+                catalog.notes.append(
+                    f"snapshot {snapshot_id} was deleted by someone without the key (a delete marker hides it); "
+                    "its locked manifest is still read"
+                )
+            elif history.rewritten:
+                catalog.notes.append(
+                    f"snapshot {snapshot_id}'s manifest was written over by someone without the key; "
+                    "the version the repository wrote is read"
+                )
+            loaded.append(snapshot)
+        catalog.snapshots = sorted(loaded, key=lambda s: (s.started, s.id))
+        catalog.missing = {i: p for i, p in named.items() if i not in manifests and (plan is None or p == plan)}
+        return catalog
 
     def snapshots(self, plan: str | None = None) -> list[Snapshot]:
-        """Every complete snapshot (of `plan`), oldest first."""
-        loaded = sorted((self.load_snapshot(i) for i in self.snapshot_ids()), key=lambda s: (s.started, s.id))
-        return [s for s in loaded if plan is None or s.plan == plan]
+        """Every authentic snapshot (of `plan`), oldest first; damaged or missing ones are left out
+        (`catalog` names them)."""
+        catalog = self.catalog(plan)
+        for problem in catalog.problems():
+            log.warning("%s", problem)
+        return catalog.snapshots
 
     def resolve(self, ref: str, plan: str | None = None) -> Snapshot:
-        """A snapshot by id, unique id prefix, or `latest` (of `plan` if given)."""
+        """A snapshot by id, unique id prefix, or `latest` (of `plan` if given). `latest` is refused, not
+        rolled back to an older one, when the newest snapshot is missing or damaged."""
         if ref == "latest":
-            found = self.snapshots(plan)
-            if not found:
+            catalog = self.catalog(plan)
+            bad = sorted([*catalog.damaged, *catalog.missing])
+            if not catalog.snapshots and not bad:
                 raise SnapshotNotFound(f"no snapshot{f' of plan {plan}' if plan else ''} in {self.target.describe()}")
-            return found[-1]
-        matches = [i for i in self.snapshot_ids() if i.startswith(ref)]
+            newest = catalog.snapshots[-1] if catalog.snapshots else None
+            # Ids start with their time to the second; a bad one from the same second counts as newer.
+            if bad and (newest is None or bad[-1].split("-")[0] >= newest.id.split("-")[0]):
+                problem = next(p for p in catalog.problems() if p.startswith(f"snapshot {bad[-1]} "))
+                older = f"; the newest intact one is {newest.id}: name it to use it" if newest else ""
+                raise SnapshotUnavailable(f"the latest snapshot is not usable: {problem}{older}")
+            assert newest is not None
+            return newest
+        manifests = self._manifests()
+        missing = self.catalog(plan).missing if not any(i.startswith(ref) for i in manifests) else {}
+        matches = [i for i in manifests if i.startswith(ref)]
+        if not matches and [i for i in missing if i.startswith(ref)]:
+            gone = next(i for i in missing if i.startswith(ref))
+            raise SnapshotUnavailable(
+                f"snapshot {gone} is missing: the signed snapshot index names it, but {self.target.describe()} "
+                "no longer holds it"
+            )
         if len(matches) != 1:
             what = "no snapshot" if not matches else f"{len(matches)} snapshots"
             raise SnapshotNotFound(f"{what} match {ref!r} in {self.target.describe()}")
-        return self.load_snapshot(matches[0])
+        return self.load_snapshot(matches[0], manifests[matches[0]])
+
+    def update_index(self, add: dict[str, str] | None = None, remove: set[str] | frozenset[str] = frozenset()) -> None:
+        """Append an index entry: the newest entry's snapshots (or, for the first, every authentic one)
+        plus `add` minus `remove`. Concurrent writers race on the sequence number; the loser retries."""
+        for _ in range(20):
+            reading = self.read_index()
+            if reading.newest is not None:
+                live = dict(reading.newest.snapshots)
+            else:
+                live = {s.id: s.plan for s in self.catalog().snapshots}
+            live.update(add or {})
+            for snapshot_id in remove:
+                live.pop(snapshot_id, None)
+            entry = index.IndexEntry(reading.highest + 1, live, self.config, time.time())
+            if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
+                return
+        raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.target.delete(snapshot_key(snapshot_id))
