@@ -145,6 +145,8 @@ class RestoreDrill:
             repo = self.context.repository(self.plan)
             report.target = repo.target.describe()
             snapshot = repo.resolve("latest", self.plan)
+            # Evidence that went missing fails the drill even when the newest snapshot restores.
+            report.failures.extend(repo.catalog(self.plan).problems())
             report.snapshot, report.snapshot_time = snapshot.id, snapshot.finished
             result = Restorer(repo, concurrency=self.context.backup.upload_concurrency, progress=self.progress).restore(
                 snapshot, scratch

@@ -34,6 +34,8 @@ class IndexEntry:
     sequence: int
     snapshots: dict[str, str]
     """Every live snapshot id and its plan."""
+    started: dict[str, float]
+    """When each of them started (epoch seconds): orders them even within one second."""
     config: dict[str, Any]
     """The repository config (itself signed) when this entry was written: what `recover-config` restores."""
     written: float = 0.0
@@ -57,7 +59,13 @@ def _message(sequence: int, body: bytes) -> bytes:
 
 def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
     body = orjson.dumps(
-        {"sequence": entry.sequence, "snapshots": entry.snapshots, "config": entry.config, "written": entry.written},
+        {
+            "sequence": entry.sequence,
+            "snapshots": entry.snapshots,
+            "started": entry.started,
+            "config": entry.config,
+            "written": entry.written,
+        },
         option=orjson.OPT_SORT_KEYS,
     )
     return MAGIC + signing_key.sign(_message(entry.sequence, body)) + body
@@ -76,7 +84,13 @@ def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey) -> IndexEnt
     raw = orjson.loads(body)
     if raw.get("sequence") != sequence:
         raise ValueError("filed under another sequence number")
-    return IndexEntry(sequence, {str(k): str(v) for k, v in raw["snapshots"].items()}, raw["config"], raw["written"])
+    return IndexEntry(
+        sequence,
+        {str(k): str(v) for k, v in raw["snapshots"].items()},
+        {str(k): float(v) for k, v in raw["started"].items()},
+        raw["config"],
+        raw["written"],
+    )
 
 
 def _sequence(key: str) -> int | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -132,6 +132,8 @@ class Catalog:
     missing: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     indexed: bool = False
+    started: dict[str, float] = field(default_factory=dict)
+    """When each snapshot the index names started (to order damaged and missing ones)."""
 
     @property
     def intact(self) -> bool:
@@ -330,7 +332,7 @@ class Repository:
         sealed = seal(self.key.manifest_aead, plaintext, associated_data("manifest", self.id, snapshot.id))
         signature = self.key.signing_key.sign(self._signed_message(snapshot.id, sealed))
         self.target.put(snapshot_key(snapshot.id), MANIFEST_MAGIC + signature + sealed)
-        self.update_index(add={snapshot.id: snapshot.plan})
+        self.update_index(add=[snapshot])
 
     def _parse_manifest(self, snapshot_id: str, blob: bytes) -> Snapshot:
         head = len(MANIFEST_MAGIC) + SIGNATURE_BYTES
@@ -375,7 +377,11 @@ class Repository:
         manifests = self._manifests()
         reading = self.read_index()
         named = reading.newest.snapshots if reading.newest else {}
-        catalog = Catalog(indexed=reading.newest is not None, notes=list(reading.problems))
+        catalog = Catalog(
+            indexed=reading.newest is not None,
+            notes=list(reading.problems),
+            started=dict(reading.newest.started) if reading.newest else {},
+        )
         loaded = []
         for snapshot_id, history in sorted(manifests.items()):
             if plan is not None and named.get(snapshot_id, plan) != plan:
@@ -415,13 +421,24 @@ class Repository:
         rolled back to an older one, when the newest snapshot is missing or damaged."""
         if ref == "latest":
             catalog = self.catalog(plan)
-            bad = sorted([*catalog.damaged, *catalog.missing])
+            bad = [*catalog.damaged, *catalog.missing]
             if not catalog.snapshots and not bad:
                 raise SnapshotNotFound(f"no snapshot{f' of plan {plan}' if plan else ''} in {self.target.describe()}")
             newest = catalog.snapshots[-1] if catalog.snapshots else None
-            # Ids start with their time to the second; a bad one from the same second counts as newer.
-            if bad and (newest is None or bad[-1].split("-")[0] >= newest.id.split("-")[0]):
-                problem = next(p for p in catalog.problems() if p.startswith(f"snapshot {bad[-1]} "))
+            # Ordered by start time as the index records it; one it does not know counts as newer
+            # than any intact snapshot from the same second (its id starts with that second).
+            newer = [
+                i
+                for i in bad
+                if newest is None
+                or (
+                    catalog.started[i] > newest.started
+                    if i in catalog.started
+                    else i.split("-")[0] >= newest.id.split("-")[0]
+                )
+            ]
+            if newer:
+                problem = next(p for p in catalog.problems() if p.startswith(f"snapshot {max(newer)} "))
                 older = f"; the newest intact one is {newest.id}: name it to use it" if newest else ""
                 raise SnapshotUnavailable(f"the latest snapshot is not usable: {problem}{older}")
             assert newest is not None
@@ -440,19 +457,22 @@ class Repository:
             raise SnapshotNotFound(f"{what} match {ref!r} in {self.target.describe()}")
         return self.load_snapshot(matches[0], manifests[matches[0]])
 
-    def update_index(self, add: dict[str, str] | None = None, remove: set[str] | frozenset[str] = frozenset()) -> None:
+    def update_index(self, add: Sequence[Snapshot] = (), remove: set[str] | frozenset[str] = frozenset()) -> None:
         """Append an index entry: the newest entry's snapshots (or, for the first, every authentic one)
         plus `add` minus `remove`. Concurrent writers race on the sequence number; the loser retries."""
         for _ in range(20):
             reading = self.read_index()
             if reading.newest is not None:
-                live = dict(reading.newest.snapshots)
+                live, started = dict(reading.newest.snapshots), dict(reading.newest.started)
             else:
-                live = {s.id: s.plan for s in self.catalog().snapshots}
-            live.update(add or {})
+                known = self.catalog().snapshots
+                live, started = {s.id: s.plan for s in known}, {s.id: s.started for s in known}
+            for snapshot in add:
+                live[snapshot.id], started[snapshot.id] = snapshot.plan, snapshot.started
             for snapshot_id in remove:
                 live.pop(snapshot_id, None)
-            entry = index.IndexEntry(reading.highest + 1, live, self.config, time.time())
+                started.pop(snapshot_id, None)
+            entry = index.IndexEntry(reading.highest + 1, live, started, self.config, time.time())
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
