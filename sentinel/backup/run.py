@@ -11,14 +11,15 @@ Each chunk reference records the object version the repository wrote, so restore
 version whatever is written on top. On a target with Object Lock, a reused chunk whose lock (as the
 previous manifest records it, or unknown) ends before this snapshot's would be extended, so every
 snapshot is protected for `object_lock_days` from when it was taken, whichever older snapshot first
-uploaded its chunks; extensions go `lock_slack_days` further, so unchanged data is re-locked about
-once in that many days, not at every run.
+uploaded its chunks. Uploads and extensions lock `lock_slack_days` longer than that, so unchanged
+data is re-locked about once in that many days, not at every run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import tempfile
 import threading
@@ -34,7 +35,7 @@ from sentinel.backup.progress import Progress
 from sentinel.backup.repository import Repository, chunk_key
 from sentinel.backup.snapshot import ChunkRef, FileEntry, Snapshot, SourceRecord, new_snapshot_id
 from sentinel.backup.sources import Source, SourceError, SourceItem
-from sentinel.backup.targets import TargetError
+from sentinel.backup.targets import TargetError, lock_slack_days
 
 log = logging.getLogger("sentinel.backup")
 
@@ -55,7 +56,6 @@ class RunStats:
 
 
 DAY = 86400.0
-MAX_LOCK_SLACK_DAYS = 7
 
 
 def safe_relative(path: str) -> bool:
@@ -165,7 +165,7 @@ class BackupRun:
         if days is None:
             return
         required = self._lock_start + days * DAY  # what every chunk uploaded by this run has at least
-        extend_to = required + min(days, MAX_LOCK_SLACK_DAYS) * DAY
+        extend_to = float(math.ceil(required + lock_slack_days(days) * DAY))  # servers keep whole seconds
         self.repo.ensure_locked(required, extend_to)
         refs: dict[str, list[ChunkRef]] = {}
         for entry in snapshot.files:
@@ -251,7 +251,8 @@ class BackupRun:
         self._slots.acquire()
         self._raise_if_failed()
         days = self.repo.target.lock_days
-        locked_until = self.clock() + days * DAY if days is not None else 0.0  # the put locks at least this long
+        # The put locks at least this long (the target adds the same slack to the clock at upload time).
+        locked_until = self.clock() + (days + lock_slack_days(days)) * DAY if days is not None else 0.0
         future = pool.submit(self._upload, chunk_id, blob, locked_until)
         future.add_done_callback(self._done)
         self._futures.append(future)

@@ -312,20 +312,25 @@ def test_a_reused_chunk_stays_locked_as_long_as_the_newest_snapshot_using_it(
         )
 
     reused = first.files[0].chunks[0].id
-    before = retained(chunk_key(reused))
-    assert before < clock() + 1.01 * DAY
+    slack = 1 * DAY  # min(object_lock_days, 7) days beyond the retention, so the next runs re-lock nothing
+    assert clock() + 1 * DAY + slack <= retained(chunk_key(reused)) < clock() + 1 * DAY + slack + 60
 
-    clock.advance(0.75 * DAY)  # the model is unchanged: the next snapshot uploads nothing
+    clock.advance(0.75 * DAY)  # within the slack: nothing to re-lock
+    soon = backup(context)
+    assert soon.stats is not None and soon.stats.uploaded_bytes == 0 and soon.stats.locks_extended == 0
+
+    clock.advance(0.75 * DAY)  # past it: the unchanged model's chunks would expire before this snapshot
     taken = backup(context)
     second = taken.snapshot
     assert second is not None and taken.stats is not None and taken.stats.uploaded_bytes == 0
+    assert taken.stats.locks_extended == len(second.chunk_ids())
     needed = clock() + 1 * DAY  # the second snapshot's retention
     for chunk_id in second.chunk_ids():
         assert retained(chunk_key(chunk_id)) >= needed, chunk_id
     assert retained(CONFIG_KEY) >= needed
     assert all(ref.locked_until >= needed for f in second.files for ref in f.chunks)
 
-    clock.advance(0.25 * DAY)  # extended with slack: the next day's run re-locks nothing
+    clock.advance(0.5 * DAY)
     third = backup(context)
     assert third.stats is not None and third.stats.locks_extended == 0
     assert min(retained(chunk_key(c)) for c in second.chunk_ids()) >= clock() + 1 * DAY

@@ -126,6 +126,15 @@ class Target(Protocol):
         ...
 
 
+MAX_LOCK_SLACK_DAYS = 7
+
+
+def lock_slack_days(lock_days: int) -> int:
+    """Days an object is locked beyond `lock_days`: so the next backups need not re-lock what they reuse
+    (one `PutObjectRetention` per chunk about once in this many days, instead of at every backup)."""
+    return min(lock_days, MAX_LOCK_SLACK_DAYS)
+
+
 def open_target(settings: TargetSettings, data_dir: Path, *, clock: Callable[[], float] = time.time) -> Target:
     """`clock` (epoch seconds) dates Object Lock retention; tests pass a fake one."""
     if settings.kind == "s3":

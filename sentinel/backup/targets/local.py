@@ -65,7 +65,10 @@ class LocalTarget:
         if not base.is_dir():
             return
         for directory, dirs, files in os.walk(base):
-            dirs.sort()
+            # Only into directories that can hold a match: `config` must not walk every chunk.
+            rel = Path(directory).relative_to(self.root).as_posix()
+            rel = "" if rel == "." else rel + "/"
+            dirs[:] = sorted(d for d in dirs if (rel + d + "/").startswith(prefix) or prefix.startswith(rel + d + "/"))
             for name in sorted(files):
                 if name.startswith("."):
                     continue

@@ -3,7 +3,8 @@
 Requests are retried by botocore's "standard" retry mode (connection errors, throttling, 5xx) up
 to `max_attempts`; what still fails becomes a `TargetError`. Objects at or above
 `multipart_threshold` go up as multipart uploads. With `object_lock_mode` set, every object is
-written with that retention mode and a retain-until date `object_lock_days` ahead, so a
+written with that retention mode and a retain-until date `object_lock_days` (plus a slack of up to
+a week, see `lock_slack_days`) ahead, so a
 compromised host cannot delete history; lease objects (`locks/`, rewritten every few minutes while
 held) get one day, so their thousands of versions do not pile up for months. Deleting removes every
 *version* of a key (never just adds a delete marker): on a locked bucket the server refuses, the
@@ -15,6 +16,7 @@ object stays fully intact and the caller gets `ObjectLocked`. Leases use conditi
 from __future__ import annotations
 
 import io
+import math
 import threading
 import time
 import weakref
@@ -26,7 +28,15 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sentinel.backup.settings import TargetSettings
-from sentinel.backup.targets import History, ObjectInfo, ObjectLocked, ObjectNotFound, TargetError, Version
+from sentinel.backup.targets import (
+    History,
+    ObjectInfo,
+    ObjectLocked,
+    ObjectNotFound,
+    TargetError,
+    Version,
+    lock_slack_days,
+)
 from sentinel.s3client import oldest_version, s3_client
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
@@ -97,8 +107,12 @@ class S3Target:
     def _lock_args(self, key: str) -> dict[str, Any]:
         if not self.lock_mode or self.lock_days is None:
             return {}
-        days = min(LEASE_LOCK_DAYS, self.lock_days) if key.startswith(LEASE_PREFIX) else self.lock_days
-        until = datetime.fromtimestamp(self.clock(), UTC) + timedelta(days=days)
+        if key.startswith(LEASE_PREFIX):
+            days = min(LEASE_LOCK_DAYS, self.lock_days)
+        else:
+            days = self.lock_days + lock_slack_days(self.lock_days)
+        # Whole seconds, rounded up: servers keep retain-until dates to the second.
+        until = datetime.fromtimestamp(math.ceil(self.clock()), UTC) + timedelta(days=days)
         return {"ObjectLockMode": self.lock_mode, "ObjectLockRetainUntilDate": until}
 
     def put(self, key: str, data: bytes | bytearray) -> str | None:
