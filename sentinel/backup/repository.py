@@ -389,7 +389,15 @@ class Repository:
             try:
                 snapshot = self.load_snapshot(snapshot_id, history)
             except (CorruptSnapshot, SnapshotNotFound) as exc:
-                catalog.damaged[snapshot_id] = str(exc).removeprefix(f"snapshot {snapshot_id}: ")
+                why = str(exc).removeprefix(f"snapshot {snapshot_id}: ")
+                if catalog.indexed and snapshot_id not in named:
+                    # Every snapshot we write enters the index; an unnamed object that does not even
+                    # authenticate was put there by someone else, and must not block `latest`.
+                    catalog.notes.append(
+                        f"ignoring {snapshot_key(snapshot_id)}: not a snapshot of this repository ({why})"
+                    )
+                else:
+                    catalog.damaged[snapshot_id] = why
                 continue
             if plan is not None and snapshot.plan != plan:
                 continue

@@ -229,6 +229,22 @@ def test_garbage_over_an_old_manifest(
     assert RestoreDrill(context, "models").run().passed
 
 
+def test_a_forged_newer_snapshot_object_does_not_block_latest(
+    make_context: MakeContext, seaweed: Seaweed, attacker: Any, models: Path, tmp_path: Path
+) -> None:
+    bucket = seaweed.bucket(lock=True)
+    context = locked_context(make_context, seaweed, bucket, models)
+    newest = backup(context).snapshot
+    assert newest is not None
+    forged = "29991231T235959Z-00000000"  # sorts after every real snapshot
+    attacker.put_object(Bucket=bucket, Key=snapshot_key(forged), Body=b"SNM\x01" + b"\x00" * 200)
+
+    catalog = context.repository("models").catalog()
+    assert catalog.intact and [s.id for s in catalog.snapshots] == [newest.id]
+    assert any(forged in note for note in catalog.notes)
+    assert restored_matches(context, tmp_path / "out", models) == newest.id
+
+
 def test_without_versions_a_corrupt_manifest_affects_only_its_own_snapshot(
     make_context: MakeContext, models: Path, data_dir: Path, tmp_path: Path
 ) -> None:
