@@ -203,7 +203,7 @@ class Repository:
             first = first or config
             if config.get("format") != FORMAT or config.get("version") != 1:
                 continue
-            if config_authentic(config, key):
+            if config_authentic(config, key) and (config.get("signature") or cls._indexed_as(target, key, config)):
                 if history.rewritten:
                     log.warning(
                         "the repository config in %s was written over or deleted by someone without the key; "
@@ -223,6 +223,13 @@ class Repository:
             f"the repository config in {target.describe()} does not authenticate with this key "
             f"(tampered with by someone without the key?); {recovery_hint(target)}"
         )
+
+    @staticmethod
+    def _indexed_as(target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
+        """An unsigned config (written before configs were signed) counts only if the signed index, when
+        there is one, names the same repository: otherwise anyone could write one with a new id."""
+        newest = index.read(target, key.verify_key).newest
+        return newest is None or newest.config.get("id") == config.get("id")
 
     @staticmethod
     def _holds_data(target: Target) -> bool:
@@ -480,7 +487,8 @@ class Repository:
             for snapshot_id in remove:
                 live.pop(snapshot_id, None)
                 started.pop(snapshot_id, None)
-            entry = index.IndexEntry(reading.highest + 1, live, started, self.config, time.time())
+            config = self.config if self.config.get("signature") else sign_config(self.config, self.key)
+            entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time())
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")

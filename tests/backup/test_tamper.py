@@ -168,6 +168,13 @@ def test_a_vanished_config_is_an_error_with_a_recovery_command_never_a_new_repos
     (repo_dir / CONFIG_KEY).write_bytes(orjson.dumps({**repo.config, "id": "0" * 32}))
     refused = run_backup(context, "models")
     assert refused.outcome == "failure" and "does not authenticate" in str(refused.error)
+    # Nor is an unsigned one (as configs were before they were signed) naming another repository.
+    legacy = {k: v for k, v in repo.config.items() if k != "signature"}
+    (repo_dir / CONFIG_KEY).write_bytes(orjson.dumps({**legacy, "id": "0" * 32}))
+    refused = run_backup(context, "models")
+    assert refused.outcome == "failure" and "does not authenticate" in str(refused.error)
+    (repo_dir / CONFIG_KEY).write_bytes(orjson.dumps(legacy))  # the same repository, unsigned: accepted
+    assert context.repository("models").id == repo.id
 
 
 def test_a_delete_marker_on_the_newest_snapshot_hides_nothing(

@@ -4,9 +4,9 @@ Requests are retried by botocore's "standard" retry mode (connection errors, thr
 to `max_attempts`; what still fails becomes a `TargetError`. Objects at or above
 `multipart_threshold` go up as multipart uploads. With `object_lock_mode` set, every object is
 written with that retention mode and a retain-until date `object_lock_days` (plus a slack of up to
-a week, see `lock_slack_days`) ahead, so a
-compromised host cannot delete history; lease objects (`locks/`, rewritten every few minutes while
-held) get one day, so their thousands of versions do not pile up for months. Deleting removes every
+a week, see `lock_slack_days`) ahead, so a compromised host cannot delete history; lease objects
+(`locks/`, rewritten every few minutes while held) get one day, so their thousands of versions do
+not pile up for months. Deleting removes every
 *version* of a key (never just adds a delete marker): on a locked bucket the server refuses, the
 object stays fully intact and the caller gets `ObjectLocked`. Leases use conditional writes
 (`If-None-Match: *`, `If-Match`). `put` returns the version id, `get` reads a named version and
