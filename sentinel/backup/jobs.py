@@ -65,7 +65,9 @@ class BackupContext:
 
     def repository(self, plan: str, *, create: bool = False) -> Repository:
         params = ChunkerParams(self.backup.chunk_min_size, self.backup.chunk_avg_size, self.backup.chunk_max_size)
-        return Repository.open(self.target(plan), self.key(), create=params if create else None)
+        repository = Repository.open(self.target(plan), self.key(), create=params if create else None)
+        repository.seen = self.run_log()
+        return repository
 
     def forbidden(self) -> Forbidden:
         return Forbidden({"key-encryption key": self.path(self.settings.key_file), "backup key": self.key_path})

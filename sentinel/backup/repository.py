@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -118,6 +118,14 @@ def config_authentic(config: dict[str, Any], key: BackupKey) -> bool:
     return True
 
 
+class IndexSeen(Protocol):
+    """Where a host remembers the newest index entry it saw per repository (`RunLog` is one)."""
+
+    def index_seen(self, repository: str) -> int: ...
+
+    def saw_index(self, repository: str, sequence: int) -> None: ...
+
+
 @dataclass
 class Catalog:
     """What the repository holds, as far as the key can tell.
@@ -134,13 +142,16 @@ class Catalog:
     indexed: bool = False
     started: dict[str, float] = field(default_factory=dict)
     """When each snapshot the index names started (to order damaged and missing ones)."""
+    rolled_back: str | None = None
+    """Set when the index's newest entry is older than one this host already saw."""
 
     @property
     def intact(self) -> bool:
-        return not self.damaged and not self.missing
+        return not self.damaged and not self.missing and self.rolled_back is None
 
     def problems(self) -> list[str]:
-        out = [f"snapshot {i} is damaged: {why}" for i, why in sorted(self.damaged.items())]
+        out = [self.rolled_back] if self.rolled_back else []
+        out += [f"snapshot {i} is damaged: {why}" for i, why in sorted(self.damaged.items())]
         out += [
             f"snapshot {i} (plan {plan}) is missing: the signed snapshot index names it, but the repository "
             "no longer holds it (deleted by someone without the key, or lost)"
@@ -157,6 +168,8 @@ class Repository:
         self.key = key
         self.config = config
         self.config_version = config_version
+        self.seen: IndexSeen | None = None
+        """Set by the caller to notice an index cut back below what this host saw (see `catalog`)."""
         self.id: str = config["id"]
         chunker = config["chunker"]
         self.chunker = ChunkerParams(int(chunker["min_size"]), int(chunker["avg_size"]), int(chunker["max_size"]))
@@ -379,6 +392,32 @@ class Repository:
     def read_index(self) -> index.IndexReading:
         return index.read(self.target, self.key.verify_key)
 
+    def _remember(self, sequence: int) -> None:
+        if self.seen is None or sequence < 0:
+            return
+        try:
+            self.seen.saw_index(self.id, sequence)
+        except Exception as exc:  # a read-only data directory must not stop a restore
+            log.warning("could not remember snapshot index entry %d: %s", sequence, exc)
+
+    def _rolled_back(self, reading: index.IndexReading) -> str | None:
+        if self.seen is None:
+            return None
+        newest = reading.newest.sequence if reading.newest else -1
+        try:
+            seen = self.seen.index_seen(self.id)
+        except Exception as exc:
+            log.warning("could not read the snapshot index entry last seen: %s", exc)
+            return None
+        if newest >= seen:
+            self._remember(newest)
+            return None
+        return (
+            f"the signed snapshot index was cut back: this host saw entry {seen}, the newest in "
+            f"{self.target.describe()} is {newest} (entries and the snapshots they name deleted by someone "
+            "without the key?); snapshots taken since may be missing"
+        )
+
     def catalog(self, plan: str | None = None) -> Catalog:
         """Every snapshot (of `plan`), checked against the signed index. One bad manifest affects only itself."""
         manifests = self._manifests()
@@ -388,6 +427,7 @@ class Repository:
             indexed=reading.newest is not None,
             notes=list(reading.problems),
             started=dict(reading.newest.started) if reading.newest else {},
+            rolled_back=self._rolled_back(reading),
         )
         loaded = []
         for snapshot_id, history in sorted(manifests.items()):
@@ -442,6 +482,8 @@ class Repository:
             newest = catalog.snapshots[-1] if catalog.snapshots else None
             # Ordered by start time as the index records it; one it does not know counts as newer
             # than any intact snapshot from the same second (its id starts with that second).
+            if catalog.rolled_back:
+                raise SnapshotUnavailable(f"the latest snapshot cannot be told: {catalog.rolled_back}")
             newer = [
                 i
                 for i in bad
@@ -490,6 +532,7 @@ class Repository:
             config = self.config if self.config.get("signature") else sign_config(self.config, self.key)
             entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time())
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
+                self._remember(entry.sequence)
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
 

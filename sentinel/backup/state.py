@@ -1,4 +1,5 @@
-"""Outcomes of backup and drill runs, kept in a small SQLite file in the data directory.
+"""Outcomes of backup and drill runs, kept in a small SQLite file in the data directory, and the newest
+snapshot index entry seen per repository (so a repository whose index was cut back is noticed here).
 
 Runs happen in their own processes (`sentinel backup run`, `sentinel drill run`, started by the
 scheduler); they append a row here, and `/metrics` reads the latest rows at scrape time. WAL mode
@@ -31,6 +32,10 @@ CREATE TABLE IF NOT EXISTS runs (
     report TEXT                    -- drill: path of the report
 );
 CREATE INDEX IF NOT EXISTS runs_kind_plan ON runs (kind, plan, finished);
+CREATE TABLE IF NOT EXISTS index_seen (
+    repository TEXT PRIMARY KEY,   -- repository id
+    sequence INTEGER NOT NULL      -- the highest signed snapshot index entry this host wrote or read
+);
 """
 
 
@@ -131,3 +136,16 @@ class RunLog:
         where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
         rows = self._rows(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit))
         return [self._record(row) for row in rows]
+
+    def index_seen(self, repository: str) -> int:
+        """The highest snapshot index sequence this host wrote or read for `repository`; -1 if none."""
+        rows = self._rows("SELECT sequence FROM index_seen WHERE repository = ?", (repository,))
+        return int(str(rows[0][0])) if rows else -1
+
+    def saw_index(self, repository: str, sequence: int) -> None:
+        with self._connect(write=True) as conn:
+            conn.execute(
+                "INSERT INTO index_seen (repository, sequence) VALUES (?, ?) "
+                "ON CONFLICT (repository) DO UPDATE SET sequence = max(sequence, excluded.sequence)",
+                (repository, sequence),
+            )

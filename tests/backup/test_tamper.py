@@ -304,6 +304,28 @@ def test_a_deleted_newest_snapshot_is_named_and_latest_never_rolls_back(
     assert verified.returncode == 1 and newest.id in verified.stderr
 
 
+def test_an_index_cut_back_with_the_newest_snapshot_is_noticed_by_the_host_that_saw_it(
+    make_context: MakeContext, models: Path, data_dir: Path
+) -> None:
+    context = local_context(make_context, models)
+    previous = backup(context).snapshot
+    write_model(models, MODEL, seed=2)
+    newest = backup(context).snapshot
+    assert previous is not None and newest is not None
+    repo_dir = data_dir / "backups"
+    newest_entry = max((repo_dir / "index").iterdir())
+    (repo_dir / snapshot_key(newest.id)).unlink()  # the snapshot and the index entry naming it
+    newest_entry.unlink()
+
+    catalog = context.repository("models").catalog()
+    assert not catalog.intact and catalog.missing == {}
+    assert catalog.rolled_back is not None and "cut back" in catalog.rolled_back
+    with pytest.raises(SnapshotUnavailable, match="cut back"):
+        context.repository("models").resolve("latest", "models")
+    report = RestoreDrill(context, "models").run()
+    assert not report.passed and any("cut back" in f for f in report.failures)
+
+
 def test_prune_leaves_the_index_consistent(make_context: MakeContext, models: Path) -> None:
     context = local_context(make_context, models)
     backup(context)
