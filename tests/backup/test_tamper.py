@@ -187,6 +187,9 @@ def test_a_delete_marker_on_the_newest_snapshot_hides_nothing(
     newest = backup(context).snapshot
     assert newest is not None
     attacker.delete_object(Bucket=bucket, Key=snapshot_key(newest.id))  # version-less: allowed
+    entries = sorted(o["Key"] for o in attacker.list_objects_v2(Bucket=bucket, Prefix="index/")["Contents"])
+    attacker.delete_object(Bucket=bucket, Key=entries[-1])  # and the index entry that names it
+    attacker.put_object(Bucket=bucket, Key=entries[-2], Body=b"an index without the newest snapshot")
 
     assert restored_matches(context, tmp_path / "out", models) == newest.id
     catalog = context.repository("models").catalog()
