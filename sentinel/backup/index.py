@@ -39,6 +39,9 @@ class IndexEntry:
     config: dict[str, Any]
     """The repository config (itself signed) when this entry was written: what `recover-config` restores."""
     written: float = 0.0
+    lost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Snapshots an operator acknowledged as permanently lost (`backup forget --lost`): id → plan, reason,
+    when, and what was wrong. Carried into every later entry, so an acknowledgment is never undone."""
 
 
 @dataclass
@@ -65,6 +68,7 @@ def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
             "started": entry.started,
             "config": entry.config,
             "written": entry.written,
+            **({"lost": entry.lost} if entry.lost else {}),
         },
         option=orjson.OPT_SORT_KEYS,
     )
@@ -90,6 +94,7 @@ def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey) -> IndexEnt
         {str(k): float(v) for k, v in raw["started"].items()},
         raw["config"],
         raw["written"],
+        {str(k): dict(v) for k, v in raw.get("lost", {}).items()},
     )
 
 

@@ -29,6 +29,7 @@ from sentinel.backup.chunking import ChunkerParams
 from sentinel.backup.crypto import AuthenticationError, associated_data, seal, unseal
 from sentinel.backup.keys import BackupKey
 from sentinel.backup.snapshot import ChunkRef, Snapshot
+from sentinel.backup.state import PlanHealth
 from sentinel.backup.targets import History, ObjectNotFound, Target, TargetError
 
 log = logging.getLogger("sentinel.backup")
@@ -119,11 +120,14 @@ def config_authentic(config: dict[str, Any], key: BackupKey) -> bool:
 
 
 class IndexSeen(Protocol):
-    """Where a host remembers the newest index entry it saw per repository (`RunLog` is one)."""
+    """Where a host remembers the newest index entry it saw per repository, and what each look at the
+    repository found per plan, for /metrics (`RunLog` is one)."""
 
     def index_seen(self, repository: str) -> int: ...
 
     def saw_index(self, repository: str, sequence: int) -> None: ...
+
+    def saw_health(self, health: Sequence[PlanHealth]) -> None: ...
 
 
 @dataclass
@@ -142,8 +146,43 @@ class Catalog:
     indexed: bool = False
     started: dict[str, float] = field(default_factory=dict)
     """When each snapshot the index names started (to order damaged and missing ones)."""
+    plans: dict[str, str] = field(default_factory=dict)
+    """The plan of each snapshot the index names."""
     rolled_back: str | None = None
     """Set when the index's newest entry is older than one this host already saw."""
+    lost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Missing or damaged snapshots an operator acknowledged as lost (`backup forget --lost`): not failures."""
+
+    def acknowledged(self) -> list[str]:
+        """Each acknowledged loss, in words: which snapshot, when, by whom, why."""
+        out = []
+        for snapshot_id, lost in sorted(self.lost.items()):
+            at = lost.get("at")
+            stamp = datetime.fromtimestamp(float(at), UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if at else "?"
+            by = f" by {lost['by']}" if lost.get("by") else ""
+            out.append(
+                f"snapshot {snapshot_id} (plan {lost.get('plan') or '?'}, {lost.get('was', 'missing')}) "
+                f"was acknowledged lost on {stamp}{by}: {lost.get('reason', '')}"
+            )
+        return out
+
+    def health(self, plans: Sequence[str] = ()) -> list[PlanHealth]:
+        """Per plan (those named here, and every plan this catalog saw), what is missing, damaged or lost.
+        A damaged manifest the index does not name belongs to no known plan: it counts for each of them."""
+        named = {**self.missing, **{i: str(v.get("plan", "")) for i, v in self.lost.items()}}
+        names = set(plans) | {s.plan for s in self.snapshots} | {p for p in named.values() if p}
+        out = []
+        for plan in sorted(names):
+            out.append(
+                PlanHealth(
+                    plan,
+                    missing=sum(1 for p in self.missing.values() if p == plan),
+                    damaged=sum(1 for i in self.damaged if self.plans.get(i, plan) == plan),
+                    cut_back=self.rolled_back is not None,
+                    lost=sum(1 for v in self.lost.values() if v.get("plan") == plan),
+                )
+            )
+        return out
 
     @property
     def intact(self) -> bool:
@@ -423,15 +462,18 @@ class Repository:
         manifests = self._manifests()
         reading = self.read_index()
         named = reading.newest.snapshots if reading.newest else {}
+        lost = reading.newest.lost if reading.newest else {}
         catalog = Catalog(
             indexed=reading.newest is not None,
             notes=list(reading.problems),
             started=dict(reading.newest.started) if reading.newest else {},
+            plans=dict(named),
             rolled_back=self._rolled_back(reading),
+            lost={i: v for i, v in lost.items() if plan is None or v.get("plan") == plan},
         )
         loaded = []
         for snapshot_id, history in sorted(manifests.items()):
-            if plan is not None and named.get(snapshot_id, plan) != plan:
+            if snapshot_id in lost or (plan is not None and named.get(snapshot_id, plan) != plan):
                 continue
             try:
                 snapshot = self.load_snapshot(snapshot_id, history)
@@ -461,7 +503,16 @@ class Repository:
             loaded.append(snapshot)
         catalog.snapshots = sorted(loaded, key=lambda s: (s.started, s.id))
         catalog.missing = {i: p for i, p in named.items() if i not in manifests and (plan is None or p == plan)}
+        self._report_health(catalog, plan)
         return catalog
+
+    def _report_health(self, catalog: Catalog, plan: str | None) -> None:
+        if self.seen is None:
+            return
+        try:
+            self.seen.saw_health(catalog.health([plan] if plan else ()))
+        except Exception as exc:  # a read-only data directory must not stop a restore
+            log.warning("could not record the repository's health for /metrics: %s", exc)
 
     def snapshots(self, plan: str | None = None) -> list[Snapshot]:
         """Every authentic snapshot (of `plan`), oldest first; damaged or missing ones are left out
@@ -514,13 +565,21 @@ class Repository:
             raise SnapshotNotFound(f"{what} match {ref!r} in {self.target.describe()}")
         return self.load_snapshot(matches[0], manifests[matches[0]])
 
-    def update_index(self, add: Sequence[Snapshot] = (), remove: set[str] | frozenset[str] = frozenset()) -> None:
+    def update_index(
+        self,
+        add: Sequence[Snapshot] = (),
+        remove: set[str] | frozenset[str] = frozenset(),
+        acknowledge: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         """Append an index entry: the newest entry's snapshots (or, for the first, every authentic one)
-        plus `add` minus `remove`. Concurrent writers race on the sequence number; the loser retries."""
+        plus `add` minus `remove`, with `acknowledge` (id → why) moved to the acknowledged losses, which
+        every later entry carries. Concurrent writers race on the sequence number; the loser retries."""
         for _ in range(20):
             reading = self.read_index()
+            lost: dict[str, dict[str, Any]] = {}
             if reading.newest is not None:
                 live, started = dict(reading.newest.snapshots), dict(reading.newest.started)
+                lost = dict(reading.newest.lost)
             else:
                 known = self.catalog().snapshots
                 live, started = {s.id: s.plan for s in known}, {s.id: s.started for s in known}
@@ -529,12 +588,47 @@ class Repository:
             for snapshot_id in remove:
                 live.pop(snapshot_id, None)
                 started.pop(snapshot_id, None)
+            for snapshot_id, why in (acknowledge or {}).items():
+                lost[snapshot_id] = {**why, "started": started.get(snapshot_id)}
+                live.pop(snapshot_id, None)
+                started.pop(snapshot_id, None)
             config = self.config if self.config.get("signature") else sign_config(self.config, self.key)
-            entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time())
+            entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time(), lost)
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
                 self._remember(entry.sequence)
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
+
+    def acknowledge_lost(self, ref: str, reason: str, *, by: str = "", clock: Callable[[], float] = time.time) -> str:
+        """Record in the signed index that the missing or damaged snapshot `ref` (an id or unique prefix) is
+        permanently lost: list, verify and drills then report it as acknowledged, and prune resumes.
+        Refused for an intact snapshot (that is what retention and prune are for) or without a reason."""
+        reason = reason.strip()
+        if not reason:
+            raise RepositoryError("say why the snapshot is lost (--reason): the acknowledgment is kept for auditors")
+        catalog = self.catalog()
+        if catalog.rolled_back:
+            raise RepositoryError(f"{catalog.rolled_back}; acknowledging a loss needs the newest index entry")
+        bad = {**{i: "missing" for i in catalog.missing}, **{i: f"damaged: {w}" for i, w in catalog.damaged.items()}}
+        matches = [i for i in bad if i.startswith(ref)]
+        if len(matches) != 1:
+            if any(s.id.startswith(ref) for s in catalog.snapshots):
+                raise RepositoryError(
+                    f"snapshot {ref} is intact: only a missing or damaged snapshot can be acknowledged as lost "
+                    "(retention and `backup prune` forget intact ones)"
+                )
+            if [i for i in catalog.lost if i.startswith(ref)]:
+                raise RepositoryError(f"snapshot {ref} is already acknowledged as lost")
+            what = "no missing or damaged snapshot" if not matches else f"{len(matches)} missing or damaged snapshots"
+            raise SnapshotNotFound(f"{what} match {ref!r} in {self.target.describe()}")
+        snapshot_id = matches[0]
+        plan = catalog.plans.get(snapshot_id, "")
+        self.update_index(
+            acknowledge={
+                snapshot_id: {"plan": plan, "reason": reason, "was": bad[snapshot_id], "at": clock(), "by": by}
+            }
+        )
+        return snapshot_id
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self.target.delete(snapshot_key(snapshot_id))

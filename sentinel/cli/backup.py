@@ -238,6 +238,8 @@ def list_(
         table.add_row(snapshot_id, "?", "[red]DAMAGED[/]", "", "", "", "")
     for snapshot_id, snapshot_plan in sorted(catalog.missing.items()):
         table.add_row(snapshot_id, snapshot_plan, "[red]MISSING[/]", "", "", "", "")
+    for snapshot_id, lost in sorted(catalog.lost.items()):
+        table.add_row(snapshot_id, str(lost.get("plan", "")), "lost (acknowledged)", "", "", "", "")
     out.print(table)
     report_catalog(catalog)
     if not catalog.intact:
@@ -250,6 +252,8 @@ def report_catalog(catalog: Any) -> None:
         err.print(f"[yellow]warning:[/] {note}", highlight=False)
     for problem in catalog.problems():
         err.print(f"[red]problem:[/] {problem}", highlight=False)
+    for line in catalog.acknowledged():
+        err.print(f"acknowledged: {line}", highlight=False)
 
 
 @backup.command("show")
@@ -407,6 +411,42 @@ def recover_config(
     name = pick_plan(context, plan)
     repo = Repository.recover_config(context.target(name), context.key())
     out.print(f"recovered the config of repository {repo.id} in {repo.target.describe()}")
+
+
+@backup.command("forget")
+@click.argument("snapshot")
+@click.option("--lost", is_flag=True, help="Required: the snapshot is missing or damaged and cannot be brought back.")
+@click.option("--reason", required=True, help="Why it is lost (kept, signed, in the snapshot index for auditors).")
+@plan_option
+@settings_options
+@guarded
+def forget(
+    snapshot: str,
+    lost: bool,
+    reason: str,
+    plan: str | None,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Acknowledge that a missing or damaged SNAPSHOT (an id or unique prefix) is permanently lost.
+
+    Appends a signed entry to the snapshot index (needs the backup key); from then on list, verify and
+    drills report the snapshot as acknowledged rather than failing, and prune deletes chunks again.
+    Intact snapshots are refused: retention and `backup prune` forget those."""
+    import getpass
+
+    if not lost:
+        fail("say --lost: forget only acknowledges a missing or damaged snapshot as permanently lost", 2)
+    context = context_from(config_file, data_dir, log_level, log_format)
+    repo = context.repository(pick_plan(context, plan))
+    try:
+        by = getpass.getuser()
+    except (KeyError, OSError):
+        by = ""
+    snapshot_id = repo.acknowledge_lost(snapshot, reason, by=by)
+    out.print(f"snapshot {snapshot_id} is recorded as lost in the signed snapshot index of {repo.target.describe()}")
 
 
 @backup.command("prune")
