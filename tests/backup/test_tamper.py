@@ -394,3 +394,34 @@ def test_repository_open_reads_the_locked_config_version(
     attacker.put_object(Bucket=bucket, Key=CONFIG_KEY, Body=b"not json")
     again = Repository.open(context.target("models"), context.key())
     assert again.id == repo.id and again.config_version == repo.config_version
+
+
+def test_extending_a_compliance_lock_after_the_mode_was_changed_to_governance_fails_clearly(
+    make_context: MakeContext, seaweed: Seaweed, attacker: Any, models: Path, tmp_path: Path
+) -> None:
+    bucket = seaweed.bucket(lock=True)
+    clock = FakeClock(time.time())  # retention dates must lie ahead of the server's real clock
+    first = backup(locked_context(make_context, seaweed, bucket, models, clock=clock)).snapshot
+    assert first is not None
+    reused = chunk_key(first.files[0].chunks[0].id)
+    before = attacker.get_object_retention(Bucket=bucket, Key=reused)["Retention"]
+    assert before["Mode"] == "COMPLIANCE"
+
+    clock.advance(1.5 * DAY)  # past the slack: the next backup must extend the reused chunks' locks
+    target = seaweed.target_settings(bucket, object_lock_mode="GOVERNANCE", object_lock_days=1)
+    plans = {"models": {"sources": [{"kind": "path", "path": str(models)}], "retention": {"keep_last": 1}}}
+    governance = BackupContext(make_context(plans=plans, targets={"default": target}, **SMALL_CHUNKS).settings, clock)
+    failed = run_backup(governance, "models")
+    assert failed.outcome == "failure" and failed.error is not None
+    assert "locked in COMPLIANCE mode" in failed.error and "object_lock_mode is now GOVERNANCE" in failed.error
+    assert "set object_lock_mode: COMPLIANCE again" in failed.error
+    assert attacker.get_object_retention(Bucket=bucket, Key=reused)["Retention"] == before  # nothing weakened
+    assert [s.id for s in governance.repository("models").snapshots("models")] == [first.id]
+
+    compliance = locked_context(make_context, seaweed, bucket, models, clock=clock)
+    mended = backup(compliance)  # the mode set back: the locks are extended as usual
+    assert mended.stats is not None and mended.stats.locks_extended > 0
+    after = attacker.get_object_retention(Bucket=bucket, Key=reused)["Retention"]
+    assert after["Mode"] == "COMPLIANCE" and after["RetainUntilDate"] > before["RetainUntilDate"]
+    assert mended.snapshot is not None
+    assert restored_matches(compliance, tmp_path / "out", models) == mended.snapshot.id

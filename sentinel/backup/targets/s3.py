@@ -197,9 +197,11 @@ class S3Target:
             )
         except ClientError as exc:
             # Refused when it would shorten the retention (someone already extended it further): fine.
-            current = self._retain_until(full, version)
-            if current is not None and current >= until:
+            mode, current = self._retention(full, version)
+            if current is not None and current >= until and mode == self.lock_mode:
                 return
+            if mode is not None and mode != self.lock_mode:
+                raise TargetError(self._mode_changed(key, mode)) from exc
             raise self._fail("extend the retention of", key, exc) from exc
         except BotoCoreError as exc:
             raise self._fail("extend the retention of", key, exc) from exc
@@ -234,13 +236,35 @@ class S3Target:
             raise self._fail("delete", key, exc) from exc
 
     def _retain_until(self, full: str, version: str | None) -> datetime | None:
+        return self._retention(full, version)[1]
+
+    def _retention(self, full: str, version: str | None) -> tuple[str | None, datetime | None]:
+        """The Object Lock mode and retain-until date of a version (None, None when unknown)."""
         try:
             extra = {"VersionId": version} if version else {}
             head = self.client.head_object(Bucket=self.bucket, Key=full, **extra)
         except (BotoCoreError, ClientError):
-            return None
-        until = head.get("ObjectLockRetainUntilDate")
-        return until if isinstance(until, datetime) else None
+            return None, None
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        return (str(mode) if mode else None), (until if isinstance(until, datetime) else None)
+
+    def _mode_changed(self, key: str, mode: str) -> str:
+        if mode == "COMPLIANCE":
+            why = (
+                "S3 never lets a COMPLIANCE lock become GOVERNANCE (nor be shortened), so the snapshots using it "
+                "cannot be protected for their retention this way; set object_lock_mode: COMPLIANCE again on this "
+                "target (or point a GOVERNANCE target at a new prefix or bucket)"
+            )
+        else:
+            why = (
+                f"changing a {mode} lock to {self.lock_mode} needs s3:BypassGovernanceRetention, which Sentinel's "
+                f"credentials should not have; set object_lock_mode: {mode} again on this target (or point it at a "
+                "new prefix or bucket)"
+            )
+        return (
+            f"cannot extend the Object Lock of {key} in {self.describe()}: it is locked in {mode} mode, but the "
+            f"target's object_lock_mode is now {self.lock_mode}; {why}"
+        )
 
     def put_if_absent(self, key: str, data: bytes) -> str | None:
         try:
