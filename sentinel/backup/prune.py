@@ -8,7 +8,8 @@ When Object Lock refuses a delete, that is reported and the prune carries on: a 
 stays (and so do its chunks, which it still references), a locked chunk simply stays. Forgotten
 snapshots leave the signed snapshot index before their manifests are deleted, so a prune is never
 reported as a missing snapshot. A damaged manifest (its chunks unknown) or a snapshot the index
-names but that is missing stops chunk deletion: the prune says so and deletes no chunk.
+names but that is missing stops chunk deletion: the prune says so and deletes no chunk, until the
+loss is acknowledged (`backup forget --lost`, recorded in the signed index).
 """
 
 from __future__ import annotations
