@@ -14,6 +14,7 @@ backup of an unchanged directory uploads < 1% of the bytes and takes seconds, no
 
     python bench/backup.py                    # 2 GiB in 4 files
     python bench/backup.py --size-gib 16 --files 8 --workdir /big/disk
+    python bench/backup.py --object-lock      # both on Object Lock buckets, Sentinel with COMPLIANCE retention
 Results: bench/results/backup-<time>.json and a Markdown table on stdout.
 """
 
@@ -65,11 +66,11 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     return took
 
 
-def plain_boto3(seaweed: Seaweed, models: Path, scratch: Path) -> dict[str, float]:
+def plain_boto3(seaweed: Seaweed, models: Path, scratch: Path, lock: bool = False) -> dict[str, float]:
     from boto3.s3.transfer import TransferConfig
 
     client = seaweed.client(max_pool_connections=16)
-    bucket = seaweed.bucket()
+    bucket = seaweed.bucket(lock=lock)
     files = [p for p in sorted(models.rglob("*")) if p.is_file()]
     config = TransferConfig()
     start = time.perf_counter()
@@ -86,14 +87,17 @@ def plain_boto3(seaweed: Seaweed, models: Path, scratch: Path) -> dict[str, floa
     return {"upload_s": upload, "download_s": download}
 
 
-def sentinel(seaweed: Seaweed, models: Path, work: Path, settings: dict[str, str]) -> dict[str, Any]:
+def sentinel(
+    seaweed: Seaweed, models: Path, work: Path, settings: dict[str, str], lock: bool = False
+) -> dict[str, Any]:
     data = work / "sentinel-data"
-    bucket = seaweed.bucket()
+    bucket = seaweed.bucket(lock=lock)
+    retention = {"object_lock_mode": "COMPLIANCE", "object_lock_days": 1} if lock else {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
     env.update(
         SENTINEL_DATA_DIR=str(data),
         SENTINEL_LOG_LEVEL="warning",
-        SENTINEL_BACKUP_TARGETS=json.dumps({"default": seaweed.target_settings(bucket)}),
+        SENTINEL_BACKUP_TARGETS=json.dumps({"default": seaweed.target_settings(bucket, **retention)}),
         SENTINEL_BACKUP_PLANS=json.dumps({"bench": {"sources": [{"kind": "path", "path": str(models)}]}}),
     )
     env.update(settings)
@@ -175,6 +179,7 @@ def main() -> None:
         "--workdir", type=Path, default=None, help="Where the data and SeaweedFS live (needs ~4x size)."
     )
     parser.add_argument("--skip-restic", action="store_true")
+    parser.add_argument("--object-lock", action="store_true", help="Object Lock buckets, Sentinel with retention.")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for Sentinel (repeatable)")
     args = parser.parse_args()
     size = int(args.size_gib * GIB)
@@ -185,9 +190,10 @@ def main() -> None:
         make_models(models, size, args.files)
         with running_seaweed(work) as seaweed:
             print("plain boto3 ...", file=sys.stderr)
-            plain = plain_boto3(seaweed, models, work / "plain-restore")
+            plain = plain_boto3(seaweed, models, work / "plain-restore", lock=args.object_lock)
             print("sentinel ...", file=sys.stderr)
-            ours = sentinel(seaweed, models, work, dict(item.partition("=")[::2] for item in args.env))
+            settings = dict(item.partition("=")[::2] for item in args.env)
+            ours = sentinel(seaweed, models, work, settings, lock=args.object_lock)
             other = None
             if not args.skip_restic:
                 print("restic ...", file=sys.stderr)
@@ -196,6 +202,7 @@ def main() -> None:
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "size_bytes": size,
             "files": args.files,
+            "object_lock": args.object_lock,
             "cpus": os.cpu_count(),
             "plain_boto3": plain,
             "sentinel": ours,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import boto3
@@ -44,3 +45,10 @@ def s3_client(settings: S3Connection, *, max_pool_connections: int) -> Any:
         verify=settings.verify_tls,
         **credentials,
     )
+
+
+def oldest_version(versions: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The first-written of one key's versions as `list_object_versions` returns them (newest first):
+    by time, ties (one-second resolution) broken by that documented order. Under Object Lock it is the
+    version an attacker with the credentials could not replace (they can only add newer ones)."""
+    return min(enumerate(versions), key=lambda item: (item[1]["LastModified"], -item[0]))[1]

@@ -48,6 +48,8 @@ class DrillReport:
     rpo_basis: str = ""
     checks: list[CheckResult] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    acknowledged: list[str] = field(default_factory=list)
+    """Snapshots acknowledged as lost (`backup forget --lost`): reported, not failures."""
 
     @property
     def passed(self) -> bool:
@@ -96,6 +98,9 @@ class DrillReport:
         lines += [f"- [{'x' if c.passed else ' '}] **{c.name}**: {c.detail}" for c in self.checks]
         lines += ["", "## Failures", ""]
         lines += [f"- {f}" for f in self.failures] or ["none"]
+        if self.acknowledged:
+            lines += ["", "## Snapshots acknowledged lost", ""]
+            lines += [f"- {a}" for a in self.acknowledged]
         lines += ["", "## Sign-off", "", "Reviewed by: ______________________  Date: ____________", ""]
         return "\n".join(lines)
 
@@ -145,6 +150,10 @@ class RestoreDrill:
             repo = self.context.repository(self.plan)
             report.target = repo.target.describe()
             snapshot = repo.resolve("latest", self.plan)
+            # Evidence that went missing fails the drill even when the newest snapshot restores.
+            catalog = repo.catalog(self.plan)
+            report.failures.extend(catalog.problems())
+            report.acknowledged = catalog.acknowledged()
             report.snapshot, report.snapshot_time = snapshot.id, snapshot.finished
             result = Restorer(repo, concurrency=self.context.backup.upload_concurrency, progress=self.progress).restore(
                 snapshot, scratch

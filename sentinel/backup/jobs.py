@@ -61,11 +61,13 @@ class BackupContext:
             raise PlanNotFound(f"no backup plan {name!r} (configured: {known})") from None
 
     def target(self, plan: str) -> Target:
-        return open_target(self.backup.targets[self.plan(plan).target], self.settings.data_dir)
+        return open_target(self.backup.targets[self.plan(plan).target], self.settings.data_dir, clock=self.clock)
 
     def repository(self, plan: str, *, create: bool = False) -> Repository:
         params = ChunkerParams(self.backup.chunk_min_size, self.backup.chunk_avg_size, self.backup.chunk_max_size)
-        return Repository.open(self.target(plan), self.key(), create=params if create else None)
+        repository = Repository.open(self.target(plan), self.key(), create=params if create else None)
+        repository.seen = self.run_log()
+        return repository
 
     def forbidden(self) -> Forbidden:
         return Forbidden({"key-encryption key": self.path(self.settings.key_file), "backup key": self.key_path})
@@ -128,6 +130,7 @@ def run_backup(
                 concurrency=context.backup.upload_concurrency,
                 progress=progress,
                 scheduled_for=scheduled_for,
+                clock=context.clock,
             )
             outcome.stats = job.stats
             snapshot = job.run()

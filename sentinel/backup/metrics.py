@@ -3,6 +3,10 @@
 The names are fixed (alert rules depend on them). `last_size_bytes` and `last_uploaded_bytes`
 describe the last successful backup (a failed run has no snapshot); `last_run` and
 `last_duration` describe the last run whatever its outcome. Timestamps are when a run finished.
+
+The repository gauges say what the last look at a plan's repository (any backup, prune, verify, list,
+restore or drill on this host) found against the signed snapshot index: snapshots missing or damaged,
+an index cut back, and losses an operator acknowledged (`backup forget --lost`).
 """
 
 from __future__ import annotations
@@ -66,4 +70,31 @@ class BackupCollector(Collector):
             rto_target.add_metric([plan], settings.drill.rto_target)
             rpo_target.add_metric([plan], settings.drill.rpo_target)
         yield from (last_success, last_run, duration, size, uploaded, runs)
+        yield from self._health()
+
         yield from (drill_success, drill_run, passed, rto, rpo, rto_target, rpo_target)
+
+    def _health(self) -> Iterable[Metric]:
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["plan"])
+
+        missing = gauge(
+            "sentinel_backup_snapshots_missing",
+            "Snapshots the signed snapshot index names that the repository no longer holds (not acknowledged).",
+        )
+        damaged = gauge("sentinel_backup_snapshots_damaged", "Snapshots whose manifest does not authenticate.")
+        cut_back = gauge(
+            "sentinel_backup_index_cut_back", "1 if the signed snapshot index is older than an entry this host saw."
+        )
+        lost = gauge("sentinel_backup_snapshots_lost_acknowledged", "Missing or damaged snapshots acknowledged lost.")
+        checked = gauge(
+            "sentinel_backup_repository_checked_timestamp_seconds",
+            "When a backup, prune, verify, list, restore or drill last checked the repository against its index.",
+        )
+        for plan, health in sorted(self.log.health().items()):
+            missing.add_metric([plan], float(health.missing))
+            damaged.add_metric([plan], float(health.damaged))
+            cut_back.add_metric([plan], 1.0 if health.cut_back else 0.0)
+            lost.add_metric([plan], float(health.lost))
+            checked.add_metric([plan], health.checked)
+        yield from (missing, damaged, cut_back, lost, checked)

@@ -5,7 +5,11 @@ holds the exclusive `prune` lease and refuses to start while any `backup-*` leas
 backups refuse to start while it holds it), so a running backup that decided to reuse an existing
 chunk cannot lose it underneath. Snapshots of plans not in the configuration are never forgotten.
 When Object Lock refuses a delete, that is reported and the prune carries on: a locked snapshot
-stays (and so do its chunks, which it still references), a locked chunk simply stays.
+stays (and so do its chunks, which it still references), a locked chunk simply stays. Forgotten
+snapshots leave the signed snapshot index before their manifests are deleted, so a prune is never
+reported as a missing snapshot. A damaged manifest (its chunks unknown) or a snapshot the index
+names but that is missing stops chunk deletion: the prune says so and deletes no chunk, until the
+loss is acknowledged (`backup forget --lost`, recorded in the signed index).
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ def prune(
         running = live_leases(repo.target, "backup-", now=now)
         if running:
             raise LeaseHeld("a backup is running (" + "; ".join(r.describe(now) for r in running) + "); prune later")
-        snapshots = repo.snapshots()
+        catalog = repo.catalog()
+        snapshots = catalog.snapshots
         remaining = {s.id: s for s in snapshots}
+        forgetting = []
         for plan in sorted({s.plan for s in snapshots}):
             mine = [s for s in snapshots if s.plan == plan]
             policy = policies.get(plan)
@@ -64,24 +70,28 @@ def prune(
                 continue
             keep, forget = policy.apply(mine)
             report.kept.extend(s.id for s in keep)
-            for snapshot in forget:
-                lease.check()
-                if dry_run:
-                    report.forgotten.append(snapshot.id)
-                    del remaining[snapshot.id]
-                    continue
-                try:
-                    repo.delete_snapshot(snapshot.id)
-                except ObjectLocked as exc:
-                    report.locked.append((snapshot_key(snapshot.id), exc.until))
-                    report.kept.append(snapshot.id)
-                    continue
-                except TargetError as exc:
-                    report.errors.append(f"snapshot {snapshot.id}: {exc}")
-                    report.kept.append(snapshot.id)
-                    continue
+            forgetting.extend(forget)
+        if forgetting and not dry_run:
+            repo.update_index(remove={s.id for s in forgetting})
+        for snapshot in forgetting:
+            lease.check()
+            if dry_run:
                 report.forgotten.append(snapshot.id)
                 del remaining[snapshot.id]
+                continue
+            try:
+                repo.delete_snapshot(snapshot.id)
+            except ObjectLocked as exc:
+                report.locked.append((snapshot_key(snapshot.id), exc.until))
+                report.kept.append(snapshot.id)
+                continue
+            except TargetError as exc:
+                report.errors.append(f"snapshot {snapshot.id}: {exc}")
+                report.kept.append(snapshot.id)
+                continue
+            report.forgotten.append(snapshot.id)
+            del remaining[snapshot.id]
+        report.errors.extend(catalog.problems())
         if report.errors:
             # Unsure which snapshots exist: deleting chunks now could hurt one of them.
             return report

@@ -63,7 +63,7 @@ class Restorer:
                     ref = next(refs, None)
                     if ref is None:
                         break
-                    pending.append((ref.id, pool.submit(self.repo.get_chunk, ref.id, check_id=check_ids)))
+                    pending.append((ref.id, pool.submit(self.repo.get_chunk, ref, check_id=check_ids)))
                 if not pending:
                     return
                 chunk_id, future = pending.popleft()

@@ -6,27 +6,36 @@ start) or uploaded earlier in this run are not uploaded again, which is also how
 after a failed one: its finished chunks are in the listing. Files whose size, mtime and inode
 match the previous snapshot of the plan reuse its chunk list without being read. The manifest is
 written last; until then the snapshot does not exist.
+
+Each chunk reference records the object version the repository wrote, so restores read exactly that
+version whatever is written on top. On a target with Object Lock, a reused chunk whose lock (as the
+previous manifest records it, or unknown) ends before this snapshot's would be extended, so every
+snapshot is protected for `object_lock_days` from when it was taken, whichever older snapshot first
+uploaded its chunks. Uploads and extensions lock `lock_slack_days` longer than that, so unchanged
+data is re-locked about once in that many days, not at every run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sentinel.backup.chunking import Chunker, HashingReader
 from sentinel.backup.progress import Progress
-from sentinel.backup.repository import CorruptSnapshot, Repository
+from sentinel.backup.repository import Repository, chunk_key
 from sentinel.backup.snapshot import ChunkRef, FileEntry, Snapshot, SourceRecord, new_snapshot_id
 from sentinel.backup.sources import Source, SourceError, SourceItem
-from sentinel.backup.targets import TargetError
+from sentinel.backup.targets import TargetError, lock_slack_days
 
 log = logging.getLogger("sentinel.backup")
 
@@ -43,6 +52,10 @@ class RunStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     uploaded_bytes: int = 0
+    locks_extended: int = 0
+
+
+DAY = 86400.0
 
 
 def safe_relative(path: str) -> bool:
@@ -61,8 +74,11 @@ class BackupRun:
         progress: Progress | None = None,
         scheduled_for: float | None = None,
         scratch_root: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` (epoch seconds) dates Object Lock retention, as the target's own clock does."""
         self.repo = repository
+        self.clock = clock
         self.plan = plan
         self.sources = list(sources)
         self.concurrency = concurrency
@@ -71,19 +87,22 @@ class BackupRun:
         self.scratch_root = scratch_root
         self.stats = RunStats()
         self._known: set[str] = set()
+        self._versions: dict[str, str | None] = {}
+        self._locked: dict[str, float] = {}
+        self._lock_start = 0.0
         self._slots = threading.BoundedSemaphore(concurrency * 2)
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._futures: list[Future[None]] = []
 
     def _parent(self) -> dict[tuple[str, str], FileEntry]:
-        try:
-            previous = self.repo.snapshots(self.plan)
-        except CorruptSnapshot as exc:  # a bad old manifest must not stop today's backup
-            log.warning("ignoring previous snapshots for change detection: %s", exc)
-            return {}
+        # A damaged old manifest is left out by `snapshots` (and logged): it must not stop today's backup.
+        previous = self.repo.snapshots(self.plan)
         if not previous:
             return {}
+        for entry in previous[-1].files:
+            for ref in entry.chunks:
+                self._locked[ref.id] = max(self._locked.get(ref.id, 0.0), ref.locked_until)
         return {(f.source, f.path): f for f in previous[-1].files if f.type == "file"}
 
     def run(self) -> Snapshot:
@@ -95,8 +114,10 @@ class BackupRun:
             hostname=socket.gethostname(),
             scheduled_for=self.scheduled_for,
         )
+        self._lock_start = self.clock()
         self.progress.begin("listing repository", None)
-        self._known = set(self.repo.chunk_sizes())
+        self._versions = {cid: version for cid, (_, version) in self.repo.chunk_versions().items()}
+        self._known = set(self._versions)
         parent = self._parent()
         self.progress.end()
         chunker = Chunker(self.repo.chunker)
@@ -120,6 +141,8 @@ class BackupRun:
                 for future in self._futures:
                     future.result()
                 self.progress.end()
+                self._record_versions(snapshot)
+                self._extend_locks(snapshot, pool)
         except (SourceError, TargetError) as exc:
             pool.shutdown(wait=True, cancel_futures=True)
             raise BackupFailed(str(self._error or exc)) from exc
@@ -131,11 +154,41 @@ class BackupRun:
         snapshot.uploaded_bytes = self.stats.uploaded_bytes
         return snapshot
 
+    def _record_versions(self, snapshot: Snapshot) -> None:
+        for entry in snapshot.files:
+            for ref in entry.chunks:
+                ref.version = self._versions.get(ref.id, ref.version)
+
+    def _extend_locks(self, snapshot: Snapshot, pool: ThreadPoolExecutor) -> None:
+        """Make every chunk (and the config) this snapshot needs locked for `lock_days` from now."""
+        days = self.repo.target.lock_days
+        if days is None:
+            return
+        required = self._lock_start + days * DAY  # what every chunk uploaded by this run has at least
+        extend_to = float(math.ceil(required + lock_slack_days(days) * DAY))  # servers keep whole seconds
+        self.repo.ensure_locked(required, extend_to)
+        refs: dict[str, list[ChunkRef]] = {}
+        for entry in snapshot.files:
+            for ref in entry.chunks:
+                refs.setdefault(ref.id, []).append(ref)
+        stale = {cid: rs[0].version for cid, rs in refs.items() if self._locked.get(cid, 0.0) < required}
+        self.progress.begin("extending Object Lock of reused chunks", None)
+        until = datetime.fromtimestamp(extend_to, UTC)
+        done = list(
+            pool.map(lambda item: self.repo.target.extend_lock(chunk_key(item[0]), item[1], until), stale.items())
+        )
+        self.stats.locks_extended = len(done)
+        for cid, rs in refs.items():
+            bound = extend_to if cid in stale else self._locked[cid]
+            for ref in rs:
+                ref.locked_until = bound
+        self.progress.end()
+
     def commit(self, snapshot: Snapshot) -> None:
         try:
             self.repo.save_snapshot(snapshot)
         except TargetError as exc:
-            raise BackupFailed(f"could not write the manifest of snapshot {snapshot.id}: {exc}") from exc
+            raise BackupFailed(f"could not write the manifest or index entry of snapshot {snapshot.id}: {exc}") from exc
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -197,15 +250,20 @@ class BackupRun:
         blob = self.repo.seal_chunk(chunk_id, view)
         self._slots.acquire()
         self._raise_if_failed()
-        future = pool.submit(self._upload, chunk_id, blob)
+        days = self.repo.target.lock_days
+        # The put locks at least this long (the target adds the same slack to the clock at upload time).
+        locked_until = self.clock() + (days + lock_slack_days(days)) * DAY if days is not None else 0.0
+        future = pool.submit(self._upload, chunk_id, blob, locked_until)
         future.add_done_callback(self._done)
         self._futures.append(future)
         return chunk_id
 
-    def _upload(self, chunk_id: str, blob: bytearray) -> None:
-        self.repo.put_chunk(chunk_id, blob)
+    def _upload(self, chunk_id: str, blob: bytearray, locked_until: float) -> None:
+        version = self.repo.put_chunk(chunk_id, blob)
         with self._lock:
             self.stats.uploaded_bytes += len(blob)
+            self._versions[chunk_id] = version
+            self._locked[chunk_id] = locked_until
 
     def _done(self, future: Future[None]) -> None:
         self._slots.release()

@@ -22,8 +22,23 @@ def new_snapshot_id(now: float) -> str:
 
 @dataclass
 class ChunkRef:
+    """A chunk a file is made of. `version` is the object version the repository wrote (None on a store
+    without versions); `locked_until` (epoch seconds, 0 if unknown) is a date its Object Lock lasts to."""
+
     id: str
     size: int
+    version: str | None = None
+    locked_until: float = 0.0
+
+    def to_list(self) -> list[Any]:
+        if self.version is None and not self.locked_until:
+            return [self.id, self.size]
+        return [self.id, self.size, self.version or "", self.locked_until]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> ChunkRef:
+        version = str(data[2]) if len(data) > 2 and data[2] else None
+        return cls(str(data[0]), int(data[1]), version, float(data[3]) if len(data) > 3 else 0.0)
 
 
 @dataclass
@@ -49,7 +64,7 @@ class FileEntry:
                 sha256=self.sha256,
                 mtime_ns=self.mtime_ns,
                 inode=self.inode,
-                chunks=[[c.id, c.size] for c in self.chunks],
+                chunks=[c.to_list() for c in self.chunks],
             )
         elif self.type == "symlink":
             out["link"] = self.link
@@ -57,7 +72,7 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:
-        chunks = [ChunkRef(str(c[0]), int(c[1])) for c in data.get("chunks", [])]
+        chunks = [ChunkRef.from_list(c) for c in data.get("chunks", [])]
         return cls(
             source=data["source"],
             path=data["path"],

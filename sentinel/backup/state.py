@@ -1,4 +1,6 @@
-"""Outcomes of backup and drill runs, kept in a small SQLite file in the data directory.
+"""Outcomes of backup and drill runs, kept in a small SQLite file in the data directory; the newest
+snapshot index entry seen per repository (so a repository whose index was cut back is noticed here);
+and per plan what the last look at its repository found missing, damaged or acknowledged lost.
 
 Runs happen in their own processes (`sentinel backup run`, `sentinel drill run`, started by the
 scheduler); they append a row here, and `/metrics` reads the latest rows at scrape time. WAL mode
@@ -9,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,18 @@ CREATE TABLE IF NOT EXISTS runs (
     report TEXT                    -- drill: path of the report
 );
 CREATE INDEX IF NOT EXISTS runs_kind_plan ON runs (kind, plan, finished);
+CREATE TABLE IF NOT EXISTS index_seen (
+    repository TEXT PRIMARY KEY,   -- repository id
+    sequence INTEGER NOT NULL      -- the highest signed snapshot index entry this host wrote or read
+);
+CREATE TABLE IF NOT EXISTS health (
+    plan TEXT PRIMARY KEY,
+    checked REAL NOT NULL,         -- when a backup, prune, verify, list, restore or drill last looked
+    missing INTEGER NOT NULL,      -- snapshots the signed index names that are gone
+    damaged INTEGER NOT NULL,      -- snapshots whose manifest does not authenticate
+    cut_back INTEGER NOT NULL,     -- 1: the index is older than an entry this host saw
+    lost INTEGER NOT NULL          -- missing or damaged snapshots acknowledged as lost
+);
 """
 
 
@@ -53,6 +68,18 @@ class RunRecord:
     @property
     def duration(self) -> float:
         return self.finished - self.started
+
+
+@dataclass
+class PlanHealth:
+    """What the last look at a plan's repository found (see `Catalog`); `checked` is set when recorded."""
+
+    plan: str
+    missing: int = 0
+    damaged: int = 0
+    cut_back: bool = False
+    lost: int = 0
+    checked: float = 0.0
 
 
 _COLUMNS = "kind, plan, started, finished, outcome, size, uploaded, snapshot, error, rto, rpo, passed, report"
@@ -131,3 +158,35 @@ class RunLog:
         where, args = ("WHERE kind = ?", (kind,)) if kind else ("", ())
         rows = self._rows(f"SELECT {_COLUMNS} FROM runs {where} ORDER BY id DESC LIMIT ?", (*args, limit))
         return [self._record(row) for row in rows]
+
+    def index_seen(self, repository: str) -> int:
+        """The highest snapshot index sequence this host wrote or read for `repository`; -1 if none."""
+        rows = self._rows("SELECT sequence FROM index_seen WHERE repository = ?", (repository,))
+        return int(str(rows[0][0])) if rows else -1
+
+    def saw_index(self, repository: str, sequence: int) -> None:
+        with self._connect(write=True) as conn:
+            conn.execute(
+                "INSERT INTO index_seen (repository, sequence) VALUES (?, ?) "
+                "ON CONFLICT (repository) DO UPDATE SET sequence = max(sequence, excluded.sequence)",
+                (repository, sequence),
+            )
+
+    def saw_health(self, health: Sequence[PlanHealth], *, now: float | None = None) -> None:
+        """Replace each plan's health with what a look at its repository just found."""
+        if not health:
+            return
+        checked = time.time() if now is None else now
+        with self._connect(write=True) as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO health (plan, checked, missing, damaged, cut_back, lost) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(h.plan, checked, h.missing, h.damaged, int(h.cut_back), h.lost) for h in health],
+            )
+
+    def health(self) -> dict[str, PlanHealth]:
+        rows = self._rows("SELECT plan, missing, damaged, cut_back, lost, checked FROM health")
+        return {
+            str(plan): PlanHealth(str(plan), int(str(m)), int(str(d)), bool(c), int(str(lo)), float(str(t)))
+            for plan, m, d, c, lo, t in rows
+        }

@@ -215,13 +215,16 @@ def run(
 def list_(
     plan: str | None, config_file: Path | None, data_dir: Path | None, log_level: str | None, log_format: str | None
 ) -> None:
-    """List the complete snapshots in a plan's repository (every plan stored there)."""
+    """List the complete snapshots in a plan's repository (every plan stored there).
+
+    Exit 1 if a snapshot is damaged, or missing although the signed snapshot index names it."""
     context = context_from(config_file, data_dir, log_level, log_format)
     repo = context.repository(pick_plan(context, plan))
+    catalog = repo.catalog()
     table = Table(title=f"Snapshots in {repo.target.describe()}")
     for column in ("snapshot", "plan", "finished", "items", "size", "uploaded", "host"):
         table.add_column(column)
-    for snap in repo.snapshots():
+    for snap in catalog.snapshots:
         table.add_row(
             snap.id,
             snap.plan,
@@ -231,7 +234,26 @@ def list_(
             human(snap.uploaded_bytes),
             snap.hostname,
         )
+    for snapshot_id in sorted(catalog.damaged):
+        table.add_row(snapshot_id, "?", "[red]DAMAGED[/]", "", "", "", "")
+    for snapshot_id, snapshot_plan in sorted(catalog.missing.items()):
+        table.add_row(snapshot_id, snapshot_plan, "[red]MISSING[/]", "", "", "", "")
+    for snapshot_id, lost in sorted(catalog.lost.items()):
+        table.add_row(snapshot_id, str(lost.get("plan", "")), "lost (acknowledged)", "", "", "", "")
     out.print(table)
+    report_catalog(catalog)
+    if not catalog.intact:
+        sys.exit(1)
+
+
+def report_catalog(catalog: Any) -> None:
+    """Tampering survived as warnings, damaged and missing snapshots as problems (on stderr)."""
+    for note in catalog.notes:
+        err.print(f"[yellow]warning:[/] {note}", highlight=False)
+    for problem in catalog.problems():
+        err.print(f"[red]problem:[/] {problem}", highlight=False)
+    for line in catalog.acknowledged():
+        err.print(f"acknowledged: {line}", highlight=False)
 
 
 @backup.command("show")
@@ -291,7 +313,11 @@ def verify(
         report = verify_snapshot(repo, snap, read_data=read_data, progress=progress)
     for problem in report.problems:
         err.print(f"[red]problem:[/] {problem.describe()}", highlight=False)
+    catalog = repo.catalog()
+    report_catalog(catalog)
     depth = "present, authentic and matching their SHA-256" if read_data else "present with the right sizes"
+    if not catalog.intact:
+        fail(f"snapshot {snap.id}: {len(report.problems)} problems; the repository: {len(catalog.problems())}")
     if report.ok:
         out.print(f"snapshot {snap.id}: {report.chunks_checked} chunks of {report.files_checked} files {depth}")
     else:
@@ -366,6 +392,61 @@ def restore(
             )
         elif rest:
             fail(f"sources {', '.join(sorted(rest))} need --target DIR")
+
+
+@backup.command("recover-config")
+@plan_option
+@settings_options
+@guarded
+def recover_config(
+    plan: str | None, config_file: Path | None, data_dir: Path | None, log_level: str | None, log_format: str | None
+) -> None:
+    """Write the repository config back from the newest signed snapshot index entry.
+
+    For when `backup run` says the config is missing or does not authenticate (deleted or replaced by
+    someone without the backup key). Needs the backup key; changes nothing else."""
+    from sentinel.backup.repository import Repository
+
+    context = context_from(config_file, data_dir, log_level, log_format)
+    name = pick_plan(context, plan)
+    repo = Repository.recover_config(context.target(name), context.key())
+    out.print(f"recovered the config of repository {repo.id} in {repo.target.describe()}")
+
+
+@backup.command("forget")
+@click.argument("snapshot")
+@click.option("--lost", is_flag=True, help="Required: the snapshot is missing or damaged and cannot be brought back.")
+@click.option("--reason", required=True, help="Why it is lost (kept, signed, in the snapshot index for auditors).")
+@plan_option
+@settings_options
+@guarded
+def forget(
+    snapshot: str,
+    lost: bool,
+    reason: str,
+    plan: str | None,
+    config_file: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Acknowledge that a missing or damaged SNAPSHOT (an id or unique prefix) is permanently lost.
+
+    Appends a signed entry to the snapshot index (needs the backup key); from then on list, verify and
+    drills report the snapshot as acknowledged rather than failing, and prune deletes chunks again.
+    Intact snapshots are refused: retention and `backup prune` forget those."""
+    import getpass
+
+    if not lost:
+        fail("say --lost: forget only acknowledges a missing or damaged snapshot as permanently lost", 2)
+    context = context_from(config_file, data_dir, log_level, log_format)
+    repo = context.repository(pick_plan(context, plan))
+    try:
+        by = getpass.getuser()
+    except (KeyError, OSError):
+        by = ""
+    snapshot_id = repo.acknowledge_lost(snapshot, reason, by=by)
+    out.print(f"snapshot {snapshot_id} is recorded as lost in the signed snapshot index of {repo.target.describe()}")
 
 
 @backup.command("prune")

@@ -550,6 +550,20 @@ BACKUPS = Board(
                     ],
                     unit="bytes",
                 ),
+                Panel(
+                    "Snapshots missing or damaged",
+                    "Per plan, as the last backup, prune, verify, list, restore or drill found them against the signed "
+                    "snapshot index. Any missing, damaged or cut back fires SentinelBackupSnapshotsMissing; "
+                    "lost = acknowledged with `sentinel backup forget --lost`.",
+                    [
+                        Query("sentinel_backup_snapshots_missing", "{{plan}} missing"),
+                        Query("sentinel_backup_snapshots_damaged", "{{plan}} damaged"),
+                        Query("sentinel_backup_index_cut_back", "{{plan}} index cut back"),
+                        Query("sentinel_backup_snapshots_lost_acknowledged", "{{plan}} lost (acknowledged)"),
+                    ],
+                    unit="short",
+                    span=24,
+                ),
             ],
         ),
         Section(

@@ -372,6 +372,19 @@ ALERTS: list[Alert] = [
         description="{{ $value | humanize }} backup runs of plan {{ $labels.plan }} failed in the last day.",
         group="sentinel.backup",
     ),
+    Alert(
+        name="SentinelBackupSnapshotsMissing",
+        severity="critical",
+        query="max by (job, instance, plan) (sentinel_backup_snapshots_missing + sentinel_backup_snapshots_damaged "
+        "+ sentinel_backup_index_cut_back)",
+        threshold=0,
+        for_="0m",
+        summary="Snapshots of plan {{ $labels.plan }} are missing or damaged",
+        description="The backup repository of plan {{ $labels.plan }} lacks {{ $value | humanize }} snapshot(s) "
+        "that its signed snapshot index names (gone, not authenticating, or the index was cut back): "
+        "backups were deleted or tampered with.",
+        group="sentinel.backup",
+    ),
     *_levels(
         "SentinelRestoreDrillTooOld",
         t.DRILL_AGE,

@@ -173,10 +173,11 @@ def test_every_dashboard_and_rule_query_returns_data(
 
 def record_backup_history(data_dir: Path) -> None:
     """Backups and drills run in their own processes and leave their outcomes in the run log that
-    /metrics reads; write one of each as they would (a success, a failure, a passed drill)."""
+    /metrics reads; write one of each as they would (a success, a failure, a passed drill), and what the
+    last look at the repository found (a snapshot the signed index names is missing)."""
     import time
 
-    from sentinel.backup.state import RunLog, RunRecord
+    from sentinel.backup.state import PlanHealth, RunLog, RunRecord
 
     log = RunLog(data_dir / "backup" / "state.db")
     now = time.time()
@@ -187,6 +188,7 @@ def record_backup_history(data_dir: Path) -> None:
     log.record(
         RunRecord("drill", "default", now - 100, now - 60, "success", rto=40, rpo=300, passed=True, report="r.json")
     )
+    log.saw_health([PlanHealth("default", missing=1, lost=1)], now=now - 60)
 
 
 def record_verify_history(data_dir: Path) -> None:
@@ -223,5 +225,6 @@ def check_values(prom: Prometheus) -> None:
     assert prom.value('sum(sentinel_tokens_total{gen_ai_token_type="reasoning"})') == 50
     assert prom.value('sentinel_gpu_kv_cache_usage_ratio{source="vllm"}') == 0.6875
     assert prom.value('sentinel_gpu_model_vram_ratio{source="ollama"}') == 0.5
+    assert prom.value('sentinel_backup_snapshots_missing{plan="default"}') == 1
     ratio = prom.value("job:sentinel_request_errors:ratio_rate5m")
     assert ratio is not None and 0 < ratio < 1

@@ -97,7 +97,8 @@ class Seaweed:
 
 
 @contextmanager
-def running_seaweed(base: Path) -> Iterator[Seaweed]:
+def running_seaweed(base: Path, *extra_args: str) -> Iterator[Seaweed]:
+    """`extra_args` go to `weed mini` (e.g. `-s3.config=identities.json` for per-identity permissions)."""
     data_dir = base / "weed"
     data_dir.mkdir(parents=True)
     ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
@@ -112,6 +113,7 @@ def running_seaweed(base: Path) -> Iterator[Seaweed]:
         "-webdav=false",
         "-master.telemetry=false",
         *(f"-{flag}={port}" for flag, port in ports.items()),
+        *extra_args,
     ]
     log = open(data_dir / "weed.log", "wb")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sentinel.audit.settings import ObjectLockAnchorSettings
-from sentinel.s3client import s3_client
+from sentinel.s3client import oldest_version, s3_client
 
 __all__ = [
     "AnchorConflict",
@@ -126,8 +126,7 @@ class _History:
     delete_markers: int = 0
 
     def oldest(self) -> dict[str, Any]:
-        # By time, ties (one-second resolution) broken by the documented newest-first order.
-        return min(enumerate(self.versions), key=lambda item: (item[1]["LastModified"], -item[0]))[1]
+        return oldest_version(self.versions)
 
 
 def _code(exc: ClientError) -> str:

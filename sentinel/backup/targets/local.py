@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sentinel.backup.targets import ObjectInfo, ObjectNotFound, TargetError
+from sentinel.backup.targets import History, ObjectInfo, ObjectNotFound, TargetError, Version
 
 
 class LocalTarget:
+    lock_days: int | None = None
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -32,7 +34,7 @@ class LocalTarget:
             raise TargetError(f"refusing object key {key!r}")
         return self.root / key
 
-    def put(self, key: str, data: bytes | bytearray) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> str | None:
         path = self._path(key)
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
@@ -46,8 +48,9 @@ class LocalTarget:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise TargetError(f"cannot write {path}: {exc.strerror}") from exc
+        return None
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, version: str | None = None) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
@@ -62,7 +65,10 @@ class LocalTarget:
         if not base.is_dir():
             return
         for directory, dirs, files in os.walk(base):
-            dirs.sort()
+            # Only into directories that can hold a match: `config` must not walk every chunk.
+            rel = Path(directory).relative_to(self.root).as_posix()
+            rel = "" if rel == "." else rel + "/"
+            dirs[:] = sorted(d for d in dirs if (rel + d + "/").startswith(prefix) or prefix.startswith(rel + d + "/"))
             for name in sorted(files):
                 if name.startswith("."):
                     continue
@@ -75,6 +81,15 @@ class LocalTarget:
                 if not key.startswith(prefix):
                     continue
                 yield ObjectInfo(key, info.st_size, datetime.fromtimestamp(info.st_mtime, UTC))
+
+    def histories(self, prefix: str) -> dict[str, History]:
+        return {info.key: History(info.key, [Version(None, info.size, info.modified)]) for info in self.list(prefix)}
+
+    def lock_until(self, key: str, version: str | None) -> datetime | None:
+        return None
+
+    def extend_lock(self, key: str, version: str | None, until: datetime) -> None:
+        return None
 
     def delete(self, key: str) -> None:
         try:

@@ -3,18 +3,24 @@
 Requests are retried by botocore's "standard" retry mode (connection errors, throttling, 5xx) up
 to `max_attempts`; what still fails becomes a `TargetError`. Objects at or above
 `multipart_threshold` go up as multipart uploads. With `object_lock_mode` set, every object is
-written with that retention mode and a retain-until date `object_lock_days` ahead, so a
-compromised host cannot delete history. Deleting removes every *version* of a key (never just
-adds a delete marker): on a locked bucket the server refuses, the object stays fully intact and
-the caller gets `ObjectLocked`. Leases use conditional writes (`If-None-Match: *`, `If-Match`).
+written with that retention mode and a retain-until date `object_lock_days` (plus a slack of up to
+a week, see `lock_slack_days`) ahead, so a compromised host cannot delete history; lease objects
+(`locks/`, rewritten every few minutes while held) get one day, so their thousands of versions do
+not pile up for months. Deleting removes every
+*version* of a key (never just adds a delete marker): on a locked bucket the server refuses, the
+object stays fully intact and the caller gets `ObjectLocked`. Leases use conditional writes
+(`If-None-Match: *`, `If-Match`). `put` returns the version id, `get` reads a named version and
+`histories` lists every version, so the repository can read what it wrote whatever was added on top.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import threading
+import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,11 +28,21 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sentinel.backup.settings import TargetSettings
-from sentinel.backup.targets import ObjectInfo, ObjectLocked, ObjectNotFound, TargetError
-from sentinel.s3client import s3_client
+from sentinel.backup.targets import (
+    History,
+    ObjectInfo,
+    ObjectLocked,
+    ObjectNotFound,
+    TargetError,
+    Version,
+    lock_slack_days,
+)
+from sentinel.s3client import oldest_version, s3_client
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+LEASE_PREFIX = "locks/"
+LEASE_LOCK_DAYS = 1
 
 
 def _code(exc: ClientError) -> str:
@@ -45,15 +61,17 @@ class S3Target:
         multipart_threshold: int = 64 * 1024 * 1024,
         multipart_chunksize: int = 16 * 1024 * 1024,
         endpoint: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
+        self.clock = clock
         # The client's connection pool must be closed, not left to the garbage collector: targets are
         # opened per operation and dropped, and unclosed sockets pile up in long-lived processes.
         weakref.finalize(self, client.close)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.lock_mode = lock_mode
-        self.lock_days = lock_days
+        self.lock_days: int | None = lock_days if lock_mode else None
         self.endpoint = endpoint
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize, max_concurrency=4
@@ -62,7 +80,9 @@ class S3Target:
         self._versioned_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: TargetSettings, *, max_pool_connections: int = 32) -> S3Target:
+    def from_settings(
+        cls, settings: TargetSettings, *, max_pool_connections: int = 32, clock: Callable[[], float] = time.time
+    ) -> S3Target:
         assert settings.bucket is not None
         client = s3_client(settings, max_pool_connections=max_pool_connections)
         return cls(
@@ -74,6 +94,7 @@ class S3Target:
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,
             endpoint=settings.endpoint_url,
+            clock=clock,
         )
 
     def describe(self) -> str:
@@ -83,33 +104,44 @@ class S3Target:
     def _fail(self, what: str, key: str, exc: Exception) -> TargetError:
         return TargetError(f"{what} {key} in {self.describe()} failed: {exc}")
 
-    def _lock_args(self) -> dict[str, Any]:
-        if not self.lock_mode:
+    def _lock_args(self, key: str) -> dict[str, Any]:
+        if not self.lock_mode or self.lock_days is None:
             return {}
-        until = datetime.now(UTC) + timedelta(days=self.lock_days)
+        if key.startswith(LEASE_PREFIX):
+            days = min(LEASE_LOCK_DAYS, self.lock_days)
+        else:
+            days = self.lock_days + lock_slack_days(self.lock_days)
+        # Whole seconds, rounded up: servers keep retain-until dates to the second.
+        until = datetime.fromtimestamp(math.ceil(self.clock()), UTC) + timedelta(days=days)
         return {"ObjectLockMode": self.lock_mode, "ObjectLockRetainUntilDate": until}
 
-    def put(self, key: str, data: bytes | bytearray) -> None:
+    def put(self, key: str, data: bytes | bytearray) -> str | None:
         full = self.prefix + key
         try:
             if len(data) >= self.transfer.multipart_threshold:
                 self.client.upload_fileobj(
-                    io.BytesIO(data), self.bucket, full, ExtraArgs=self._lock_args(), Config=self.transfer
+                    io.BytesIO(data), self.bucket, full, ExtraArgs=self._lock_args(key), Config=self.transfer
                 )
-            else:
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **self._lock_args())
+                return None  # the transfer manager does not hand back the version id
+            response = self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **self._lock_args(key))
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("put", key, exc) from exc
+        version = response.get("VersionId")
+        return str(version) if version and version != "null" else None
 
-    def get(self, key: str) -> bytes:
-        return self.get_with_token(key)[0]
+    def get(self, key: str, version: str | None = None) -> bytes:
+        return self._get(key, version)[0]
 
     def get_with_token(self, key: str) -> tuple[bytes, str]:
+        return self._get(key, None)
+
+    def _get(self, key: str, version: str | None) -> tuple[bytes, str]:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            extra = {"VersionId": version} if version else {}
+            response = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **extra)
             return response["Body"].read(), str(response["ETag"])
         except ClientError as exc:
-            if _code(exc) in _NOT_FOUND:
+            if _code(exc) in _NOT_FOUND or _code(exc) in ("NoSuchVersion", "MethodNotAllowed", "405"):
                 raise ObjectNotFound(key) from None
             raise self._fail("get", key, exc) from exc
         except BotoCoreError as exc:
@@ -123,6 +155,56 @@ class S3Target:
                     yield ObjectInfo(item["Key"][len(self.prefix) :], int(item["Size"]), item["LastModified"])
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("list", prefix, exc) from exc
+
+    def histories(self, prefix: str) -> dict[str, History]:
+        if not self.versioned():
+            return {i.key: History(i.key, [Version(None, i.size, i.modified)]) for i in self.list(prefix)}
+        raw: dict[str, list[dict[str, Any]]] = {}
+        histories: dict[str, History] = {}
+        try:
+            for page in self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            ):
+                for item in page.get("Versions", []):
+                    raw.setdefault(item["Key"], []).append(item)
+                for marker in page.get("DeleteMarkers", []):
+                    history = histories.setdefault(marker["Key"], History(marker["Key"][len(self.prefix) :]))
+                    history.delete_markers += 1
+                    history.hidden = history.hidden or bool(marker.get("IsLatest"))
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("list versions of", prefix, exc) from exc
+        for full, items in raw.items():
+            history = histories.setdefault(full, History(full[len(self.prefix) :]))
+            first = oldest_version(items)
+            rest = sorted((i for i in items if i is not first), key=lambda i: i["LastModified"])
+            history.versions = [Version(str(i["VersionId"]), int(i["Size"]), i["LastModified"]) for i in [first, *rest]]
+        return {h.key: h for h in histories.values() if h.versions}
+
+    def lock_until(self, key: str, version: str | None) -> datetime | None:
+        return self._retain_until(self.prefix + key, version)
+
+    def extend_lock(self, key: str, version: str | None, until: datetime) -> None:
+        if not self.lock_mode:
+            return
+        full = self.prefix + key
+        extra = {"VersionId": version} if version else {}
+        try:
+            self.client.put_object_retention(
+                Bucket=self.bucket,
+                Key=full,
+                Retention={"Mode": self.lock_mode, "RetainUntilDate": until},
+                **extra,
+            )
+        except ClientError as exc:
+            # Refused when it would shorten the retention (someone already extended it further): fine.
+            mode, current = self._retention(full, version)
+            if current is not None and current >= until and mode == self.lock_mode:
+                return
+            if mode is not None and mode != self.lock_mode:
+                raise TargetError(self._mode_changed(key, mode)) from exc
+            raise self._fail("extend the retention of", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("extend the retention of", key, exc) from exc
 
     def versioned(self) -> bool:
         with self._versioned_lock:
@@ -153,17 +235,42 @@ class S3Target:
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("delete", key, exc) from exc
 
-    def _retain_until(self, full: str, version: str) -> datetime | None:
+    def _retain_until(self, full: str, version: str | None) -> datetime | None:
+        return self._retention(full, version)[1]
+
+    def _retention(self, full: str, version: str | None) -> tuple[str | None, datetime | None]:
+        """The Object Lock mode and retain-until date of a version (None, None when unknown)."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=full, VersionId=version)
+            extra = {"VersionId": version} if version else {}
+            head = self.client.head_object(Bucket=self.bucket, Key=full, **extra)
         except (BotoCoreError, ClientError):
-            return None
-        until = head.get("ObjectLockRetainUntilDate")
-        return until if isinstance(until, datetime) else None
+            return None, None
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        return (str(mode) if mode else None), (until if isinstance(until, datetime) else None)
+
+    def _mode_changed(self, key: str, mode: str) -> str:
+        if mode == "COMPLIANCE":
+            why = (
+                "S3 never lets a COMPLIANCE lock become GOVERNANCE (nor be shortened), so the snapshots using it "
+                "cannot be protected for their retention this way; set object_lock_mode: COMPLIANCE again on this "
+                "target (or point a GOVERNANCE target at a new prefix or bucket)"
+            )
+        else:
+            why = (
+                f"changing a {mode} lock to {self.lock_mode} needs s3:BypassGovernanceRetention, which Sentinel's "
+                f"credentials should not have; set object_lock_mode: {mode} again on this target (or point it at a "
+                "new prefix or bucket)"
+            )
+        return (
+            f"cannot extend the Object Lock of {key} in {self.describe()}: it is locked in {mode} mode, but the "
+            f"target's object_lock_mode is now {self.lock_mode}; {why}"
+        )
 
     def put_if_absent(self, key: str, data: bytes) -> str | None:
         try:
-            response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*", **self._lock_args(key)
+            )
         except ClientError as exc:
             if _code(exc) in _PRECONDITION:
                 return None
@@ -174,7 +281,9 @@ class S3Target:
 
     def put_if_match(self, key: str, data: bytes, token: str) -> str | None:
         try:
-            response = self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, IfMatch=token)
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, IfMatch=token, **self._lock_args(key)
+            )
         except ClientError as exc:
             if _code(exc) in _PRECONDITION or _code(exc) in _NOT_FOUND:
                 return None

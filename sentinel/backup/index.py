@@ -1,0 +1,133 @@
+"""The snapshot index: a signed, append-only record of which snapshots the repository holds.
+
+Each backup (and each prune) writes a new entry `index/<sequence, 20 digits>` holding the whole set
+of live snapshot ids (with their plans) and the repository's signed config, signed with the
+repository's Ed25519 key. Entries are never rewritten; under Object Lock they cannot be removed while
+locked, and a newer entry is written at least at every backup. So whoever holds only the bucket's
+credentials cannot forge an entry, and a snapshot they delete or hide is named by the newest entry:
+`list`, `restore latest`, `verify` and drills report it instead of quietly showing one snapshot fewer.
+(Restic and Kopia keep the equivalent in their signed/encrypted index and maintenance logs.)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sentinel.backup.targets import History, ObjectNotFound, Target
+
+log = logging.getLogger("sentinel.backup")
+
+PREFIX = "index/"
+MAGIC = b"SNI\x01"
+SIGNATURE_BYTES = 64
+_DIGITS = 20
+
+
+@dataclass
+class IndexEntry:
+    sequence: int
+    snapshots: dict[str, str]
+    """Every live snapshot id and its plan."""
+    started: dict[str, float]
+    """When each of them started (epoch seconds): orders them even within one second."""
+    config: dict[str, Any]
+    """The repository config (itself signed) when this entry was written: what `recover-config` restores."""
+    written: float = 0.0
+    lost: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Snapshots an operator acknowledged as permanently lost (`backup forget --lost`): id → plan, reason,
+    when, and what was wrong. Carried into every later entry, so an acknowledgment is never undone."""
+
+
+@dataclass
+class IndexReading:
+    newest: IndexEntry | None
+    highest: int = -1
+    """The highest sequence number under `index/`, authentic or not (the next entry goes above it)."""
+    problems: list[str] = field(default_factory=list)
+
+
+def entry_key(sequence: int) -> str:
+    return f"{PREFIX}{sequence:0{_DIGITS}d}"
+
+
+def _message(sequence: int, body: bytes) -> bytes:
+    return b"\0".join((b"sentinel-backup/v1 index", str(sequence).encode(), body))
+
+
+def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
+    body = orjson.dumps(
+        {
+            "sequence": entry.sequence,
+            "snapshots": entry.snapshots,
+            "started": entry.started,
+            "config": entry.config,
+            "written": entry.written,
+            **({"lost": entry.lost} if entry.lost else {}),
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return MAGIC + signing_key.sign(_message(entry.sequence, body)) + body
+
+
+def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey) -> IndexEntry:
+    """The entry, if `blob` is one signed by `verify_key` for `sequence`; ValueError otherwise."""
+    head = len(MAGIC) + SIGNATURE_BYTES
+    if len(blob) < head or not blob.startswith(MAGIC):
+        raise ValueError("not a signed index entry")
+    body = blob[head:]
+    try:
+        verify_key.verify(blob[len(MAGIC) : head], _message(sequence, body))
+    except InvalidSignature:
+        raise ValueError("the signature does not verify") from None
+    raw = orjson.loads(body)
+    if raw.get("sequence") != sequence:
+        raise ValueError("filed under another sequence number")
+    return IndexEntry(
+        sequence,
+        {str(k): str(v) for k, v in raw["snapshots"].items()},
+        {str(k): float(v) for k, v in raw["started"].items()},
+        raw["config"],
+        raw["written"],
+        {str(k): dict(v) for k, v in raw.get("lost", {}).items()},
+    )
+
+
+def _sequence(key: str) -> int | None:
+    digits = key[len(PREFIX) :]
+    return int(digits) if len(digits) == _DIGITS and digits.isascii() and digits.isdigit() else None
+
+
+def read(target: Target, verify_key: Ed25519PublicKey) -> IndexReading:
+    """The newest authentic entry: the highest sequence with a version that verifies, each key's
+    versions tried oldest first (what was written first is what the repository wrote)."""
+    histories: dict[int, History] = {}
+    for key, history in target.histories(PREFIX).items():
+        sequence = _sequence(key)
+        if sequence is not None:
+            histories[sequence] = history
+    reading = IndexReading(None, max(histories, default=-1))
+    for sequence in sorted(histories, reverse=True):
+        history = histories[sequence]
+        for version in history.versions:
+            try:
+                reading.newest = decode(sequence, target.get(history.key, version.id), verify_key)
+            except ObjectNotFound:
+                continue
+            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+                reading.problems.append(f"index entry {history.key} (version {version.id}): {exc}")
+                continue
+            break
+        if reading.newest is not None:
+            if history.rewritten:
+                reading.problems.append(
+                    f"index entry {history.key} was written over or deleted by someone without the key "
+                    "(its first version is used)"
+                )
+            return reading
+    return reading
