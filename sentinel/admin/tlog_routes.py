@@ -16,9 +16,10 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Response
 
+from sentinel.audit.note import Checkpoint
 from sentinel.audit.proofs import SpoolTiles
 from sentinel.audit.spool import SpoolUnavailable
-from sentinel.audit.tiles import parse_tile_path
+from sentinel.audit.tiles import HEIGHT, WIDTH, parse_tile_path
 
 _IMMUTABLE = "public, max-age=31536000, immutable"  # a tile of a given width never changes
 
@@ -34,8 +35,14 @@ def tlog_router(instance: str, spool: Path) -> APIRouter:
         with SpoolTiles(spool) as tiles:
             return tiles.newest_note()
 
-    def read_tile(level: int, index: int) -> bytes | None:
+    def read_tile(level: int, index: int, width: int) -> bytes | None:
+        # Only what the newest signed checkpoint covers: tiles grow with every batch, and hashes beyond
+        # it would tell anyone on the admin port how many records were written since, as they are.
         with SpoolTiles(spool) as tiles:
+            note = tiles.newest_note()
+            size = Checkpoint.parse(note.rpartition("\n\n")[0] + "\n").size if note else 0
+            if (index * WIDTH + width) << (HEIGHT * level) > size:
+                return None
             return tiles(level, index)
 
     @router.get("/{name}/checkpoint", response_class=Response)
@@ -64,12 +71,14 @@ def tlog_router(instance: str, spool: Path) -> APIRouter:
         except ValueError as exc:
             raise HTTPException(404, str(exc)) from None
         try:
-            data = await asyncio.to_thread(read_tile, level, index)
+            data = await asyncio.to_thread(read_tile, level, index, width)
         except SpoolUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
         # The stored tile may have grown past a partial width asked for: it begins with those hashes.
         if data is None or len(data) < width * 32:
-            raise HTTPException(404, f"tile {level}/{index} of width {width} does not exist (yet)")
+            raise HTTPException(
+                404, f"tile {level}/{index} of width {width} is not in the tree of the newest signed checkpoint"
+            )
         return Response(
             data[: width * 32],
             media_type="application/octet-stream",

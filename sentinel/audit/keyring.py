@@ -114,6 +114,8 @@ class KeyRing:
         """Add wrappings (from the spool, a store, a restored backup); returns how many were new."""
         new = 0
         for key in keys:
+            if key.kek_id == EXTERNAL and not self._external_ok(key):
+                continue
             wrappings = self._wrappings.setdefault(key.kid, {})
             if key.kek_id not in wrappings:
                 wrappings[key.kek_id] = key
@@ -121,6 +123,18 @@ class KeyRing:
         if new:
             self._ends.clear()
         return new
+
+    def _external_ok(self, key: WrappedKey) -> bool:
+        """An `external` entry is only ever the public half of a token's signing key, under the id its
+        public key gives, for a key no KEK wraps: anything else (say, written into a keys table to make a
+        data key look held in a token) is ignored."""
+        if key.purpose != SIGNING or key.wrapped or not key.public:
+            return False
+        try:
+            public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public))
+        except ValueError:
+            return False
+        return key.kid == external_kid(public) and not (set(self._wrappings.get(key.kid, {})) - {EXTERNAL})
 
     def refresh(self) -> None:
         """Pick up keys another process added (`sentinel keys rotate` / `rewrap`) and a changed KEK file."""
@@ -192,6 +206,13 @@ class KeyRing:
         software key, made on first use."""
         if self._external is not None:
             return self._external
+        tokens = sorted(kid for kid, w in self._wrappings.items() if EXTERNAL in w)
+        if tokens:
+            # Falling back to a key the KEK unwraps would hand the operator the signing key again.
+            raise KeyUnavailable(
+                f"this audit trail signs with {tokens[-1]}, a key held in a PKCS#11 token: configure audit.signer "
+                "(a software signing key is never made once a token has signed)"
+            )
         latest = self._latest(SIGNING)
         if latest is None:
             with self._lock:
@@ -242,9 +263,9 @@ class KeyRing:
             wrappings = self._wrappings.get(kid)
             if not wrappings:
                 raise KeyUnavailable(f"data key {kid} is not known to this key ring (not in the store?)")
-            if EXTERNAL in wrappings:
-                raise KeyUnavailable(f"key {kid} is held in a PKCS#11 token (audit.signer): it never leaves it")
             held = [w for kek_id, w in wrappings.items() if kek_id in self.keks.key_ids]
+            if not held and EXTERNAL in wrappings:
+                raise KeyUnavailable(f"key {kid} is held in a PKCS#11 token (audit.signer): it never leaves it")
             if not held:
                 raise KeyUnavailable(
                     f"data key {kid} is wrapped only by key-encryption key(s) {', '.join(sorted(wrappings))}, "

@@ -24,8 +24,10 @@ from sentinel.audit.kek import KeyUnavailable
 if TYPE_CHECKING:
     from sentinel.audit.settings import Pkcs11SignerSettings
 
-__all__ = ["Pkcs11Signer", "Signer", "SignerUnavailable", "external_kid", "open_signer"]
+__all__ = ["TOKEN_KID", "Pkcs11Signer", "Signer", "SignerUnavailable", "external_kid", "open_signer"]
 
+TOKEN_KID = "sk-hsm-"
+"""How the key id of a key held in a token starts."""
 _ED25519_POINT = b"\x04\x20"  # CKA_EC_POINT: a DER OCTET STRING of the 32-byte key (PKCS#11 3.0, 2.3.6)
 _libraries: dict[str, Any] = {}
 _libraries_lock = threading.Lock()
@@ -48,7 +50,7 @@ def external_kid(public: Ed25519PublicKey) -> str:
     """The key id of a key held outside the key ring: `sk-hsm-` and the first 12 hex digits of the
     SHA-256 of its raw public key, so the same key has the same id on every start."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "sk-hsm-" + hashlib.sha256(raw).hexdigest()[:12]
+    return TOKEN_KID + hashlib.sha256(raw).hexdigest()[:12]
 
 
 def _library(module: Path) -> Any:
@@ -120,7 +122,17 @@ class Pkcs11Signer:
                 object_class=ObjectClass.PUBLIC_KEY, key_type=KeyType.EC_EDWARDS, label=settings.key_label
             )
             point = bytes(public_object[Attribute.EC_POINT])
-            exportable = bool(private[Attribute.EXTRACTABLE]) or not bool(private[Attribute.SENSITIVE])
+            # Made in the token and never able to leave it: not generated outside and imported (CKA_LOCAL),
+            # never extractable and always sensitive since it was made, not only now.
+            exportable = not all(
+                bool(private[attribute])
+                for attribute in (
+                    Attribute.LOCAL,
+                    Attribute.NEVER_EXTRACTABLE,
+                    Attribute.ALWAYS_SENSITIVE,
+                    Attribute.SENSITIVE,
+                )
+            ) or bool(private[Attribute.EXTRACTABLE])
         except (pkcs11.exceptions.NoSuchKey, pkcs11.exceptions.MultipleObjectsReturned) as exc:
             session.close()
             what = "no Ed25519 key pair" if isinstance(exc, pkcs11.exceptions.NoSuchKey) else "several keys"
@@ -129,8 +141,9 @@ class Pkcs11Signer:
             # A key the token would hand out is a key file with extra steps: whoever has the PIN copies it.
             session.close()
             raise SignerUnavailable(
-                f"{where}: the private key can leave the token (CKA_EXTRACTABLE true or CKA_SENSITIVE false); "
-                "generate it in the token as sensitive and non-extractable"
+                f"{where}: the private key was not generated in the token, or could leave it at some time "
+                "(CKA_LOCAL, CKA_NEVER_EXTRACTABLE, CKA_ALWAYS_SENSITIVE must be true, CKA_EXTRACTABLE false): "
+                "a copy may exist outside; generate the key pair in the token as sensitive and non-extractable"
             )
         raw = point[2:] if len(point) == 34 and point.startswith(_ED25519_POINT) else point
         if len(raw) != 32:

@@ -373,6 +373,18 @@ class WriterCopy:
             self._read(lambda db: db.execute("SELECT MAX(seq) FROM records WHERE shipped = 1").fetchone()[0]) or 0
         )
 
+    def bodies(self, after: int, through: int) -> list[tuple[int, bytes]]:
+        """The stored records with sequence numbers in (after, through], in order: what the verifier
+        hashes into the tree to see whether anchored roots cover records not yet shipped."""
+        return self._read(
+            lambda db: [
+                (int(seq), bytes(body))
+                for seq, body in db.execute(
+                    "SELECT seq, body FROM records WHERE seq > ? AND seq <= ? ORDER BY seq", (after, through)
+                )
+            ]
+        )
+
     def at(self, seq: int) -> tuple[int, str | None]:
         """(the spool's newest sequence number, the hash of its record at `seq`, None if not held)."""
 

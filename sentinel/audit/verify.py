@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sentinel.audit.chain import checkpoint_digest, signature_valid
 from sentinel.audit.note import Checkpoint, NoteError
 from sentinel.audit.record import GENESIS, stored_hashes
+from sentinel.audit.signer import TOKEN_KID
 from sentinel.audit.spool import WriterCopy
 from sentinel.audit.store import AuditStore, ChainLink, StoredRecord
 from sentinel.audit.store.embedded import _SPAN, EmbeddedStore, open_read_only, read_chain_page
@@ -173,7 +174,7 @@ async def verify(
     for chain in chains:
         writer = by_instance.get(chain.report.instance)
         if writer is not None and chain.anchored:
-            chain.pending = (await asyncio.to_thread(writer.at, 0))[0]
+            await chain.take_unshipped(writer)
         report.instances.append(chain.finish())
         if writer is not None and chain.walk.to_seq is None:
             # Read after the walk: every record the walk saw had reached the spool before it.
@@ -247,7 +248,8 @@ class _Chain:
     """Roots published to the anchors (outside the operator's reach), by size."""
     anchor_mismatch: int | None = None
     pending: int = 0
-    """The newest record this data directory's writer holds for the chain (shipped or not)."""
+    """The records after the store's through which the writer's unshipped copies give every anchored root:
+    on their way to the store, and vouched for by the anchors themselves."""
     claimed: dict[int, str] = field(default_factory=dict)
     """Checkpoint hashes by seq as stored, signatures not yet checked ("" where two disagree): what a
     worker compares a page with. A page whole under these is whole under the valid ones, a subset."""
@@ -298,7 +300,8 @@ class _Chain:
             return
         # A range that ends before the head (a report's period) says nothing about the records after it.
         to_seq = self.walk.to_seq
-        # Records the writer holds but has not shipped yet are on their way, not gone.
+        # Records the writer holds but has not shipped yet are on their way, not gone, as far as their
+        # leaves give the anchored roots (`take_unshipped`): the spool is the operator's, the roots are not.
         have_anywhere = max(have, self.pending)
         beyond = [s for s in self.anchored if s > have_anywhere and (to_seq is None or s <= to_seq)]
         if beyond:
@@ -311,6 +314,29 @@ class _Chain:
                     seq_to=max(beyond),
                 )
             )
+
+    async def take_unshipped(self, writer: WriterCopy) -> None:
+        """Extend a copy of the tree with the writer's records after the store's, while they run on
+        without a gap, and set `pending` to the last anchored size they reach whose root they all give.
+        A spool edited, cut or padded by whoever holds the data directory gives other roots or stops
+        short: those anchored sizes stay unaccounted for (`truncated`)."""
+        tree = self.tree
+        if tree is None or self.anchor_mismatch is not None:
+            return
+        wanted = [s for s in sorted(self.anchored) if s > tree.end]
+        if not wanted:
+            return
+        rows = await asyncio.to_thread(writer.bodies, tree.end, wanted[-1])
+        grown = CompactRange(tree.begin, tree.end, list(tree.subtrees))
+        for seq, body in rows:
+            if seq != grown.end + 1:
+                break
+            grown.append(leaf_hash(body))
+            root = self.anchored.get(grown.end)
+            if root is not None:
+                if root != grown.root():
+                    return
+                self.pending = grown.end
 
     def take_tree(self, page: TreePage | None) -> None:
         """Extend the chain's tree by a page's leaves, checking the roots of signed checkpoints in it."""
@@ -665,10 +691,25 @@ def _check_checkpoints(
     """Signatures and the checkpoint chain; returns the trustworthy checkpoints by sequence number."""
     valid: dict[int, dict[str, Any]] = {}
     previous: dict[str, Any] | None = None
+    in_token: str | None = None  # the first key held in a PKCS#11 token that signed for this chain
     for checkpoint in checkpoints:
         report.checkpoints_checked += 1
-        key = public_keys(str(checkpoint.get("kid")))
+        kid = str(checkpoint.get("kid"))
+        key = public_keys(kid)
         seq = checkpoint.get("seq")
+        if in_token is not None and not kid.startswith(TOKEN_KID):
+            # Once a token signs a chain, a key the KEK unwraps signing later is the operator's key at work.
+            report.findings.append(
+                Finding(
+                    "key_downgrade",
+                    report.instance,
+                    seq,
+                    f"signed with {kid}, a key kept beside the data, after {in_token} (held in a PKCS#11 token) "
+                    "signed this chain",
+                )
+            )
+        if key is not None and in_token is None and kid.startswith(TOKEN_KID) and signature_valid(checkpoint, key):
+            in_token = kid
         if key is None:
             report.findings.append(
                 Finding("unknown_key", report.instance, seq, f"signed with unknown key {checkpoint.get('kid')}")

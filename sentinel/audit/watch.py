@@ -51,9 +51,10 @@ FINDING_KINDS = (
     "unknown_key",
     "checkpoint_missing",
     "key_replaced",
+    "key_downgrade",
 )
 """Every kind a check reports (`sentinel.audit.walk`, `sentinel.audit.verify`, and `key_replaced` here)."""
-_SIGNATURE_KINDS = frozenset({"bad_signature", "unknown_key", "checkpoint_missing", "key_replaced"})
+_SIGNATURE_KINDS = frozenset({"bad_signature", "unknown_key", "checkpoint_missing", "key_replaced", "key_downgrade"})
 _EXAMPLES = 10
 
 

@@ -234,9 +234,11 @@ def integrity_section(
             in (
                 "bad_signature",
                 "unknown_key",
+                "key_downgrade",
                 "checkpoint_missing",
                 "anchor_invalid",
                 "anchor_rewritten",
+                "not_anchored",
                 "timestamp_invalid",
             )
         ),

@@ -129,9 +129,17 @@ def test_tiles_are_served_in_the_c2sp_layout_and_nothing_else_is(served: Running
         f"{served.sentinel.settings.audit.log_origin}/tiles-test\n"
     )
 
+    # Up to the newest signed checkpoint and not one leaf further, however far the spool's tiles reach.
+    signed = newest(served, SIGNED).size
+    edge = requests.get(f"{base}/{tile_path(0, 1, signed - WIDTH)}", timeout=30)
+    assert edge.status_code == 200 and edge.content == b"".join(leaves[WIDTH:signed])
+    beyond = requests.get(f"{base}/{tile_path(0, 1, signed - WIDTH + 1)}", timeout=30)
+    assert beyond.status_code == 404 and "newest signed checkpoint" in beyond.text
+
     for path, why in (
-        (tile_path(0, 1), "does not exist"),  # the second level-0 tile is not full
-        (tile_path(0, 7), "does not exist"),
+        (tile_path(0, 1), "not in the tree"),  # the second level-0 tile is not full
+        (tile_path(0, 7), "not in the tree"),
+        (tile_path(0, 2**62), "not in the tree"),  # an index SQLite could not take
         ("tile/0/x000/000", "canonical"),
         ("tile/0/0", "3 digits"),
         ("tile/0/000.p/256", "width"),

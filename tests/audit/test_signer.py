@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pkcs11
 import pytest
 import yaml
 from pkcs11 import Attribute, KeyType, ObjectClass
 
 from sentinel.audit.kek import KeyUnavailable
-from sentinel.audit.keyring import EXTERNAL, SIGNING, KeyRing
+from sentinel.audit.keyring import EXTERNAL, SIGNING, KeyRing, WrappedKey
 from sentinel.audit.note import Verifier, open_checkpoint, origin_of
 from sentinel.audit.settings import Pkcs11SignerSettings
 from sentinel.audit.signer import Pkcs11Signer, SignerUnavailable, external_kid
@@ -64,9 +65,14 @@ async def test_the_holder_of_the_data_dir_and_the_kek_gets_no_signing_key(hsm: H
             with pytest.raises(KeyUnavailable, match="held in a PKCS#11 token"):
                 ring._unwrapped(kid)
             assert ring.public_key(kid) == signer.public_key()
-            # Without the token, a ring signs with a software key of its own, which pins would not trust.
-            own, _ = ring.signing_key()
-            assert own != kid and not own.startswith("sk-hsm-")
+            # Without the token, the ring will not fall back to a key the KEK unwraps.
+            with pytest.raises(KeyUnavailable, match="configure audit.signer"):
+                ring.signing_key()
+            # Nor can an `external` entry written into the keys table make a data key unreadable.
+            data_kid = next(k.kid for k in ring.all_keys() if k.purpose == "data")
+            forged = WrappedKey(data_kid, "data", EXTERNAL, "", 0.0, None)
+            ring.learn([forged])
+            assert ring.aead(data_kid) is not None
         for database in ("spool.db", "store.db"):
             db = sqlite3.connect(tmp_path / database)
             try:
@@ -92,7 +98,8 @@ async def test_the_holder_of_the_data_dir_and_the_kek_gets_no_signing_key(hsm: H
         ({"pin": "000000"}, "the token refused the PIN"),
         ({"token_label": "no-such-token"}, "no such token"),
         ({"key_label": "no-such-key"}, "no Ed25519 key pair with that label"),
-        ({"key_label": "exportable"}, "the private key can leave the token"),
+        ({"key_label": "exportable"}, "could leave it"),
+        ({"key_label": "imported"}, "was not generated in the token"),
         ({"key_label": "mismatched"}, "a test signature did not verify with its public key"),
         ({"module": "/nonexistent/libpkcs11.so"}, "does not exist"),
     ],
@@ -161,3 +168,38 @@ def test_serve_and_the_cli_sign_in_the_token_and_verify(hsm: Hsm, tmp_path: Path
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "the token refused the PIN" in refused.stderr and "999999" not in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+async def test_a_checkpoint_signed_by_the_software_key_after_the_token_is_a_finding(hsm: Hsm, tmp_path: Path) -> None:
+    """The trail moved to a token; the operator unwraps the software key it used before (pinned, since
+    older checkpoints need it) and signs a newer checkpoint with it: named `key_downgrade`. (Re-signing
+    every checkpoint with the old key leaves none by the token: the anchors show that one.)"""
+    signer = Pkcs11Signer.open(settings(hsm))
+    try:
+        async with running_trail(tmp_path, checkpoint_every=5) as trail:
+            await trail.write(10)
+            old_kid, old_key = trail.keyring.signing_key()
+            token_kid = trail.keyring.use_signer(signer)
+            await trail.write(10, start=11)
+            await trail.ship()
+            assert (await trail.verify()).ok
+            db = sqlite3.connect(tmp_path / "store.db")
+            try:
+                doc_id, body = db.execute(
+                    "SELECT doc_id, body FROM checkpoints WHERE instance = 'node-a' ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+                checkpoint = orjson.loads(body)
+                assert checkpoint["kid"] == token_kid
+                checkpoint["kid"] = old_kid
+                checkpoint.pop("signature")
+                signed = orjson.dumps(checkpoint, option=orjson.OPT_SORT_KEYS)
+                checkpoint["signature"] = base64.b64encode(old_key.sign(signed)).decode()
+                forged = orjson.dumps(checkpoint).decode()
+                db.execute("UPDATE checkpoints SET body = ? WHERE doc_id = ?", (forged, doc_id))
+                db.commit()
+            finally:
+                db.close()
+            findings = (await trail.verify()).findings
+            assert ("key_downgrade", checkpoint["seq"]) in {(f.kind, f.seq) for f in findings}
+    finally:
+        signer.close()

@@ -148,6 +148,42 @@ def test_anchored_checkpoints_of_records_not_yet_shipped_are_not_a_truncation(tm
     assert _plain(alone) == [("truncated", 11, 15)]
 
 
+def test_a_spool_edited_or_padded_by_the_operator_does_not_waive_an_anchored_size(tmp_path: Path) -> None:
+    """The spool is in the operator's data directory; the anchored roots are not. Unshipped records count
+    towards an anchored size only when their leaves give its root: a record changed in the spool, a gap,
+    or a junk row far ahead leave the anchored records unaccounted for."""
+
+    async def run() -> list[list[tuple[str, int | None, int | None]]]:
+        async with running_trail(tmp_path, checkpoint_every=7) as t:
+            await t.write(10)
+            await t.ship()
+            await t.write(10, start=11)  # checkpoint 15 signed and anchored; records 11..20 only in the spool
+            (body,) = t.spool.db.execute("SELECT body FROM checkpoints WHERE seq = 15").fetchone()
+            root = Checkpoint.parse(orjson.loads(body)["note"].rpartition("\n\n")[0] + "\n").root
+            anchored = {"node-a": {15: root}}
+            writer = WriterCopy("node-a", t.spool.path)
+            found = []
+            db = t.spool.db
+            (original,) = db.execute("SELECT body FROM records WHERE seq = 13").fetchone()
+            (other,) = db.execute("SELECT body FROM records WHERE seq = 12").fetchone()
+            db.execute("UPDATE records SET body = ? WHERE seq = 13", (other,))  # a record changed
+            db.commit()
+            found.append(_plain(await verify(t.store, _keys(t), writers=[writer], anchored=anchored)))
+            db.execute("UPDATE records SET body = ? WHERE seq = 13", (original,))
+            db.execute(
+                "INSERT INTO records (seq, doc_id, kind, recorded_at, body) SELECT 1000000, 'x', kind, "
+                "recorded_at, body FROM records WHERE seq = 14"
+            )  # padded far ahead ...
+            db.execute("DELETE FROM records WHERE seq BETWEEN 12 AND 14")  # ... with a gap
+            db.commit()
+            found.append(_plain(await verify(t.store, _keys(t), writers=[writer], anchored=anchored)))
+            return found
+
+    changed, padded = asyncio.run(run())
+    assert ("truncated", 11, 15) in changed
+    assert ("truncated", 11, 15) in padded
+
+
 def test_a_period_with_no_records_of_a_chain_is_not_a_truncation(tmp_path: Path) -> None:
     async def run() -> VerifyReport:
         async with running_trail(tmp_path, checkpoint_every=7) as t:

@@ -50,6 +50,23 @@ with token.open(user_pin=sys.argv[3], rw=True) as session:
     _, private_b = pair("half-b")
     public_a[Attribute.LABEL] = "mismatched"  # the public half of one pair, the private half of another
     private_b[Attribute.LABEL] = "mismatched"
+    # A key made in software (a copy kept outside) and imported as sensitive and non-extractable.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    outside = Ed25519PrivateKey.generate()
+    raw = outside.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = outside.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    session.create_object({
+        Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+        Attribute.EC_PARAMS: params, Attribute.VALUE: raw, Attribute.LABEL: "imported", Attribute.TOKEN: True,
+        Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.SIGN: True, Attribute.PRIVATE: True,
+    })
+    session.create_object({
+        Attribute.CLASS: pkcs11.ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+        Attribute.EC_PARAMS: params, Attribute.EC_POINT: b"\x04\x20" + public, Attribute.LABEL: "imported",
+        Attribute.TOKEN: True, Attribute.VERIFY: True,
+    })
 """
 
 
@@ -66,7 +83,8 @@ class Hsm:
 
 def make_token(directory: Path) -> Hsm:
     """A token in `directory` with the key pairs `audit`, `another`, `exportable` (extractable, not
-    sensitive) and `mismatched` (halves of two pairs); sets SOFTHSM2_CONF for this process."""
+    sensitive), `mismatched` (halves of two pairs) and `imported` (made in software, imported as
+    sensitive and non-extractable); sets SOFTHSM2_CONF for this process."""
     if shutil.which("softhsm2-util") is None or not MODULE.is_file():
         raise RuntimeError("the HSM tests need SoftHSM 2: run scripts/install-system-deps")
     tokens = directory / "tokens"
