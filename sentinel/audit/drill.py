@@ -16,6 +16,7 @@ import asyncio
 import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,16 @@ class AuditTrailCheck:
         await store.open()
         try:
             trusted = await trusted_keys(store, pins)
-            anchors, anchored, heads = await self._anchors(store, trusted.keys)
+            origin = trusted.log_origin(self.settings.audit.log_origin)
+            anchors, anchored, heads = await self._anchors(store, trusted.keys, origin)
             report = await verify(
                 store,
                 trusted,
                 page=self.settings.audit.verify_page,
                 processes=self.settings.audit.processes(),
                 anchored=anchored,
+                log_origin=origin if anchored is not None else None,
+                anchored_before=time.time() - self.settings.audit.anchor_lag_max if anchored is not None else None,
             )
             problems = [f"{k.kind} {k.kid}: {k.detail}" for k in trusted.findings]
             if isinstance(anchors, str):
@@ -129,7 +133,7 @@ class AuditTrailCheck:
         return CheckResult(self.name, not problems, detail, newest, evidence)
 
     async def _anchors(
-        self, store: EmbeddedStore, keys: dict[str, Any]
+        self, store: EmbeddedStore, keys: dict[str, Any], origin: str
     ) -> tuple[AnchorReading | str | None, dict[str, dict[int, bytes]] | None, dict[str, int]]:
         """The configured anchors (None: none; a string: why they could not be read), the roots to verify the
         restored chains by, and the chains' restored heads. A backup is older than the anchors: only what was
@@ -140,7 +144,7 @@ class AuditTrailCheck:
             if bounds is not None:
                 heads[name] = bounds[1]
         try:
-            reading = await read_configured(self.settings, keys)
+            reading = await read_configured(self.settings, keys, expected=sorted(heads), log_origin=origin)
         except (AnchorError, ValueError) as exc:
             return f"cannot verify against the anchors: {exc}", None, heads
         return reading, reading.within(heads) if reading is not None else None, heads

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sentinel.audit.keyring import WrappedKey
-from sentinel.audit.note import Verifier, verifier_key
+from sentinel.audit.note import NoteError, Verifier, verifier_key
 from sentinel.audit.store import AuditStore
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ class PinFile:
     sha256: str
     """Of the file's bytes: what a report names so that an auditor can tell it is their file."""
     keys: dict[str, bytes]
+    origins: frozenset[str] = frozenset()
+    """The chains' C2SP origins its `# note-verifier:` lines name (`<log_origin>/<instance>`)."""
 
     @classmethod
     def read(cls, path: Path) -> PinFile:
@@ -89,8 +91,15 @@ class PinFile:
         except OSError as exc:
             raise PinFileError(f"cannot read pin file {path}: {exc.strerror or exc}; {MAKE_ONE}") from None
         keys: dict[str, bytes] = {}
+        origins: set[str] = set()
         for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
             text = line.strip()
+            if text.startswith(NOTE_VERIFIER.strip()):
+                try:
+                    origins.add(Verifier.parse(text[len(NOTE_VERIFIER.strip()) :].strip()).name)
+                except NoteError as exc:
+                    raise PinFileError(f"{path}:{number} is not a note verifier key line ({exc})") from None
+                continue
             if not text or text.startswith("#"):
                 continue
             parts = text.split()
@@ -104,7 +113,7 @@ class PinFile:
             if keys.get(parts[0], raw) != raw:
                 raise PinFileError(f"{path}:{number} pins {parts[0]} a second time, to a different key")
             keys[parts[0]] = raw
-        return cls(path, hashlib.sha256(data).hexdigest(), keys)
+        return cls(path, hashlib.sha256(data).hexdigest(), keys, frozenset(origins))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +140,18 @@ class Pins:
 
     def describe(self) -> str:
         return ", ".join(f"{f.path} (sha256 {f.sha256})" for f in self.files)
+
+    @property
+    def log_origin(self) -> str | None:
+        """The `audit.log_origin` the pinned note verifier keys name (`<log_origin>/<instance>`): the
+        auditor's, which verification holds the trail to instead of the operator's settings. None when the
+        pin files name no chain; `PinFileError` when they name chains under different origins."""
+        prefixes = {origin.rpartition("/")[0] for f in self.files for origin in f.origins}
+        if len(prefixes) > 1:
+            raise PinFileError(
+                f"the note verifier keys in {self.describe()} name several log origins: {sorted(prefixes)}"
+            )
+        return next(iter(prefixes), None)
 
 
 def configured_pins(settings: Settings) -> Pins | None:
@@ -171,6 +192,11 @@ class TrustedKeys:
     @property
     def pinned(self) -> bool:
         return self.pins is not None
+
+    def log_origin(self, configured: str) -> str:
+        """The log origin to hold the trail to: the pinned note verifier keys' when they name one (the
+        auditor's), else `configured` (`audit.log_origin`, the operator's)."""
+        return (self.pins.log_origin if self.pins is not None else None) or configured
 
     def statement(self) -> str:
         if self.pins is None:

@@ -37,6 +37,7 @@ from sentinel.audit.store import AuditStore, ChainLink, StoredRecord
 from sentinel.audit.store.embedded import _SPAN, EmbeddedStore, open_read_only, read_chain_page
 from sentinel.audit.tlog import CompactRange, leaf_hash
 from sentinel.audit.walk import REACH, ChainWalk, CleanRun, Finding, clean_run
+from sentinel.periods import iso
 
 __all__ = ["DEFAULT_PAGE", "Finding", "InstanceReport", "PublicKeys", "RecordObserver", "VerifyReport", "verify"]
 
@@ -120,6 +121,8 @@ async def verify(
     reach: int = REACH,
     writers: Sequence[WriterCopy] = (),
     anchored: Mapping[str, Mapping[int, bytes]] | None = None,
+    log_origin: str | None = None,
+    anchored_before: float | None = None,
 ) -> VerifyReport:
     """Verify each chain (or `instance`'s), all of it or the records recorded in [since, until].
 
@@ -127,7 +130,10 @@ async def verify(
     and the first must link to that hash (the scheduled incremental check). Checkpoint signatures
     are always all checked. With `writers` (this data directory's spools), the records of their chains
     after the last checkpoint are checked against the writers' own copies (`outside_writer`,
-    `head_mismatch`)."""
+    `head_mismatch`). With `anchored` (instance -> size -> root), the trees are checked against the
+    anchors (`anchor_mismatch`, `truncated`), and, with `anchored_before`, every checkpoint signed before
+    that time must be anchored (`not_anchored`). With `log_origin`, every Merkle note must name exactly
+    `<log_origin>/<instance>` (an auditor's origin, from the pin file, not the operator's settings)."""
     report = VerifyReport(since=since, until=until)
     observed = observe() if observe is not None else None
     # What each writer had shipped before the chains are planned: all of it must be in the store.
@@ -138,6 +144,8 @@ async def verify(
     ]
     for chain in chains:
         chain.anchored = dict((anchored or {}).get(chain.report.instance, {}))
+        chain.origin = f"{log_origin}/{chain.report.instance}" if log_origin is not None else None
+        chain.anchored_before = anchored_before if anchored is not None else None
     # One pipeline of pages over every chain, in order: the workers never wait between chains.
     jobs = [(chain, lo, min(lo + page - 1, chain.top)) for chain in chains for lo in chain.lows]
     path = store.path if isinstance(store, EmbeddedStore) else None
@@ -247,6 +255,13 @@ class _Chain:
     anchored: dict[int, bytes] = field(default_factory=dict)
     """Roots published to the anchors (outside the operator's reach), by size."""
     anchor_mismatch: int | None = None
+    origin: str | None = None
+    """The C2SP origin this chain's notes must name exactly (`<log_origin>/<instance>`); None: any ending
+    in `/<instance>`."""
+    signed_at: dict[int, float] = field(default_factory=dict)
+    """When each checkpoint with a valid note (a size in `roots`) was signed, by its signed `time`."""
+    anchored_before: float | None = None
+    """Checkpoints signed before this time must be anchored (`not_anchored`); None: not checked."""
     pending: int = 0
     """The records after the store's through which the writer's unshipped copies give every anchored root:
     on their way to the store, and vouched for by the anchors themselves."""
@@ -269,15 +284,34 @@ class _Chain:
                 continue
             if isinstance(note, str):
                 self.report.findings.append(Finding("note_invalid", instance, seq, note))
-            elif note.size != seq or not note.origin.endswith("/" + instance):
+            elif note.size != seq or (
+                note.origin != self.origin if self.origin is not None else not note.origin.endswith("/" + instance)
+            ):
                 detail = f"its Merkle checkpoint names {note.origin} at size {note.size}, not this chain at {seq}"
                 self.report.findings.append(Finding("note_invalid", instance, seq, detail))
             else:
                 self.roots[seq] = note.root
+                self.signed_at[seq] = float(valid[seq].get("time") or 0.0)
 
     def _check_anchors(self) -> None:
-        """What the anchors say against the chain: a root they hold that the records do not give, and
-        sizes they vouch for beyond the records left (checkpoints deleted locally or not)."""
+        """What the anchors say against the chain: a root they hold that the records do not give, sizes
+        they vouch for beyond the records left (checkpoints deleted locally or not), and checkpoints
+        signed long enough ago that are not there."""
+        if self.anchored_before is not None:
+            due = [s for s, at in self.signed_at.items() if at < self.anchored_before]
+            newest = max(self.anchored, default=0)
+            if due and max(due) > newest:
+                self.report.findings.append(
+                    Finding(
+                        "not_anchored",
+                        self.report.instance,
+                        newest + 1,
+                        f"the checkpoint at {max(due)} was signed at {iso(self.signed_at[max(due)])}, more than "
+                        f"audit.anchor_lag_max before this check, and is not anchored (newest anchored: {newest}): "
+                        "anchoring has stalled, or anchored checkpoints were removed or hidden",
+                        seq_to=max(due),
+                    )
+                )
         if not self.anchored:
             return
         report, instance = self.report, self.report.instance

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -193,12 +194,16 @@ def verify(
         await store.open()
         try:
             keys = await trusted_keys(store, pins)
+            # The auditor's origin (the pinned note verifier keys') when there is one, not the operator's.
+            origin = keys.log_origin(settings.audit.log_origin)
+            writers = local_writers(settings)
             reading = None
             if anchor_settings is not None:
                 anchor = ObjectLockAnchor.from_settings(anchor_settings)
+                chains = {*await store.instances(), *(w.instance for w in writers)}
                 try:
                     reading = await read_anchors(
-                        anchor, keys.keys, settings.audit.log_origin, stamps, every=every_anchor
+                        anchor, keys.keys, origin, stamps, every=every_anchor, expected=sorted(chains)
                     )
                 finally:
                     anchor.close()
@@ -220,8 +225,10 @@ def verify(
                     page=settings.audit.verify_page,
                     processes=processes or settings.audit.processes(),
                     progress=advance,
-                    writers=local_writers(settings),
+                    writers=writers,
                     anchored=reading.roots if reading is not None else None,
+                    log_origin=origin if reading is not None or (keys.pins and keys.pins.log_origin) else None,
+                    anchored_before=time.time() - settings.audit.anchor_lag_max if reading is not None else None,
                 )
             return report, keys, reading
         finally:

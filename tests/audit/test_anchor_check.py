@@ -6,6 +6,7 @@ verifies locally, and the anchors show it."""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -211,3 +212,59 @@ async def test_objects_that_cannot_name_a_log_are_a_finding_not_a_failure(anchor
     reading = await anchored.read()
     assert [(f.kind, f.instance, f.seq) for f in reading.findings] == [("anchor_invalid", "a node", None)]
     assert sorted(reading.roots) == ["node-a"] and reading.anchored == 5
+
+
+async def test_checkpoints_signed_long_ago_that_are_not_anchored_are_a_finding(anchored: Anchored) -> None:
+    """Anchoring stalled, or what it anchored was removed (a retention the operator set too short) or
+    hidden: the chain's own signed checkpoints older than audit.anchor_lag_max say what must be there."""
+    reading = await anchored.read()
+    later = time.time() + 3600  # every checkpoint of the trail was signed before this
+    assert (await anchored.trail.verify(anchored=reading.roots, anchored_before=later)).findings == []
+    nothing = await anchored.trail.verify(anchored={}, anchored_before=later)
+    assert [(f.kind, f.seq, f.seq_to) for f in nothing.findings] == [("not_anchored", 1, 29)]
+    fewer = {"node-a": {s: r for s, r in reading.roots["node-a"].items() if s <= 15}}
+    stalled = await anchored.trail.verify(anchored=fewer, anchored_before=later)
+    assert [(f.kind, f.seq, f.seq_to) for f in stalled.findings] == [("not_anchored", 16, 29)]
+    # Signed just now, within the lag: not yet due.
+    assert (await anchored.trail.verify(anchored=fewer, anchored_before=0.0)).findings == []
+
+
+async def test_the_auditors_log_origin_holds_when_the_operator_changes_theirs(anchored: Anchored) -> None:
+    """The operator sets audit.log_origin to another name, rewrites the trail and re-signs its notes under
+    it: the genuine anchors are under the old origin, which an auditor's pin file names. Verified under the
+    pinned origin, the notes are not this log's and the anchored roots disagree."""
+    reading = await anchored.read()
+    rewrite(anchored.trail.store.path, "node-a", 3, anchored.signer(), prefix="other/audit")
+    assert await anchored.local() == []  # under the operator's own origin, all is well
+    report = await anchored.trail.verify(anchored=reading.roots, log_origin=PREFIX)
+    kinds = {(f.kind, f.seq) for f in report.findings}
+    assert ("anchor_mismatch", 8) in kinds and ("note_invalid", 8) in kinds
+
+
+async def test_a_chain_is_listed_where_it_is_expected_whatever_the_folders_around_it(anchored: Anchored) -> None:
+    """Every key of the chain hidden behind a delete marker and the walk of the folders told nothing: the
+    chain the store holds is still listed directly under its origin, and its history named."""
+    listing = await anchored.anchor.listing(ORIGIN)
+    for checkpoint in listing.checkpoints:
+        anchored.owner.delete_object(Bucket=anchored.bucket, Key=checkpoint.key)
+        if checkpoint.token_version_id:
+            anchored.owner.delete_object(Bucket=anchored.bucket, Key=checkpoint.key + ".tsr")
+    found = await read_anchors(anchored.anchor, anchored.keys(), PREFIX, anchored.trust, expected=["node-a"])
+    assert sorted(found.roots["node-a"]) == [1, 8, 15, 22, 29]
+    assert {f.kind for f in found.findings} == {"anchor_rewritten"}
+    # A server whose folder listings leave the chain out (SeaweedFS does, past 1,000 versions, beside a
+    # folder whose name extends it): the walk finds nothing, the direct listing still everything.
+    anchored.anchor._origins = list  # type: ignore[method-assign]
+    blind = await read_anchors(anchored.anchor, anchored.keys(), PREFIX, anchored.trust)
+    assert blind.roots == {}
+    found = await read_anchors(anchored.anchor, anchored.keys(), PREFIX, anchored.trust, expected=["node-a"])
+    assert sorted(found.roots["node-a"]) == [1, 8, 15, 22, 29]
+
+
+async def test_an_instance_named_checkpoint_is_verified_too(tmp_path: Path, seaweed: Seaweed, tsa: Tsa) -> None:
+    async with anchored_trail(tmp_path, seaweed, tsa, instance="checkpoint") as trail:
+        reading = await read_anchors(trail.anchor, trail.keys(), PREFIX, trail.trust)
+        assert sorted(reading.roots["checkpoint"]) == [1, 8, 15, 22, 29]
+        rewrite(trail.trail.store.path, "checkpoint", 3, trail.signer())
+        report = await trail.trail.verify(anchored=reading.roots)
+        assert [(f.kind, f.seq) for f in report.findings] == [("anchor_mismatch", 8)]

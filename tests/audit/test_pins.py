@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from sentinel.audit.keyring import WrappedKey
 from sentinel.audit.pins import NOT_PINNED, PinFileError, Pins, configured_pins, pin_file_text, trusted_keys
 from sentinel.audit.verify import verify
 from sentinel.config import load_settings
@@ -107,3 +108,25 @@ def test_the_setting_comes_from_env_and_its_errors_name_it(tmp_path: Path, monke
     assert pins is not None and pins.files[0].path == tmp_path / "pins.txt"
     monkeypatch.delenv("SENTINEL_AUDIT_PINNED_KEYS")
     assert configured_pins(load_settings(data_dir=tmp_path)) is None
+
+
+def test_the_note_verifier_lines_give_the_auditors_log_origin(tmp_path: Path) -> None:
+    """`keys show --public` writes a `# note-verifier:` line per chain: the origin they name is the one
+    verification holds the trail to, whatever audit.log_origin the operator sets later."""
+    key = Ed25519PrivateKey.generate().public_key()
+    raw = base64.b64encode(key.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    wrapped = WrappedKey("sk-1", "signing", "kek-1", "x", 0.0, raw)
+    (pins := tmp_path / "pins.txt").write_text(
+        pin_file_text([wrapped], ["hospital.example/audit/node-a", "hospital.example/audit/node-b"])
+    )
+    read = Pins.read([pins])
+    assert read.log_origin == "hospital.example/audit"
+    assert read.files[0].origins == {"hospital.example/audit/node-a", "hospital.example/audit/node-b"}
+    (mixed := tmp_path / "mixed.txt").write_text(pin_file_text([wrapped], ["a/audit/node-a", "b/audit/node-a"]))
+    with pytest.raises(PinFileError, match="several log origins"):
+        _ = Pins.read([mixed]).log_origin
+    (bare := tmp_path / "bare.txt").write_text(pin_file_text([wrapped]))
+    assert Pins.read([bare]).log_origin is None
+    (broken := tmp_path / "broken.txt").write_text(pin_file_text([wrapped]) + "# note-verifier: not+a+key\n")
+    with pytest.raises(PinFileError, match="broken.txt:.*not a note verifier key line"):
+        Pins.read([broken])

@@ -176,14 +176,16 @@ class Anchored:
 
 
 @asynccontextmanager
-async def anchored_trail(directory: Path, seaweed: Seaweed, tsa: Tsa) -> AsyncIterator[Anchored]:
+async def anchored_trail(
+    directory: Path, seaweed: Seaweed, tsa: Tsa, *, instance: str = "node-a"
+) -> AsyncIterator[Anchored]:
     """`Anchored` in `directory` (spool.db, store.db, keys/kek.key), in a new Object Lock bucket."""
     bucket = seaweed.bucket(lock=True)
     owner = seaweed.client()
     stamps = TimestampAuthority(tsa.url, tsa.ca_path)
     try:
         with object_lock_anchor(seaweed, bucket) as anchor:
-            async with running_trail(directory, checkpoint_every=7) as trail:
+            async with running_trail(directory, checkpoint_every=7, instance=instance) as trail:
                 await trail.write(30)
                 await trail.ship()
                 tokens = await publish(anchor, checkpoints(trail.spool.path), stamps)

@@ -10,7 +10,7 @@ signing keys and checks their RFC 3161 tokens (`every=True` reads them all);
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -118,6 +118,7 @@ async def read_anchors(
     trust: TimestampTrust | None,
     *,
     every: bool = False,
+    expected: Iterable[str] = (),
 ) -> AnchorReading:
     """Every checkpoint anchored for this deployment's chains, checked.
 
@@ -127,6 +128,9 @@ async def read_anchors(
     chain's newest anchored note (the truncation bound; read until a validly signed one is found) and
     every one with a history. `every` reads all of them, so a root in a key whose note no trusted key
     signed is named (`anchor_invalid`) and not compared.
+
+    `expected` names the chains the caller holds (the store's instances): each is listed directly under
+    its origin, whatever the walk of the bucket's folders finds.
 
     `verifiers` are the trusted signing keys (kid -> public key; pinned ones where there are pins): a note
     read that none of them signed for its origin, size and root is `anchor_invalid` and gives no root. A
@@ -141,7 +145,8 @@ async def read_anchors(
     if trust is not None:
         reading.timestamps = "; ".join(root.subject.rfc4514_string() for root in trust.roots)
     keys = list(verifiers.values())
-    for origin, listing in (await anchor.listings()).items():
+    expected_origins = [prefix + name for name in expected]
+    for origin, listing in (await anchor.listings(expected_origins)).items():
         instance = origin.removeprefix(prefix)
         if not origin.startswith(prefix) or not instance:
             reading.ignored.append(origin)
@@ -264,14 +269,21 @@ def timestamp_trust(settings: Settings) -> TimestampTrust | None:
         raise ValueError(f"audit.timestamp.certificates: {exc}") from None
 
 
-async def read_configured(settings: Settings, verifiers: Mapping[str, Ed25519PublicKey]) -> AnchorReading | None:
-    """`read_anchors` on `audit.anchor` (tokens checked against `audit.timestamp`), or None when no anchor
-    is configured. Raises `AnchorError` (the bucket) or `ValueError` (the TSA certificates)."""
+async def read_configured(
+    settings: Settings,
+    verifiers: Mapping[str, Ed25519PublicKey],
+    expected: Iterable[str] = (),
+    log_origin: str | None = None,
+) -> AnchorReading | None:
+    """`read_anchors` on `audit.anchor` (tokens checked against `audit.timestamp`) under `log_origin`
+    (default `audit.log_origin`), the `expected` chains listed directly, or None when no anchor is
+    configured. Raises `AnchorError` (the bucket) or `ValueError` (the TSA certificates)."""
     if settings.audit.anchor is None:
         return None
     trust = timestamp_trust(settings)
     anchor = ObjectLockAnchor.from_settings(settings.audit.anchor)
     try:
-        return await read_anchors(anchor, verifiers, settings.audit.log_origin, trust)
+        origin = log_origin or settings.audit.log_origin
+        return await read_anchors(anchor, verifiers, origin, trust, expected=expected)
     finally:
         anchor.close()

@@ -20,7 +20,7 @@ import hashlib
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -47,6 +47,8 @@ __all__ = [
 NOTE_TYPE = "text/plain; charset=utf-8"
 TOKEN_TYPE = "application/timestamp-reply"  # RFC 3161 section 3.4
 _SIZE_DIGITS = 20  # 2**64 - 1 has 20 digits, so keys sort by size
+_MAX_DEPTH = 32
+"""Folders deeper than this are not walked (an origin is a few segments; keys no publisher writes may nest)."""
 _READERS = 16
 """Objects read at once when reading an origin's checkpoints back."""
 _EXISTS = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
@@ -266,9 +268,10 @@ class ObjectLockAnchor:
         """`anchored` with their notes and tokens read: the oldest version of each, which Object Lock keeps."""
         return await asyncio.to_thread(self._read_all, anchored)
 
-    async def listings(self) -> dict[str, AnchorListing]:
-        """`listing` of every origin with checkpoints here (`origins`), the origins listed in parallel."""
-        return await asyncio.to_thread(self._listings)
+    async def listings(self, expected: Iterable[str] = ()) -> dict[str, AnchorListing]:
+        """`listing` of every origin with checkpoints here (`origins`) and of every `expected` origin, found
+        or not (listed directly, so that nothing done to the folders around it can hide it), in parallel."""
+        return await asyncio.to_thread(self._listings, tuple(expected))
 
     async def checkpoints(self, origin: str) -> list[AnchoredCheckpoint]:
         """Every checkpoint anchored for `origin`, by size, read: `listing` then `read`."""
@@ -413,8 +416,8 @@ class ObjectLockAnchor:
         base = self.key(origin, 0).rpartition("/")[0] + "/"
         return self._group(origin, base, self._histories(base))
 
-    def _listings(self) -> dict[str, AnchorListing]:
-        origins = self._origins()
+    def _listings(self, expected: tuple[str, ...] = ()) -> dict[str, AnchorListing]:
+        origins = sorted(set(self._origins()) | set(expected))
 
         def one(origin: str) -> AnchorListing:
             try:
@@ -491,10 +494,10 @@ class ObjectLockAnchor:
         while folders:
             folder = folders.pop()
             for child in self._subfolders(folder):
-                name = child[len(self.prefix) :].rstrip("/")
                 if child == folder + "checkpoint/":
                     origins.append(folder[len(self.prefix) :].rstrip("/"))
-                elif name:
+                # Into `checkpoint/` too: an instance may be named `checkpoint`.
+                if child[len(self.prefix) :].rstrip("/") and child.count("/") <= _MAX_DEPTH:
                     folders.append(child)
         return sorted(origin for origin in origins if origin)
 
