@@ -73,9 +73,11 @@ class Dataset:
         return Dataset(configure(self.config, **audit), self.planted, self.config, self.now)
 
 
-def make_dataset(tmp_path_factory: pytest.TempPathFactory, *, clean: bool, at: str = MONDAY) -> Dataset:
+def make_dataset(
+    tmp_path_factory: pytest.TempPathFactory, *, clean: bool, at: str = MONDAY, fresh: bool = False
+) -> Dataset:
     data_dir = tmp_path_factory.mktemp("clean" if clean else "planted") / "data"
-    settings, planted = build(data_dir, clean=clean, at=at)
+    settings, planted = build(data_dir, clean=clean, at=at, fresh=fresh)
     return Dataset(settings, planted, data_dir / "sentinel.yaml")
 
 
@@ -87,6 +89,12 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return make_dataset(tmp_path_factory, clean=True)
+
+
+@pytest.fixture(scope="module")
+def fresh_deployment(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """A clean dataset of a deployment started just before the period (no call history)."""
+    return make_dataset(tmp_path_factory, clean=True, fresh=True)
 
 
 @pytest.fixture

@@ -148,15 +148,33 @@ async def write_trail(settings: Settings, calls: list[Interaction], events: list
     return service
 
 
-def build(data_dir: Path, *, clean: bool, at: str = MONDAY) -> tuple[Settings, Planted]:
+def build(data_dir: Path, *, clean: bool, at: str = MONDAY, fresh: bool = False) -> tuple[Settings, Planted]:
     """A dataset over the week before `at` (plus history two weeks back); `clean=False` plants the facts.
+    `fresh`: a deployment started just before the period, as `sentinel serve` starts one: its oldest
+    record is the start-up `policy_change` event, and no call precedes the period.
 
     The period the tests report on is [since, until): `until` is the dataset's clock when it was done."""
     with time_machine.travel(instant(at), tick=True):
-        return _build(data_dir, clean=clean, now=instant(at))
+        return _build(data_dir, clean=clean, now=instant(at), fresh=fresh)
 
 
-def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Planted]:
+def startup_policy_event(at: float) -> Event:
+    """The event `sentinel serve` records for the policy in force when it starts (sentinel/server.py)."""
+    return Event(
+        "policy_change",
+        "system:startup",
+        {
+            "path": "policy.yaml",
+            "outcome": "loaded",
+            "old_digest": None,
+            "new_digest": "sha256:" + "0" * 64,
+            "error": None,
+        },
+        time=at,
+    )
+
+
+def _build(data_dir: Path, *, clean: bool, now: float, fresh: bool = False) -> tuple[Settings, Planted]:
     since = now - PERIOD
     planted = Planted(since=since, until=now)
     (data_dir / "keys").mkdir(parents=True, exist_ok=True)
@@ -167,8 +185,12 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
         (models / "weights.bin").write_bytes(b"w" * 4096)
     settings = settings_for(data_dir, rto_target=3600.0 if clean else 1e-6, models=models)
     calls: list[Interaction] = []
-    # History: both regular callers were active before the period.
-    calls += [call(now - 2 * PERIOD + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
+    events: list[Event] = []
+    if fresh:
+        events.append(startup_policy_event(since - HOUR))
+    else:
+        # History: both regular callers were active before the period.
+        calls += [call(now - 2 * PERIOD + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
     # Business-hours traffic: three per hour at most, weekday 09:00-16:59 UTC.
     base = weekday_at(9, now, lasting=8 * HOUR, since=since)
     for n in range(120):
@@ -186,7 +208,6 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
     planted.counts = {ALPHA: 120, BETA: 80}
     planted.failed = {ALPHA: 0, BETA: 1}
     planted.phi_records = 4
-    events: list[Event] = []
     if not clean:
         burst = weekday_at(2, now, lasting=HOUR, since=since)  # 02:00 UTC on a weekday: off hours
         planted.burst_hour = burst
