@@ -78,6 +78,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         """Whether the request body is a report Sentinel issued, unmodified (signed by a pinned key when
         `audit.pinned_keys` names them)."""
         from sentinel.audit.pins import PinFileError, configured_pins, trusted_keys
+        from sentinel.audit.service import local_writers
         from sentinel.report.signing import verify_report
 
         body = await request.body()
@@ -85,7 +86,9 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
             raise HTTPException(413, "report too large")
         try:
             trusted = await trusted_keys(service.store, configured_pins(service.settings))
-            verdict = await verify_report(service.store, trusted, body)
+            # The writer's spool too: a report just issued is durable there before the shipper moves it.
+            writers = local_writers(service.settings, service.instance.removesuffix(".cli"))
+            verdict = await verify_report(service.store, trusted, body, writers=writers)
         except StoreUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
         except PinFileError as exc:

@@ -241,7 +241,7 @@ def verify(
 
 
 async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] | None, pins: Any) -> Any:
-    from sentinel.audit.service import open_store
+    from sentinel.audit.service import local_writers, open_store
     from sentinel.report.issue import public_keys
     from sentinel.report.signing import verify_report
 
@@ -249,6 +249,6 @@ async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] |
     await store.open()
     try:
         lookup = pins.keys.get if pins is not None else public_keys(await store.keys())
-        return await verify_report(store, lookup, body, sidecar)
+        return await verify_report(store, lookup, body, sidecar, writers=local_writers(settings))
     finally:
         await store.close()
