@@ -224,9 +224,12 @@ async def verify_report(
             verdict.problems += problems
             continue
         if doc["doc_id"] in pending:
-            sealed, note = False, (
-                f"the report_issued record {doc['doc_id']} is durable in the writer's spool and not yet shipped "
-                "to the audit store; no signed checkpoint in the store seals it yet"
+            sealed, note = (
+                False,
+                (
+                    f"the report_issued record {doc['doc_id']} is durable in the writer's spool and not yet shipped "
+                    "to the audit store; no signed checkpoint in the store seals it yet"
+                ),
             )
         else:
             sealed, note = await _sealed(store, doc, public_key)

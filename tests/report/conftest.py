@@ -34,6 +34,8 @@ class Dataset:
     planted: Planted
     config: Path
     now: float = field(default=0.0)
+    until: float | None = None
+    """The period's end when fixed (`shapes.py`); else the dataset's clock when a report is issued."""
 
     def __post_init__(self) -> None:
         self.now = self.now or self.planted.until
@@ -48,8 +50,8 @@ class Dataset:
                 self.now = time.time()
 
     def period(self) -> Period:
-        """From the dataset's start to its clock now."""
-        return Period(self.planted.since, self.now)
+        """From the dataset's start to its fixed end, or else to its clock now."""
+        return Period(self.planted.since, self.until if self.until is not None else self.now)
 
     def issue(self, fmt: str = "json", *, reasons: bool = True, actor: str = "cli:tester") -> Issued:
         async def run() -> Issued:
@@ -70,7 +72,7 @@ class Dataset:
 
     def configure(self, **audit: Any) -> Dataset:
         """This dataset with `audit` settings changed in its config file (use on a fresh copy)."""
-        return Dataset(configure(self.config, **audit), self.planted, self.config, self.now)
+        return Dataset(configure(self.config, **audit), self.planted, self.config, self.now, self.until)
 
 
 def make_dataset(
@@ -106,6 +108,6 @@ def fresh_copy(tmp_path: Path) -> Callable[[Dataset], Dataset]:
         shutil.copytree(dataset.settings.data_dir, target)
         config = target / "sentinel.yaml"
         config.write_text(dataset.config.read_text().replace(str(dataset.settings.data_dir), str(target)))
-        return Dataset(load_settings(config), dataset.planted, config, dataset.now)
+        return Dataset(load_settings(config), dataset.planted, config, dataset.now, dataset.until)
 
     return copy

@@ -91,7 +91,15 @@ def call(started: float, key: str, user: str, *, outcome: Outcome = Outcome.OK, 
         outcome=outcome,
         error_type="upstream_5xx" if error else None,
         error_message="bad gateway" if error else None,
-        annotations={"policy": {"version": "p1", "phi": {"request": {"mrn": 2, "dob": 1}}}} if phi else {},
+        annotations={
+            "policy": {
+                "version": "p1",
+                "phi": {"request": {"mrn": 2, "dob": 1}},
+                "actions": [{"action": "redact", "stage": "request", "count": 3}],
+            }
+        }
+        if phi
+        else {},
     )
 
 
