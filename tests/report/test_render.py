@@ -110,7 +110,7 @@ def test_markdown_carries_the_policy_actions_and_the_standards(planted: Dataset)
     markdown = render(report, "md").decode()
     html = render(report, "html").decode()
     assert "| redact | request | 12 |" in markdown
-    assert "<td>redact</td><td>request</td><td class=\"n\">12</td>" in html
+    assert '<td>redact</td><td>request</td><td class="n">12</td>' in html
     standards = markdown.split("## 14. Standards referenced", 1)[1]
     for s in report["standards"]:
         assert f"| {s['citation']} | {s['title']} |" in standards
