@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from sentinel.audit.service import AuditService
 from sentinel.config import Settings, load_settings
-from sentinel.report.issue import issue_report
+from sentinel.report.issue import issue_report, issue_reports
 from sentinel.report.model import Period
 from sentinel.report.signing import Issued
 from tests.report.dataset import MONDAY, Planted, build, configure
@@ -59,6 +59,21 @@ class Dataset:
             await service.start()
             try:
                 return await issue_report(service, period, fmt, actor=actor, include_reasons=reasons)  # type: ignore[arg-type]
+            finally:
+                await service.stop()
+
+        period = self.period()
+        with self.at_dataset_time():
+            return asyncio.run(run())
+
+    def issue_all(self, formats: tuple[str, ...]) -> tuple[dict[str, Any], list[Issued]]:
+        """One report, gathered once, issued in each of `formats` (as `--bundle` does)."""
+
+        async def run() -> tuple[dict[str, Any], list[Issued]]:
+            service = AuditService(self.settings, CollectorRegistry(), "report-test", cli=True)
+            await service.start()
+            try:
+                return await issue_reports(service, period, formats, actor="cli:tester", include_reasons=True)  # type: ignore[arg-type]
             finally:
                 await service.stop()
 
