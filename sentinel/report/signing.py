@@ -133,6 +133,11 @@ def _record_intact(doc: dict[str, Any], raw: bytes | None) -> bool:
     return claimed == content == doc.get("hash")
 
 
+async def record_intact(store: AuditStore, doc: dict[str, Any]) -> bool:
+    """Whether a record found through the store's search still has the bytes its hash was computed over."""
+    return _record_intact(doc, await _stored_body(store, doc))
+
+
 async def _sealed(store: AuditStore, doc: dict[str, Any], public_key: Any) -> tuple[bool, str]:
     """Whether a signed checkpoint vouches for the record: the links from it to the first checkpoint at or
     after it are intact and that checkpoint's signature and hash hold."""

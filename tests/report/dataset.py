@@ -32,6 +32,7 @@ from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.keys import create_key_file
 from sentinel.config import Settings, load_settings
 from sentinel.interaction import Caller, Interaction, Operation, Outcome, Protocol, Usage, new_interaction_id
+from sentinel.report.configuration import SETTINGS_EFFECTIVE, effective
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -146,9 +147,21 @@ def settings_for(data_dir: Path, *, rto_target: float = 3600.0, models: Path | N
     return load_settings(path)
 
 
-async def write_trail(settings: Settings, calls: list[Interaction], events: list[Event]) -> AuditService:
+def settings_event(settings: Settings, at: float) -> Event:
+    """The event `sentinel serve` records at start: the settings in force (sentinel/server.py)."""
+    snapshot = effective(settings)
+    return Event(SETTINGS_EFFECTIVE, "system:startup", {"digest": snapshot["digest"], "settings": snapshot}, time=at)
+
+
+async def write_trail(
+    settings: Settings, calls: list[Interaction], events: list[Event], *, started: float | None = None
+) -> AuditService:
+    """Calls and events through a serving `AuditService`; with `started`, first the settings it started
+    with, recorded then (as `sentinel serve` records them at start)."""
     service = AuditService(settings, CollectorRegistry(), "report-test")
     await service.start()
+    if started is not None:
+        await service.record_event(settings_event(settings, started))
     for start in range(0, len(calls), 64):
         await service.trail.append([Entry(INTERACTION, interaction=i) for i in calls[start : start + 64]])
     for event in events:
@@ -233,7 +246,9 @@ def _build(data_dir: Path, *, clean: bool, now: float, fresh: bool = False) -> t
         planted.auth_failures = 6
     calls.sort(key=lambda i: i.started_at)
     assert all(i.started_at < time.time() for i in calls), "a planted call lies in the dataset's future"
-    planted.decrypted, planted.reason = asyncio.run(_write(settings, calls, events, decrypt=not clean))
+    planted.decrypted, planted.reason = asyncio.run(
+        _write(settings, calls, events, decrypt=not clean, started=min([since - HOUR, *(i.started_at for i in calls)]))
+    )
     settings = pin_keys(settings)
     backups = BackupContext(settings)
     run_backup(backups, "audit")
@@ -247,10 +262,10 @@ def _build(data_dir: Path, *, clean: bool, now: float, fresh: bool = False) -> t
 
 
 async def _write(
-    settings: Settings, calls: list[Interaction], events: list[Event], *, decrypt: bool
+    settings: Settings, calls: list[Interaction], events: list[Event], *, decrypt: bool, started: float
 ) -> tuple[str | None, str | None]:
     """Seal and ship the trail; with `decrypt`, show one ALPHA record's content with a reason."""
-    service = await write_trail(settings, calls, events)
+    service = await write_trail(settings, calls, events, started=started)
     try:
         if not decrypt:
             return None, None

@@ -73,6 +73,10 @@ def test_auditors_get_signed_reports_others_do_not(
         "paths": ["/report"],
     }
     assert report["integrity"]["ok"] is True
+    # `sentinel serve` recorded the settings it started with; the report states those, not its own.
+    stated = report["transmission"]["settings"]
+    assert stated["source"] == "audit trail" and len(stated["records"]) == 1
+    assert "nothing was recorded for the period before that" in stated["statement"]  # it started in the period
 
     # At once: the report_issued record is durable in the writer's spool before the report is sent.
     check = requests.post(
