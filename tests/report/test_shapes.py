@@ -122,3 +122,15 @@ def test_every_form_renders_and_states_the_same_facts(shape: Shape) -> None:
             squashed = _squash(text)
             missing = [fact for fact in facts(report) if _squash(fact) not in squashed]
             assert not missing, (name, missing)
+
+
+def test_html_and_pdf_are_issued_for_an_empty_period_and_one_without_streams() -> None:
+    """Issued through the real path (gather, render, PAdES, sign, record): these once crashed with
+    `'dict object' has no attribute 'ttft'` and exit status 1."""
+    for shape in (Shape(3600.0, 0), Shape(DAY, 6, streamed=False)):
+        with tempfile.TemporaryDirectory() as tmp:
+            dataset = build_shape(Path(tmp) / "data", shape)
+            report, (html_form, pdf_form) = dataset.issue_all(("html", "pdf"))
+            assert report["service_levels"]["ttft_histogram"] == []
+            assert html_form.body.count(b"data:image/svg+xml;base64,") == 2  # activity and error rate, no TTFT
+            assert pdf_form.body.startswith(b"%PDF-") and b"/ByteRange" in pdf_form.body
