@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.report import pades
 from sentinel.report.render import EXTENSIONS
 from sentinel.report.signing import DOMAIN, Issued
 
@@ -61,6 +62,8 @@ def write_bundle(
         name = f"report.{EXTENSIONS[item.format]}"
         put(name, item.body)
         put(name + ".sig.json", item.sidecar())
+        if item.format == "pdf":
+            put(name + ".certificate.pem", pades.signer_certificate_pem(item.body))
     put(PINS, pins_text.encode())
     for instance, docs in sorted(checkpoints.items()):
         put(f"{CHECKPOINTS}/{instance}.json", orjson.dumps(docs, option=orjson.OPT_INDENT_2))
@@ -139,10 +142,32 @@ for sidecar in sorted(pathlib.Path(".").glob("report.*.sig.json")):
 ## 3. The PDF's own signature
 
 Open `report.pdf` in a PDF reader: its signature panel names the signer ("Sentinel audit trail signing key
-KID") and says whether the document was changed since. The certificate is self-signed for the trail's key;
-trust it after checking that its public key is the one `pins.txt` pins under that KID. With pyHanko:
+KID") and says whether the document was changed since it was signed. The certificate
+(`report.pdf.certificate.pem`, also embedded in the PDF) is self-signed for the trail's key: trust it only
+because its public key is the one `pins.txt` pins. With pyHanko (`pip install pyhanko`):
 
-    pyhanko sign validate --pretty-print --trust CERT.pem report.pdf
+```python
+import base64, io, pathlib
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.validation import validate_pdf_signature
+from pyhanko_certvalidator import ValidationContext
+
+pins = {{}}
+for line in pathlib.Path("pins.txt").read_text().splitlines():
+    if line.strip() and not line.startswith("#"):
+        kid, key = line.split()[:2]
+        pins[base64.b64decode(key)] = kid
+cert = x509.load_pem_x509_certificate(pathlib.Path("report.pdf.certificate.pem").read_bytes())
+kid = pins[cert.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)]  # KeyError: not a pinned key
+(signature,) = PdfFileReader(io.BytesIO(pathlib.Path("report.pdf").read_bytes())).embedded_signatures
+trusted = ValidationContext(trust_roots=[asn1_x509.Certificate.load(cert.public_bytes(Encoding.DER))])
+status = validate_pdf_signature(signature, trusted)
+assert status.bottom_line and status.coverage.name == "ENTIRE_FILE", status.pretty_print_details()
+print("OK report.pdf signed by", kid)
+```
 
 ## 4. The OSCAL assessment results
 

@@ -99,3 +99,12 @@ def sign_pdf(pdf: bytes, kid: str, key: Ed25519PrivateKey, report: dict[str, Any
     out = io.BytesIO()
     signers.sign_pdf(IncrementalPdfFileWriter(io.BytesIO(pdf)), meta, signer=signer, output=out)
     return out.getvalue()
+
+
+def signer_certificate_pem(pdf: bytes) -> bytes:
+    """The certificate of the (first) signature embedded in a signed PDF, PEM-encoded."""
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    signature = PdfFileReader(io.BytesIO(pdf)).embedded_signatures[0]
+    der = signature.signer_cert.dump()
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)

@@ -54,6 +54,7 @@ def test_the_bundle_holds_every_form_and_what_checks_it(bundled: tuple[Dataset, 
     for form in FORMS:
         assert {form, form + ".sig.json"} <= names
     assert {"pins.txt", "README.md", "SHA256SUMS", "checkpoints/report-test.json"} <= names
+    assert "report.pdf.certificate.pem" in names
     report = json.loads((directory / "report.json").read_text())
     ids = {json.loads((directory / f"{form}.sig.json").read_text())["report_id"] for form in FORMS}
     assert ids == {report["report_id"]}
@@ -75,10 +76,12 @@ def test_each_form_verifies_at_once_offline_and_in_the_trail(bundled: tuple[Data
 def test_the_readme_snippets_run_and_catch_a_change(bundled: tuple[Dataset, Path], tmp_path: Path) -> None:
     _, directory = bundled
     code = snippets((directory / "README.md").read_text())
-    assert len(code) == 2
-    reports, checkpoints = (
+    assert len(code) == 3
+    reports, pdf, checkpoints = (
         subprocess.run([sys.executable, "-c", c], cwd=directory, capture_output=True, text=True) for c in code
     )
+    assert pdf.returncode == 0, pdf.stderr
+    assert pdf.stdout.startswith("OK report.pdf signed by sk-")
     assert reports.returncode == 0, reports.stderr
     assert sorted(line.split()[1] for line in reports.stdout.splitlines()) == sorted(FORMS)
     assert checkpoints.returncode == 0, checkpoints.stderr
@@ -90,11 +93,16 @@ def test_the_readme_snippets_run_and_catch_a_change(bundled: tuple[Dataset, Path
     md.write_text(md.read_text().replace("no exceptions found", "no exception found", 1))
     broken = subprocess.run([sys.executable, "-c", code[0]], cwd=changed, capture_output=True, text=True)
     assert broken.returncode != 0 and "report.md.sig.json: the file was modified" in broken.stderr
+    pdf_bytes = bytearray((changed / "report.pdf").read_bytes())
+    pdf_bytes[len(pdf_bytes) // 3] ^= 0x01  # inside the signed byte range
+    (changed / "report.pdf").write_bytes(bytes(pdf_bytes))
+    altered = subprocess.run([sys.executable, "-c", code[1]], cwd=changed, capture_output=True, text=True)
+    assert altered.returncode != 0 and "OK report.pdf" not in altered.stdout
     cp = changed / "checkpoints" / "report-test.json"
     docs = json.loads(cp.read_text())
     docs[0]["seq"] += 1
     cp.write_text(json.dumps(docs))
-    forged = subprocess.run([sys.executable, "-c", code[1]], cwd=changed, capture_output=True, text=True)
+    forged = subprocess.run([sys.executable, "-c", code[2]], cwd=changed, capture_output=True, text=True)
     assert forged.returncode != 0 and "InvalidSignature" in forged.stderr
 
 
