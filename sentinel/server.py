@@ -230,6 +230,20 @@ def _policy_change_recorder(audit: AuditService) -> Any:
     return record
 
 
+async def _record_settings(audit: AuditService, settings: Settings) -> None:
+    """The non-secret settings in force from now on, as an audit event: reports state the settings of
+    their period from these (settings change only with a restart), not those of whoever runs the report."""
+    from sentinel.report.configuration import SETTINGS_EFFECTIVE, effective
+
+    snapshot = await asyncio.to_thread(effective, settings)  # reads the admin tokens file
+    try:
+        await audit.record_event(
+            Event(SETTINGS_EFFECTIVE, "system:startup", {"digest": snapshot["digest"], "settings": snapshot})
+        )
+    except Exception as exc:  # an unavailable trail is reported by its own readiness check
+        log.error("could not record the settings in force in the audit trail: %s", exc)
+
+
 def _log_failure(what: str) -> Any:
     def callback(future: asyncio.Future[None]) -> None:
         if not future.cancelled() and future.exception() is not None:
@@ -304,6 +318,7 @@ async def run_server(
 
     if sentinel.audit is not None:
         await sentinel.audit.start()
+        await _record_settings(sentinel.audit, settings)
         policy_store = sentinel.extras.get("policy")
         if policy_store is not None:
             # Policy changes, the one at start included, become events in the audit trail.

@@ -17,7 +17,7 @@ from sentinel.audit.store import StoreUnavailable
 from sentinel.periods import parse_time
 from sentinel.proxy.hooks import JournalUnavailable
 from sentinel.report.model import Period
-from sentinel.report.render import FORMATS, Format
+from sentinel.report.render import EXTENSIONS, FORMATS, Format
 
 MAX_VERIFY_BYTES = 256 * 1024 * 1024
 
@@ -39,7 +39,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         principal: Principal = auditor,
         since: Annotated[str, Query(alias="from", description="ISO 8601, Unix seconds, or 30d before `to`")] = "30d",
         until: Annotated[str | None, Query(alias="to", description="ISO 8601 or Unix seconds; default now")] = None,
-        format: Annotated[str, Query(pattern="^(html|pdf|json|md)$")] = "html",
+        format: Annotated[str, Query(pattern="^(html|pdf|json|md|oscal)$")] = "html",
         reasons: bool = True,
     ) -> Response:
         """A signed compliance report for the period, recorded in the audit trail as `report_issued`."""
@@ -60,7 +60,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
             raise HTTPException(503, str(exc)) from None
         except PinFileError as exc:  # the deployment's audit.pinned_keys: no report rather than an unpinned one
             raise HTTPException(500, f"no report issued: {exc}") from None
-        name = f"sentinel-report-{issued.report_id}.{fmt}"
+        name = f"sentinel-report-{issued.report_id}.{EXTENSIONS[fmt]}"
         return Response(
             issued.body,
             media_type=issued.media_type,
@@ -78,6 +78,7 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
         """Whether the request body is a report Sentinel issued, unmodified (signed by a pinned key when
         `audit.pinned_keys` names them)."""
         from sentinel.audit.pins import PinFileError, configured_pins, trusted_keys
+        from sentinel.audit.service import local_writers
         from sentinel.report.signing import verify_report
 
         body = await request.body()
@@ -85,7 +86,9 @@ def report_router(service: AuditService, auth: AdminAuth) -> APIRouter:
             raise HTTPException(413, "report too large")
         try:
             trusted = await trusted_keys(service.store, configured_pins(service.settings))
-            verdict = await verify_report(service.store, trusted, body)
+            # The writer's spool too: a report just issued is durable there before the shipper moves it.
+            writers = local_writers(service.settings, service.instance.removesuffix(".cli"))
+            verdict = await verify_report(service.store, trusted, body, writers=writers)
         except StoreUnavailable as exc:
             raise HTTPException(503, str(exc)) from None
         except PinFileError as exc:

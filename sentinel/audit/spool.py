@@ -385,6 +385,17 @@ class WriterCopy:
             ]
         )
 
+    def unshipped(self, kind: str) -> list[bytes]:
+        """The stored bodies of the `kind` records the writer holds and has not shipped yet, oldest first."""
+        return self._read(
+            lambda db: [
+                bytes(body)
+                for (body,) in db.execute(
+                    "SELECT body FROM records WHERE shipped = 0 AND kind = ? ORDER BY seq", (kind,)
+                )
+            ]
+        )
+
     def at(self, seq: int) -> tuple[int, str | None]:
         """(the spool's newest sequence number, the hash of its record at `seq`, None if not held)."""
 

@@ -55,6 +55,12 @@ def _period(since: str, until: str) -> Any:
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="html", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here (and FILE.sig.json).")
 @click.option(
+    "--bundle",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write an evidence bundle into this new directory: every format, signatures, pinned keys, the "
+    "checkpoints relied on, and a README on checking them offline.",
+)
+@click.option(
     "--reasons/--no-reasons",
     default=True,
     show_default=True,
@@ -75,6 +81,7 @@ def report(
     until: str,
     fmt: str,
     output: Path | None,
+    bundle: Path | None,
     reasons: bool,
     pin_file: Path | None,
     config_file: Path | None,
@@ -87,13 +94,18 @@ def report(
     \b
       sentinel report --from 2026-10-01 --to 2026-11-01 --format pdf -o october.pdf
       sentinel report verify october.pdf
+      sentinel report --from 2026-10-01 --to 2026-11-01 --bundle october/
 
     Exit status 1 if the report was not issued, 2 for wrong input (a bad pin file included).
     """
     if ctx.invoked_subcommand is not None:
         return
     period = _period(since, until)
-    if output is None and fmt == "pdf" and sys.stdout.isatty():
+    if bundle is not None and output is not None:
+        raise click.UsageError("--bundle writes every format into its directory: leave out --output")
+    if bundle is not None and bundle.exists() and any(bundle.iterdir()):
+        raise click.UsageError(f"--bundle {bundle}: the directory is not empty")
+    if output is None and bundle is None and fmt == "pdf" and sys.stdout.isatty():
         raise click.UsageError("a PDF does not belong on a terminal: pass --output FILE")
     settings = load(config_file, data_dir=data_dir, log_level=log_level, log_format=log_format)
     from prometheus_client import CollectorRegistry
@@ -103,7 +115,7 @@ def report(
     from sentinel.audit.service import AuditService
     from sentinel.cli.keys import pins_from
     from sentinel.proxy.hooks import JournalUnavailable
-    from sentinel.report.issue import issue_report
+    from sentinel.report.issue import issue_reports
     from sentinel.server import instance_id
 
     pins = pins_from((pin_file,) if pin_file is not None else (), settings)
@@ -124,15 +136,18 @@ def report(
                 disable=not err.is_terminal,
             )
             with bar:
-                return await issue_report(
+                gathered, files = await issue_reports(
                     service,
                     period,
-                    cast(Format, fmt),
+                    FORMATS if bundle is not None else (cast(Format, fmt),),
                     actor=f"cli:{getpass.getuser()}",
                     include_reasons=reasons,
                     stages=_RichStages(bar),
                     pins=pins,
                 )
+            if bundle is not None:
+                await _write_bundle(service, bundle, gathered, files, pins)
+            return files[0]
         finally:
             await service.stop()
 
@@ -141,7 +156,12 @@ def report(
     except (JournalUnavailable, RuntimeError) as exc:
         err.print(f"[red]sentinel:[/] the report was not issued: {exc}", highlight=False)
         sys.exit(1)
-    if output is not None:
+    if bundle is not None:
+        err.print(
+            f"report {issued.report_id}: evidence bundle in {bundle} (README.md says how to check it offline)",
+            highlight=False,
+        )
+    elif output is not None:
         output.write_bytes(issued.body)
         sidecar = output.with_name(output.name + ".sig.json")
         sidecar.write_bytes(issued.sidecar())
@@ -164,6 +184,23 @@ def report(
             "new one (`sentinel keys show --public`) to check it offline",
             highlight=False,
         )
+
+
+async def _write_bundle(service: Any, directory: Path, report: dict[str, Any], files: list[Any], pins: Any) -> None:
+    from sentinel.audit.pins import pin_file_text
+    from sentinel.report.bundle import relied_on, write_bundle
+
+    if pins is not None:
+        text = "".join(f.path.read_text().rstrip("\n") + "\n" for f in pins.files)
+    else:
+        text = pin_file_text(await service.store.keys())
+    checkpoints = {}
+    for chain in report["integrity"]["instances"]:
+        docs = await service.store.checkpoints(chain["instance"])
+        checkpoints[chain["instance"]] = relied_on(docs, chain["first_seq"], chain["last_seq"])
+    await asyncio.to_thread(
+        write_bundle, directory, report, files, pins_text=text, pinned=pins is not None, checkpoints=checkpoints
+    )
 
 
 @report.command("verify")
@@ -241,7 +278,7 @@ def verify(
 
 
 async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] | None, pins: Any) -> Any:
-    from sentinel.audit.service import open_store
+    from sentinel.audit.service import local_writers, open_store
     from sentinel.report.issue import public_keys
     from sentinel.report.signing import verify_report
 
@@ -249,6 +286,6 @@ async def _verify_in_trail(settings: Any, body: bytes, sidecar: dict[str, Any] |
     await store.open()
     try:
         lookup = pins.keys.get if pins is not None else public_keys(await store.keys())
-        return await verify_report(store, lookup, body, sidecar)
+        return await verify_report(store, lookup, body, sidecar, writers=local_writers(settings))
     finally:
         await store.close()

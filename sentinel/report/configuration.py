@@ -1,15 +1,24 @@
 """Sections read from the settings in force, never from secrets: scope and configuration summary,
-transmission links, retention policy, admin API principals (names and roles, never token digests)."""
+transmission links, retention policy, admin API principals (names and roles, never token digests).
+
+`effective(settings)` is what `sentinel serve` records in the audit trail at start (`settings_effective`
+events), so that a report states the settings in force during its period, not those of the process
+running the report (see recorded.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import urllib.parse
 from typing import Any
 
+import orjson
+
 from sentinel import __version__
 from sentinel.config import ConfigError, Settings
 from sentinel.report.model import Finding
+
+SETTINGS_EFFECTIVE = "settings_effective"
 
 SIX_YEARS_DAYS = 2190
 
@@ -41,6 +50,11 @@ def uses_elasticsearch(settings: Settings) -> bool:
 
 
 def scope(settings: Settings, instances: list[str]) -> dict[str, Any]:
+    return {"sentinel_version": __version__, "instances": instances, **systems(settings)}
+
+
+def systems(settings: Settings) -> dict[str, Any]:
+    """The systems in scope and the non-secret configuration summary."""
     es = uses_elasticsearch(settings)
     backup_targets = []
     for name, target in sorted(settings.backup.targets.items()):
@@ -51,7 +65,7 @@ def scope(settings: Settings, instances: list[str]) -> dict[str, Any]:
             + (f" at {_endpoint(target.endpoint_url)}" if target.endpoint_url else "")
         )
         backup_targets.append({"name": name, "kind": target.kind, "where": where})
-    systems = [
+    in_scope = [
         {
             "name": "Sentinel proxy",
             "detail": f"listens on {settings.host}:{settings.port}; admin API on "
@@ -68,9 +82,7 @@ def scope(settings: Settings, instances: list[str]) -> dict[str, Any]:
         *({"name": f"Backup target {t['name']}", "detail": f"{t['kind']}: {t['where']}"} for t in backup_targets),
     ]
     return {
-        "sentinel_version": __version__,
-        "instances": instances,
-        "systems": systems,
+        "systems": in_scope,
         "configuration": {
             "audit.mode": settings.audit.mode,
             "audit.store": "elasticsearch" if es else "embedded",
@@ -89,14 +101,15 @@ def scope(settings: Settings, instances: list[str]) -> dict[str, Any]:
     }
 
 
-def transmission(settings: Settings) -> tuple[dict[str, Any], list[Finding]]:
-    links: list[dict[str, Any]] = []
+def links(settings: Settings) -> list[dict[str, Any]]:
+    """Each network link Sentinel uses: endpoint (no credentials), TLS, certificate verification, same host."""
+    out: list[dict[str, Any]] = []
 
     def link(name: str, url: str | None, verify: bool | None = None) -> None:
         if not url:
             return
         scheme = urllib.parse.urlsplit(url).scheme
-        links.append(
+        out.append(
             {
                 "link": name,
                 "endpoint": _endpoint(url),
@@ -118,6 +131,10 @@ def transmission(settings: Settings) -> tuple[dict[str, Any], list[Finding]]:
             )
     if settings.tracing.exporting:
         link("Sentinel -> OTLP collector (no content)", settings.tracing.traces_endpoint())
+    return out
+
+
+def link_findings(links: list[dict[str, Any]]) -> list[Finding]:
     findings = [
         Finding(
             "transmission",
@@ -143,10 +160,18 @@ def transmission(settings: Settings) -> tuple[dict[str, Any], list[Finding]]:
         for item in links
         if item["tls"] and item["certificate_verification"] is False
     ]
-    return {"links": links, "field_encryption": "content fields are encrypted before they leave Sentinel"}, findings
+    return findings
 
 
-def retention(settings: Settings, span: dict[str, Any]) -> tuple[dict[str, Any], list[Finding]]:
+def transmission(settings: Settings) -> tuple[dict[str, Any], list[Finding]]:
+    found = links(settings)
+    return {"links": found, "field_encryption": FIELD_ENCRYPTION}, link_findings(found)
+
+
+FIELD_ENCRYPTION = "content fields are encrypted before they leave Sentinel"
+
+
+def retention_policy(settings: Settings) -> dict[str, Any]:
     es = uses_elasticsearch(settings)
     days = settings.elasticsearch.retention_days if es else None
     policy = (
@@ -163,6 +188,15 @@ def retention(settings: Settings, span: dict[str, Any]) -> tuple[dict[str, Any],
         }
         for name, plan in sorted(settings.backup.plans.items())
     }
+    return {"policy": policy, "retention_days": days, "backup_retention": plans}
+
+
+def retention(settings: Settings, span: dict[str, Any]) -> tuple[dict[str, Any], list[Finding]]:
+    return retention_section(retention_policy(settings), span)
+
+
+def retention_section(policy: dict[str, Any], span: dict[str, Any]) -> tuple[dict[str, Any], list[Finding]]:
+    days = policy["retention_days"]
     findings = []
     if days is not None and days < SIX_YEARS_DAYS:
         findings.append(
@@ -176,11 +210,11 @@ def retention(settings: Settings, span: dict[str, Any]) -> tuple[dict[str, Any],
             )
         )
     return {
-        "policy": policy,
+        "policy": policy["policy"],
         "retention_days": days,
         "required_days": SIX_YEARS_DAYS,
         "store": span,
-        "backup_retention": plans,
+        "backup_retention": policy["backup_retention"],
     }, findings
 
 
@@ -195,3 +229,16 @@ def admin_principals(settings: Settings) -> list[dict[str, str]]:
     except ConfigError as exc:
         return [{"name": "(unreadable tokens file)", "role": str(exc)}]
     return sorted(({"name": p.name, "role": p.role} for p in tokens.values()), key=lambda p: (p["role"], p["name"]))
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """The non-secret settings the report's sections state, as recorded in a `settings_effective` event."""
+    snapshot = {
+        "sentinel_version": __version__,
+        **systems(settings),
+        "links": links(settings),
+        "retention": retention_policy(settings),
+        "admin_principals": admin_principals(settings),
+    }
+    snapshot["digest"] = "sha256:" + hashlib.sha256(orjson.dumps(snapshot, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return snapshot

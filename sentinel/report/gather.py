@@ -11,16 +11,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from sentinel import __version__
 from sentinel.config import Settings
 from sentinel.periods import iso
 from sentinel.report import anomalies, configuration
 from sentinel.report.activity import activity_section, service_levels_section
 from sentinel.report.backups import gather_backups
+from sentinel.report.configuration import SETTINGS_EFFECTIVE
 from sentinel.report.inputs import ACCESS_EVENTS, NoStages, ReasonReader, ReportInputs, Stages
 from sentinel.report.integrity import verify_period
 from sentinel.report.model import SEVERITIES, verdict
 from sentinel.report.protection import access_section, encryption_section, integrity_section, phi_section
+from sentinel.report.recorded import settings_in_force
 from sentinel.report.standards import ALL as STANDARDS
 from sentinel.report.standards import cite
 from sentinel.report.tally import TallyQueries
@@ -46,7 +50,7 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
         inputs.public_keys,
         period,
         burst_window=settings.report.error_burst_window,
-        listed=(*ACCESS_EVENTS, "admin_auth_failed"),
+        listed=(*ACCESS_EVENTS, "admin_auth_failed", SETTINGS_EFFECTIVE),
         late=late,
         window=settings.audit.verify_page,
         processes=settings.audit.processes(),
@@ -68,9 +72,19 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
     backups, backup_findings = gather_backups(
         settings.backup, settings.resolve_path(settings.backup.state_file), period
     )
-    transmission, tx_findings = configuration.transmission(settings)
-    retention, ret_findings = configuration.retention(
-        settings, {k: (iso(v) if isinstance(v, float) else v) for k, v in span.items()}
+    recorded = await queries.events(period, (SETTINGS_EFFECTIVE,), settings.report.max_listed)
+    in_force = await settings_in_force(inputs.store, settings, period, recorded)
+    stated = in_force.statement(period)
+    first = in_force.first
+    # Every link in force at some time in the period is stated and checked, each once.
+    links: dict[str, dict[str, Any]] = {}
+    for snapshot in in_force.snapshots or [first]:
+        for link in snapshot.get("links", []):
+            links.setdefault(orjson.dumps(link, option=orjson.OPT_SORT_KEYS).decode(), link)
+    tx_findings = configuration.link_findings(list(links.values()))
+    transmission = {"links": list(links.values()), "field_encryption": configuration.FIELD_ENCRYPTION}
+    retention, ret_findings = configuration.retention_section(
+        first["retention"], {k: (iso(v) if isinstance(v, float) else v) for k, v in span.items()}
     )
     auth_total = sum(((d.get("event") or {}).get("type") == "admin_auth_failed") for d in auth_events)
     findings = found + access_findings + enc_findings + int_findings + sl_findings + backup_findings
@@ -94,7 +108,14 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
             "records_verified": integrity.records_checked,
             "calls": activity["activity"]["totals"]["calls"],
         },
-        "scope": {"standards": cite("scope"), **configuration.scope(settings, instances)},
+        "scope": {
+            "standards": cite("scope"),
+            "sentinel_version": first.get("sentinel_version", __version__),
+            "instances": instances,
+            "systems": first["systems"],
+            "configuration": first["configuration"],
+            "settings": stated,
+        },
         "activity": activity["activity"],
         "access": access,
         "anomalies": {
@@ -105,17 +126,18 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
         },
         "authentication": {
             "standards": cite("authentication"),
-            "admin_principals": configuration.admin_principals(settings),
+            "admin_principals": first["admin_principals"],
+            "settings": stated,
             "admin_auth_failures": auth_total,
             "caller_identification": "callers are identified by a fingerprint of their API key (key-<12 hex of "
             "SHA-256>); Dify end users by an HMAC blind index",
         },
         "encryption": encryption,
-        "transmission": {"standards": cite("transmission"), **transmission},
+        "transmission": {"standards": cite("transmission"), **transmission, "settings": stated},
         "integrity": chain_integrity,
         "service_levels": service_levels,
         "backups": {"standards": cite("backups"), **backups},
-        "retention": {"standards": cite("retention"), **retention},
+        "retention": {"standards": cite("retention"), **retention, "settings": stated},
         "phi": phi_section(integrity),
         "findings": [f.to_dict() for f in findings],
         "sign_off": {

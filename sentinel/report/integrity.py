@@ -187,6 +187,8 @@ async def verify_period(
         observe=_Factory(period, burst_window, listed, max_listed),
         writers=writers,
         anchored=anchors.roots if anchors is not None else None,
+        log_origin=anchors.log_origin if anchors is not None else None,
+        anchored_before=anchors.anchored_before if anchors is not None else None,
     )
     observed = report.observed
     if not isinstance(observed, PeriodObserver):
@@ -196,7 +198,7 @@ async def verify_period(
     return IntegrityResult(report.instances, observed.census, observed.tally)
 
 
-ANCHOR_KINDS = ("anchor_mismatch", "truncated")
+ANCHOR_KINDS = ("anchor_mismatch", "truncated", "not_anchored", "note_invalid")
 """What a chain's records say against its anchored roots."""
 
 
@@ -224,7 +226,16 @@ async def _against_anchors(
         period = by_name.get(name)
         if period is not None and period.first_seq == 1 and head is not None and period.last_seq == head[1]:
             continue  # checked in the period's pass
-        full = await verify(store, public_keys, instance=name, anchored={name: roots}, page=page, processes=processes)
+        full = await verify(
+            store,
+            public_keys,
+            instance=name,
+            anchored={name: roots},
+            page=page,
+            processes=processes,
+            log_origin=anchors.log_origin,
+            anchored_before=anchors.anchored_before,
+        )
         report = chain(name)
         have = {(f.kind, f.seq, f.seq_to) for f in report.findings}
         report.findings += [

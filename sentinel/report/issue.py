@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sentinel.audit.anchor.check import AnchorReading, read_configured
 from sentinel.audit.anchor.s3 import AnchorError
@@ -25,6 +25,7 @@ from sentinel.audit.service import AuditService, local_writers
 from sentinel.audit.store import AuditStore
 from sentinel.audit.store.embedded import EmbeddedStore
 from sentinel.periods import iso
+from sentinel.report import pades
 from sentinel.report.gather import NoStages, ReportInputs, Stages, gather
 from sentinel.report.model import Period
 from sentinel.report.render import MEDIA_TYPES, Format, render
@@ -80,7 +81,26 @@ async def issue_report(
     stages: Stages | None = None,
     pins: Pins | None = None,
 ) -> Issued:
-    """Build, render, sign and record a report. Raises `JournalUnavailable` if the trail cannot record it.
+    """Build, render, sign and record a report in one format (see `issue_reports`)."""
+    _, (issued,) = await issue_reports(
+        service, period, (fmt,), actor=actor, include_reasons=include_reasons, stages=stages, pins=pins
+    )
+    return issued
+
+
+async def issue_reports(
+    service: AuditService,
+    period: Period,
+    formats: Sequence[Format],
+    *,
+    actor: str,
+    include_reasons: bool,
+    stages: Stages | None = None,
+    pins: Pins | None = None,
+) -> tuple[dict[str, Any], list[Issued]]:
+    """Build a report once, render it in each of `formats`, sign and record each rendering (one
+    `report_issued` event per file, all with the report's id); the gathered report and the files.
+    Raises `JournalUnavailable` if the trail cannot record them.
 
     Checkpoints are verified against `pins`, else those `audit.pinned_keys` names (`PinFileError` if that
     is no pin file), else the store's own signing keys, which the report then says it trusted unpinned;
@@ -97,7 +117,12 @@ async def issue_report(
     anchors: AnchorReading | None = None
     anchors_unread = None
     try:
-        anchors = await read_configured(service.settings, trusted.keys)
+        anchors = await read_configured(
+            service.settings,
+            trusted.keys,
+            expected=await service.store.instances(),
+            log_origin=trusted.log_origin(service.settings.audit.log_origin),
+        )
     except (AnchorError, ValueError) as exc:
         anchors_unread = str(exc)
 
@@ -155,26 +180,33 @@ async def issue_report(
         report = await asyncio.to_thread(asyncio.run, build())
     else:
         report = await build()
-    stages.begin(f"rendering {fmt}")
-    body = await asyncio.to_thread(render, report, fmt)
-    stages.end()
-    sha = sha256_hex(body)
     kid, key = keyring.signing_key()
-    signature = sign(sha, key)
-    await service.record_event(
-        Event(
-            REPORT_ISSUED,
-            actor,
-            {
-                "report_id": inputs.report_id,
-                "sha256": sha,
-                "signature": signature,
-                "kid": kid,
-                "format": fmt,
-                "from": iso(period.since),
-                "to": iso(period.until),
-                "findings": report["summary"]["findings"],
-            },
+    issued = []
+    for fmt in formats:
+        stages.begin(f"rendering {fmt}")
+        body = await asyncio.to_thread(render, report, fmt)
+        if fmt == "pdf" and isinstance(key, Ed25519PrivateKey):
+            # Signed inside too (PAdES), the way PDF readers check; the detached signature covers these bytes.
+            # A key in a PKCS#11 token (audit.signer) signs the detached signature only (docs/report.md).
+            body = await asyncio.to_thread(pades.sign_pdf, body, kid, key, report)
+        stages.end()
+        sha = sha256_hex(body)
+        signature = sign(sha, key)
+        await service.record_event(
+            Event(
+                REPORT_ISSUED,
+                actor,
+                {
+                    "report_id": inputs.report_id,
+                    "sha256": sha,
+                    "signature": signature,
+                    "kid": kid,
+                    "format": fmt,
+                    "from": iso(period.since),
+                    "to": iso(period.until),
+                    "findings": report["summary"]["findings"],
+                },
+            )
         )
-    )
-    return Issued(inputs.report_id, fmt, MEDIA_TYPES[fmt], body, sha, signature, kid)
+        issued.append(Issued(inputs.report_id, fmt, MEDIA_TYPES[fmt], body, sha, signature, kid))
+    return report, issued

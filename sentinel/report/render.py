@@ -1,5 +1,6 @@
-"""Rendering a gathered report: JSON (the canonical form), Markdown, HTML with embedded SVG charts, and
-PDF (WeasyPrint, from the same HTML, fetching nothing but the inline `data:` images it carries)."""
+"""Rendering a gathered report: JSON (the canonical form), Markdown, HTML with embedded SVG charts, PDF
+(WeasyPrint, from the same HTML, fetching nothing but the inline `data:` images it carries), and OSCAL
+assessment results (JSON, for GRC tools; see oscal.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any, Literal
 import orjson
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-Format = Literal["html", "pdf", "json", "md"]
-FORMATS: tuple[Format, ...] = ("html", "pdf", "json", "md")
+Format = Literal["html", "pdf", "json", "md", "oscal"]
+FORMATS: tuple[Format, ...] = ("html", "pdf", "json", "md", "oscal")
 MEDIA_TYPES: dict[str, str] = {
     "html": "text/html; charset=utf-8",
     "pdf": "application/pdf",
     "json": "application/json",
     "md": "text/markdown; charset=utf-8",
+    "oscal": "application/json",
 }
+EXTENSIONS: dict[str, str] = {"html": "html", "pdf": "pdf", "json": "json", "md": "md", "oscal": "oscal.json"}
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -87,9 +90,17 @@ def to_pdf(report: dict[str, Any]) -> bytes:
     return pdf
 
 
+def to_oscal(report: dict[str, Any]) -> bytes:
+    from sentinel.report.oscal import assessment_results
+
+    return to_json(assessment_results(report))
+
+
 def render(report: dict[str, Any], fmt: Format) -> bytes:
     if fmt == "json":
         return to_json(report)
+    if fmt == "oscal":
+        return to_oscal(report)
     if fmt == "md":
         return to_markdown(report)
     if fmt == "html":

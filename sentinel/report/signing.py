@@ -9,8 +9,10 @@ is genuine when its hash is named by an intact `report_issued` record whose sign
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sentinel.audit.chain import signature_valid as checkpoint_signature_valid
 from sentinel.audit.record import stored_hashes
 from sentinel.audit.signer import Signer
+from sentinel.audit.spool import SpoolUnavailable, WriterCopy
 from sentinel.audit.store import AuditStore, SearchQuery
 
 DOMAIN = b"sentinel-report/v1\n"
@@ -95,6 +98,25 @@ async def find_issued(store: AuditStore, sha256: str) -> list[dict[str, Any]]:
     return [d for d in docs if ((d.get("event") or {}).get("details") or {}).get("sha256") == sha256]
 
 
+def pending_issued(writers: Sequence[WriterCopy], sha256: str) -> list[tuple[dict[str, Any], bytes]]:
+    """`report_issued` records naming this hash that a local writer holds, durable, but has not shipped to
+    the store yet (a report verified the moment it was issued), with their stored bytes."""
+    found = []
+    for writer in writers:
+        try:
+            bodies = writer.unshipped("event")
+        except SpoolUnavailable:
+            continue
+        for body in bodies:
+            if sha256.encode() not in body:
+                continue
+            doc = orjson.loads(body)
+            event = doc.get("event") or {}
+            if event.get("type") == REPORT_ISSUED and (event.get("details") or {}).get("sha256") == sha256:
+                found.append((doc, body))
+    return found
+
+
 async def _stored_body(store: AuditStore, doc: dict[str, Any]) -> bytes | None:
     """The stored bytes of a record, as verification reads them."""
     seq = int(doc["seq"])
@@ -110,6 +132,11 @@ def _record_intact(doc: dict[str, Any], raw: bytes | None) -> bool:
         return False
     claimed, content = stored_hashes(raw)
     return claimed == content == doc.get("hash")
+
+
+async def record_intact(store: AuditStore, doc: dict[str, Any]) -> bool:
+    """Whether a record found through the store's search still has the bytes its hash was computed over."""
+    return _record_intact(doc, await _stored_body(store, doc))
 
 
 async def _sealed(store: AuditStore, doc: dict[str, Any], public_key: Any) -> tuple[bool, str]:
@@ -159,21 +186,34 @@ def verify_offline(public_key: Any, body: bytes, sidecar: dict[str, Any]) -> Ver
 
 
 async def verify_report(
-    store: AuditStore, public_key: Any, body: bytes, sidecar: dict[str, Any] | None = None
+    store: AuditStore,
+    public_key: Any,
+    body: bytes,
+    sidecar: dict[str, Any] | None = None,
+    *,
+    writers: Sequence[WriterCopy] = (),
 ) -> Verdict:
-    """Check a report file: its hash is named by an intact, validly signed `report_issued` record."""
+    """Check a report file: its hash is named by an intact, validly signed `report_issued` record, in the
+    store or, not shipped there yet, in one of the local `writers`' spools (where it was durable before
+    the report was handed out)."""
     sha = sha256_hex(body)
     verdict = Verdict(False, sha)
     if sidecar is not None and sidecar.get("sha256") != sha:
         verdict.problems.append("the file does not match its signature file (SHA-256 differs): the file was modified")
     docs = await find_issued(store, sha)
+    raw_rows = {d["doc_id"]: await _stored_body(store, d) for d in docs}
+    pending: set[str] = set()
+    if not docs and writers:
+        for doc, raw in await asyncio.to_thread(pending_issued, writers, sha):
+            docs.append(doc)
+            raw_rows[doc["doc_id"]] = raw
+            pending.add(doc["doc_id"])
     if not docs:
         verdict.problems.append(
             "no report_issued event in the audit trail names this file's SHA-256: "
             "it was modified or not issued by Sentinel"
         )
         return verdict
-    raw_rows = {d["doc_id"]: await _stored_body(store, d) for d in docs}
     for doc in docs:
         details = doc["event"]["details"]
         problems = []
@@ -189,7 +229,16 @@ async def verify_report(
         if problems:
             verdict.problems += problems
             continue
-        sealed, note = await _sealed(store, doc, public_key)
+        if doc["doc_id"] in pending:
+            sealed, note = (
+                False,
+                (
+                    f"the report_issued record {doc['doc_id']} is durable in the writer's spool and not yet shipped "
+                    "to the audit store; no signed checkpoint in the store seals it yet"
+                ),
+            )
+        else:
+            sealed, note = await _sealed(store, doc, public_key)
         verdict.notes.append(note)
         verdict.issued = {
             "audit_record": doc["doc_id"],

@@ -32,6 +32,7 @@ from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.keys import create_key_file
 from sentinel.config import Settings, load_settings
 from sentinel.interaction import Caller, Interaction, Operation, Outcome, Protocol, Usage, new_interaction_id
+from sentinel.report.configuration import SETTINGS_EFFECTIVE, effective
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -91,7 +92,15 @@ def call(started: float, key: str, user: str, *, outcome: Outcome = Outcome.OK, 
         outcome=outcome,
         error_type="upstream_5xx" if error else None,
         error_message="bad gateway" if error else None,
-        annotations={"policy": {"version": "p1", "phi": {"request": {"mrn": 2, "dob": 1}}}} if phi else {},
+        annotations={
+            "policy": {
+                "version": "p1",
+                "phi": {"request": {"mrn": 2, "dob": 1}},
+                "actions": [{"action": "redact", "stage": "request", "count": 3}],
+            }
+        }
+        if phi
+        else {},
     )
 
 
@@ -138,9 +147,21 @@ def settings_for(data_dir: Path, *, rto_target: float = 3600.0, models: Path | N
     return load_settings(path)
 
 
-async def write_trail(settings: Settings, calls: list[Interaction], events: list[Event]) -> AuditService:
+def settings_event(settings: Settings, at: float) -> Event:
+    """The event `sentinel serve` records at start: the settings in force (sentinel/server.py)."""
+    snapshot = effective(settings)
+    return Event(SETTINGS_EFFECTIVE, "system:startup", {"digest": snapshot["digest"], "settings": snapshot}, time=at)
+
+
+async def write_trail(
+    settings: Settings, calls: list[Interaction], events: list[Event], *, started: float | None = None
+) -> AuditService:
+    """Calls and events through a serving `AuditService`; with `started`, first the settings it started
+    with, recorded then (as `sentinel serve` records them at start)."""
     service = AuditService(settings, CollectorRegistry(), "report-test")
     await service.start()
+    if started is not None:
+        await service.record_event(settings_event(settings, started))
     for start in range(0, len(calls), 64):
         await service.trail.append([Entry(INTERACTION, interaction=i) for i in calls[start : start + 64]])
     for event in events:
@@ -148,15 +169,33 @@ async def write_trail(settings: Settings, calls: list[Interaction], events: list
     return service
 
 
-def build(data_dir: Path, *, clean: bool, at: str = MONDAY) -> tuple[Settings, Planted]:
+def build(data_dir: Path, *, clean: bool, at: str = MONDAY, fresh: bool = False) -> tuple[Settings, Planted]:
     """A dataset over the week before `at` (plus history two weeks back); `clean=False` plants the facts.
+    `fresh`: a deployment started just before the period, as `sentinel serve` starts one: its oldest
+    record is the start-up `policy_change` event, and no call precedes the period.
 
     The period the tests report on is [since, until): `until` is the dataset's clock when it was done."""
     with time_machine.travel(instant(at), tick=True):
-        return _build(data_dir, clean=clean, now=instant(at))
+        return _build(data_dir, clean=clean, now=instant(at), fresh=fresh)
 
 
-def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Planted]:
+def startup_policy_event(at: float) -> Event:
+    """The event `sentinel serve` records for the policy in force when it starts (sentinel/server.py)."""
+    return Event(
+        "policy_change",
+        "system:startup",
+        {
+            "path": "policy.yaml",
+            "outcome": "loaded",
+            "old_digest": None,
+            "new_digest": "sha256:" + "0" * 64,
+            "error": None,
+        },
+        time=at,
+    )
+
+
+def _build(data_dir: Path, *, clean: bool, now: float, fresh: bool = False) -> tuple[Settings, Planted]:
     since = now - PERIOD
     planted = Planted(since=since, until=now)
     (data_dir / "keys").mkdir(parents=True, exist_ok=True)
@@ -167,8 +206,12 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
         (models / "weights.bin").write_bytes(b"w" * 4096)
     settings = settings_for(data_dir, rto_target=3600.0 if clean else 1e-6, models=models)
     calls: list[Interaction] = []
-    # History: both regular callers were active before the period.
-    calls += [call(now - 2 * PERIOD + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
+    events: list[Event] = []
+    if fresh:
+        events.append(startup_policy_event(since - HOUR))
+    else:
+        # History: both regular callers were active before the period.
+        calls += [call(now - 2 * PERIOD + i * 60, key, f"patient-{i}") for i, key in enumerate([ALPHA, BETA] * 3)]
     # Business-hours traffic: three per hour at most, weekday 09:00-16:59 UTC.
     base = weekday_at(9, now, lasting=8 * HOUR, since=since)
     for n in range(120):
@@ -186,7 +229,6 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
     planted.counts = {ALPHA: 120, BETA: 80}
     planted.failed = {ALPHA: 0, BETA: 1}
     planted.phi_records = 4
-    events: list[Event] = []
     if not clean:
         burst = weekday_at(2, now, lasting=HOUR, since=since)  # 02:00 UTC on a weekday: off hours
         planted.burst_hour = burst
@@ -204,7 +246,9 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
         planted.auth_failures = 6
     calls.sort(key=lambda i: i.started_at)
     assert all(i.started_at < time.time() for i in calls), "a planted call lies in the dataset's future"
-    planted.decrypted, planted.reason = asyncio.run(_write(settings, calls, events, decrypt=not clean))
+    planted.decrypted, planted.reason = asyncio.run(
+        _write(settings, calls, events, decrypt=not clean, started=min([since - HOUR, *(i.started_at for i in calls)]))
+    )
     settings = pin_keys(settings)
     backups = BackupContext(settings)
     run_backup(backups, "audit")
@@ -218,10 +262,10 @@ def _build(data_dir: Path, *, clean: bool, now: float) -> tuple[Settings, Plante
 
 
 async def _write(
-    settings: Settings, calls: list[Interaction], events: list[Event], *, decrypt: bool
+    settings: Settings, calls: list[Interaction], events: list[Event], *, decrypt: bool, started: float
 ) -> tuple[str | None, str | None]:
     """Seal and ship the trail; with `decrypt`, show one ALPHA record's content with a reason."""
-    service = await write_trail(settings, calls, events)
+    service = await write_trail(settings, calls, events, started=started)
     try:
         if not decrypt:
             return None, None

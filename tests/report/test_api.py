@@ -73,15 +73,16 @@ def test_auditors_get_signed_reports_others_do_not(
         "paths": ["/report"],
     }
     assert report["integrity"]["ok"] is True
+    # `sentinel serve` recorded the settings it started with; the report states those, not its own.
+    stated = report["transmission"]["settings"]
+    assert stated["source"] == "audit trail" and len(stated["records"]) == 1
+    assert "nothing was recorded for the period before that" in stated["statement"]  # it started in the period
 
-    def verified() -> bool:
-        check = requests.post(
-            f"{url}/verify", data=response.content, headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30
-        )
-        assert check.status_code == 200
-        return bool(check.json()["ok"])
-
-    wait_until(verified, timeout=20, interval=0.3)  # once the report_issued event reached the store
+    # At once: the report_issued record is durable in the writer's spool before the report is sent.
+    check = requests.post(
+        f"{url}/verify", data=response.content, headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30
+    )
+    assert check.status_code == 200 and check.json()["ok"] is True, check.text
     tampered = requests.post(
         f"{url}/verify", data=response.content + b" ", headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30
     )
@@ -92,6 +93,8 @@ def test_auditors_get_signed_reports_others_do_not(
     )
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
     assert pdf.headers["content-disposition"].endswith('.pdf"')
+    check = requests.post(f"{url}/verify", data=pdf.content, headers={"Authorization": f"Bearer {AUDITOR}"}, timeout=30)
+    assert check.json()["ok"] is True, check.text  # a PDF just returned verifies immediately
 
 
 def test_admin_verify_trusts_only_the_pinned_keys(

@@ -82,7 +82,12 @@ def test_a_period_without_streamed_calls_renders_without_its_chart(planted: Data
 def test_markdown_and_json_forms(planted: Dataset) -> None:
     report = planted.report()
     markdown = render(report, "md").decode()
-    for heading in ("## 1. Exceptions and findings", "## 9. Integrity of the audit trail", "## 14. Sign-off"):
+    for heading in (
+        "## 1. Exceptions and findings",
+        "## 9. Integrity of the audit trail",
+        "## 14. Standards referenced",
+        "## 15. Sign-off",
+    ):
         assert heading in markdown
     assert "| high | integrity | `integrity.modified` |" in markdown
     jsonschema.validate(json.loads(render(report, "json")), SCHEMA)
@@ -95,3 +100,19 @@ def test_nothing_secret_reaches_a_report(planted: Dataset) -> None:
     assert all(material not in body for material in key_material.values())
     assert "patient-" not in body  # Dify end-user ids appear only as blind indexes
     assert "question from" not in body and "an answer" not in body
+
+
+def test_markdown_carries_the_policy_actions_and_the_standards(planted: Dataset) -> None:
+    """The Markdown form once left out the policy-action table and the standards section that HTML and
+    PDF have."""
+    report = planted.report()
+    assert report["phi"]["policy_actions"] == [{"action": "redact", "stage": "request", "count": 12}]
+    markdown = render(report, "md").decode()
+    html = render(report, "html").decode()
+    assert "| redact | request | 12 |" in markdown
+    assert '<td>redact</td><td>request</td><td class="n">12</td>' in html
+    standards = markdown.split("## 14. Standards referenced", 1)[1]
+    for s in report["standards"]:
+        assert f"| {s['citation']} | {s['title']} |" in standards
+    for name in report["retention"]["backup_retention"]:
+        assert f"| {name} |" in markdown.split("## 12. Retention", 1)[1]

@@ -10,6 +10,7 @@ signing keys and checks their RFC 3161 tokens (`every=True` reads them all);
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,6 +65,10 @@ class AnchorReading:
     heads: dict[str, AnchoredHead] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     """Origins in the bucket under another prefix than this deployment's `audit.log_origin`."""
+    log_origin: str = ""
+    """The origin prefix read (`<log_origin>/<instance>`): the chains' notes must name it exactly."""
+    anchored_before: float | None = None
+    """Checkpoints signed before this time must be anchored (`read_configured`: now - audit.anchor_lag_max)."""
 
     def statement(self) -> str:
         """What was verified against, for reports, drills and `sentinel audit verify`."""
@@ -141,7 +146,7 @@ async def read_anchors(
     holds could have been replaced."""
     await anchor.check()
     prefix = origin_prefix.rstrip("/") + "/"
-    reading = AnchorReading(anchor.describe(), every=every)
+    reading = AnchorReading(anchor.describe(), every=every, log_origin=origin_prefix.rstrip("/"))
     if trust is not None:
         reading.timestamps = "; ".join(root.subject.rfc4514_string() for root in trust.roots)
     keys = list(verifiers.values())
@@ -284,6 +289,8 @@ async def read_configured(
     anchor = ObjectLockAnchor.from_settings(settings.audit.anchor)
     try:
         origin = log_origin or settings.audit.log_origin
-        return await read_anchors(anchor, verifiers, origin, trust, expected=expected)
+        reading = await read_anchors(anchor, verifiers, origin, trust, expected=expected)
+        reading.anchored_before = time.time() - settings.audit.anchor_lag_max
+        return reading
     finally:
         anchor.close()

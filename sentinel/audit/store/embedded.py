@@ -507,9 +507,16 @@ class EmbeddedStore:
         return {str(r[0]) for r in rows}
 
     async def span(self) -> dict[str, Any]:
-        (count, oldest, newest, first_recorded, last_recorded), *_ = await self.execute(
-            "SELECT COUNT(*), MIN(started_at), MAX(started_at), MIN(recorded_at), MAX(recorded_at) FROM records"
+        # `started_at` also holds an event's time: the interaction bounds are read over interactions only
+        # (the oldest record is often the start-up `policy_change` event, not a call).
+        (count, first_recorded, last_recorded), *_ = await self.execute(
+            "SELECT COUNT(*), MIN(recorded_at), MAX(recorded_at) FROM records"
         )
+        bound = (
+            "SELECT started_at FROM records WHERE kind = 'interaction' AND started_at IS NOT NULL ORDER BY started_at"
+        )
+        oldest = next(iter(await self.execute(bound + " LIMIT 1")), (None,))[0]
+        newest = next(iter(await self.execute(bound + " DESC LIMIT 1")), (None,))[0]
         return {
             "records": int(count),
             "oldest_started_at": oldest,
