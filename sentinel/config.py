@@ -147,6 +147,22 @@ class SinkSettings(_Section):
     )
 
 
+class ConnectionSettings(_Section):
+    """Limits on client connections, applied to the proxy and the admin port alike (caps apart).
+
+    A client that sends its request too slowly gets 408 and is closed; connections past a port's cap
+    get 503 and are closed at once, so slow or idle clients cannot starve the others.
+    """
+
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds from connecting, or a request's first byte, to its last header."
+    )
+    body_timeout: float = Field(default=30.0, gt=0, description="Longest silence while a request body is read.")
+    idle_timeout: float = Field(default=75.0, gt=0, description="A kept-alive connection idle this long is closed.")
+    max_proxy: int = Field(default=1000, ge=1, description="Open connections the proxy port accepts.")
+    max_admin: int = Field(default=64, ge=1, description="Open connections the admin port accepts.")
+
+
 class Settings(BaseSettings):
     """Everything Sentinel reads at start. Build it with :func:`load_settings`."""
 
@@ -183,6 +199,7 @@ class Settings(BaseSettings):
         description="YAML/JSON list of admin API tokens: {name, role: auditor|operator, sha256} (env "
         "SENTINEL_ADMIN_TOKENS_FILE).",
     )
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -32,6 +32,7 @@ from sentinel.audit.watch_metrics import VerifyCollector
 from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
+from sentinel.connections import ConnectionLimits, closed_counter, guarded_protocol, sweep
 from sentinel.gpu.monitor import GpuMonitor
 from sentinel.policy.changes import PolicyHistory, log_change
 from sentinel.policy.hook import PolicyHook
@@ -165,7 +166,7 @@ def build(
                 StateFile(settings.resolve_path(settings.audit.verify_state_file)), intervals(settings.audit)
             )
         )
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"gauges": gauges}
     tokens = load_tokens(settings.resolve_path(settings.admin_tokens_file)) if settings.admin_tokens_file else {}
     extras["auth"] = AdminAuth(tokens, registry, on_failure=_auth_failure_recorder(audit))
     hooks: list[RequestHook] = []
@@ -290,17 +291,31 @@ async def run_server(
         )
     admin_app = create_admin_app(admin_state)
 
+    limits = settings.connections
+    closed = closed_counter(sentinel.registry)
+    proxy_limits = ConnectionLimits("proxy", limits.header_timeout, limits.body_timeout, limits.max_proxy, closed)
+    admin_limits = ConnectionLimits("admin", limits.header_timeout, limits.body_timeout, limits.max_admin, closed)
     common: dict[str, Any] = {
         "lifespan": "off",
         "proxy_headers": False,  # the client address is the peer's; Sentinel sits in front of Dify, not behind an LB
         "log_config": None,
         "server_header": False,
         "date_header": False,
-        "timeout_keep_alive": 75,
+        "timeout_keep_alive": limits.idle_timeout,
         "timeout_graceful_shutdown": 30,
     }
-    proxy_server = _Server(uvicorn.Config(sentinel.proxy, http="httptools", access_log=settings.access_log, **common))
-    admin_server = _Server(uvicorn.Config(admin_app, http="h11", access_log=False, **common))
+    servers: dict[str, uvicorn.Server] = {}
+    sentinel.extras["gauges"].gauge(
+        "sentinel_connections_open",
+        "Client connections open now, by port (proxy, admin).",
+        ["port"],
+        lambda: [((port,), float(len(server.server_state.connections))) for port, server in servers.items()],
+    )
+    proxy_server = _Server(
+        uvicorn.Config(sentinel.proxy, http=guarded_protocol(proxy_limits), access_log=settings.access_log, **common)
+    )
+    admin_server = _Server(uvicorn.Config(admin_app, http=guarded_protocol(admin_limits), access_log=False, **common))
+    servers.update(proxy=proxy_server, admin=admin_server)
 
     if sentinel.audit is not None:
         await sentinel.audit.start()
@@ -334,6 +349,10 @@ async def run_server(
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
         loop.create_task(admin_server.serve(sockets=[admin_sock]), name="admin-server"),
     ]
+    sweepers = [
+        loop.create_task(sweep(proxy_server.server_state.connections, proxy_limits), name="proxy-deadlines"),
+        loop.create_task(sweep(admin_server.server_state.connections, admin_limits), name="admin-deadlines"),
+    ]
     try:
         while not (proxy_server.started and admin_server.started):
             for task in tasks:
@@ -349,6 +368,9 @@ async def run_server(
         if verification is not None:
             verification.shutdown(wait=False)
         await asyncio.gather(*tasks, return_exceptions=True)
+        for sweeper in sweepers:
+            sweeper.cancel()
+        await asyncio.gather(*sweepers, return_exceptions=True)
         await sentinel.probe.stop()
         if sentinel.gpu is not None:
             await sentinel.gpu.stop()
