@@ -163,6 +163,20 @@ class ConnectionSettings(_Section):
     max_admin: int = Field(default=64, ge=1, description="Open connections the admin port accepts.")
 
 
+class LoginSettings(_Section):
+    """Failed admin API logins: counted per client address in fixed windows."""
+
+    window: float = Field(
+        default=60.0, gt=0, description="Seconds per window; the audit trail gets one record per client per window."
+    )
+    limit: int = Field(
+        default=10, ge=1, description="Failed logins (no or a wrong token) a client may make per window; then 429."
+    )
+    max_clients: int = Field(
+        default=10_000, ge=1, description="Clients counted apart per window; failures from more count as 'other'."
+    )
+
+
 class Settings(BaseSettings):
     """Everything Sentinel reads at start. Build it with :func:`load_settings`."""
 
@@ -200,6 +214,7 @@ class Settings(BaseSettings):
         "SENTINEL_ADMIN_TOKENS_FILE).",
     )
     connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    logins: LoginSettings = Field(default_factory=LoginSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.admin.auth import AdminAuth, load_tokens
+from sentinel.admin.logins import FailedLogins, FailureWindow
 from sentinel.audit.record import EVENT, Event
 from sentinel.audit.schedule import VerifySchedule, intervals, schedules
 from sentinel.audit.service import AuditService
@@ -168,7 +169,10 @@ def build(
         )
     extras: dict[str, Any] = {"gauges": gauges}
     tokens = load_tokens(settings.resolve_path(settings.admin_tokens_file)) if settings.admin_tokens_file else {}
-    extras["auth"] = AdminAuth(tokens, registry, on_failure=_auth_failure_recorder(audit))
+    logins = FailedLogins(
+        window=settings.logins.window, limit=settings.logins.limit, max_clients=settings.logins.max_clients
+    )
+    extras["auth"] = AdminAuth(tokens, registry, logins)
     hooks: list[RequestHook] = []
     if settings.policy.file is not None:
         policy_metrics = PolicyMetrics(registry, settings.policy.max_rule_labels)
@@ -239,15 +243,20 @@ def _log_failure(what: str) -> Any:
     return callback
 
 
-def _auth_failure_recorder(audit: AuditService | None) -> Any:
-    """Failed admin logins go into the audit trail (reports list them as anomalies)."""
-    if audit is None:
-        return None
+def _failed_logins_recorder(audit: AuditService | None, window: float) -> Any:
+    """Failed admin logins go into the audit trail, one record per client per window (reports list
+    them as anomalies); without a trail they are only logged."""
 
-    async def record(reason: str, path: str, client: str | None) -> None:
-        await audit.record_event(
-            Event("admin_auth_failed", f"client:{client or 'unknown'}", {"reason": reason, "path": path})
-        )
+    async def record(failures: FailureWindow) -> None:
+        if audit is not None:
+            await audit.record_event(
+                Event(
+                    "admin_auth_failed",
+                    f"client:{failures.client}",
+                    failures.details(window),
+                    time=failures.started,
+                )
+            )
 
     return record
 
@@ -349,9 +358,16 @@ async def run_server(
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
         loop.create_task(admin_server.serve(sockets=[admin_sock]), name="admin-server"),
     ]
+    auth: AdminAuth = sentinel.extras["auth"]
     sweepers = [
         loop.create_task(sweep(proxy_server.server_state.connections, proxy_limits), name="proxy-deadlines"),
         loop.create_task(sweep(admin_server.server_state.connections, admin_limits), name="admin-deadlines"),
+        loop.create_task(
+            auth.logins.run(
+                _failed_logins_recorder(sentinel.audit, settings.logins.window), min(1.0, settings.logins.window / 4)
+            ),
+            name="failed-logins",
+        ),
     ]
     try:
         while not (proxy_server.started and admin_server.started):
