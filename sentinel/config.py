@@ -56,11 +56,25 @@ class UpstreamSettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0, description="Longest silence between two chunks.")
     max_connections: int = Field(default=1024, ge=1)
+    pool_timeout: float = Field(
+        default=10.0, gt=0, description="Longest wait for a free connection when all are busy; then 504."
+    )
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM file of the CA(s) that sign an https:// upstream's certificate (internal CA)."
+    )
+    client_cert: Path | None = Field(default=None, description="PEM client certificate for mutual TLS.")
+    client_key: Path | None = Field(default=None, description="Its private key, unless in client_cert's file.")
+    tls_verify: bool = Field(
+        default=True, description="false: accept any certificate (tests only; logged as a warning at every start)."
+    )
     keepalive_timeout: float = Field(
         default=4.0, gt=0, description="Idle upstream connections are closed after this; keep it below the server's."
     )
     health_path: str = Field(default="/v1/models", description="Probed to export sentinel_upstream_up.")
     health_interval: float = Field(default=15.0, gt=0)
+    ready_requires_up: bool = Field(
+        default=True, description="/readyz fails while the probe finds the model server unreachable."
+    )
     provider: str = Field(
         default="auto",
         description="gen_ai.provider.name; 'auto' says openai for /v1 routes and ollama for /api routes.",

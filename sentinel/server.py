@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from sentinel.policy.moderation import ModerationEndpoint
 from sentinel.policy.store import PolicyStore
 from sentinel.proxy.app import ProxyApp
 from sentinel.proxy.hooks import RequestHook
+from sentinel.proxy.upstream_settings import TlsError, UpstreamLimits, UpstreamTimeouts, UpstreamTls
 from sentinel.recorder import Recorder
 from sentinel.sinks import Sink, SinkRunner, sink_counters
 from sentinel.sinks.jsonl import JsonlSink
@@ -187,15 +189,17 @@ def build(
         extras["policy"] = store
         extras["policy_metrics"] = policy_metrics
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
+    up = settings.upstream
+    tls = UpstreamTls(up.tls_verify, up.ca_bundle, up.client_cert, up.client_key)
+    ssl_context = _tls_context(settings.upstream.url, tls)
     proxy = ProxyApp(
         settings.upstream.url,
         recorder,
         traces=TraceStarter(settings.tracing.sample_ratio),
         upstream_api_key=api_key,
-        connect_timeout=settings.upstream.connect_timeout,
-        read_timeout=settings.upstream.read_timeout,
-        max_connections=settings.upstream.max_connections,
-        keepalive_timeout=settings.upstream.keepalive_timeout,
+        timeouts=UpstreamTimeouts(up.connect_timeout, up.read_timeout, up.pool_timeout),
+        limits=UpstreamLimits(up.max_connections, up.keepalive_timeout),
+        tls=tls,
         max_body_bytes=settings.max_body_bytes,
         max_capture_bytes=settings.max_capture_bytes,
         in_flight=metrics.in_flight,
@@ -208,10 +212,30 @@ def build(
         path=settings.upstream.health_path,
         interval=settings.upstream.health_interval,
         api_key=api_key,
+        ssl_context=ssl_context,
     )
     gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url)
     registry.register(gpu.collector)
     return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu, extras=extras)
+
+
+def _tls_context(url: str, tls: UpstreamTls) -> ssl.SSLContext | None:
+    """The upstream's TLS context, checked once at start: a file that cannot be loaded is a ConfigError."""
+    if not url.startswith("https://"):
+        if tls != UpstreamTls():
+            log.warning("upstream TLS settings are ignored: upstream.url %s is not https://", url)
+        return None
+    try:
+        context = tls.context()
+    except TlsError as exc:
+        raise ConfigError(f"upstream TLS (upstream.ca_bundle / client_cert / client_key): {exc}") from None
+    if not tls.verify:
+        log.warning(
+            "TLS VERIFICATION OF THE UPSTREAM IS OFF (upstream.tls_verify=false): anyone on the path to %s can "
+            "read and change prompts and answers. Point upstream.ca_bundle at a private CA instead.",
+            url,
+        )
+    return context
 
 
 def _policy_change_recorder(audit: AuditService) -> Any:
@@ -278,8 +302,10 @@ async def run_server(
 
     admin_state = AdminState(sentinel.registry)
     admin_state.ready_checks["upstream"] = lambda: (
-        sentinel.probe.up is not False,
-        "unknown yet" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
+        sentinel.probe.up is not False or not settings.upstream.ready_requires_up,
+        "unknown yet"
+        if sentinel.probe.up is None
+        else ("reachable" if sentinel.probe.up else f"{settings.upstream.url} unreachable"),
     )
     if sentinel.audit is not None:
         admin_state.ready_checks["audit"] = sentinel.audit.ready
@@ -299,6 +325,7 @@ async def run_server(
             sentinel.extras.get("policy_metrics"),
         )
     admin_app = create_admin_app(admin_state)
+    admin_state.register_gauges(sentinel.extras["gauges"])
 
     limits = settings.connections
     closed = closed_counter(sentinel.registry)

@@ -11,20 +11,26 @@ redirects, cookies, decompression or proxies.
 Contract, as the proxy relies on it:
 - `send` returns once the response head has arrived. It raises `UpstreamUnreachable` when no
   connection could be made (refused, DNS, TLS), `UpstreamTimeout` when connecting took longer
-  than `connect_timeout` or the server was silent for `read_timeout`, `UpstreamBroken` when the
-  connection failed or the answer was not HTTP. A request on a reused connection that fails
-  before any answer is retried once on a new one if its method is idempotent (as aiohttp does).
+  than `timeouts.connect`, the server was silent for `timeouts.read` or no pooled connection came
+  free within `timeouts.pool` (`UpstreamPoolTimeout`), `UpstreamBroken` when the connection failed
+  or the answer was not HTTP. A request on a reused connection that fails before any response byte
+  is retried once on a new connection: always for idempotent methods, and for others (a chat
+  completion's POST) when the failure came within `STALE_WITHIN` of sending — the mark of a
+  keep-alive connection the server closed as the request crossed it, which it never read; a
+  server that fails later may have started a generation, which is not started twice.
 - `UpstreamResponse.read_some` returns what has arrived since the last call (several network
   reads joined), waiting if nothing has; `b""` at the end of the body. Silence longer than
   `read_timeout` raises `UpstreamTimeout`, a connection lost before the end `UpstreamBroken`.
 - `release` hands a fully read keep-alive connection back to the pool and closes any other
   (which is how a cancelled or abandoned call cancels the generation upstream). Idle
-  connections are closed after `keepalive_timeout`; at most `max_connections` are open.
+  connections are closed after `limits.keepalive_expiry`; at most `limits.max_connections` are open.
+- A HEAD answer ends with its head; its connection is reused like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from typing import Any
@@ -32,9 +38,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from sentinel.proxy.upstream_settings import UpstreamLimits, UpstreamTimeouts, UpstreamTls
+
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 """Methods aiohttp sent without `Content-Length: 0` when there is no body; kept for parity."""
+STALE_WITHIN = 1.0
+"""Seconds after sending within which a reused connection's failure, before any response byte, is
+taken for a stale keep-alive connection, so that even a POST is sent again on a new one."""
 _HIGH_WATER = 256 * 1024
 """Stop reading from the upstream when this much is waiting for a slow client."""
 
@@ -53,6 +64,10 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """Connecting took too long, or the server went silent for longer than the read timeout."""
+
+
+class UpstreamPoolTimeout(UpstreamTimeout):
+    """Every pooled connection stayed busy for longer than the pool timeout."""
 
 
 class UpstreamBroken(UpstreamError):
@@ -86,6 +101,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.received = False
         self.error: UpstreamError | None = None
+        self.head_only = False
         self.buffer: list[bytes] = []
         self.buffered = 0
         self._interim = False
@@ -141,6 +157,14 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
+        if self.head_only:
+            # A HEAD answer has no body, whatever its Content-Length says, and httptools cannot be told:
+            # it ends here, and a new parser takes the connection's next answer.
+            self.complete = True
+            self.finished_at = self.loop.time()
+            self.keep_alive = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._stop_watchdog()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -296,7 +320,7 @@ class UpstreamResponse:
 class UpstreamPool:
     """Connections to one upstream origin (`scheme://host:port`, plus a base path prepended to every target).
 
-    >>> pool = UpstreamPool("http://vllm:8000", read_timeout=300)    # doctest: +SKIP
+    >>> pool = UpstreamPool("http://vllm:8000", timeouts=UpstreamTimeouts(read=300))    # doctest: +SKIP
     >>> response = await pool.send(b"POST", b"/v1/chat/completions", headers, body)  # doctest: +SKIP
     >>> try: ... await response.read_some() ...
     ... finally: response.release()
@@ -306,10 +330,9 @@ class UpstreamPool:
         self,
         url: str,
         *,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 300.0,
-        max_connections: int = 1024,
-        keepalive_timeout: float = 4.0,
+        timeouts: UpstreamTimeouts | None = None,
+        limits: UpstreamLimits | None = None,
+        tls: UpstreamTls | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -321,11 +344,13 @@ class UpstreamPool:
         if parts.port is not None and parts.port != (443 if parts.scheme == "https" else 80):
             netloc += f":{parts.port}"
         self.host_header = netloc.encode("idna" if not netloc.isascii() else "ascii")
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_connections = max_connections
-        self.keepalive_timeout = keepalive_timeout
+        self._ssl: ssl.SSLContext | None = (tls or UpstreamTls()).context() if parts.scheme == "https" else None
+        timeouts, limits = timeouts or UpstreamTimeouts(), limits or UpstreamLimits()
+        self.connect_timeout = timeouts.connect
+        self.read_timeout = timeouts.read
+        self.pool_timeout = timeouts.pool
+        self.max_connections = limits.max_connections
+        self.keepalive_timeout = limits.keepalive_expiry
         self._idle: deque[_Connection] = deque()
         self._open = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
@@ -343,15 +368,22 @@ class UpstreamPool:
             parts.append(b"Content-Length: %d\r\n" % len(body))
         parts.append(b"\r\n")
         head = b"".join(parts)
-        retry = method in _IDEMPOTENT
+        idempotent = method in _IDEMPOTENT
+        fresh = False
         while True:
-            conn, reused = await self._acquire()
+            conn, reused = await self._acquire(fresh)
+            sent = conn.loop.time()
             try:
                 await self._exchange(conn, head, body, method == b"HEAD")
             except UpstreamBroken:
                 self._release(conn)
-                if reused and retry and not conn.received:
-                    retry = False
+                if (
+                    reused
+                    and not fresh
+                    and not conn.received
+                    and (idempotent or conn.loop.time() - sent < STALE_WITHIN)
+                ):
+                    fresh = True
                     continue  # a stale keep-alive connection: the server closed it as we sent
                 raise
             except BaseException:
@@ -362,6 +394,7 @@ class UpstreamPool:
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes, head_only: bool) -> None:
         transport = conn.transport
         assert transport is not None
+        conn.head_only = head_only
         if len(body) <= 65536:
             transport.write(head + body if body else head)
         else:
@@ -372,19 +405,19 @@ class UpstreamPool:
             if conn.error is not None:
                 raise conn.error
             await conn.wait()
-        if head_only:
-            # httptools cannot be told a HEAD response has no body: end it here, never reuse the connection.
-            conn.complete = True
-            conn.close()
 
     # -- the pool ---------------------------------------------------------------------------------
-    async def _acquire(self) -> tuple[_Connection, bool]:
+    async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection and whether it was used before; with `fresh`, a new one."""
         loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while True:
             if self._closed:
                 raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
             now = loop.time()
-            while self._idle:
+            if fresh and self._idle and self._open >= self.max_connections:
+                self._discard(self._idle.popleft())  # make room: the oldest idle one is the likeliest stale
+            while self._idle and not fresh:
                 conn = self._idle.pop()  # the most recently used: the least likely to have gone stale
                 if conn.closed or now - conn.idle_since >= self.keepalive_timeout:
                     self._discard(conn)
@@ -396,11 +429,18 @@ class UpstreamPool:
                 break
             waiter = loop.create_future()
             self._waiting.append(waiter)
+            deadline = deadline if deadline is not None else now + self.pool_timeout
             try:
-                await waiter
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                self._forget(waiter)
+                raise UpstreamPoolTimeout(
+                    f"no upstream connection came free within {self.pool_timeout:g}s: all {self.max_connections} "
+                    "are busy (upstream.max_connections, upstream.pool_timeout)"
+                ) from None
             except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # pass the turn on
+                self._forget(waiter)
                 raise
         self._open += 1
         try:
@@ -445,6 +485,14 @@ class UpstreamPool:
         conn.close()
         self._open -= 1
         self._wake_one()
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter that gave up (timed out, cancelled): out of the queue; if it was woken as it gave
+        up, the turn passes on."""
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(waiter)
+        if waiter.done() and not waiter.cancelled():
+            self._wake_one()
 
     def _wake_one(self) -> None:
         while self._waiting:
