@@ -105,6 +105,18 @@ class MetricsSettings(_Section):
         description="Model names kept as label values; others fold into 'other'. Empty: the first max_models seen.",
     )
     max_models: int = Field(default=20, ge=1, le=500)
+    token: SecretStr | None = Field(
+        default=None,
+        description="When set, /metrics, /docs and /openapi.json on the admin port need `Authorization: Bearer` "
+        "with it (or an admin API token). Env SENTINEL_METRICS_TOKEN or a file: metrics.token_file.",
+    )
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> MetricsSettings:
+        if self.token is None:
+            self.token = _read_secret_file(self.token_file, "metrics.token")
+        return self
 
 
 class TracingSettings(_Section):

@@ -311,6 +311,8 @@ async def run_server(
         admin_state.ready_checks["audit"] = sentinel.audit.ready
         admin_state.audit = sentinel.audit
     admin_state.auth = sentinel.extras["auth"]
+    if settings.metrics.token is not None:
+        admin_state.metrics_token = settings.metrics.token.get_secret_value()
     sentinel.extras["admin_state"] = admin_state
     store: PolicyStore | None = sentinel.extras.get("policy")
     if store is not None:

@@ -26,6 +26,8 @@ class AdminState:
     """A `sentinel.policy.ModerationEndpoint` when a moderation token is configured."""
     auth: Any = None
     """The `AdminAuth` guarding the audit (and report) endpoints."""
+    metrics_token: str | None = None
+    """When set, /metrics and the API docs need it (or an admin token) as a bearer token."""
 
     def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
         """Every check's (ok, detail); ready when all are ok. A check that raises is not ok."""
@@ -92,4 +94,10 @@ def create_admin_app(state: AdminState) -> FastAPI:
         from sentinel.admin.report_routes import report_router
 
         app.include_router(report_router(state.audit, state.auth))
+    if state.metrics_token is not None:
+        if state.auth is None:
+            raise ValueError("protecting /metrics needs the AdminAuth that counts and records failures")
+        from sentinel.admin.protect import ProtectedPaths
+
+        app.add_middleware(ProtectedPaths, token=state.metrics_token, auth=state.auth)
     return app

@@ -122,15 +122,15 @@ class AdminAuth:
                 # address (or a NAT) that auditors share does not lock them out.
                 wait = self.logins.retry_after(client)
                 if wait is not None:
-                    self._failed(THROTTLED, request.url.path, client)
+                    self.failed(THROTTLED, request.url.path, client)
                     raise HTTPException(
                         429, "too many failed logins from this address; try again later", {"Retry-After": f"{wait:.0f}"}
                     )
                 reason = "missing" if not header else "invalid"
-                self._failed(reason, request.url.path, client)
+                self.failed(reason, request.url.path, client)
                 raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
             if principal.role not in roles:
-                self._failed("forbidden", request.url.path, client, principal)
+                self.failed("forbidden", request.url.path, client, principal)
                 raise HTTPException(403, f"role {principal.role} may not do this")
             return principal
 
@@ -138,10 +138,11 @@ class AdminAuth:
 
     async def refuse(self, request: Request, principal: Principal, why: str) -> HTTPException:
         """A known caller asked for more than their role allows: record it, return the 403 to raise."""
-        self._failed("forbidden", request.url.path, request.client.host if request.client else None, principal)
+        self.failed("forbidden", request.url.path, request.client.host if request.client else None, principal)
         return HTTPException(403, why)
 
-    def _failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
+    def failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
+        """Count, log (once per client per window) and aggregate one failed login."""
         self._failures.labels(reason).inc()
         opened = self.logins.failed(reason, path, client)
         who = f"{principal.name} ({principal.role})" if principal else "unknown caller"
