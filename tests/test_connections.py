@@ -149,3 +149,14 @@ def test_the_admin_port_closes_slow_clients_too(
         assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
     assert requests.get(proxy.admin_url + "/healthz", timeout=SAFETY).status_code == 200
     assert proxy.metric("sentinel_connections_closed_total", port="admin", reason="header_timeout") == 1
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, idle_timeout=0.5)
+    with _open(proxy.url) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sentinel\r\n\r\n")
+        answer = _read_until_closed(sock)  # the answer, then the end of the connection: nothing else
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"0\r\n\r\n")
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") is None
