@@ -128,7 +128,18 @@ def guarded_protocol(limits: ConnectionLimits) -> type[GuardedProtocol]:
 
 
 def expired(connections: Iterable[Any], now: float) -> list[GuardedProtocol]:
-    return [c for c in connections if isinstance(c, GuardedProtocol) and c.deadline <= now]
+    """The connections past their deadline. One whose reading Sentinel itself paused (a pipelined
+    request waiting its turn, a body the app has not taken yet) is not the client's delay: its
+    deadline starts again from now."""
+    late = []
+    for c in connections:
+        if not isinstance(c, GuardedProtocol) or c.deadline > now:
+            continue
+        if c.flow is not None and c.flow.read_paused:
+            c.deadline = now + (c.limits.header_timeout if c.reading == HEADERS else c.limits.body_timeout)
+            continue
+        late.append(c)
+    return late
 
 
 async def sweep(connections: set[Any], limits: ConnectionLimits) -> None:

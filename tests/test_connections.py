@@ -9,10 +9,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import requests
 
+from sentinel.connections import BODY, ConnectionLimits, expired, guarded_protocol
 from tests.conftest import Running, wait_until
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -160,3 +162,16 @@ def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout(
         answer = _read_until_closed(sock)  # the answer, then the end of the connection: nothing else
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"0\r\n\r\n")
     assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") is None
+
+
+def test_a_connection_whose_reading_sentinel_paused_is_not_expired() -> None:
+    """Unit level: uvicorn pauses reading when a body waits for the app (over its 64 KiB buffer); the
+    silence that follows is Sentinel's, not the client's, so its deadline starts again instead."""
+    limits = ConnectionLimits("proxy", header_timeout=10, body_timeout=30, max_connections=10)
+    protocol = guarded_protocol(limits)
+    waiting, slow = object.__new__(protocol), object.__new__(protocol)
+    for connection, paused in ((waiting, True), (slow, False)):
+        connection.reading, connection.deadline = BODY, 100.0
+        connection.flow = SimpleNamespace(read_paused=paused)  # type: ignore[assignment]
+    assert expired([waiting, slow, object()], now=100.0) == [slow]
+    assert waiting.deadline == 130.0
