@@ -214,7 +214,7 @@ def build(
         api_key=api_key,
         ssl_context=ssl_context,
     )
-    gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url)
+    gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url, ssl_context=ssl_context)
     registry.register(gpu.collector)
     return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu, extras=extras)
 

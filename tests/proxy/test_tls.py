@@ -15,6 +15,7 @@ from sentinel.config import ConfigError
 from sentinel.server import build
 from tests.conftest import Running, make_settings, wait_until
 from tests.proxy.test_upstream import OK, RawServer, certificate_authority, raw_server
+from tests.support.gpu_sources import VLLM_METRICS
 from tests.support.loop import BackgroundLoop
 
 
@@ -25,8 +26,12 @@ def test_mutual_tls_upstream_through_the_proxy(
     holder: list[RawServer] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
-        while await holder[0].request(reader):
-            writer.write(OK)
+        while request := await holder[0].request(reader):
+            if request.startswith(b"GET /metrics "):  # vLLM's own metrics, read by the GPU monitor
+                body = VLLM_METRICS.encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            else:
+                writer.write(OK)
 
     server = servers.enter(raw_server(handler, server_context))
     holder.append(server)
@@ -38,10 +43,12 @@ def test_mutual_tls_upstream_through_the_proxy(
             "client_key": str(tmp_path / "client.key"),
             "health_interval": 0.05,
         },
+        gpu={"interval": 0.05},
     )
     answer = requests.post(proxy.url + "/v1/chat/completions", json={"model": "m", "messages": []}, timeout=30)
     assert answer.status_code == 200 and answer.content == b"{}"
     wait_until(lambda: proxy.metric("sentinel_upstream_up") == 1)  # the probe presents the certificate too
+    wait_until(lambda: proxy.metric("sentinel_gpu_source_up", source="vllm") == 1)  # and the GPU monitor
     assert any(r.startswith(b"POST /v1/chat/completions ") for r in server.requests)
 
 
