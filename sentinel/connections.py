@@ -116,8 +116,14 @@ class GuardedProtocol(HttpToolsProtocol):
         self.reading, self.deadline = 0, math.inf
         if self.transport is None or self.transport.is_closing():
             return
-        cycle = self.cycle
-        if reason == "header_timeout" or (cycle is not None and not cycle.response_started):
+        # The 408 only where no answer is being written: a kept-alive connection can start its next
+        # request while the previous answer still streams, and 408 bytes inside it would corrupt it.
+        cycle = self.cycle  # while a head is read, still the previous request's
+        if reason == "header_timeout":
+            answer = cycle is None or cycle.response_complete
+        else:
+            answer = cycle is not None and not cycle.response_started
+        if answer:
             self.transport.write(_TOO_SLOW)
         self.transport.close()
 

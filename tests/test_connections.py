@@ -175,3 +175,27 @@ def test_a_connection_whose_reading_sentinel_paused_is_not_expired() -> None:
         connection.flow = SimpleNamespace(read_paused=paused)  # type: ignore[assignment]
     assert expired([waiting, slow, object()], now=100.0) == [slow]
     assert waiting.deadline == 130.0
+
+
+def test_a_slow_next_head_never_writes_408_into_a_streaming_answer(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    """The client starts its next request while the previous answer still streams, then stalls: the
+    connection is closed after the header timeout, but no 408 lands inside the stream."""
+    stream = upstream.script(
+        "/v1/stream",
+        Script(headers={"Content-Type": "text/event-stream"}, chunks=[b"data: 1\n\n", b"data: 2\n\n"], pause_at=1),
+    )
+    proxy = _limited(start_sentinel, upstream)
+    try:
+        with _open(proxy.url) as sock:
+            sock.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: s\r\n\r\n")
+            received = b""
+            while b"data: 1" not in received:
+                received += sock.recv(65536)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\n")  # and never the rest
+            received += _read_until_closed(sock)
+    finally:
+        stream.gate.open()
+    assert b"408" not in received and b"data: 2" not in received
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") == 1
