@@ -70,6 +70,13 @@ class UpstreamSettings(_Section):
     keepalive_timeout: float = Field(
         default=4.0, gt=0, description="Idle upstream connections are closed after this; keep it below the server's."
     )
+    warm_window: float = Field(
+        default=60.0,
+        ge=0,
+        description="For this long after a burst, expiring idle connections are replaced in the background, up to "
+        "the burst's peak, so the next burst does not connect on its requests' path; 0 turns it off.",
+    )
+    max_warm: int = Field(default=128, ge=0, description="At most this many connections are kept warm.")
     health_path: str = Field(default="/v1/models", description="Probed to export sentinel_upstream_up.")
     health_interval: float = Field(default=15.0, gt=0)
     ready_requires_up: bool = Field(

@@ -24,6 +24,12 @@ Contract, as the proxy relies on it:
 - `release` hands a fully read keep-alive connection back to the pool and closes any other
   (which is how a cancelled or abandoned call cancels the generation upstream). Idle
   connections are closed after `limits.keepalive_expiry`; at most `limits.max_connections` are open.
+- Warm after a burst: for `limits.warm_window` seconds after the most connections were busy at
+  once, idle ones that expire are replaced by new ones opened in a background task (never on a
+  request's path), up to that peak (at most `limits.max_warm`). A burst of new client connections
+  then finds its upstream connections open: connecting to the upstream costs the proxy's core about
+  as much as the rest of a request's way to its first byte (docs/benchmarks.md, issue #18). A
+  failed background connect ends that round of warming; nothing retries it in a loop.
 - A HEAD answer ends with its head; its connection is reused like any other.
 """
 
@@ -31,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import ssl
 from collections import deque
 from typing import Any
@@ -39,6 +47,8 @@ from urllib.parse import urlsplit
 import httptools
 
 from sentinel.proxy.upstream_settings import UpstreamLimits, UpstreamTimeouts, UpstreamTls
+
+log = logging.getLogger("sentinel.proxy.upstream")
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -351,8 +361,14 @@ class UpstreamPool:
         self.pool_timeout = timeouts.pool
         self.max_connections = limits.max_connections
         self.keepalive_timeout = limits.keepalive_expiry
+        self.warm_window = limits.warm_window
+        self.max_warm = min(limits.max_warm, limits.max_connections)
         self._idle: deque[_Connection] = deque()
         self._open = 0
+        self._busy = 0
+        self._peak = 0
+        self._peak_at = -math.inf
+        self._warming: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -424,6 +440,7 @@ class UpstreamPool:
                     continue
                 conn._reset()
                 conn.in_use = True
+                self._note_busy(now)
                 return conn, True
             if self._open < self.max_connections:
                 break
@@ -449,7 +466,45 @@ class UpstreamPool:
             self._open -= 1
             self._wake_one()
             raise
+        self._note_busy(loop.time())
         return conn, False
+
+    def _note_busy(self, now: float) -> None:
+        """One more connection handed out: remember the most busy at once, and when."""
+        self._busy += 1
+        if self._busy >= self._peak or now - self._peak_at > self.warm_window:
+            self._peak, self._peak_at = self._busy, now
+
+    def _warm_target(self, now: float) -> int:
+        """How many connections to keep open now: the recent peak, while it is recent."""
+        return min(self._peak, self.max_warm) if now - self._peak_at <= self.warm_window else 0
+
+    def _warm(self, now: float) -> None:
+        """Start topping the pool up to its warm target in the background, unless already under way."""
+        if self._warming is None and not self._closed and self._open < self._warm_target(now):
+            self._warming = asyncio.get_running_loop().create_task(self._open_warm())
+
+    async def _open_warm(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed and self._open < self._warm_target(loop.time()):
+                self._open += 1
+                try:
+                    conn = await self._connect(loop)
+                except BaseException as exc:
+                    self._open -= 1
+                    self._wake_one()
+                    if isinstance(exc, UpstreamError):
+                        log.debug("could not open a warm upstream connection: %s", exc)
+                        return
+                    raise
+                if self._closed:
+                    self._discard(conn)
+                    return
+                conn.finished_at = loop.time()
+                self._idle_conn(conn)
+        finally:
+            self._warming = None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         read_timeout = self.read_timeout
@@ -470,10 +525,15 @@ class UpstreamPool:
         return conn
 
     def _release(self, conn: _Connection) -> None:
+        self._busy -= 1
         conn._stop_watchdog()
         if self._closed or not conn.reusable():
             self._discard(conn)
             return
+        self._idle_conn(conn)
+
+    def _idle_conn(self, conn: _Connection) -> None:
+        """Into the idle queue, which stays ordered by `idle_since` (the oldest first) for the sweeper."""
         conn.in_use = False
         conn.idle_since = conn.finished_at
         self._idle.append(conn)
@@ -502,7 +562,8 @@ class UpstreamPool:
                 return
 
     def _sweep(self) -> None:
-        """Close connections idle for `keepalive_timeout` (the server would soon close them anyway)."""
+        """Close connections idle for `keepalive_timeout` (the server would soon close them anyway),
+        and replace them while the pool is to stay warm."""
         self._sweeper = None
         if not self._idle:
             return
@@ -517,6 +578,7 @@ class UpstreamPool:
         self._idle = kept
         if kept:
             self._sweeper = loop.call_at(kept[0].idle_since + self.keepalive_timeout, self._sweep)
+        self._warm(now)
 
     async def close(self) -> None:
         """Close idle connections; connections in use close when their response is released."""
@@ -529,6 +591,16 @@ class UpstreamPool:
         for waiter in self._waiting:
             if not waiter.done():
                 waiter.set_result(None)
+        warming = self._warming
+        if warming is not None:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
 
     def stats(self) -> dict[str, Any]:
         return {"open": self._open, "idle": len(self._idle), "waiting": len(self._waiting)}
+
+    @property
+    def warming(self) -> asyncio.Task[None] | None:
+        """The background task opening warm connections, while one runs."""
+        return self._warming

@@ -4,7 +4,7 @@ and `Limits`, and the TLS settings in one place.
     >>> pool = UpstreamPool(                                    # doctest: +SKIP
     ...     "https://vllm.internal:8000",
     ...     timeouts=UpstreamTimeouts(connect=10, read=300, pool=10),
-    ...     limits=UpstreamLimits(max_connections=1024, keepalive_expiry=4),
+    ...     limits=UpstreamLimits(max_connections=1024, keepalive_expiry=4, warm_window=60),
     ...     tls=UpstreamTls(ca_bundle=Path("/etc/ssl/hospital-ca.pem"),
     ...                     client_cert=Path("sentinel.pem"), client_key=Path("sentinel.key")),
     ... )
@@ -30,10 +30,18 @@ class UpstreamTimeouts:
 @dataclass(frozen=True, slots=True)
 class UpstreamLimits:
     """At most `max_connections` open; idle ones closed after `keepalive_expiry` seconds (keep it
-    below the server's own idle timeout)."""
+    below the server's own idle timeout).
+
+    After a burst the pool stays warm: for `warm_window` seconds after the most connections were
+    busy at once, idle connections that expire are replaced in the background, up to that many (at
+    most `max_warm`), so the next burst finds them open instead of connecting on its requests' path.
+    `warm_window=0` turns this off.
+    """
 
     max_connections: int = 1024
     keepalive_expiry: float = 4.0
+    warm_window: float = 60.0
+    max_warm: int = 128
 
 
 class TlsError(ValueError):

@@ -162,11 +162,14 @@ async def test_request_head_is_what_the_proxy_sent_before() -> None:
 
 async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
     """Two pools on one server, alike but for the keep-alive timeout: the connection of the 0.2 s
-    pool is closed while the older one of the 1-hour pool stays open and is reused."""
+    pool is closed while the older one of the 1-hour pool stays open and is reused. (Not kept warm
+    here: `warm_window=0`; warming is the next test's.)"""
     async with serving(answering(OK, OK)) as server:
         patient = UpstreamPool(f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=3600))
         assert await fetch(patient) == b"{}"
-        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2))
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=0)
+        )
         assert await fetch(pool) == b"{}"
         assert pool.stats() == {"open": 1, "idle": 1, "waiting": 0}
         await server.wait_for(lambda: server.open == 1)  # the server saw one of the two connections end
@@ -177,6 +180,91 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None
         assert server.connections == 3 and server.open == 2
         await pool.close()
         await patient.close()
+
+
+class Held:
+    """A handler that answers each request once the current burst's gate opens, so that a burst keeps
+    all its connections busy at once."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def __call__(self, server: RawServer) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+            while await server.request(reader):
+                await self.gate.wait()
+                writer.write(OK)
+                await writer.drain()
+
+        return handle
+
+
+async def burst(pool: UpstreamPool, server: RawServer, held: Held, size: int) -> None:
+    """`size` calls at once, each on its own connection: the server answers none until all are in."""
+    held.gate = asyncio.Event()
+    before = len(server.requests)
+    calls = asyncio.gather(*[fetch(pool) for _ in range(size)])
+    await server.wait_for(lambda: len(server.requests) == before + size)
+    held.gate.set()
+    assert await asyncio.wait_for(calls, 30) == [b"{}"] * size
+
+
+async def test_after_a_burst_expiring_connections_are_replaced_in_the_background() -> None:
+    """Four calls at once open four connections. When they expire (0.2 s idle) the pool opens four
+    new ones off any request's path, so the next burst of four connects nothing; with `max_warm=2`
+    only two are kept. Driven by the server's events, not by waiting out the expiry."""
+    held = Held()
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=3600)
+        )
+        await burst(pool, server, held, 4)
+        assert server.connections == 4 and pool.stats() == {"open": 4, "idle": 4, "waiting": 0}
+        # the four expire and are closed; four replacements are opened in the background
+        await server.wait_for(lambda: server.connections == 8)
+        await server.wait_for(lambda: server.open == 4)
+        if pool.warming is not None:
+            await asyncio.wait_for(pool.warming, 30)
+        assert pool.stats() == {"open": 4, "idle": 4, "waiting": 0}
+        await burst(pool, server, held, 4)
+        assert server.connections == 8  # the second burst found its connections open
+        assert len(server.requests) == 8
+        await pool.close()
+        await server.wait_for(lambda: server.open == 0)
+
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}",
+            limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=3600, max_warm=2),
+        )
+        await burst(pool, server, held, 4)
+        await server.wait_for(lambda: server.connections == 6)
+        await server.wait_for(lambda: server.open == 2)
+        if pool.warming is not None:
+            await asyncio.wait_for(pool.warming, 30)
+        assert pool.stats() == {"open": 2, "idle": 2, "waiting": 0}
+        await pool.close()
+
+
+async def test_warming_an_unreachable_upstream_gives_up_and_loses_no_slot() -> None:
+    """The upstream stops listening after a burst: the replacement connects fail once, quietly; the
+    pool is left empty and consistent, and a call gets the usual `UpstreamUnreachable`."""
+    held = Held()
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=3600)
+        )
+        await burst(pool, server, held, 3)
+    # the listener is closed; the three idle connections stay open until they expire
+    await server.wait_for(lambda: server.open == 0)
+    if pool.warming is not None:
+        await asyncio.wait_for(pool.warming, 30)
+    assert pool.warming is None
+    assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+    with pytest.raises(UpstreamUnreachable):
+        await fetch(pool)
+    assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+    await pool.close()
 
 
 async def test_a_stale_keepalive_connection_is_retried_on_a_new_one() -> None:
