@@ -198,7 +198,12 @@ def build(
         traces=TraceStarter(settings.tracing.sample_ratio),
         upstream_api_key=api_key,
         timeouts=UpstreamTimeouts(up.connect_timeout, up.read_timeout, up.pool_timeout),
-        limits=UpstreamLimits(up.max_connections, up.keepalive_timeout, up.warm_window, up.max_warm),
+        limits=UpstreamLimits(
+            max_connections=up.max_connections,
+            keepalive_expiry=up.keepalive_timeout,
+            warm_window=up.warm_window,
+            max_warm=up.max_warm,
+        ),
         tls=tls,
         max_body_bytes=settings.max_body_bytes,
         max_capture_bytes=settings.max_capture_bytes,
