@@ -73,8 +73,9 @@ class UpstreamSettings(_Section):
     warm_window: float = Field(
         default=60.0,
         ge=0,
-        description="For this long after a burst, expiring idle connections are replaced in the background, up to "
-        "the burst's peak, so the next burst does not connect on its requests' path; 0 turns it off.",
+        description="For this long after a burst, idle connections that expire (or the server closes after serving) "
+        "are replaced in the background, up to the burst's peak, so the next burst does not connect on its requests' "
+        "path; 0 turns it off.",
     )
     max_warm: int = Field(default=128, ge=0, description="At most this many connections are kept warm.")
     health_path: str = Field(default="/v1/models", description="Probed to export sentinel_upstream_up.")

@@ -25,8 +25,9 @@ Contract, as the proxy relies on it:
   (which is how a cancelled or abandoned call cancels the generation upstream). Idle
   connections are closed after `limits.keepalive_expiry`; at most `limits.max_connections` are open.
 - Warm after a burst: for `limits.warm_window` seconds after the most connections were busy at
-  once, idle ones that expire are replaced by new ones opened in a background task (never on a
-  request's path), up to that peak (at most `limits.max_warm`). A burst of new client connections
+  once, idle ones that expire, or that the server closes after serving, are replaced by new ones
+  opened in a background task (never on a request's path), up to that peak (at most
+  `limits.max_warm`). A burst of new client connections
   then finds its upstream connections open: connecting to the upstream costs the proxy's core about
   as much as the rest of a request's way to its first byte (docs/benchmarks.md, issue #18). A
   failed background connect ends that round of warming; nothing retries it in a loop.
@@ -41,6 +42,7 @@ import logging
 import math
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -101,6 +103,10 @@ class _Connection(asyncio.Protocol):
         self._read_paused = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self.served = False
+        """Whether a whole answer came on this connection (a warm one has served none yet)."""
+        self.on_idle_lost: Callable[[_Connection], None] | None = None
+        """Called when the server closes the connection while it waits in the pool."""
         self._reset()
 
     def _reset(self) -> None:
@@ -144,6 +150,8 @@ class _Connection(asyncio.Protocol):
             reason = f": {exc!r}" if exc is not None else ""
             self.error = UpstreamBroken(f"upstream closed the connection before the response was complete{reason}")
         self._wake()
+        if not self.in_use and self.on_idle_lost is not None:
+            self.on_idle_lost(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -196,6 +204,7 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self.finished_at = self.loop.time()  # the server's keep-alive clock starts now, not at release
         self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
+        self.served = True
         self._stop_watchdog()
         self._wake()
 
@@ -522,7 +531,21 @@ class UpstreamPool:
             raise UpstreamTimeout(message) from None
         except OSError as exc:
             raise UpstreamUnreachable(exc) from exc
+        conn.on_idle_lost = self._lost_idle
         return conn
+
+    def _lost_idle(self, conn: _Connection) -> None:
+        """The server closed a pooled idle connection: out of the pool now, not at its next use, and
+        replaced while the pool is to stay warm — unless it never served (a server that closes idle
+        connections at once must not make the pool reconnect in a loop)."""
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            return  # the pool itself let it go
+        self._open -= 1
+        self._wake_one()
+        if conn.served:
+            self._warm(conn.loop.time())
 
     def _release(self, conn: _Connection) -> None:
         self._busy -= 1

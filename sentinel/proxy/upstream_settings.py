@@ -33,8 +33,9 @@ class UpstreamLimits:
     below the server's own idle timeout).
 
     After a burst the pool stays warm: for `warm_window` seconds after the most connections were
-    busy at once, idle connections that expire are replaced in the background, up to that many (at
-    most `max_warm`), so the next burst finds them open instead of connecting on its requests' path.
+    busy at once, idle connections that expire (or that the server closes after serving) are
+    replaced in the background, up to that many (at most `max_warm`), so the next burst finds them
+    open instead of connecting on its requests' path.
     `warm_window=0` turns this off.
     """
 
