@@ -27,10 +27,10 @@ Contract, as the proxy relies on it:
 - Warm after a burst: for `limits.warm_window` seconds after the most connections were busy at
   once, idle ones that expire, or that the server closes after serving, are replaced by new ones
   opened in a background task (never on a request's path), up to that peak (at most
-  `limits.max_warm`). A burst of new client connections
-  then finds its upstream connections open: connecting to the upstream costs the proxy's core about
-  as much as the rest of a request's way to its first byte (docs/benchmarks.md, issue #18). A
-  failed background connect ends that round of warming; nothing retries it in a loop.
+  `limits.max_warm`). A burst of new client connections then finds its upstream connections open:
+  connecting to the upstream costs the proxy's core about as much as the rest of a request's way
+  to its first byte (docs/benchmarks.md, issue #18). A failed background connect ends that round
+  of warming; nothing retries it in a loop.
 - A HEAD answer ends with its head; its connection is reused like any other.
 """
 
@@ -486,7 +486,7 @@ class UpstreamPool:
 
     def _warm_target(self, now: float) -> int:
         """How many connections to keep open now: the recent peak, while it is recent."""
-        return min(self._peak, self.max_warm) if now - self._peak_at <= self.warm_window else 0
+        return min(self._peak, self.max_warm) if now - self._peak_at < self.warm_window else 0
 
     def _warm(self, now: float) -> None:
         """Start topping the pool up to its warm target in the background, unless already under way."""
