@@ -2,27 +2,41 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UPSTREAM ?= http://127.0.0.1:8000
+PORT ?=
+ADMIN_PORT ?=
+PIP := $(VENV)/bin/pip install --disable-pip-version-check
 
-.PHONY: help setup deps serve demo test lint format bench bench-backup rules-test generate
+.PHONY: help setup run-setup deps serve demo test lint format bench bench-backup rules-test generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# What running Sentinel needs (serve, demo), apart from what developing it needs (tests, linters):
+# a first `make demo` installs only the former, and says so while it does.
+$(VENV)/.runtime: pyproject.toml
+	@echo ">> First run: creating $(VENV) and installing what Sentinel needs to run (a few minutes; once)"
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[dev]"
+	$(PIP) --progress-bar on --upgrade pip
+	$(PIP) --progress-bar on -e .
+	@echo ">> Installed."
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
+	@echo ">> Installing the development and test tools (pytest, ruff, mypy, ...)"
+	$(PIP) --progress-bar on -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv and install Sentinel with its dev and test tools
 
+run-setup: $(VENV)/.runtime  ## create .venv and install only what running Sentinel needs
+
 deps:  ## install the system packages the tests use (Debian/Ubuntu; needs root or sudo)
 	scripts/install-system-deps
 
-serve: setup  ## run Sentinel on embedded defaults in front of UPSTREAM (default http://127.0.0.1:8000)
-	$(VENV)/bin/sentinel serve --upstream $(UPSTREAM)
+serve: $(VENV)/.runtime  ## run Sentinel in front of UPSTREAM (http://127.0.0.1:8000); PORT=8080 ADMIN_PORT=9464
+	$(VENV)/bin/sentinel serve --upstream $(UPSTREAM) $(if $(PORT),--port $(PORT)) $(if $(ADMIN_PORT),--admin-port $(ADMIN_PORT))
 
-demo: setup  ## see Sentinel work with a built-in demo model server
+demo: $(VENV)/.runtime  ## see Sentinel work with a built-in demo model server
 	$(VENV)/bin/sentinel demo
 
 test: setup deps  ## run the whole test suite

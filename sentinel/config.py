@@ -56,11 +56,33 @@ class UpstreamSettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0, description="Longest silence between two chunks.")
     max_connections: int = Field(default=1024, ge=1)
+    pool_timeout: float = Field(
+        default=10.0, gt=0, description="Longest wait for a free connection when all are busy; then 504."
+    )
+    ca_bundle: Path | None = Field(
+        default=None, description="PEM file of the CA(s) that sign an https:// upstream's certificate (internal CA)."
+    )
+    client_cert: Path | None = Field(default=None, description="PEM client certificate for mutual TLS.")
+    client_key: Path | None = Field(default=None, description="Its private key, unless in client_cert's file.")
+    tls_verify: bool = Field(
+        default=True, description="false: accept any certificate (tests only; logged as a warning at every start)."
+    )
     keepalive_timeout: float = Field(
         default=4.0, gt=0, description="Idle upstream connections are closed after this; keep it below the server's."
     )
+    warm_window: float = Field(
+        default=60.0,
+        ge=0,
+        description="For this long after a burst, idle connections that expire (or the server closes after serving) "
+        "are replaced in the background, up to the burst's peak, so the next burst does not connect on its requests' "
+        "path; 0 turns it off.",
+    )
+    max_warm: int = Field(default=128, ge=0, description="At most this many connections are kept warm.")
     health_path: str = Field(default="/v1/models", description="Probed to export sentinel_upstream_up.")
     health_interval: float = Field(default=15.0, gt=0)
+    ready_requires_up: bool = Field(
+        default=True, description="/readyz fails while the probe finds the model server unreachable."
+    )
     provider: str = Field(
         default="auto",
         description="gen_ai.provider.name; 'auto' says openai for /v1 routes and ollama for /api routes.",
@@ -91,6 +113,18 @@ class MetricsSettings(_Section):
         description="Model names kept as label values; others fold into 'other'. Empty: the first max_models seen.",
     )
     max_models: int = Field(default=20, ge=1, le=500)
+    token: SecretStr | None = Field(
+        default=None,
+        description="When set, /metrics, /docs and /openapi.json on the admin port need `Authorization: Bearer` "
+        "with it (or an admin API token). Env SENTINEL_METRICS_TOKEN or a file: metrics.token_file.",
+    )
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> MetricsSettings:
+        if self.token is None:
+            self.token = _read_secret_file(self.token_file, "metrics.token")
+        return self
 
 
 class TracingSettings(_Section):
@@ -147,6 +181,36 @@ class SinkSettings(_Section):
     )
 
 
+class ConnectionSettings(_Section):
+    """Limits on client connections, applied to the proxy and the admin port alike (caps apart).
+
+    A client that sends its request too slowly gets 408 and is closed; connections past a port's cap
+    get 503 and are closed at once, so slow or idle clients cannot starve the others.
+    """
+
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds from connecting, or a request's first byte, to its last header."
+    )
+    body_timeout: float = Field(default=30.0, gt=0, description="Longest silence while a request body is read.")
+    idle_timeout: float = Field(default=75.0, gt=0, description="A kept-alive connection idle this long is closed.")
+    max_proxy: int = Field(default=1000, ge=1, description="Open connections the proxy port accepts.")
+    max_admin: int = Field(default=64, ge=1, description="Open connections the admin port accepts.")
+
+
+class LoginSettings(_Section):
+    """Failed admin API logins: counted per client address in fixed windows."""
+
+    window: float = Field(
+        default=60.0, gt=0, description="Seconds per window; the audit trail gets one record per client per window."
+    )
+    limit: int = Field(
+        default=10, ge=1, description="Failed logins (no or a wrong token) a client may make per window; then 429."
+    )
+    max_clients: int = Field(
+        default=10_000, ge=1, description="Clients counted apart per window; failures from more count as 'other'."
+    )
+
+
 class Settings(BaseSettings):
     """Everything Sentinel reads at start. Build it with :func:`load_settings`."""
 
@@ -183,6 +247,8 @@ class Settings(BaseSettings):
         description="YAML/JSON list of admin API tokens: {name, role: auditor|operator, sha256} (env "
         "SENTINEL_ADMIN_TOKENS_FILE).",
     )
+    connections: ConnectionSettings = Field(default_factory=ConnectionSettings)
+    logins: LoginSettings = Field(default_factory=LoginSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -30,6 +30,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     # uvicorn's per-request chatter and aiohttp internals stay quiet unless debugging.
     if level != "debug":
         logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+        # Two uvicorn servers (proxy and admin port) each announce their start and stop: every line
+        # twice looks like two Sentinels. Sentinel says itself where it listens and when it stops.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         logging.getLogger("aiohttp").setLevel(logging.WARNING)
         # The Elasticsearch transport logs every retried request with a traceback; Sentinel reports
         # an unreachable store itself, once, in words.

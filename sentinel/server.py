@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import socket
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.admin.auth import AdminAuth, load_tokens
+from sentinel.admin.logins import FailedLogins, FailureWindow
 from sentinel.audit.record import EVENT, Event
 from sentinel.audit.schedule import VerifySchedule, intervals, schedules
 from sentinel.audit.service import AuditService
@@ -32,6 +34,7 @@ from sentinel.audit.watch_metrics import VerifyCollector
 from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
+from sentinel.connections import ConnectionLimits, closed_counter, guarded_protocol, sweep
 from sentinel.gpu.monitor import GpuMonitor
 from sentinel.policy.changes import PolicyHistory, log_change
 from sentinel.policy.hook import PolicyHook
@@ -41,6 +44,7 @@ from sentinel.policy.moderation import ModerationEndpoint
 from sentinel.policy.store import PolicyStore
 from sentinel.proxy.app import ProxyApp
 from sentinel.proxy.hooks import RequestHook
+from sentinel.proxy.upstream_settings import TlsError, UpstreamLimits, UpstreamTimeouts, UpstreamTls
 from sentinel.recorder import Recorder
 from sentinel.sinks import Sink, SinkRunner, sink_counters
 from sentinel.sinks.jsonl import JsonlSink
@@ -165,9 +169,12 @@ def build(
                 StateFile(settings.resolve_path(settings.audit.verify_state_file)), intervals(settings.audit)
             )
         )
-    extras: dict[str, Any] = {}
+    extras: dict[str, Any] = {"gauges": gauges}
     tokens = load_tokens(settings.resolve_path(settings.admin_tokens_file)) if settings.admin_tokens_file else {}
-    extras["auth"] = AdminAuth(tokens, registry, on_failure=_auth_failure_recorder(audit))
+    logins = FailedLogins(
+        window=settings.logins.window, limit=settings.logins.limit, max_clients=settings.logins.max_clients
+    )
+    extras["auth"] = AdminAuth(tokens, registry, logins)
     hooks: list[RequestHook] = []
     if settings.policy.file is not None:
         policy_metrics = PolicyMetrics(registry, settings.policy.max_rule_labels)
@@ -182,15 +189,22 @@ def build(
         extras["policy"] = store
         extras["policy_metrics"] = policy_metrics
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
+    up = settings.upstream
+    tls = UpstreamTls(up.tls_verify, up.ca_bundle, up.client_cert, up.client_key)
+    ssl_context = _tls_context(settings.upstream.url, tls)
     proxy = ProxyApp(
         settings.upstream.url,
         recorder,
         traces=TraceStarter(settings.tracing.sample_ratio),
         upstream_api_key=api_key,
-        connect_timeout=settings.upstream.connect_timeout,
-        read_timeout=settings.upstream.read_timeout,
-        max_connections=settings.upstream.max_connections,
-        keepalive_timeout=settings.upstream.keepalive_timeout,
+        timeouts=UpstreamTimeouts(up.connect_timeout, up.read_timeout, up.pool_timeout),
+        limits=UpstreamLimits(
+            max_connections=up.max_connections,
+            keepalive_expiry=up.keepalive_timeout,
+            warm_window=up.warm_window,
+            max_warm=up.max_warm,
+        ),
+        tls=tls,
         max_body_bytes=settings.max_body_bytes,
         max_capture_bytes=settings.max_capture_bytes,
         in_flight=metrics.in_flight,
@@ -203,10 +217,30 @@ def build(
         path=settings.upstream.health_path,
         interval=settings.upstream.health_interval,
         api_key=api_key,
+        ssl_context=ssl_context,
     )
-    gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url)
+    gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url, ssl_context=ssl_context)
     registry.register(gpu.collector)
     return Sentinel(settings, registry, metrics, recorder, proxy, probe, audit=audit, gpu=gpu, extras=extras)
+
+
+def _tls_context(url: str, tls: UpstreamTls) -> ssl.SSLContext | None:
+    """The upstream's TLS context, checked once at start: a file that cannot be loaded is a ConfigError."""
+    if not url.startswith("https://"):
+        if tls != UpstreamTls():
+            log.warning("upstream TLS settings are ignored: upstream.url %s is not https://", url)
+        return None
+    try:
+        context = tls.context()
+    except TlsError as exc:
+        raise ConfigError(f"upstream TLS (upstream.ca_bundle / client_cert / client_key): {exc}") from None
+    if not tls.verify:
+        log.warning(
+            "TLS VERIFICATION OF THE UPSTREAM IS OFF (upstream.tls_verify=false): anyone on the path to %s can "
+            "read and change prompts and answers. Point upstream.ca_bundle at a private CA instead.",
+            url,
+        )
+    return context
 
 
 def _policy_change_recorder(audit: AuditService) -> Any:
@@ -252,15 +286,20 @@ def _log_failure(what: str) -> Any:
     return callback
 
 
-def _auth_failure_recorder(audit: AuditService | None) -> Any:
-    """Failed admin logins go into the audit trail (reports list them as anomalies)."""
-    if audit is None:
-        return None
+def _failed_logins_recorder(audit: AuditService | None, window: float) -> Any:
+    """Failed admin logins go into the audit trail, one record per client per window (reports list
+    them as anomalies); without a trail they are only logged."""
 
-    async def record(reason: str, path: str, client: str | None) -> None:
-        await audit.record_event(
-            Event("admin_auth_failed", f"client:{client or 'unknown'}", {"reason": reason, "path": path})
-        )
+    async def record(failures: FailureWindow) -> None:
+        if audit is not None:
+            await audit.record_event(
+                Event(
+                    "admin_auth_failed",
+                    f"client:{failures.client}",
+                    failures.details(window),
+                    time=failures.started,
+                )
+            )
 
     return record
 
@@ -282,13 +321,17 @@ async def run_server(
 
     admin_state = AdminState(sentinel.registry)
     admin_state.ready_checks["upstream"] = lambda: (
-        sentinel.probe.up is not False,
-        "unknown yet" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
+        sentinel.probe.up is not False or not settings.upstream.ready_requires_up,
+        "unknown yet"
+        if sentinel.probe.up is None
+        else ("reachable" if sentinel.probe.up else f"{settings.upstream.url} unreachable"),
     )
     if sentinel.audit is not None:
         admin_state.ready_checks["audit"] = sentinel.audit.ready
         admin_state.audit = sentinel.audit
     admin_state.auth = sentinel.extras["auth"]
+    if settings.metrics.token is not None:
+        admin_state.metrics_token = settings.metrics.token.get_secret_value()
     sentinel.extras["admin_state"] = admin_state
     store: PolicyStore | None = sentinel.extras.get("policy")
     if store is not None:
@@ -303,18 +346,33 @@ async def run_server(
             sentinel.extras.get("policy_metrics"),
         )
     admin_app = create_admin_app(admin_state)
+    admin_state.register_gauges(sentinel.extras["gauges"])
 
+    limits = settings.connections
+    closed = closed_counter(sentinel.registry)
+    proxy_limits = ConnectionLimits("proxy", limits.header_timeout, limits.body_timeout, limits.max_proxy, closed)
+    admin_limits = ConnectionLimits("admin", limits.header_timeout, limits.body_timeout, limits.max_admin, closed)
     common: dict[str, Any] = {
         "lifespan": "off",
         "proxy_headers": False,  # the client address is the peer's; Sentinel sits in front of Dify, not behind an LB
         "log_config": None,
         "server_header": False,
         "date_header": False,
-        "timeout_keep_alive": 75,
+        "timeout_keep_alive": limits.idle_timeout,
         "timeout_graceful_shutdown": 30,
     }
-    proxy_server = _Server(uvicorn.Config(sentinel.proxy, http="httptools", access_log=settings.access_log, **common))
-    admin_server = _Server(uvicorn.Config(admin_app, http="h11", access_log=False, **common))
+    servers: dict[str, uvicorn.Server] = {}
+    sentinel.extras["gauges"].gauge(
+        "sentinel_connections_open",
+        "Client connections open now, by port (proxy, admin).",
+        ["port"],
+        lambda: [((port,), float(len(server.server_state.connections))) for port, server in servers.items()],
+    )
+    proxy_server = _Server(
+        uvicorn.Config(sentinel.proxy, http=guarded_protocol(proxy_limits), access_log=settings.access_log, **common)
+    )
+    admin_server = _Server(uvicorn.Config(admin_app, http=guarded_protocol(admin_limits), access_log=False, **common))
+    servers.update(proxy=proxy_server, admin=admin_server)
 
     if sentinel.audit is not None:
         await sentinel.audit.start()
@@ -349,6 +407,17 @@ async def run_server(
         loop.create_task(proxy_server.serve(sockets=[proxy_sock]), name="proxy-server"),
         loop.create_task(admin_server.serve(sockets=[admin_sock]), name="admin-server"),
     ]
+    auth: AdminAuth = sentinel.extras["auth"]
+    sweepers = [
+        loop.create_task(sweep(proxy_server.server_state.connections, proxy_limits), name="proxy-deadlines"),
+        loop.create_task(sweep(admin_server.server_state.connections, admin_limits), name="admin-deadlines"),
+        loop.create_task(
+            auth.logins.run(
+                _failed_logins_recorder(sentinel.audit, settings.logins.window), min(1.0, settings.logins.window / 4)
+            ),
+            name="failed-logins",
+        ),
+    ]
     try:
         while not (proxy_server.started and admin_server.started):
             for task in tasks:
@@ -364,6 +433,9 @@ async def run_server(
         if verification is not None:
             verification.shutdown(wait=False)
         await asyncio.gather(*tasks, return_exceptions=True)
+        for sweeper in sweepers:
+            sweeper.cancel()
+        await asyncio.gather(*sweepers, return_exceptions=True)
         await sentinel.probe.stop()
         if sentinel.gpu is not None:
             await sentinel.gpu.stop()

@@ -60,13 +60,16 @@ def test_serve_process_proxies_records_and_stops_gracefully(
     assert process.returncode == 0, stderr
     lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any("shutting down" in line["message"] for line in lines)  # structured JSON logs
+    messages = [line["message"] for line in lines]
+    assert len(messages) == len(set(messages)), messages  # each line once (two uvicorn servers run)
+    assert sum("Sentinel proxying" in m for m in messages) == 1
     record = orjson.loads((tmp_path / "interactions.jsonl").read_bytes().splitlines()[0])
     assert record["outcome"] == "ok" and record["usage"]["output_tokens"] == 34
 
 
 def test_demo_runs_and_shows_what_was_captured() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
-    env["COLUMNS"] = "160"
+    env["COLUMNS"] = "80"  # a newcomer's terminal
     result = subprocess.run(
         [sys.executable, "-m", "sentinel", "demo"], capture_output=True, text=True, env=env, timeout=120
     )
@@ -78,6 +81,8 @@ def test_demo_runs_and_shows_what_was_captured() -> None:
     assert '"reasoning_text": "The user wrote' in out
     assert "sentinel_requests_total" in out and "gen_ai_server_time_to_first_token_seconds_count" in out
     assert "decrypted by an auditor" in out and "intact" in out and "dify-end-user-42" in out
+    too_wide = [line for line in out.splitlines() if len(line) > 80 or "…" in line]
+    assert too_wide == [], too_wide  # nothing wraps, nothing is cut
 
 
 def test_sentinel_help_lists_every_command_as_the_command_describes_itself() -> None:

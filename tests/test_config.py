@@ -31,10 +31,13 @@ def test_documented_env_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "SENTINEL_PORT": "18080",
         "SENTINEL_ADMIN_PORT": "19464",
         "SENTINEL_DATA_DIR": str(tmp_path),
+        "SENTINEL_UPSTREAM_WARM_WINDOW": "0",
+        "SENTINEL_UPSTREAM_MAX_WARM": "8",
     }.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert settings.upstream.url == "http://vllm:8000"
+    assert (settings.upstream.warm_window, settings.upstream.max_warm) == (0, 8)
     assert (settings.host, settings.port, settings.admin_port, settings.data_dir) == ("0.0.0.0", 18080, 19464, tmp_path)
 
 
@@ -44,6 +47,7 @@ def test_documented_env_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         ({"SENTINEL_PORT": "eighty"}, "port (env SENTINEL_PORT)"),
         ({"SENTINEL_UPSTREAM_URL": "vllm:8000"}, "upstream.url (env SENTINEL_UPSTREAM_URL)"),
         ({"SENTINEL_UPSTREAM_READ_TIMEOUT": "-1"}, "upstream.read_timeout (env SENTINEL_UPSTREAM_READ_TIMEOUT)"),
+        ({"SENTINEL_UPSTREAM_WARM_WINDOW": "-1"}, "upstream.warm_window (env SENTINEL_UPSTREAM_WARM_WINDOW)"),
         ({"SENTINEL_LOG_FORMAT": "xml"}, "log_format (env SENTINEL_LOG_FORMAT)"),
     ],
 )

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sentinel import __version__
+from sentinel.telemetry.metrics import ReadAtScrape
 
 
 @dataclass
@@ -25,6 +26,33 @@ class AdminState:
     """A `sentinel.policy.ModerationEndpoint` when a moderation token is configured."""
     auth: Any = None
     """The `AdminAuth` guarding the audit (and report) endpoints."""
+    metrics_token: str | None = None
+    """When set, /metrics and the API docs need it (or an admin token) as a bearer token."""
+
+    def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        """Every check's (ok, detail); ready when all are ok. A check that raises is not ok."""
+        results: dict[str, dict[str, Any]] = {}
+        for name, check in self.ready_checks.items():
+            try:
+                ok, detail = check()
+            except Exception as exc:
+                ok, detail = False, f"check failed: {type(exc).__name__}: {exc}"
+            results[name] = {"ok": bool(ok), "detail": detail}
+        return all(r["ok"] for r in results.values()), results
+
+    def register_gauges(self, gauges: ReadAtScrape) -> None:
+        gauges.gauge(
+            "sentinel_ready",
+            "1 when /readyz answers 200: every readiness check passes; see sentinel_ready_check.",
+            [],
+            lambda: [((), float(self.readiness()[0]))],
+        )
+        gauges.gauge(
+            "sentinel_ready_check",
+            "Each readiness check (upstream, audit, policy): 1 passing, 0 failing; /readyz says why.",
+            ["check"],
+            lambda: [((name,), float(r["ok"])) for name, r in self.readiness()[1].items()],
+        )
 
 
 def create_admin_app(state: AdminState) -> FastAPI:
@@ -42,14 +70,13 @@ def create_admin_app(state: AdminState) -> FastAPI:
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        """Readiness: every dependency check passes (upstream reachable, recorder running, ...)."""
-        results = {}
-        ready = True
-        for name, check in state.ready_checks.items():
-            ok, detail = check()
-            results[name] = {"ok": ok, "detail": detail}
-            ready = ready and ok
-        return JSONResponse({"ready": ready, "checks": results}, status_code=200 if ready else 503)
+        """Readiness: the instance can serve calls as configured (upstream reachable, the audit trail
+        able to record in strict mode, ...); `reason` says why not."""
+        ready, results = state.readiness()
+        body: dict[str, Any] = {"ready": ready, "checks": results}
+        if not ready:
+            body["reason"] = "; ".join(f"{name}: {r['detail']}" for name, r in results.items() if not r["ok"])
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.post("/dify/moderation")
     async def dify_moderation(request: Request) -> JSONResponse:
@@ -71,4 +98,10 @@ def create_admin_app(state: AdminState) -> FastAPI:
         from sentinel.admin.report_routes import report_router
 
         app.include_router(report_router(state.audit, state.auth))
+    if state.metrics_token is not None:
+        if state.auth is None:
+            raise ValueError("protecting /metrics needs the AdminAuth that counts and records failures")
+        from sentinel.admin.protect import ProtectedPaths
+
+        app.add_middleware(ProtectedPaths, token=state.metrics_token, auth=state.auth)
     return app

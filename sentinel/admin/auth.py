@@ -13,7 +13,9 @@ The tokens file (`SENTINEL_ADMIN_TOKENS_FILE`) holds only SHA-256 digests of the
         sha256: 9f86d08188...
 
 `sentinel admin token --name alice --role auditor` makes a token and prints its line. Every
-failed attempt is counted and recorded in the audit trail (reports list them as anomalies).
+failed attempt is counted; the audit trail gets one record per client per window with the count
+(`sentinel/admin/logins.py`; reports list them as anomalies), and a client with too many failures
+in its window is answered 429 until the window ends.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import yaml
 from fastapi import HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter
 
+from sentinel.admin.logins import THROTTLED, FailedLogins
 from sentinel.config import ConfigError
 
 log = logging.getLogger("sentinel.admin")
@@ -79,19 +82,15 @@ def load_tokens(path: Path) -> dict[str, Principal]:
     return tokens
 
 
-FailureHook = Callable[[str, str, str | None], Awaitable[None]]
-"""(reason, path, client address) -> records the failed attempt."""
-
-
 class AdminAuth:
     def __init__(
-        self, tokens: dict[str, Principal], registry: CollectorRegistry, on_failure: FailureHook | None = None
+        self, tokens: dict[str, Principal], registry: CollectorRegistry, logins: FailedLogins | None = None
     ) -> None:
         self._tokens = tokens
-        self.on_failure = on_failure
+        self.logins = logins or FailedLogins()
         self._failures = Counter(
             "sentinel_admin_auth_failures",
-            "Rejected admin API calls, by reason (missing, invalid, forbidden).",
+            "Rejected admin API calls, by reason (missing, invalid, forbidden, throttled).",
             ["reason"],
             registry=registry,
         )
@@ -115,15 +114,23 @@ class AdminAuth:
         async def dependency(request: Request) -> Principal:
             if not self.enabled:
                 raise HTTPException(503, "admin API tokens are not configured (SENTINEL_ADMIN_TOKENS_FILE)")
+            client = request.client.host if request.client else None
             header = request.headers.get("authorization")
             principal = self.identify(header)
-            client = request.client.host if request.client else None
             if principal is None:
+                # Past the limit a wrong token gets 429; a right one still works, so a flood from an
+                # address (or a NAT) that auditors share does not lock them out.
+                wait = self.logins.retry_after(client)
+                if wait is not None:
+                    self.failed(THROTTLED, request.url.path, client)
+                    raise HTTPException(
+                        429, "too many failed logins from this address; try again later", {"Retry-After": f"{wait:.0f}"}
+                    )
                 reason = "missing" if not header else "invalid"
-                await self._failed(reason, request.url.path, client)
+                self.failed(reason, request.url.path, client)
                 raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
             if principal.role not in roles:
-                await self._failed("forbidden", request.url.path, client, principal)
+                self.failed("forbidden", request.url.path, client, principal)
                 raise HTTPException(403, f"role {principal.role} may not do this")
             return principal
 
@@ -131,15 +138,20 @@ class AdminAuth:
 
     async def refuse(self, request: Request, principal: Principal, why: str) -> HTTPException:
         """A known caller asked for more than their role allows: record it, return the 403 to raise."""
-        await self._failed("forbidden", request.url.path, request.client.host if request.client else None, principal)
+        self.failed("forbidden", request.url.path, request.client.host if request.client else None, principal)
         return HTTPException(403, why)
 
-    async def _failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
+    def failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
+        """Count, log (once per client per window) and aggregate one failed login."""
         self._failures.labels(reason).inc()
+        opened = self.logins.failed(reason, path, client)
         who = f"{principal.name} ({principal.role})" if principal else "unknown caller"
-        log.warning("admin API: %s token from %s for %s (%s)", reason, client, path, who)
-        if self.on_failure is not None:
-            try:
-                await self.on_failure(reason, path, client)
-            except Exception as exc:  # recording the failure must not change the answer
-                log.error("could not record failed admin authentication: %s", exc)
+        # One line per client per window: a flood of wrong tokens must not flood the log either.
+        log.log(
+            logging.WARNING if opened else logging.DEBUG,
+            "admin API: %s token from %s for %s (%s)",
+            reason,
+            client,
+            path,
+            who,
+        )

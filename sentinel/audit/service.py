@@ -14,6 +14,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,11 @@ def local_writers(settings: Settings, instance: str | None = None) -> list[Write
     return [copy for copy in copies if copy.path.exists()]
 
 
+WRITE_FAILURE_HOLD = 10.0
+"""Seconds `/readyz` keeps failing after a failed write when nothing else is wrong: long enough for a
+load balancer to see it, short enough that an instance no longer sent traffic is tried again."""
+
+
 class InstanceRunning(Exception):
     """Another `sentinel serve` holds this data directory's audit chain."""
 
@@ -152,7 +158,7 @@ class AuditService:
         spool_path = settings.resolve_path(settings.audit.spool_path)
         if cli:
             spool_path = spool_path.with_name("cli-" + spool_path.name)
-        self.spool = Spool(spool_path, synchronous="FULL")
+        self.spool = Spool(spool_path, synchronous="FULL", max_bytes=None if cli else settings.audit.spool_max_bytes)
         self.metrics = AuditMetrics(registry)
         self.store = open_store(settings)
         self.keyring: KeyRing | None = None
@@ -308,15 +314,62 @@ class AuditService:
 
     def register_gauges(self, gauges: ReadAtScrape) -> None:
         self.metrics.register_gauges(gauges)
+        gauges.gauge(
+            "sentinel_audit_spool_bytes",
+            "Bytes the audit spool's pages hold (its bound, audit.spool_max_bytes, is in /readyz).",
+            [],
+            lambda: [((), float(self.spool.used_bytes))],
+        )
         if self.anchors is not None:
             self.anchors.register_gauges(gauges)
 
     def ready(self) -> tuple[bool, str]:
+        """Whether calls can be served as the mode requires: strict mode is not ready while it
+        cannot record (a failed write, the spool at its bound, too little disk, anchoring behind)."""
         if self.keyring is None:
             return False, f"audit trail unavailable: {self.error}"
+        problems = self.problems()
+        if problems:
+            if self.settings.audit.mode == "strict":
+                return False, "strict mode cannot record: " + "; ".join(problems)
+            return True, "; ".join(problems) + " (best_effort: serving, records are being lost)"
         if self.shipper is not None and self.shipper.down_since is not None:
             return True, "store unreachable; records are spooled locally"
         return True, f"recording (sequence {self.trail.head.seq})"
+
+    def problems(self, now: float | None = None) -> list[str]:
+        """What stops the trail recording now; read from any thread (the admin API's, at scrape)."""
+        now = time.time() if now is None else now
+        audit = self.settings.audit
+        found = []
+        spool = self.spool
+        short = False
+        if spool.max_bytes is not None and spool.used_bytes >= spool.max_bytes * 0.95:
+            short = True
+            found.append(f"audit spool at {spool.used_bytes} of its {spool.max_bytes} bytes (audit.spool_max_bytes)")
+        try:
+            free = spool.free_bytes()
+        except OSError as exc:
+            found.append(f"cannot read the free space of the spool's disk: {exc.strerror}")
+        else:
+            if free < audit.spool_min_free_bytes:
+                short = True
+                found.append(
+                    f"{free} bytes free on the spool's disk (audit.spool_min_free_bytes: {audit.spool_min_free_bytes})"
+                )
+        failure = self.trail.write_failure
+        if failure is not None:
+            at, error, used = failure
+            # A full spool or disk stays full until pruning frees pages: no need to wait for a write to tell.
+            still_full = "full" in error and spool.used_bytes >= used
+            if short or still_full or now - at < WRITE_FAILURE_HOLD:
+                found.append(f"the last write failed: {error}")
+        if self.trail.anchor_lag is not None:
+            lag = self.trail.anchor_lag()
+            if lag > self.trail.anchor_lag_max:
+                limit = self.trail.anchor_lag_max
+                found.append(f"checkpoints not anchored for {lag:.0f} s (audit.anchor_lag_max is {limit:.0f} s)")
+        return found
 
     # -- reading -----------------------------------------------------------------------------
     async def reader(self, pinned: dict[str, Ed25519PublicKey] | None = None) -> Reader:

@@ -102,6 +102,17 @@ class AuditSettings(_Section):
         description="Checkpoints name each chain's Merkle tree `<log_origin>/<instance>` (the C2SP origin line and "
         "the signing key's name in verifier keys): make it unique to the deployment, e.g. `audit.hospital.example`.",
     )
+    spool_max_bytes: int | None = Field(
+        default=None,
+        ge=65536,
+        description="Largest the spool may grow (SQLite max_page_count): past it records cannot be written, so "
+        "strict mode refuses calls (best_effort counts them lost) and /readyz fails. null: the disk is the bound.",
+    )
+    spool_min_free_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="In strict mode /readyz fails while the spool's filesystem has less free space than this.",
+    )
     spool_retention_hours: float = Field(default=24.0, ge=0, description="Keep shipped records this long locally.")
     anchor: ObjectLockAnchorSettings | None = Field(
         default=None,

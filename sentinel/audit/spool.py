@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -128,9 +129,13 @@ def read_forks(path: Path) -> list[ForkedRecord]:
 
 
 class Spool:
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "FULL", max_bytes: int | None = None) -> None:
         self.path = path
         self._synchronous = synchronous
+        self.max_bytes = max_bytes
+        """The bound on the spool's size: SQLite refuses writes past it as if the disk were full."""
+        self.used_bytes = 0
+        """Bytes the spool's pages hold (free pages, reused before the file grows, not counted)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-spool")
         self._db: sqlite3.Connection | None = None
 
@@ -159,12 +164,28 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.executescript(_SCHEMA)
+            if self.max_bytes is not None:
+                page_size = db.execute("PRAGMA page_size").fetchone()[0]
+                db.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page_size)}")
             # Prove the database is writable now rather than on the first request.
             db.execute("BEGIN IMMEDIATE")
             db.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as exc:
             raise SpoolUnavailable(f"cannot open audit spool {self.path}: {exc}") from exc
         self._db = db
+        self.measure()
+
+    def measure(self) -> int:
+        """Refresh `used_bytes` (two page counts read from the header: cheap)."""
+        db = self.db
+        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        self.used_bytes = int(pages) * int(db.execute("PRAGMA page_size").fetchone()[0])
+        return self.used_bytes
+
+    def free_bytes(self) -> int:
+        """Free space on the spool's filesystem, for an unprivileged writer (any thread)."""
+        stat = os.statvfs(self.path.parent)
+        return stat.f_bavail * stat.f_frsize
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -208,7 +229,13 @@ class Spool:
         except (sqlite3.Error, OSError) as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            raise SpoolUnavailable(f"cannot write to audit spool {self.path}: {exc}") from exc
+            bound = ""
+            if self.max_bytes is not None and isinstance(exc, sqlite3.Error) and "full" in str(exc):
+                bound = f" (audit.spool_max_bytes is {self.max_bytes})"
+            raise SpoolUnavailable(f"cannot write to audit spool {self.path}: {exc}{bound}") from exc
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self.measure()
 
     def tile(self, level: int, index: int) -> bytes | None:
         """A tile of this chain's Merkle tree (sentinel/audit/tiles.py)."""
@@ -309,6 +336,7 @@ class Spool:
         db.execute(
             f"DELETE FROM checkpoints AS c WHERE shipped = 1 AND seq < (SELECT MAX(seq) FROM checkpoints) {waiting}"
         )
+        self.measure()
         return cursor.rowcount
 
     # anchoring (sentinel/audit/anchor/publish.py)

@@ -147,6 +147,8 @@ class AuditTrail:
         self.anchor_lag: Callable[[], float] | None = None
         """Seconds the oldest checkpoint has waited to be anchored, when anchoring is configured."""
         self.anchor_lag_max = float("inf")
+        self.write_failure: tuple[float, str, int] | None = None
+        """(when, why, the spool's size then) the last commit failed, until one succeeds: `/readyz` reads it."""
         self._ticker: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -258,11 +260,13 @@ class AuditTrail:
         except Exception as exc:  # the chain head stays where the spool is
             error = exc if isinstance(exc, SpoolUnavailable) else SpoolUnavailable(f"{type(exc).__name__}: {exc}")
             log.error("audit spool write failed for %d records: %s", len(rows), error)
+            self.write_failure = (time.time(), str(error), self.spool.used_bytes)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(JournalUnavailable(str(error)))
             return
         self._head = head
+        self.write_failure = None
         self._tree, self._range = tree, tree_range
         if checkpoint is not None:
             self._last_checkpoint = checkpoint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 import aiohttp
 import click
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
+from rich import box
 from rich.console import Console
+from rich.json import JSON
 from rich.table import Table
 
 from sentinel.cli import load, settings_options
@@ -86,9 +90,11 @@ async def _audit_tour(sentinel: Any, interaction_id: str) -> tuple[dict[str, Any
 
 
 def _table(records: list[Interaction]) -> Table:
-    table = Table(title="Interactions Sentinel recorded", show_lines=False)
-    for column in ("route", "stream", "status", "outcome", "TTFT ms", "total ms", "tokens in/out", "overhead µs"):
-        table.add_column(column)
+    # Fits an 80-column terminal: short two-line headers, the route never cut.
+    table = Table(title="Interactions Sentinel recorded", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("route", no_wrap=True, min_width=len("/v1/chat/completions"))
+    for column in ("stream", "status", "outcome", "TTFT\nms", "total\nms", "tokens\nin/out", "added\nµs"):
+        table.add_column(column, no_wrap=True, justify="left" if column.isalpha() else "right")
     for r in records:
         table.add_row(
             r.path,
@@ -103,6 +109,22 @@ def _table(records: list[Interaction]) -> Table:
     return table
 
 
+def _json(value: Any) -> None:
+    """Indented JSON, long strings wrapped at the terminal's width rather than past it."""
+    console.print(JSON(orjson.dumps(value).decode()))
+
+
+def _metrics_excerpt(text: str) -> None:
+    """Each sample as its name, then its labels and value on an indented line: fits 80 columns."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(METRIC_PREFIXES):
+                continue
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if v)
+            console.print(f"[bold]{sample.name}[/]", highlight=False)
+            console.print(f"  {labels or '(no labels)'}  [cyan]{sample.value:g}[/]", highlight=False)
+
+
 async def _run(settings: Any) -> None:
     from sentinel.demo.upstream import running_demo_upstream
     from sentinel.server import run_server
@@ -114,7 +136,8 @@ async def _run(settings: Any) -> None:
         console.print(f"Demo model server on {upstream_url}")
         settings.upstream.url = upstream_url
         async with run_server(settings, sinks=[sink]) as sentinel:
-            console.print(f"Sentinel proxy on {sentinel.proxy_url}, metrics on {sentinel.admin_url}/metrics\n")
+            console.print(f"Sentinel proxy on {sentinel.proxy_url}")
+            console.print(f"Its metrics on   {sentinel.admin_url}/metrics\n")
             await _calls(sentinel.proxy_url)
             records = await sink.wait_for(4)
             async with aiohttp.ClientSession() as session, session.get(sentinel.admin_url + "/metrics") as resp:
@@ -123,17 +146,15 @@ async def _run(settings: Any) -> None:
     console.print()
     console.print(_table(records))
     console.rule("One record in full (the streamed chat)")
-    console.print_json(orjson.dumps(records[0]).decode())
+    _json(records[0])
     console.rule("Metrics excerpt (GET /metrics on the admin port)")
-    for line in metrics_text.splitlines():
-        if line.startswith(METRIC_PREFIXES):
-            console.print(line, highlight=False, soft_wrap=True)
+    _metrics_excerpt(metrics_text)
     if audit is not None:
         stored, opened, verdict = audit
         console.rule("The same call in the audit trail, as stored (content encrypted)")
-        console.print_json(orjson.dumps(stored).decode())
-        console.rule("... and decrypted by an auditor (the access itself is recorded, with its reason)")
-        console.print_json(orjson.dumps(opened).decode())
+        _json(stored)
+        console.rule("... decrypted by an auditor (the access itself is recorded)")
+        _json(opened)
         console.rule("sentinel audit verify")
         console.print(verdict)
 
@@ -147,6 +168,8 @@ def demo(config_file: Path | None, data_dir: Path | None, log_level: str | None,
     DeepSeek-R1 reasoning and like Ollama), puts Sentinel in front of it on free local ports,
     sends a few calls with the official `openai` client, and prints what Sentinel captured.
     """
+    # The demo's audit key lives and dies in a temporary directory: the warning to back it up does not apply.
+    logging.getLogger("sentinel.audit").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="sentinel-demo-") as scratch:
         settings = load(
             config_file,

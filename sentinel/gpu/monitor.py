@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -126,14 +127,24 @@ class GpuMonitor:
         *,
         interval: float = 15.0,
         timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.interval = interval
         self.timeout = timeout
+        self.ssl_context = ssl_context
+        """The upstream's TLS settings (private CA, client certificate), for model servers on https://."""
         self.collector = GpuCollector(nvml, polled, stale_after=3 * interval + timeout)
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: GpuSettings, upstream_url: str | None, *, nvml: Any = None) -> GpuMonitor:
+    def from_settings(
+        cls,
+        settings: GpuSettings,
+        upstream_url: str | None,
+        *,
+        nvml: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> GpuMonitor:
         """`nvml` replaces the `pynvml` module (tests pass a fake shaped like it)."""
         sources = settings.sources
         auto = sources == ["auto"]
@@ -152,14 +163,15 @@ class GpuMonitor:
             polled.append(model_server_source(flavour, url))
         if settings.dcgm_url and (auto or "dcgm" in sources):
             polled.append(HttpSource("dcgm", settings.dcgm_url, exposition(read_dcgm)))
-        return cls(reader, polled, interval=settings.interval, timeout=settings.timeout)
+        return cls(reader, polled, interval=settings.interval, timeout=settings.timeout, ssl_context=ssl_context)
 
     async def poll_once(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(source.poll(session) for source in self.collector.polled))
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
                 await self.poll_once(session)
                 await asyncio.sleep(self.interval)

@@ -29,6 +29,7 @@ from sentinel.proxy.upstream import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from sentinel.proxy.upstream_settings import UpstreamLimits, UpstreamTimeouts, UpstreamTls
 from sentinel.telemetry.tracing import TraceStarter
 
 Scope = MutableMapping[str, Any]
@@ -72,10 +73,9 @@ class ProxyApp:
         *,
         traces: TraceStarter | None = None,
         upstream_api_key: str | None = None,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 300.0,
-        max_connections: int = 1024,
-        keepalive_timeout: float = 4.0,
+        timeouts: UpstreamTimeouts | None = None,
+        limits: UpstreamLimits | None = None,
+        tls: UpstreamTls | None = None,
         max_body_bytes: int = 32 * 1024 * 1024,
         max_capture_bytes: int = 16 * 1024 * 1024,
         in_flight: Any = None,
@@ -88,10 +88,7 @@ class ProxyApp:
         if upstream_api_key and ("\r" in upstream_api_key or "\n" in upstream_api_key):
             raise ValueError("the upstream API key contains a line break")
         self._auth = ("Bearer " + upstream_api_key).encode("latin-1") if upstream_api_key else None
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._max_connections = max_connections
-        self._keepalive_timeout = keepalive_timeout
+        self._timeouts, self._limits, self._tls = timeouts, limits, tls
         self.max_body_bytes = max_body_bytes
         self.max_capture_bytes = max_capture_bytes
         self._in_flight = in_flight
@@ -102,11 +99,7 @@ class ProxyApp:
     async def start(self) -> None:
         if self._upstream is None:
             self._upstream = UpstreamPool(
-                self.upstream_url,
-                connect_timeout=self._connect_timeout,
-                read_timeout=self._read_timeout,
-                max_connections=self._max_connections,
-                keepalive_timeout=self._keepalive_timeout,
+                self.upstream_url, timeouts=self._timeouts, limits=self._limits, tls=self._tls
             )
 
     async def close(self) -> None:
@@ -308,8 +301,8 @@ class ProxyApp:
                 resp.release()  # a response not read to its end closes the connection: the upstream stops
         except UpstreamUnreachable as exc:
             await self._fail(ex, send, 502, ErrorType.UPSTREAM_UNREACHABLE, f"upstream unreachable: {exc.os_error}")
-        except UpstreamTimeout:
-            await self._fail(ex, send, 504, ErrorType.UPSTREAM_TIMEOUT, "upstream timed out")
+        except UpstreamTimeout as exc:
+            await self._fail(ex, send, 504, ErrorType.UPSTREAM_TIMEOUT, f"upstream timed out: {exc}")
         except UpstreamBroken as exc:
             broken = ex.t_response_start is not None
             error_type = ErrorType.UPSTREAM_BROKEN_STREAM if broken else ErrorType.UPSTREAM_UNREACHABLE

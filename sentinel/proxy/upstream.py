@@ -11,30 +11,53 @@ redirects, cookies, decompression or proxies.
 Contract, as the proxy relies on it:
 - `send` returns once the response head has arrived. It raises `UpstreamUnreachable` when no
   connection could be made (refused, DNS, TLS), `UpstreamTimeout` when connecting took longer
-  than `connect_timeout` or the server was silent for `read_timeout`, `UpstreamBroken` when the
-  connection failed or the answer was not HTTP. A request on a reused connection that fails
-  before any answer is retried once on a new one if its method is idempotent (as aiohttp does).
+  than `timeouts.connect`, the server was silent for `timeouts.read` or no pooled connection came
+  free within `timeouts.pool` (`UpstreamPoolTimeout`), `UpstreamBroken` when the connection failed
+  or the answer was not HTTP. A request on a reused connection that fails before any response byte
+  is retried once on a new connection: always for idempotent methods, and for others (a chat
+  completion's POST) when the failure came within `STALE_WITHIN` of sending — the mark of a
+  keep-alive connection the server closed as the request crossed it, which it never read; a
+  server that fails later may have started a generation, which is not started twice.
 - `UpstreamResponse.read_some` returns what has arrived since the last call (several network
   reads joined), waiting if nothing has; `b""` at the end of the body. Silence longer than
   `read_timeout` raises `UpstreamTimeout`, a connection lost before the end `UpstreamBroken`.
 - `release` hands a fully read keep-alive connection back to the pool and closes any other
   (which is how a cancelled or abandoned call cancels the generation upstream). Idle
-  connections are closed after `keepalive_timeout`; at most `max_connections` are open.
+  connections are closed after `limits.keepalive_expiry`; at most `limits.max_connections` are open.
+- Warm after a burst: for `limits.warm_window` seconds after the most connections were busy at
+  once, idle ones that expire, or that the server closes after serving, are replaced by new ones
+  opened in a background task (never on a request's path), up to that peak (at most
+  `limits.max_warm`). A burst of new client connections then finds its upstream connections open:
+  connecting to the upstream costs the proxy's core about as much as the rest of a request's way
+  to its first byte (docs/benchmarks.md, issue #18). A failed background connect ends that round
+  of warming; nothing retries it in a loop.
+- A HEAD answer ends with its head; its connection is reused like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import math
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
 
+from sentinel.proxy.upstream_settings import UpstreamLimits, UpstreamTimeouts, UpstreamTls
+
+log = logging.getLogger("sentinel.proxy.upstream")
+
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 """Methods aiohttp sent without `Content-Length: 0` when there is no body; kept for parity."""
+STALE_WITHIN = 1.0
+"""Seconds after sending within which a reused connection's failure, before any response byte, is
+taken for a stale keep-alive connection, so that even a POST is sent again on a new one."""
 _HIGH_WATER = 256 * 1024
 """Stop reading from the upstream when this much is waiting for a slow client."""
 
@@ -53,6 +76,10 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
     """Connecting took too long, or the server went silent for longer than the read timeout."""
+
+
+class UpstreamPoolTimeout(UpstreamTimeout):
+    """Every pooled connection stayed busy for longer than the pool timeout."""
 
 
 class UpstreamBroken(UpstreamError):
@@ -76,6 +103,10 @@ class _Connection(asyncio.Protocol):
         self._read_paused = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self.served = False
+        """Whether a whole answer came on this connection (a warm one has served none yet)."""
+        self.on_idle_lost: Callable[[_Connection], None] | None = None
+        """Called when the server closes the connection while it waits in the pool."""
         self._reset()
 
     def _reset(self) -> None:
@@ -86,6 +117,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.received = False
         self.error: UpstreamError | None = None
+        self.head_only = False
         self.buffer: list[bytes] = []
         self.buffered = 0
         self._interim = False
@@ -118,6 +150,8 @@ class _Connection(asyncio.Protocol):
             reason = f": {exc!r}" if exc is not None else ""
             self.error = UpstreamBroken(f"upstream closed the connection before the response was complete{reason}")
         self._wake()
+        if not self.in_use and self.on_idle_lost is not None:
+            self.on_idle_lost(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -141,6 +175,14 @@ class _Connection(asyncio.Protocol):
             return
         self.status = status
         self.head_done = True
+        if self.head_only:
+            # A HEAD answer has no body, whatever its Content-Length says, and httptools cannot be told:
+            # it ends here, and a new parser takes the connection's next answer.
+            self.complete = True
+            self.finished_at = self.loop.time()
+            self.keep_alive = self.parser.should_keep_alive()
+            self.parser = httptools.HttpResponseParser(self)
+            self._stop_watchdog()
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -162,6 +204,7 @@ class _Connection(asyncio.Protocol):
         self.complete = True
         self.finished_at = self.loop.time()  # the server's keep-alive clock starts now, not at release
         self.keep_alive = self.parser.should_keep_alive()  # only valid inside the callback
+        self.served = True
         self._stop_watchdog()
         self._wake()
 
@@ -296,7 +339,7 @@ class UpstreamResponse:
 class UpstreamPool:
     """Connections to one upstream origin (`scheme://host:port`, plus a base path prepended to every target).
 
-    >>> pool = UpstreamPool("http://vllm:8000", read_timeout=300)    # doctest: +SKIP
+    >>> pool = UpstreamPool("http://vllm:8000", timeouts=UpstreamTimeouts(read=300))    # doctest: +SKIP
     >>> response = await pool.send(b"POST", b"/v1/chat/completions", headers, body)  # doctest: +SKIP
     >>> try: ... await response.read_some() ...
     ... finally: response.release()
@@ -306,10 +349,9 @@ class UpstreamPool:
         self,
         url: str,
         *,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 300.0,
-        max_connections: int = 1024,
-        keepalive_timeout: float = 4.0,
+        timeouts: UpstreamTimeouts | None = None,
+        limits: UpstreamLimits | None = None,
+        tls: UpstreamTls | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -321,13 +363,21 @@ class UpstreamPool:
         if parts.port is not None and parts.port != (443 if parts.scheme == "https" else 80):
             netloc += f":{parts.port}"
         self.host_header = netloc.encode("idna" if not netloc.isascii() else "ascii")
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_connections = max_connections
-        self.keepalive_timeout = keepalive_timeout
+        self._ssl: ssl.SSLContext | None = (tls or UpstreamTls()).context() if parts.scheme == "https" else None
+        timeouts, limits = timeouts or UpstreamTimeouts(), limits or UpstreamLimits()
+        self.connect_timeout = timeouts.connect
+        self.read_timeout = timeouts.read
+        self.pool_timeout = timeouts.pool
+        self.max_connections = limits.max_connections
+        self.keepalive_timeout = limits.keepalive_expiry
+        self.warm_window = limits.warm_window
+        self.max_warm = min(limits.max_warm, limits.max_connections)
         self._idle: deque[_Connection] = deque()
         self._open = 0
+        self._busy = 0
+        self._peak = 0
+        self._peak_at = -math.inf
+        self._warming: asyncio.Task[None] | None = None
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -343,15 +393,22 @@ class UpstreamPool:
             parts.append(b"Content-Length: %d\r\n" % len(body))
         parts.append(b"\r\n")
         head = b"".join(parts)
-        retry = method in _IDEMPOTENT
+        idempotent = method in _IDEMPOTENT
+        fresh = False
         while True:
-            conn, reused = await self._acquire()
+            conn, reused = await self._acquire(fresh)
+            sent = conn.loop.time()
             try:
                 await self._exchange(conn, head, body, method == b"HEAD")
             except UpstreamBroken:
                 self._release(conn)
-                if reused and retry and not conn.received:
-                    retry = False
+                if (
+                    reused
+                    and not fresh
+                    and not conn.received
+                    and (idempotent or conn.loop.time() - sent < STALE_WITHIN)
+                ):
+                    fresh = True
                     continue  # a stale keep-alive connection: the server closed it as we sent
                 raise
             except BaseException:
@@ -362,6 +419,7 @@ class UpstreamPool:
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes, head_only: bool) -> None:
         transport = conn.transport
         assert transport is not None
+        conn.head_only = head_only
         if len(body) <= 65536:
             transport.write(head + body if body else head)
         else:
@@ -372,35 +430,43 @@ class UpstreamPool:
             if conn.error is not None:
                 raise conn.error
             await conn.wait()
-        if head_only:
-            # httptools cannot be told a HEAD response has no body: end it here, never reuse the connection.
-            conn.complete = True
-            conn.close()
 
     # -- the pool ---------------------------------------------------------------------------------
-    async def _acquire(self) -> tuple[_Connection, bool]:
+    async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
+        """A connection and whether it was used before; with `fresh`, a new one."""
         loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while True:
             if self._closed:
                 raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
             now = loop.time()
-            while self._idle:
+            if fresh and self._idle and self._open >= self.max_connections:
+                self._discard(self._idle.popleft())  # make room: the oldest idle one is the likeliest stale
+            while self._idle and not fresh:
                 conn = self._idle.pop()  # the most recently used: the least likely to have gone stale
                 if conn.closed or now - conn.idle_since >= self.keepalive_timeout:
                     self._discard(conn)
                     continue
                 conn._reset()
                 conn.in_use = True
+                self._note_busy(now)
                 return conn, True
             if self._open < self.max_connections:
                 break
             waiter = loop.create_future()
             self._waiting.append(waiter)
+            deadline = deadline if deadline is not None else now + self.pool_timeout
             try:
-                await waiter
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                self._forget(waiter)
+                raise UpstreamPoolTimeout(
+                    f"no upstream connection came free within {self.pool_timeout:g}s: all {self.max_connections} "
+                    "are busy (upstream.max_connections, upstream.pool_timeout)"
+                ) from None
             except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake_one()  # pass the turn on
+                self._forget(waiter)
                 raise
         self._open += 1
         try:
@@ -409,7 +475,45 @@ class UpstreamPool:
             self._open -= 1
             self._wake_one()
             raise
+        self._note_busy(loop.time())
         return conn, False
+
+    def _note_busy(self, now: float) -> None:
+        """One more connection handed out: remember the most busy at once, and when."""
+        self._busy += 1
+        if self._busy >= self._peak or now - self._peak_at > self.warm_window:
+            self._peak, self._peak_at = self._busy, now
+
+    def _warm_target(self, now: float) -> int:
+        """How many connections to keep open now: the recent peak, while it is recent."""
+        return min(self._peak, self.max_warm) if now - self._peak_at < self.warm_window else 0
+
+    def _warm(self, now: float) -> None:
+        """Start topping the pool up to its warm target in the background, unless already under way."""
+        if self._warming is None and not self._closed and self._open < self._warm_target(now):
+            self._warming = asyncio.get_running_loop().create_task(self._open_warm())
+
+    async def _open_warm(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._closed and self._open < self._warm_target(loop.time()):
+                self._open += 1
+                try:
+                    conn = await self._connect(loop)
+                except BaseException as exc:
+                    self._open -= 1
+                    self._wake_one()
+                    if isinstance(exc, UpstreamError):
+                        log.debug("could not open a warm upstream connection: %s", exc)
+                        return
+                    raise
+                if self._closed:
+                    self._discard(conn)
+                    return
+                conn.finished_at = loop.time()
+                self._idle_conn(conn)
+        finally:
+            self._warming = None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         read_timeout = self.read_timeout
@@ -427,13 +531,32 @@ class UpstreamPool:
             raise UpstreamTimeout(message) from None
         except OSError as exc:
             raise UpstreamUnreachable(exc) from exc
+        conn.on_idle_lost = self._lost_idle
         return conn
 
+    def _lost_idle(self, conn: _Connection) -> None:
+        """The server closed a pooled idle connection: out of the pool now, not at its next use, and
+        replaced while the pool is to stay warm — unless it never served (a server that closes idle
+        connections at once must not make the pool reconnect in a loop)."""
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            return  # the pool itself let it go
+        self._open -= 1
+        self._wake_one()
+        if conn.served:
+            self._warm(conn.loop.time())
+
     def _release(self, conn: _Connection) -> None:
+        self._busy -= 1
         conn._stop_watchdog()
         if self._closed or not conn.reusable():
             self._discard(conn)
             return
+        self._idle_conn(conn)
+
+    def _idle_conn(self, conn: _Connection) -> None:
+        """Into the idle queue, which stays ordered by `idle_since` (the oldest first) for the sweeper."""
         conn.in_use = False
         conn.idle_since = conn.finished_at
         self._idle.append(conn)
@@ -446,6 +569,14 @@ class UpstreamPool:
         self._open -= 1
         self._wake_one()
 
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        """A waiter that gave up (timed out, cancelled): out of the queue; if it was woken as it gave
+        up, the turn passes on."""
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(waiter)
+        if waiter.done() and not waiter.cancelled():
+            self._wake_one()
+
     def _wake_one(self) -> None:
         while self._waiting:
             waiter = self._waiting.popleft()
@@ -454,7 +585,8 @@ class UpstreamPool:
                 return
 
     def _sweep(self) -> None:
-        """Close connections idle for `keepalive_timeout` (the server would soon close them anyway)."""
+        """Close connections idle for `keepalive_timeout` (the server would soon close them anyway),
+        and replace them while the pool is to stay warm."""
         self._sweeper = None
         if not self._idle:
             return
@@ -469,6 +601,7 @@ class UpstreamPool:
         self._idle = kept
         if kept:
             self._sweeper = loop.call_at(kept[0].idle_since + self.keepalive_timeout, self._sweep)
+        self._warm(now)
 
     async def close(self) -> None:
         """Close idle connections; connections in use close when their response is released."""
@@ -481,6 +614,16 @@ class UpstreamPool:
         for waiter in self._waiting:
             if not waiter.done():
                 waiter.set_result(None)
+        warming = self._warming
+        if warming is not None:
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
 
     def stats(self) -> dict[str, Any]:
         return {"open": self._open, "idle": len(self._idle), "waiting": len(self._waiting)}
+
+    @property
+    def warming(self) -> asyncio.Task[None] | None:
+        """The background task opening warm connections, while one runs."""
+        return self._warming

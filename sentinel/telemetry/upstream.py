@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 
 import aiohttp
@@ -31,8 +32,11 @@ class UpstreamProbe:
         interval: float = 15.0,
         timeout: float = 5.0,
         api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = upstream_url.rstrip("/") + path
+        self.ssl_context = ssl_context
+        """The proxy's own TLS settings (CA bundle, client certificate), so the probe sees what calls see."""
         self.interval = interval
         self.timeout = timeout
         self._headers = {"User-Agent": PROBE_USER_AGENT}
@@ -68,7 +72,8 @@ class UpstreamProbe:
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             while True:
                 await self.check(session)
                 await asyncio.sleep(self.interval)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import ollama
 import openai
@@ -58,6 +59,27 @@ def test_upstream_that_never_answers_gives_504(
     [seen] = upstream.seen  # the request did reach the upstream (no connect failure), and was never answered
     wait_until(lambda: seen.cancelled, timeout=30)  # the proxy let go of it
     assert seen.completed is False
+
+
+def test_all_upstream_connections_busy_gives_504_saying_so(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]
+) -> None:
+    """One connection allowed, held by a call the upstream never answers: the next call waits at most
+    `upstream.pool_timeout`, then gets a 504 that names the limit."""
+    upstream.script("/v1/chat/completions", Script(hang_before_head=True, chunks=[b"{}"]))
+    # The held call ends by its read timeout, 20 times the pool timeout: long after the second call's wait.
+    proxy = start_sentinel(upstream.url, upstream={"max_connections": 1, "pool_timeout": 0.1, "read_timeout": 2})
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(requests.post, proxy.url + "/v1/chat/completions", json=CHAT, timeout=60)
+        wait_until(lambda: len(upstream.seen) == 1)
+        response = requests.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=60)
+        assert response.status_code == 504
+        error = response.json()["error"]
+        assert error["type"] == "upstream_timeout"
+        assert "no upstream connection came free within 0.1s" in error["message"]
+        assert "upstream.max_connections" in error["message"]
+        assert len(upstream.seen) == 1  # the second call never reached the model server
+        assert "sent nothing for 2s" in held.result().json()["error"]["message"]
 
 
 def test_connect_timeout_gives_504(start_sentinel: Callable[..., Running]) -> None:

@@ -17,7 +17,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sentinel.proxy.upstream import UpstreamBroken, UpstreamPool, UpstreamTimeout, UpstreamUnreachable
+from sentinel.proxy import upstream as upstream_module
+from sentinel.proxy.upstream import (
+    UpstreamBroken,
+    UpstreamPool,
+    UpstreamPoolTimeout,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from sentinel.proxy.upstream_settings import TlsError, UpstreamLimits, UpstreamTimeouts, UpstreamTls
 from tests.support.upstream import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -154,11 +162,14 @@ async def test_request_head_is_what_the_proxy_sent_before() -> None:
 
 async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
     """Two pools on one server, alike but for the keep-alive timeout: the connection of the 0.2 s
-    pool is closed while the older one of the 1-hour pool stays open and is reused."""
+    pool is closed while the older one of the 1-hour pool stays open and is reused. (Not kept warm
+    here: `warm_window=0`; warming is the next test's.)"""
     async with serving(answering(OK, OK)) as server:
-        patient = UpstreamPool(f"http://127.0.0.1:{server.port}", keepalive_timeout=3600)
+        patient = UpstreamPool(f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=3600))
         assert await fetch(patient) == b"{}"
-        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", keepalive_timeout=0.2)
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=0)
+        )
         assert await fetch(pool) == b"{}"
         assert pool.stats() == {"open": 1, "idle": 1, "waiting": 0}
         await server.wait_for(lambda: server.open == 1)  # the server saw one of the two connections end
@@ -171,15 +182,201 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None
         await patient.close()
 
 
-async def test_a_stale_keepalive_connection_is_retried_for_idempotent_methods_only() -> None:
+class Held:
+    """A handler that answers each request once the current burst's `gate` opens, so that a burst
+    keeps all its connections busy at once; `close_idle()` makes the server close every connection
+    open at that moment, as a server's idle timeout would (connections accepted later stay)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self._closing = asyncio.Event()
+
+    def close_idle(self) -> None:
+        self._closing.set()
+        self._closing = asyncio.Event()
+
+    def __call__(self, server: RawServer) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+            closing = asyncio.ensure_future(self._closing.wait())
+            try:
+                while True:
+                    request = asyncio.ensure_future(server.request(reader))
+                    await asyncio.wait({request, closing}, return_when=asyncio.FIRST_COMPLETED)
+                    if not request.done() or not request.result():
+                        request.cancel()
+                        return
+                    await self.gate.wait()
+                    writer.write(OK)
+                    await writer.drain()
+            finally:
+                closing.cancel()
+
+        return handle
+
+
+async def burst(pool: UpstreamPool, server: RawServer, held: Held, size: int) -> None:
+    """`size` calls at once, each on its own connection: the server answers none until all are in."""
+    held.gate = asyncio.Event()
+    before = len(server.requests)
+    calls = asyncio.gather(*[fetch(pool) for _ in range(size)])
+    await server.wait_for(lambda: len(server.requests) == before + size)
+    held.gate.set()
+    assert await asyncio.wait_for(calls, 30) == [b"{}"] * size
+
+
+async def warmed(pool: UpstreamPool) -> dict[str, int]:
+    """The pool's counts once no warming is under way (a new round may start as one ends)."""
+    while pool.warming is not None:
+        await asyncio.wait_for(pool.warming, 30)
+    return pool.stats()
+
+
+async def test_after_a_burst_expiring_connections_are_replaced_in_the_background() -> None:
+    """Four calls at once open four connections; when they expire (0.2 s idle) the pool opens four
+    new ones off any request's path; with `max_warm=2` it keeps two. Driven by the server's events,
+    not by waiting out the expiry."""
+    held = Held()
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=3600)
+        )
+        await burst(pool, server, held, 4)
+        assert server.connections == 4 and pool.stats() == {"open": 4, "idle": 4, "waiting": 0}
+        await server.wait_for(lambda: server.connections >= 8)  # replacements, while the four expire
+        assert await warmed(pool) == {"open": 4, "idle": 4, "waiting": 0}
+        assert len(server.requests) == 4  # opened, not used: nothing was sent on them
+        await pool.close()
+
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}",
+            limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=3600, max_warm=2),
+        )
+        await burst(pool, server, held, 4)
+        await server.wait_for(lambda: server.connections >= 6)
+        assert await warmed(pool) == {"open": 2, "idle": 2, "waiting": 0}
+        await pool.close()
+
+
+async def test_the_next_burst_finds_its_connections_open() -> None:
+    """The server closes the burst's idle connections (its idle timeout); the pool replaces them at
+    once, and a second burst of four sends every call on one of those, connecting nothing. The
+    replacements, never used, are not replaced in turn when the server closes them too: a server
+    that drops idle connections at once does not make the pool reconnect in a loop."""
+    held = Held()
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=3600, warm_window=3600)
+        )
+        await burst(pool, server, held, 4)
+        held.close_idle()
+        await server.wait_for(lambda: server.connections == 8)
+        assert await warmed(pool) == {"open": 4, "idle": 4, "waiting": 0}
+        await burst(pool, server, held, 4)
+        assert server.connections == 8 and len(server.requests) == 8  # no call waited for a connect
+        # once more, but these four served: replaced; then the server closes the unused replacements
+        held.close_idle()
+        await server.wait_for(lambda: server.connections == 12)
+        assert await warmed(pool) == {"open": 4, "idle": 4, "waiting": 0}
+        held.close_idle()
+        await until(lambda: pool.stats()["open"] == 0)
+        assert pool.warming is None and server.connections == 12
+        assert await fetch(pool) == b"{}"  # and the pool still serves, on a new connection
+        await pool.close()
+
+
+async def test_warming_an_unreachable_upstream_gives_up_and_loses_no_slot() -> None:
+    """The upstream stops listening after a burst: the replacement connects fail once, quietly; the
+    pool is left empty and consistent, and a call gets the usual `UpstreamUnreachable`."""
+    held = Held()
+    async with serving(held) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=0.2, warm_window=3600)
+        )
+        await burst(pool, server, held, 3)
+    # the listener is closed; the three idle connections stay open until they expire
+    await server.wait_for(lambda: server.open == 0)
+    assert await warmed(pool) == {"open": 0, "idle": 0, "waiting": 0}
+    with pytest.raises(UpstreamUnreachable):
+        await fetch(pool)
+    assert pool.stats() == {"open": 0, "idle": 0, "waiting": 0}
+    await pool.close()
+
+
+async def test_a_stale_keepalive_connection_is_retried_on_a_new_one() -> None:
     """The server answers one request per connection, then drops the next without a word."""
     async with serving(answering(OK, b"", then_close=True)) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
         assert await fetch(pool, b"GET") == b"{}"
         assert await fetch(pool, b"GET") == b"{}"  # first try on the old connection failed silently
         assert server.connections == 2
+        assert await fetch(pool, b"POST", b"{}") == b"{}"  # failed at once: the mark of a stale connection
+        assert server.connections == 3
+        await pool.close()
+
+
+async def test_a_post_that_fails_late_is_not_sent_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past `STALE_WITHIN` a failure may mean the server started a generation: a POST is not resent
+    (0 here stands for "the failure came late"), a GET still is."""
+    monkeypatch.setattr(upstream_module, "STALE_WITHIN", 0.0)
+    async with serving(answering(OK, b"", then_close=True)) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        assert await fetch(pool, b"GET") == b"{}"
         with pytest.raises(UpstreamBroken):
-            await fetch(pool, b"POST", b"{}")  # a POST may have started a generation: not resent
+            await fetch(pool, b"POST", b"{}")
+        assert server.connections == 1 and len(server.requests) == 2
+        assert await fetch(pool, b"GET") == b"{}"
+        await pool.close()
+
+
+async def test_an_upstream_with_a_shorter_idle_timeout_never_costs_a_call() -> None:
+    """200 calls, each after the server's idle timeout (1 s, shorter than the pool's 4 s) has fired on
+    the connection the pool kept: the server closes it as the next request arrives, unread, as a
+    server does whose timer fires while the request is in flight. Driven by events, not by waiting
+    out the second: the server's idle timer "fires" when the next request is on the wire."""
+
+    async def idle_timeout(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        if not await server.request(reader):
+            return
+        writer.write(OK)
+        await writer.drain()
+        await reader.read(1)  # idle past 1 s: the next request's first byte meets a closing connection
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # unread data: RST
+        writer.transport.abort()
+
+    async with raw_server(idle_timeout) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(keepalive_expiry=4))
+        for n in range(200):
+            assert await fetch(pool, b"POST", b'{"n": %d}' % n) == b"{}"
+        await pool.close()
+    assert len(server.requests) == 200  # each answered once: none was lost, none sent twice
+    assert server.connections == 200  # and every reuse met a stale connection
+
+
+async def test_waiting_for_a_pooled_connection_is_bounded() -> None:
+    held = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while await server.request(reader):
+            await held.wait()
+            writer.write(OK)
+
+    async with raw_server(hold) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}",
+            timeouts=UpstreamTimeouts(pool=0.05),
+            limits=UpstreamLimits(max_connections=1),
+        )
+        busy = asyncio.ensure_future(fetch(pool))
+        await server.wait_for(lambda: len(server.requests) == 1)
+        with pytest.raises(UpstreamPoolTimeout, match=r"within 0.05s: all 1 are busy \(upstream.max_connections"):
+            await fetch(pool)
+        assert isinstance(UpstreamPoolTimeout("x"), UpstreamTimeout)  # so the proxy answers 504
+        assert pool.stats() == {"open": 1, "idle": 0, "waiting": 0}
+        held.set()
+        assert await asyncio.wait_for(busy, 30) == b"{}"
+        assert await fetch(pool) == b"{}"  # the pool still works
         await pool.close()
 
 
@@ -200,11 +397,14 @@ async def test_body_until_close_interim_answers_and_head() -> None:
         response.release()
         assert await fetch(pool) == b"{}" and server.connections == 1
         await pool.close()
-    async with serving(answering(head)) as server:
+    async with serving(answering(head, head, OK)) as server:
         pool = UpstreamPool(f"http://127.0.0.1:{server.port}")  # a body wait would outlast the wait_for
-        response = await asyncio.wait_for(pool.send(b"HEAD", b"/", [], b""), 30)
-        assert response.content_length == 10 and await asyncio.wait_for(response.read(), 30) == b""
-        response.release()
+        for _ in range(2):
+            response = await asyncio.wait_for(pool.send(b"HEAD", b"/", [], b""), 30)
+            assert response.content_length == 10 and await asyncio.wait_for(response.read(), 30) == b""
+            response.release()
+        assert await asyncio.wait_for(fetch(pool), 30) == b"{}"
+        assert server.connections == 1  # HEAD answers end with their head: the connection is reused
         await pool.close()
 
 
@@ -218,7 +418,7 @@ async def test_connections_beyond_the_limit_wait_their_turn() -> None:
             writer.write(OK)
 
     async with raw_server(held) as server:
-        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", max_connections=2)
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(max_connections=2))
         fetches = asyncio.gather(*[fetch(pool) for _ in range(6)])
         await server.wait_for(lambda: len(server.requests) == 2)
         assert pool.stats() == {"open": 2, "idle": 0, "waiting": 4}
@@ -269,7 +469,7 @@ async def test_failures_are_told_apart() -> None:
         await reader.read()  # silent until the client hangs up
 
     async with raw_server(stall) as server:
-        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", read_timeout=0.2)
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", timeouts=UpstreamTimeouts(read=0.2))
         response = await asyncio.wait_for(pool.send(b"GET", b"/", [], b""), 30)
         assert await asyncio.wait_for(response.read_some(), 30) == b"abc"
         with pytest.raises(UpstreamTimeout, match="sent nothing for 0.2s"):
@@ -306,42 +506,58 @@ async def test_failures_are_told_apart() -> None:
         await pool.send(b"GET", b"/", [], b"")
 
 
-def certificate_authority(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
-    """A CA file and a server context with a certificate for `localhost` that it signed."""
+def _certificate(
+    name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, issuer_key: ec.EllipticCurvePrivateKey, ca: bool
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sentinel test CA")])
-    ca = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(ca_key, hashes.SHA256())
     )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    out = cert.public_bytes(serialization.Encoding.PEM)
+    if key is not None:
+        out += key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    return out
+
+
+def certificate_authority(tmp_path: Path, *, client: bool = False) -> tuple[Path, ssl.SSLContext]:
+    """A private CA file and a server context with a certificate for `localhost` that it signed; with
+    `client`, the server requires a client certificate from the same CA, written to client.pem and
+    client.key."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Sentinel test CA")])
+    ca = _certificate("Sentinel test CA", ca_key, ca_name, ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
     ca_file = tmp_path / "ca.pem"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.pem").write_bytes(
-        cert.public_bytes(serialization.Encoding.PEM)
-        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    ca_file.write_bytes(_pem(ca))
+    (tmp_path / "server.pem").write_bytes(_pem(_certificate("localhost", key, ca_name, ca_key, ca=False), key))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "server.pem")
+    if client:
+        client_key = ec.generate_private_key(ec.SECP256R1())
+        (tmp_path / "client.pem").write_bytes(_pem(_certificate("sentinel", client_key, ca_name, ca_key, ca=False)))
+        (tmp_path / "client.key").write_bytes(
+            client_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(ca_file)
     return ca_file, context
 
 
@@ -392,3 +608,47 @@ async def test_a_body_until_close_cut_by_a_reset_is_an_error_not_a_complete_answ
             await asyncio.wait_for(response.read(), 30)
         response.release()
         await pool.close()
+
+
+async def test_mutual_tls_with_a_private_ca(tmp_path: Path) -> None:
+    """A hospital's set-up: the model server's certificate from an internal CA, and a client
+    certificate from the same CA required of every caller."""
+    ca_file, server_context = certificate_authority(tmp_path, client=True)
+    peers: list[object] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        peers.append(writer.get_extra_info("peercert"))
+        while await server.request(reader):
+            writer.write(OK)
+
+    async with raw_server(handler, server_context) as server:
+        url = f"https://localhost:{server.port}"
+        no_client_cert = UpstreamPool(url, tls=UpstreamTls(ca_bundle=ca_file))
+        with pytest.raises((UpstreamBroken, UpstreamUnreachable)):  # the server refuses the handshake
+            await fetch(no_client_cert)
+        await no_client_cert.close()
+        tls = UpstreamTls(ca_bundle=ca_file, client_cert=tmp_path / "client.pem", client_key=tmp_path / "client.key")
+        pool = UpstreamPool(url, tls=tls)
+        assert await fetch(pool) == b"{}" and await fetch(pool) == b"{}"
+        await pool.close()
+    subjects = [dict(pair[0] for pair in p["subject"]) for p in peers if isinstance(p, dict)]
+    assert subjects == [{"commonName": "sentinel"}]  # the server saw Sentinel's certificate, once
+
+
+async def test_verification_off_accepts_any_certificate_and_bad_files_are_named(tmp_path: Path) -> None:
+    _, server_context = certificate_authority(tmp_path)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while await server.request(reader):
+            writer.write(OK)
+
+    async with raw_server(handler, server_context) as server:
+        pool = UpstreamPool(f"https://localhost:{server.port}", tls=UpstreamTls(verify=False))
+        assert await fetch(pool) == b"{}"
+        await pool.close()
+    with pytest.raises(TlsError, match="missing.pem"):
+        UpstreamTls(ca_bundle=tmp_path / "missing.pem").context()
+    with pytest.raises(TlsError, match="server.pem"):
+        UpstreamTls(client_cert=tmp_path / "server.pem", client_key=tmp_path / "ca.pem").context()
+    with pytest.raises(TlsError, match="without a client certificate"):
+        UpstreamTls(client_key=tmp_path / "client.key").context()

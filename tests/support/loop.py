@@ -27,6 +27,11 @@ class BackgroundLoop:
         self._contexts.append(context)
         return value
 
+    def leave(self) -> None:
+        """Exit the context entered last (stop the Sentinel a test started, say) before the test ends."""
+        context = self._contexts.pop()
+        self.run(context.__aexit__(None, None, None), timeout=60)
+
     def close(self) -> None:
         while self._contexts:
             context = self._contexts.pop()

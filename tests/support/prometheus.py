@@ -61,9 +61,16 @@ class Prometheus:
 
 @contextmanager
 def running_prometheus(
-    workdir: Path, target: str, rule_files: Sequence[Path], job: str = "sentinel"
+    workdir: Path,
+    target: str,
+    rule_files: Sequence[Path],
+    job: str = "sentinel",
+    *,
+    scrape: dict[str, Any] | None = None,
+    extra_jobs: Sequence[dict[str, Any]] = (),
 ) -> Iterator[Prometheus]:
-    """Scrape `target` (host:port serving /metrics) every second with `rule_files` loaded."""
+    """Scrape `target` (host:port serving /metrics) every second with `rule_files` loaded; `scrape` adds
+    to the job's scrape config (e.g. `authorization`), `extra_jobs` are more scrape configs."""
     binary = shutil.which("prometheus")
     assert binary, "the prometheus binary is missing: run scripts/install-system-deps"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +81,13 @@ def running_prometheus(
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
                 "rule_files": [str(p) for p in rule_files],
                 "scrape_configs": [
-                    {"job_name": job, "metrics_path": "/metrics", "static_configs": [{"targets": [target]}]}
+                    {
+                        "job_name": job,
+                        "metrics_path": "/metrics",
+                        "static_configs": [{"targets": [target]}],
+                        **(scrape or {}),
+                    },
+                    *extra_jobs,
                 ],
             }
         )

@@ -1,0 +1,201 @@
+"""Connection limits on both ports, against the real server on real sockets: slowloris clients are
+answered 408 and closed after the header timeout while normal traffic is served; the cap refuses
+connections past it; a stalled body is cut after the body timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from sentinel.connections import BODY, ConnectionLimits, expired, guarded_protocol
+from tests.conftest import Running, wait_until
+from tests.support.upstream import Script, ScriptedUpstream
+
+HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: sentinel\r\nContent-Type: application/json\r\n"
+SAFETY = 30.0  # a safety net only: every wait below ends on an event far sooner
+
+
+def _open(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=SAFETY)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _limited(start_sentinel: Callable[..., Running], upstream: ScriptedUpstream, **connections: float) -> Running:
+    upstream.script("/v1/models", Script(chunks=[b'{"data": []}']))
+    return start_sentinel(upstream.url, connections={"header_timeout": 0.5, "body_timeout": 0.5, **connections})
+
+
+def test_slowloris_connections_are_closed_after_the_header_timeout_while_others_are_served(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream)
+    slow = [_open(proxy.url) for _ in range(40)]
+    for sock in slow:
+        sock.sendall(HEAD)
+    stop = threading.Event()
+
+    def drip() -> None:  # the attack: one more header line now and then, never the end of the head
+        while not stop.wait(0.05):
+            for sock in slow:
+                with contextlib.suppress(OSError):  # closed by Sentinel: the point of the test
+                    sock.sendall(b"X-Slow: 1\r\n")
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    started = time.monotonic()
+    try:
+        # Normal callers are served while the 40 slow ones hold their connections.
+        with requests.Session() as session:
+            for _ in range(20):
+                assert session.get(proxy.url + "/v1/models", timeout=SAFETY).status_code == 200
+        answers = [_read_until_closed(sock) for sock in slow]
+    finally:
+        stop.set()
+        dripper.join()
+        for sock in slow:
+            sock.close()
+    assert time.monotonic() - started >= 0.5
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers[:2]
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") == 40
+    assert not any(seen.path == "/v1/chat/completions" for seen in upstream.seen)
+
+
+def test_a_silent_connection_is_closed_after_the_header_timeout(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream)
+    with _open(proxy.url) as silent:
+        assert _read_until_closed(silent).startswith(b"HTTP/1.1 408 ")
+
+
+def test_the_next_request_on_a_kept_alive_connection_gets_its_own_header_deadline(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream, idle_timeout=60)
+    with _open(proxy.url) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sentinel\r\n\r\n")
+        first = b""
+        while not first.endswith(b"0\r\n\r\n"):  # the end of the chunked answer
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sentinel\r\n")  # and never the blank line
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") == 1
+
+
+def test_a_stalled_request_body_is_cut_after_the_body_timeout(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream)
+    with _open(proxy.url) as sock:
+        sock.sendall(HEAD + b"Content-Length: 100\r\n\r\n" + b'{"model": ')
+        answer = _read_until_closed(sock)
+    assert answer == b"" or answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 4")), answer
+    wait_until(lambda: proxy.metric("sentinel_connections_closed_total", port="proxy", reason="body_timeout") == 1)
+    assert all(len(seen.body) < 100 for seen in upstream.seen)
+
+
+def test_a_body_sent_steadily_is_not_cut(start_sentinel: Callable[..., Running], upstream: ScriptedUpstream) -> None:
+    upstream.script("/v1/echo", Script(chunks=[b"{}"]))
+    proxy = _limited(start_sentinel, upstream, header_timeout=5, body_timeout=5)
+    body = b"x" * 4000
+    with _open(proxy.url) as sock:
+        sock.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: s\r\nConnection: close\r\nContent-Length: 4000\r\n\r\n")
+        for offset in range(0, len(body), 1000):
+            sock.sendall(body[offset : offset + 1000])
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
+    assert upstream.seen[-1].body == body
+
+
+@pytest.mark.parametrize("port", ["proxy", "admin"])
+def test_connections_past_the_cap_get_503_and_the_port_serves_again_once_they_go(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream, port: str
+) -> None:
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, max_proxy=3, max_admin=3)
+    url = proxy.url if port == "proxy" else proxy.admin_url
+    held = [_open(url) for _ in range(3)]
+    try:
+        wait_until(lambda: proxy.metric("sentinel_connections_open", port=port) == 3)
+        with _open(url) as extra:
+            assert _read_until_closed(extra).startswith(b"HTTP/1.1 503 ")
+        assert proxy.metric("sentinel_connections_closed_total", port=port, reason="over_limit") == 1
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: proxy.metric("sentinel_connections_open", port=port) == 0)
+    path = "/v1/models" if port == "proxy" else "/healthz"
+    assert requests.get(url + path, timeout=SAFETY).status_code == 200
+
+
+def test_the_admin_port_closes_slow_clients_too(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream)
+    with _open(proxy.admin_url) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+    assert requests.get(proxy.admin_url + "/healthz", timeout=SAFETY).status_code == 200
+    assert proxy.metric("sentinel_connections_closed_total", port="admin", reason="header_timeout") == 1
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, idle_timeout=0.5)
+    with _open(proxy.url) as sock:
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: sentinel\r\n\r\n")
+        answer = _read_until_closed(sock)  # the answer, then the end of the connection: nothing else
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"0\r\n\r\n")
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") is None
+
+
+def test_a_connection_whose_reading_sentinel_paused_is_not_expired() -> None:
+    """Unit level: uvicorn pauses reading when a body waits for the app (over its 64 KiB buffer); the
+    silence that follows is Sentinel's, not the client's, so its deadline starts again instead."""
+    limits = ConnectionLimits("proxy", header_timeout=10, body_timeout=30, max_connections=10)
+    protocol = guarded_protocol(limits)
+    waiting, slow = object.__new__(protocol), object.__new__(protocol)
+    for connection, paused in ((waiting, True), (slow, False)):
+        connection.reading, connection.deadline = BODY, 100.0
+        connection.flow = SimpleNamespace(read_paused=paused)  # type: ignore[assignment]
+    assert expired([waiting, slow, object()], now=100.0) == [slow]
+    assert waiting.deadline == 130.0
+
+
+def test_a_slow_next_head_never_writes_408_into_a_streaming_answer(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    """The client starts its next request while the previous answer still streams, then stalls: the
+    connection is closed after the header timeout, but no 408 lands inside the stream."""
+    stream = upstream.script(
+        "/v1/stream",
+        Script(headers={"Content-Type": "text/event-stream"}, chunks=[b"data: 1\n\n", b"data: 2\n\n"], pause_at=1),
+    )
+    proxy = _limited(start_sentinel, upstream)
+    try:
+        with _open(proxy.url) as sock:
+            sock.sendall(b"GET /v1/stream HTTP/1.1\r\nHost: s\r\n\r\n")
+            received = b""
+            while b"data: 1" not in received:
+                received += sock.recv(65536)
+            sock.sendall(b"GET /v1/models HTTP/1.1\r\n")  # and never the rest
+            received += _read_until_closed(sock)
+    finally:
+        stream.gate.open()
+    assert b"408" not in received and b"data: 2" not in received
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") == 1
