@@ -86,7 +86,9 @@ async def gather(inputs: ReportInputs) -> dict[str, Any]:
     retention, ret_findings = configuration.retention_section(
         first["retention"], {k: (iso(v) if isinstance(v, float) else v) for k, v in span.items()}
     )
-    auth_total = sum(((d.get("event") or {}).get("type") == "admin_auth_failed") for d in auth_events)
+    auth_total = sum(
+        anomalies.failed_attempts(d) for d in auth_events if (d.get("event") or {}).get("type") == "admin_auth_failed"
+    )
     findings = found + access_findings + enc_findings + int_findings + sl_findings + backup_findings
     findings += tx_findings + ret_findings
     findings.sort(key=lambda f: (SEVERITIES.index(f.severity), f.section, f.rule, f.title))

@@ -71,8 +71,8 @@ def test_auditors_get_signed_reports_others_do_not(
     (failed,) = report["anomalies"]["findings"]  # both attempts came from one client: one record, count 2
     assert failed["rule"] == "anomaly.admin_auth_failed"
     assert failed["evidence"]["client"] == "client:127.0.0.1" and failed["evidence"]["paths"] == ["/report"]
-    # The report counts records (sentinel/report/anomalies.py); each now stands for a window whose
-    # `details.count` says how many attempts it holds, until the report sums those.
+    # One record per client per window (sentinel/admin/logins.py): the report counts the attempts it holds.
+    assert failed["evidence"]["attempts"] == 2 and report["anomalies"]["admin_auth_failures"] == 2
     assert report["integrity"]["ok"] is True
     # `sentinel serve` recorded the settings it started with; the report states those, not its own.
     stated = report["transmission"]["settings"]
