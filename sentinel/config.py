@@ -192,6 +192,18 @@ class ConnectionSettings(_Section):
     )
     body_timeout: float = Field(default=30.0, gt=0, description="Longest silence while a request body is read.")
     idle_timeout: float = Field(default=75.0, gt=0, description="A kept-alive connection idle this long is closed.")
+    body_min_rate: float = Field(
+        default=500.0,
+        ge=0,
+        description="Bytes per second a request body must average (body_timeout plus 1 s per this many bytes, "
+        "never more than body_timeout of silence); 0: only the silence limit.",
+    )
+    write_timeout: float = Field(
+        default=60.0, gt=0, description="Longest wait for a client to read its answer (send buffer full); then closed."
+    )
+    max_per_client: int = Field(
+        default=0, ge=0, description="Open connections per client address and port (IPv6 by /64); 0: no cap."
+    )
     max_proxy: int = Field(default=1000, ge=1, description="Open connections the proxy port accepts.")
     max_admin: int = Field(default=64, ge=1, description="Open connections the admin port accepts.")
 

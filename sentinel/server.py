@@ -331,8 +331,17 @@ async def run_server(
 
     limits = settings.connections
     closed = closed_counter(sentinel.registry)
-    proxy_limits = ConnectionLimits("proxy", limits.header_timeout, limits.body_timeout, limits.max_proxy, closed)
-    admin_limits = ConnectionLimits("admin", limits.header_timeout, limits.body_timeout, limits.max_admin, closed)
+    shared_limits: dict[str, Any] = {
+        "header_timeout": limits.header_timeout,
+        "body_timeout": limits.body_timeout,
+        "idle_timeout": limits.idle_timeout,
+        "write_timeout": limits.write_timeout,
+        "body_min_rate": limits.body_min_rate,
+        "max_per_client": limits.max_per_client,
+        "closed": closed,
+    }
+    proxy_limits = ConnectionLimits("proxy", max_connections=limits.max_proxy, **shared_limits)
+    admin_limits = ConnectionLimits("admin", max_connections=limits.max_admin, **shared_limits)
     common: dict[str, Any] = {
         "lifespan": "off",
         "proxy_headers": False,  # the client address is the peer's; Sentinel sits in front of Dify, not behind an LB
