@@ -358,6 +358,13 @@ async def run_server(
         ["port"],
         lambda: [((port,), float(len(server.server_state.connections))) for port, server in servers.items()],
     )
+    sentinel.extras["gauges"].counter(
+        "sentinel_upstream_retries",
+        "Requests sent again on a new upstream connection after a reused one failed before any response "
+        "byte, by reason (idempotent, idempotency_key, closed_before_send, not_written, reset, idle).",
+        ["reason"],
+        lambda: [((reason,), float(count)) for reason, count in sentinel.proxy.upstream_retries.items()],
+    )
     proxy_server = _Server(
         uvicorn.Config(sentinel.proxy, http=guarded_protocol(proxy_limits), access_log=settings.access_log, **common)
     )

@@ -14,10 +14,14 @@ Contract, as the proxy relies on it:
   than `timeouts.connect`, the server was silent for `timeouts.read` or no pooled connection came
   free within `timeouts.pool` (`UpstreamPoolTimeout`), `UpstreamBroken` when the connection failed
   or the answer was not HTTP. A request on a reused connection that fails before any response byte
-  is retried once on a new connection: always for idempotent methods, and for others (a chat
-  completion's POST) when the failure came within `STALE_WITHIN` of sending — the mark of a
-  keep-alive connection the server closed as the request crossed it, which it never read; a
-  server that fails later may have started a generation, which is not started twice.
+  is retried once on a new connection: always for idempotent methods and requests carrying an
+  `Idempotency-Key`; others (a chat completion's POST, which starts a generation) only where the
+  server provably did not read the whole request — the connection had already been closed by the
+  server when the request was to be sent, the request could not be written in full, or the server
+  reset the connection (a server that closes with unread data sends RST; one that read the request
+  and then ended sends FIN, and its request may be generating) — or where the connection had been
+  idle for over half of `limits.keepalive_expiry` and failed within `STALE_WITHIN` of sending.
+  `retries` counts the retries by reason.
 - `UpstreamResponse.read_some` returns what has arrived since the last call (several network
   reads joined), waiting if nothing has; `b""` at the end of the body. Silence longer than
   `read_timeout` raises `UpstreamTimeout`, a connection lost before the end `UpstreamBroken`.
@@ -39,6 +43,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import select
 import ssl
 from collections import deque
 from typing import Any
@@ -54,8 +59,9 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 """Methods aiohttp sent without `Content-Length: 0` when there is no body; kept for parity."""
 STALE_WITHIN = 1.0
-"""Seconds after sending within which a reused connection's failure, before any response byte, is
-taken for a stale keep-alive connection, so that even a POST is sent again on a new one."""
+"""Seconds after sending within which a failure, before any response byte, of a connection reused
+after a long idle time (over half the keep-alive expiry) is taken for a stale keep-alive connection,
+so that even a POST is sent again on a new one."""
 _HIGH_WATER = 256 * 1024
 """Stop reading from the upstream when this much is waiting for a slow client."""
 
@@ -84,6 +90,20 @@ class UpstreamBroken(UpstreamError):
     """The connection failed, or the answer was not valid HTTP."""
 
 
+def _peer_closed(conn: _Connection) -> bool:
+    """Whether an idle connection has something to read before a request is sent on it: the
+    server's FIN (or bytes nobody asked for) that the event loop has not handled yet."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection and the response being read on it."""
 
@@ -101,6 +121,10 @@ class _Connection(asyncio.Protocol):
         self._read_paused = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._last_read = 0.0
+        self.unwritten = False
+        """Part of the request still waits to be written (the kernel did not take it all yet)."""
+        self.reset = False
+        """The server reset the connection (or refused what was written): it did not read all of it."""
         self._reset()
 
     def _reset(self) -> None:
@@ -119,6 +143,9 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Told (resume_writing) the moment a request is wholly written: whether the server may have
+        # read all of it decides if a failed POST may be sent again.
+        self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         if not self.in_use:
@@ -137,6 +164,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
         self._stop_watchdog()
         if self.head_done and not self.complete and self.error is None and self._until_close() and exc is None:
             self.complete = True  # a body delimited by an orderly end of the connection (HTTP/1.0 style)
@@ -150,6 +178,8 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if not self.closed:
+            self.unwritten = False
         self._wake()
 
     # -- httptools callbacks --------------------------------------------------------------------
@@ -372,6 +402,9 @@ class UpstreamPool:
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.retries: dict[str, int] = {}
+        """Requests sent again on a new connection, by reason (`idempotent`, `idempotency_key`,
+        `closed_before_send`, `not_written`, `reset`, `idle`)."""
 
     async def send(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
@@ -389,33 +422,60 @@ class UpstreamPool:
         while True:
             conn, reused = await self._acquire(fresh)
             sent = conn.loop.time()
+            if reused and not fresh and not idempotent and _peer_closed(conn):
+                self._release(conn)  # closed by the server while idle, not yet noticed: nothing sent
+                self._note_retry("closed_before_send")
+                fresh = True
+                continue
+            idle = sent - conn.idle_since
             try:
                 await self._exchange(conn, head, body, method == b"HEAD")
             except UpstreamBroken:
                 self._release(conn)
-                if (
-                    reused
-                    and not fresh
-                    and not conn.received
-                    and (idempotent or conn.loop.time() - sent < STALE_WITHIN)
-                ):
-                    fresh = True
-                    continue  # a stale keep-alive connection: the server closed it as we sent
+                if reused and not fresh and not conn.received:
+                    reason = self._retry_reason(conn, idempotent, headers, idle, conn.loop.time() - sent)
+                    if reason is not None:
+                        self._note_retry(reason)
+                        fresh = True
+                        continue  # a stale keep-alive connection: the server closed it as we sent
                 raise
             except BaseException:
                 self._release(conn)
                 raise
             return UpstreamResponse(self, conn)
 
+    def _retry_reason(
+        self, conn: _Connection, idempotent: bool, headers: list[tuple[bytes, bytes]], idle: float, failed_after: float
+    ) -> str | None:
+        """Why a request that failed on a reused connection before any response byte may be sent
+        again, or None where the server may have read it (and started a generation)."""
+        if idempotent:
+            return "idempotent"
+        if conn.unwritten:
+            return "not_written"
+        if conn.reset:
+            return "reset"
+        if idle > self.keepalive_timeout / 2 and failed_after < STALE_WITHIN:
+            return "idle"
+        if any(name.lower() == b"idempotency-key" for name, _ in headers):
+            return "idempotency_key"
+        return None
+
+    def _note_retry(self, reason: str) -> None:
+        self.retries[reason] = self.retries.get(reason, 0) + 1
+
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes, head_only: bool) -> None:
         transport = conn.transport
         assert transport is not None
         conn.head_only = head_only
+        conn.unwritten = True
         if len(body) <= 65536:
             transport.write(head + body if body else head)
         else:
             transport.write(head)
             transport.write(body)
+        if not transport.is_closing() and not transport.get_write_buffer_size():
+            conn.unwritten = False  # the kernel took it all; else resume_writing says when
         conn.start_watchdog()
         while not conn.head_done:
             if conn.error is not None:
