@@ -28,6 +28,8 @@ Contract, as the proxy relies on it:
 - `release` hands a fully read keep-alive connection back to the pool and closes any other
   (which is how a cancelled or abandoned call cancels the generation upstream). Idle
   connections are closed after `limits.keepalive_expiry`; at most `limits.max_connections` are open.
+  Callers waiting for one are served first come, first served: a released connection, or the room
+  a closed one leaves, goes straight to the oldest waiter, and newcomers queue behind waiters.
 - Warm after a burst: for `limits.warm_window` seconds after the most connections were busy at
   once, idle ones that expire are replaced by new ones opened in a background task (never on a
   request's path), up to that peak (at most `limits.max_warm`). A burst of new client connections
@@ -399,7 +401,8 @@ class UpstreamPool:
         self._peak = 0
         self._peak_at = -math.inf
         self._warming: asyncio.Task[None] | None = None
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Future[_Connection | None]] = deque()
+        """Callers waiting in line; each gets a connection, or None: room to open one (counted)."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self.retries: dict[str, int] = {}
@@ -484,42 +487,58 @@ class UpstreamPool:
 
     # -- the pool ---------------------------------------------------------------------------------
     async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
-        """A connection and whether it was used before; with `fresh`, a new one."""
+        """A connection and whether it was used before; with `fresh`, a new one.
+
+        First come, first served: while callers wait, a newcomer waits behind them, and a released
+        connection (or the room a closed one leaves) goes straight to the oldest waiter."""
         loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        while True:
-            if self._closed:
-                raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
-            now = loop.time()
-            if fresh and self._idle and self._open >= self.max_connections:
-                self._discard(self._idle.popleft())  # make room: the oldest idle one is the likeliest stale
-            while self._idle and not fresh:
+        if self._closed:
+            raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
+        now = loop.time()
+        if not fresh:
+            while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely to have gone stale
                 if conn.closed or now - conn.idle_since >= self.keepalive_timeout:
                     self._discard(conn)
                     continue
-                conn._reset()
-                conn.in_use = True
-                self._note_busy(now)
-                return conn, True
-            if self._open < self.max_connections:
-                break
-            waiter = loop.create_future()
-            self._waiting.append(waiter)
-            deadline = deadline if deadline is not None else now + self.pool_timeout
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                self._forget(waiter)
-                raise UpstreamPoolTimeout(
-                    f"no upstream connection came free within {self.pool_timeout:g}s: all {self.max_connections} "
-                    "are busy (upstream.max_connections, upstream.pool_timeout)"
-                ) from None
-            except BaseException:
-                self._forget(waiter)
-                raise
-        self._open += 1
+                return self._reuse(conn, now), True
+        elif self._idle and self._open >= self.max_connections:
+            self._idle.popleft().close()  # make room: the oldest idle one is the likeliest stale; its place is ours
+            return await self._connect_in_place(loop), False
+        if self._open < self.max_connections and not self._waiting:
+            self._open += 1
+            return await self._connect_in_place(loop), False
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout_at(now + self.pool_timeout):
+                handed = await waiter
+        except TimeoutError:
+            self._forget(waiter)
+            raise UpstreamPoolTimeout(
+                f"no upstream connection came free within {self.pool_timeout:g}s: all {self.max_connections} "
+                "are busy (upstream.max_connections, upstream.pool_timeout)"
+            ) from None
+        except BaseException:
+            self._forget(waiter)
+            raise
+        if self._closed:
+            raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
+        if handed is not None:
+            now = loop.time()
+            if not fresh and not handed.closed and now - handed.idle_since < self.keepalive_timeout:
+                return self._reuse(handed, now), True
+            handed.close()  # not usable here: its place is ours
+        return await self._connect_in_place(loop), False
+
+    def _reuse(self, conn: _Connection, now: float) -> _Connection:
+        conn._reset()
+        conn.in_use = True
+        self._note_busy(now)
+        return conn
+
+    async def _connect_in_place(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """A new connection in a place already counted in `_open`; the place is given up on failure."""
         try:
             conn = await self._connect(loop)
         except BaseException:
@@ -527,7 +546,7 @@ class UpstreamPool:
             self._wake_one()
             raise
         self._note_busy(loop.time())
-        return conn, False
+        return conn
 
     def _note_busy(self, now: float) -> None:
         """One more connection handed out: remember the most busy at once, and when."""
@@ -593,31 +612,44 @@ class UpstreamPool:
         self._idle_conn(conn)
 
     def _idle_conn(self, conn: _Connection) -> None:
-        """Into the idle queue, which stays ordered by `idle_since` (the oldest first) for the sweeper."""
+        """To the oldest waiter, else into the idle queue, which stays ordered by `idle_since` (the
+        oldest first) for the sweeper."""
         conn.in_use = False
         conn.idle_since = conn.finished_at
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
         self._idle.append(conn)
         if self._sweeper is None:
             self._sweeper = conn.loop.call_at(conn.idle_since + self.keepalive_timeout, self._sweep)
-        self._wake_one()
 
     def _discard(self, conn: _Connection) -> None:
         conn.close()
         self._open -= 1
         self._wake_one()
 
-    def _forget(self, waiter: asyncio.Future[None]) -> None:
-        """A waiter that gave up (timed out, cancelled): out of the queue; if it was woken as it gave
-        up, the turn passes on."""
+    def _forget(self, waiter: asyncio.Future[_Connection | None]) -> None:
+        """A waiter that gave up (timed out, cancelled): out of the queue; what it was handed as it
+        gave up passes on."""
         with contextlib.suppress(ValueError):
             self._waiting.remove(waiter)
-        if waiter.done() and not waiter.cancelled():
+        if self._closed or not waiter.done() or waiter.cancelled():
+            return
+        handed = waiter.result()
+        if handed is not None:
+            self._idle_conn(handed)
+        else:
+            self._open -= 1
             self._wake_one()
 
     def _wake_one(self) -> None:
-        while self._waiting:
+        """Room for one more connection: to the oldest waiter, who opens it (the place is counted now)."""
+        while self._waiting and self._open < self.max_connections:
             waiter = self._waiting.popleft()
             if not waiter.done():
+                self._open += 1
                 waiter.set_result(None)
                 return
 

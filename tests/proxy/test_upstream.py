@@ -438,6 +438,60 @@ async def test_waiting_for_a_pooled_connection_is_bounded() -> None:
         await pool.close()
 
 
+async def test_a_waiting_caller_is_served_before_callers_that_come_after_it() -> None:
+    """Two callers loop on a pool of two connections; a third is handed the next connection one of
+    them releases, instead of losing it to their next request until its pool timeout."""
+    async with serving(answering(*[OK] * 10_000)) as server:
+        pool = UpstreamPool(
+            f"http://127.0.0.1:{server.port}",
+            timeouts=UpstreamTimeouts(pool=5),  # a safety net: served in turn, it waits one request
+            limits=UpstreamLimits(max_connections=2),
+        )
+        served = 0
+
+        async def loop_calls() -> None:
+            nonlocal served
+            while True:
+                await fetch(pool)
+                served += 1
+
+        loops = [asyncio.ensure_future(loop_calls()) for _ in range(2)]
+        try:
+            await until(lambda: served >= 10)
+            before = served
+            assert await fetch(pool) == b"{}"
+            assert served - before <= 2  # at most the two requests under way when it came
+            assert pool.stats()["open"] == 2
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await pool.close()
+
+
+async def test_a_caller_that_gives_up_leaves_the_line() -> None:
+    held = asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        while await server.request(reader):
+            await held.wait()
+            writer.write(OK)
+
+    async with raw_server(hold) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}", limits=UpstreamLimits(max_connections=1))
+        busy = asyncio.ensure_future(fetch(pool))
+        await server.wait_for(lambda: len(server.requests) == 1)
+        quitter = asyncio.ensure_future(fetch(pool))
+        patient = asyncio.ensure_future(fetch(pool))
+        await until(lambda: pool.stats()["waiting"] == 2)
+        quitter.cancel()
+        held.set()
+        assert await asyncio.wait_for(busy, 30) == b"{}"
+        assert await asyncio.wait_for(patient, 30) == b"{}"
+        assert pool.stats() == {"open": 1, "idle": 1, "waiting": 0}
+        await pool.close()
+
+
 async def test_body_until_close_interim_answers_and_head() -> None:
     http10 = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello, until the end"
     early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n" + OK
