@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from sentinel import __version__
+from sentinel.admin.logins import THROTTLED
 from sentinel.telemetry.metrics import ReadAtScrape
 
 
@@ -82,10 +83,32 @@ def create_admin_app(state: AdminState) -> FastAPI:
     async def dify_moderation(request: Request) -> JSONResponse:
         """Dify "API-based extension" for moderation (`ping`, `app.moderation.input`, `app.moderation.output`),
         answered with the policy in force; Dify sends the configured API key as a bearer token."""
-        if state.moderation is None:
+        moderation = state.moderation
+        if moderation is None:
             return JSONResponse({"error": "moderation endpoint is off: set SENTINEL_POLICY_MODERATION_TOKEN"}, 404)
-        status, body = state.moderation.handle(request.headers.get("authorization"), await request.body())
-        return JSONResponse(body, status_code=status)
+        # The token first, counted like any failed admin login; only then the body, bounded.
+        header = request.headers.get("authorization")
+        client = request.client.host if request.client else None
+        auth = state.auth
+        if not moderation.authorized(header):
+            wait = auth.logins.retry_after(client) if auth is not None else None
+            if wait is not None:  # past logins.limit: a wrong token gets 429, the right one still works
+                auth.failed(THROTTLED, MODERATION_PATH, client)
+                retry = {"Retry-After": f"{wait:.0f}"}
+                return JSONResponse({"error": "too many failed logins from this address; try again later"}, 429, retry)
+            if auth is not None:
+                auth.failed("missing" if not header else "invalid", MODERATION_PATH, client)
+            return JSONResponse({"error": "invalid or missing bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MODERATION_MAX_BODY:
+            return _too_large()
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MODERATION_MAX_BODY:
+                return _too_large()
+        status, answer = moderation.moderate(bytes(body))
+        return JSONResponse(answer, status_code=status)
 
     if state.audit is not None and state.auth is not None:
         from sentinel.admin.audit_routes import audit_router
@@ -101,3 +124,14 @@ def create_admin_app(state: AdminState) -> FastAPI:
 
         app.add_middleware(ProtectedPaths, token=state.metrics_token, auth=state.auth)
     return app
+
+
+MODERATION_PATH = "/dify/moderation"
+MODERATION_MAX_BODY = 1024 * 1024
+"""Dify sends a query and its inputs; a megabyte is far above any real call."""
+
+
+def _too_large() -> JSONResponse:
+    # The rest of the body, if it comes, is read and dropped under the connection's own deadlines
+    # (bytes after an answer earn no time), so the client reads this answer instead of a reset.
+    return JSONResponse({"error": f"body over {MODERATION_MAX_BODY} bytes"}, 413)
