@@ -64,6 +64,9 @@ class UpstreamSettings(_Section):
     )
     client_cert: Path | None = Field(default=None, description="PEM client certificate for mutual TLS.")
     client_key: Path | None = Field(default=None, description="Its private key, unless in client_cert's file.")
+    client_key_password: SecretStr | None = Field(
+        default=None, description="Decrypts an encrypted client_key (env SENTINEL_UPSTREAM_CLIENT_KEY_PASSWORD)."
+    )
     tls_verify: bool = Field(
         default=True, description="false: accept any certificate (tests only; logged as a warning at every start)."
     )

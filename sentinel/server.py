@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 from opentelemetry.sdk.trace import SpanProcessor
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.admin.auth import AdminAuth, load_tokens
@@ -190,8 +190,15 @@ def build(
         extras["policy_metrics"] = policy_metrics
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
     up = settings.upstream
-    tls = UpstreamTls(up.tls_verify, up.ca_bundle, up.client_cert, up.client_key)
+    password = up.client_key_password.get_secret_value() if up.client_key_password else None
+    tls = UpstreamTls(up.tls_verify, up.ca_bundle, up.client_cert, up.client_key, password)
     ssl_context = _tls_context(settings.upstream.url, tls)
+    if ssl_context is not None:
+        Gauge(
+            "sentinel_upstream_tls_verify",
+            "1 when the https:// upstream's certificate is verified, 0 with upstream.tls_verify=false.",
+            registry=registry,
+        ).set(1 if tls.verify else 0)
     proxy = ProxyApp(
         settings.upstream.url,
         recorder,
