@@ -313,9 +313,18 @@ async def run_server(
         "unknown yet"
         if sentinel.probe.up is None
         else ("reachable" if sentinel.probe.up else f"{settings.upstream.url} unreachable"),
+        "unknown" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
     )
     if sentinel.audit is not None:
-        admin_state.ready_checks["audit"] = sentinel.audit.ready
+        audit = sentinel.audit
+
+        def audit_ready() -> tuple[bool, str, str]:
+            ok, detail = audit.ready()
+            if not ok:
+                return ok, detail, "cannot_record" if audit.keyring is not None else "unavailable"
+            return ok, detail, "losing_records" if "records are being lost" in detail else "recording"
+
+        admin_state.ready_checks["audit"] = audit_ready
         admin_state.audit = sentinel.audit
     admin_state.auth = sentinel.extras["auth"]
     if settings.metrics.token is not None:
@@ -326,6 +335,7 @@ async def run_server(
         admin_state.ready_checks["policy"] = lambda: (
             store.current is not None,
             store.current.digest[:19] if store.current else "not loaded",
+            "loaded" if store.current else "not_loaded",
         )
     if settings.policy.moderation_token is not None:
         admin_state.moderation = ModerationEndpoint(

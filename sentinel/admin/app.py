@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,8 @@ from sentinel import __version__
 from sentinel.admin.logins import THROTTLED
 from sentinel.telemetry.metrics import ReadAtScrape
 
+log = logging.getLogger("sentinel.admin")
+
 
 @dataclass
 class AdminState:
@@ -20,7 +24,9 @@ class AdminState:
 
     registry: CollectorRegistry
     ready_checks: dict[str, Any] = field(default_factory=dict)
-    """name -> callable returning (ok: bool, detail: str)."""
+    """name -> callable returning (ok: bool, detail: str) or (ok, detail, code): `code` is the short
+    reason an unauthenticated caller sees (`failing` when not given); `detail` (which may name hosts
+    and paths) goes to the log when a check changes and to callers holding a token."""
     audit: Any = None
     """The AuditService, when the audit trail is on."""
     moderation: Any = None
@@ -30,16 +36,31 @@ class AdminState:
     metrics_token: str | None = None
     """When set, /metrics and the API docs need it (or an admin token) as a bearer token."""
 
+    _last_ok: dict[str, bool] = field(default_factory=dict)
+
     def readiness(self) -> tuple[bool, dict[str, dict[str, Any]]]:
-        """Every check's (ok, detail); ready when all are ok. A check that raises is not ok."""
+        """Every check's ok, detail and code; ready when all are ok. A check that raises is not ok."""
         results: dict[str, dict[str, Any]] = {}
         for name, check in self.ready_checks.items():
             try:
-                ok, detail = check()
+                ok, detail, *code = check()
             except Exception as exc:
-                ok, detail = False, f"check failed: {type(exc).__name__}: {exc}"
-            results[name] = {"ok": bool(ok), "detail": detail}
+                ok, detail, code = False, f"check failed: {type(exc).__name__}: {exc}", ["check_failed"]
+            ok = bool(ok)
+            results[name] = {"ok": ok, "detail": detail, "code": code[0] if code else ("ok" if ok else "failing")}
+            if self._last_ok.get(name, True) != ok:
+                log.log(logging.INFO if ok else logging.WARNING, "readiness check %s: %s", name, detail)
+            self._last_ok[name] = ok
         return all(r["ok"] for r in results.values()), results
+
+    def may_see_details(self, authorization: str | None) -> bool:
+        """Whether a `/readyz` caller may read the details: it holds the metrics token or an admin token."""
+        if not authorization or not authorization.lower().startswith("bearer "):
+            return False
+        supplied = authorization[7:].strip().encode()
+        if self.metrics_token is not None and hmac.compare_digest(supplied, self.metrics_token.encode()):
+            return True
+        return self.auth is not None and self.auth.identify(authorization) is not None
 
     def register_gauges(self, gauges: ReadAtScrape) -> None:
         gauges.gauge(
@@ -70,13 +91,20 @@ def create_admin_app(state: AdminState) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     @app.get("/readyz")
-    def readyz() -> JSONResponse:
+    def readyz(request: Request) -> JSONResponse:
         """Readiness: the instance can serve calls as configured (upstream reachable, the audit trail
-        able to record in strict mode, ...); `reason` says why not."""
+        able to record in strict mode, ...); `reason` says why not: short codes for anyone, the
+        details (hosts, paths, sizes) with the metrics token or an admin token."""
         ready, results = state.readiness()
-        body: dict[str, Any] = {"ready": ready, "checks": results}
+        if state.may_see_details(request.headers.get("authorization")):
+            checks = results
+            why = {name: r["detail"] for name, r in results.items()}
+        else:
+            checks = {name: {"ok": r["ok"], "code": r["code"]} for name, r in results.items()}
+            why = {name: r["code"] for name, r in results.items()}
+        body: dict[str, Any] = {"ready": ready, "checks": checks}
         if not ready:
-            body["reason"] = "; ".join(f"{name}: {r['detail']}" for name, r in results.items() if not r["ok"])
+            body["reason"] = "; ".join(f"{name}: {why[name]}" for name, r in results.items() if not r["ok"])
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.post("/dify/moderation")
