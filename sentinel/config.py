@@ -85,6 +85,9 @@ class UpstreamSettings(_Section):
     ready_requires_up: bool = Field(
         default=True, description="/readyz fails while the probe finds the model server unreachable."
     )
+    ready_fail_after: int = Field(
+        default=3, ge=1, description="Failed probes in a row before the model server counts as unreachable."
+    )
     provider: str = Field(
         default="auto",
         description="gen_ai.provider.name; 'auto' says openai for /v1 routes and ollama for /api routes.",

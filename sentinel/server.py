@@ -220,6 +220,7 @@ def build(
         interval=settings.upstream.health_interval,
         api_key=api_key,
         ssl_context=ssl_context,
+        fail_after=settings.upstream.ready_fail_after,
     )
     gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url, ssl_context=ssl_context)
     registry.register(gpu.collector)
@@ -309,11 +310,11 @@ async def run_server(
 
     admin_state = AdminState(sentinel.registry)
     admin_state.ready_checks["upstream"] = lambda: (
-        sentinel.probe.up is not False or not settings.upstream.ready_requires_up,
+        sentinel.probe.verdict is not False or not settings.upstream.ready_requires_up,
         "unknown yet"
-        if sentinel.probe.up is None
-        else ("reachable" if sentinel.probe.up else f"{settings.upstream.url} unreachable"),
-        "unknown" if sentinel.probe.up is None else ("reachable" if sentinel.probe.up else "unreachable"),
+        if sentinel.probe.verdict is None
+        else ("reachable" if sentinel.probe.verdict else f"{settings.upstream.url} unreachable"),
+        "unknown" if sentinel.probe.verdict is None else ("reachable" if sentinel.probe.verdict else "unreachable"),
     )
     if sentinel.audit is not None:
         audit = sentinel.audit

@@ -114,7 +114,7 @@ def test_an_unreachable_upstream_fails_readiness_unless_configured_not_to(
 ) -> None:
     port = refused_port()
     strict = start_sentinel(f"http://127.0.0.1:{port}", upstream={"health_interval": 0.05})
-    wait_until(lambda: strict.metric("sentinel_upstream_up") == 0)
+    wait_until(lambda: strict.sentinel.probe.failures >= 3)  # upstream.ready_fail_after
     status, body = _ready(strict)
     assert status == 503 and body["reason"] == f"upstream: http://127.0.0.1:{port} unreachable"
     lenient = start_sentinel(
@@ -122,7 +122,7 @@ def test_an_unreachable_upstream_fails_readiness_unless_configured_not_to(
         upstream={"health_interval": 0.05, "ready_requires_up": False},
         data_dir=tmp_path / "second",
     )
-    wait_until(lambda: lenient.metric("sentinel_upstream_up") == 0)
+    wait_until(lambda: lenient.sentinel.probe.failures >= 3)
     status, body = _ready(lenient)
     assert status == 200 and body["checks"]["upstream"]["detail"].endswith("unreachable")
 
