@@ -64,6 +64,9 @@ class UpstreamSettings(_Section):
     )
     client_cert: Path | None = Field(default=None, description="PEM client certificate for mutual TLS.")
     client_key: Path | None = Field(default=None, description="Its private key, unless in client_cert's file.")
+    client_key_password: SecretStr | None = Field(
+        default=None, description="Decrypts an encrypted client_key (env SENTINEL_UPSTREAM_CLIENT_KEY_PASSWORD)."
+    )
     tls_verify: bool = Field(
         default=True, description="false: accept any certificate (tests only; logged as a warning at every start)."
     )
@@ -82,6 +85,9 @@ class UpstreamSettings(_Section):
     health_interval: float = Field(default=15.0, gt=0)
     ready_requires_up: bool = Field(
         default=True, description="/readyz fails while the probe finds the model server unreachable."
+    )
+    ready_fail_after: int = Field(
+        default=3, ge=1, description="Failed probes in a row before the model server counts as unreachable."
     )
     provider: str = Field(
         default="auto",
@@ -193,6 +199,18 @@ class ConnectionSettings(_Section):
     )
     body_timeout: float = Field(default=30.0, gt=0, description="Longest silence while a request body is read.")
     idle_timeout: float = Field(default=75.0, gt=0, description="A kept-alive connection idle this long is closed.")
+    body_min_rate: float = Field(
+        default=500.0,
+        ge=0,
+        description="Bytes per second a request body must average (body_timeout plus 1 s per this many bytes, "
+        "never more than body_timeout of silence); 0: only the silence limit.",
+    )
+    write_timeout: float = Field(
+        default=60.0, gt=0, description="Longest wait for a client to read its answer (send buffer full); then closed."
+    )
+    max_per_client: int = Field(
+        default=0, ge=0, description="Open connections per client address and port (IPv6 by /64); 0: no cap."
+    )
     max_proxy: int = Field(default=1000, ge=1, description="Open connections the proxy port accepts.")
     max_admin: int = Field(default=64, ge=1, description="Open connections the admin port accepts.")
 

@@ -1,15 +1,17 @@
-"""Limits on client connections for both ports: read deadlines for request heads and bodies, and a cap.
+"""Limits on client connections for both ports: deadlines for reading requests and writing answers, caps.
 
-uvicorn limits only the keep-alive idle time; a client that connects and sends its headers one byte
-at a time (slowloris) holds a connection for as long as it likes. `guarded_protocol` gives uvicorn a
-protocol that stamps each connection with the moment its current read must be done by; one sweeper
-task per port closes the connections past it. The request path pays an attribute store and a clock
-read per request, never a timer.
+uvicorn limits only the keep-alive idle time, and cancels even that on any byte (a lone CRLF, which
+the parser skips, keeps a connection forever); a client that sends its headers one byte at a time
+(slowloris), drips its body, or never reads its answer holds a connection for as long as it likes.
+`guarded_protocol` gives uvicorn a protocol that stamps each connection with the moment its current
+read (or a stalled write) must be done by; one sweeper task per port closes the connections past it.
+The request path pays an attribute store and a clock read per request, never a timer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -21,8 +23,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("sentinel.connections")
 
-HEADERS, BODY = 1, 2
-"""What a connection is reading: a request's head, or its body; 0 while it waits or responds."""
+HEADERS, BODY, IDLE, FRESH = 1, 2, 3, 4
+"""What a connection is reading: a request's head, or its body; waiting for the next request on a
+kept-alive connection (IDLE), or for the first byte of a new one (FRESH); 0 while it responds."""
 
 _TOO_MANY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n"
@@ -48,6 +51,16 @@ class ConnectionLimits:
     """Longest silence while a request body is being read."""
     max_connections: int
     """Connections past this get a 503 and are closed at once."""
+    idle_timeout: float = 75.0
+    """A kept-alive connection waiting this long for its next request is closed (silently)."""
+    write_timeout: float = 60.0
+    """Longest time an answer may wait for the client to read it (the send buffer full); then closed."""
+    body_min_rate: float = 500.0
+    """Bytes per second a request body must average: its deadline starts `body_timeout` after the
+    head and each chunk adds `len / body_min_rate` seconds, never past `body_timeout` of silence
+    (Apache mod_reqtimeout's MinRate). 0: only the silence limit."""
+    max_per_client: int = 0
+    """Open connections one client address may hold (an IPv6 client by its /64); 0: no cap."""
     closed: Counter | None = None
     """`sentinel_connections_closed_total{port, reason}` (see `closed_counter`)."""
 
@@ -57,41 +70,79 @@ class ConnectionLimits:
 
     @property
     def tick(self) -> float:
-        """How often the sweeper looks: a quarter of the shorter deadline, between 50 ms and 1 s."""
-        return min(1.0, max(0.05, min(self.header_timeout, self.body_timeout) / 4))
+        """How often the sweeper looks: a quarter of the shortest deadline, between 50 ms and 1 s."""
+        shortest = min(self.header_timeout, self.body_timeout, self.idle_timeout, self.write_timeout)
+        return min(1.0, max(0.05, shortest / 4))
 
 
 def closed_counter(registry: CollectorRegistry) -> Counter:
     return Counter(
         "sentinel_connections_closed",
         "Client connections Sentinel closed itself, by port (proxy, admin) and reason "
-        "(header_timeout, body_timeout, over_limit).",
+        "(header_timeout, body_timeout, idle_timeout, write_timeout, over_limit, over_client_limit).",
         ["port", "reason"],
         registry=registry,
     )
 
 
+def client_group(host: str) -> str:
+    """The address a client is counted under: itself for IPv4, its /64 for IPv6 (one host usually
+    holds a whole /64, so counting single IPv6 addresses would count nothing)."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host.split("%", 1)[0], 64), strict=False))
+    except ValueError:
+        return host
+
+
 class GuardedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a read deadline per connection and a connection cap."""
+    """uvicorn's httptools protocol with read and write deadlines per connection and connection caps."""
 
     limits: ClassVar[ConnectionLimits]
+    clients: ClassVar[dict[str, int]]
     reading: int = 0
     deadline: float = math.inf
+    write_deadline: float = math.inf
+    group: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            self.connections.discard(self)
-            self.limits.note("over_limit")
-            transport.write(_TOO_MANY)
-            transport.close()
+        limits = self.limits
+        if len(self.connections) > limits.max_connections:
+            self._refuse(transport, "over_limit")
             return
-        self.reading = HEADERS
-        self.deadline = self.loop.time() + self.limits.header_timeout
+        if limits.max_per_client and self.client is not None:
+            group = client_group(self.client[0])
+            held = self.clients.get(group, 0)
+            if held >= limits.max_per_client:
+                self._refuse(transport, "over_client_limit")
+                return
+            self.clients[group], self.group = held + 1, group
+        self.reading = FRESH
+        self.deadline = self.loop.time() + limits.header_timeout
+
+    def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        self.connections.discard(self)
+        self.limits.note(reason)
+        transport.write(_TOO_MANY)
+        transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        group, self.group = self.group, None
+        if group is not None:
+            held = self.clients.get(group, 1) - 1
+            if held > 0:
+                self.clients[group] = held
+            else:
+                self.clients.pop(group, None)
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.reading != HEADERS:  # a kept-alive connection's next request: its head has its own deadline
+        if self.reading == FRESH:  # the head's deadline runs from the connection's start
+            self.reading = HEADERS
+        elif self.reading != HEADERS:  # a kept-alive connection's next request: its head has its own deadline
             self.reading = HEADERS
             self.deadline = self.loop.time() + self.limits.header_timeout
 
@@ -101,7 +152,15 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        self.deadline = self.loop.time() + self.limits.body_timeout
+        cycle = self.cycle
+        if cycle is None or not cycle.response_complete:  # bytes nobody waits for earn no time
+            limits = self.limits
+            silence = self.loop.time() + limits.body_timeout
+            if limits.body_min_rate > 0:
+                earned = self.deadline + len(body) / limits.body_min_rate
+                self.deadline = earned if earned < silence else silence
+            else:
+                self.deadline = silence
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -109,13 +168,49 @@ class GuardedProtocol(HttpToolsProtocol):
         self.deadline = math.inf
         super().on_message_complete()
 
-    def expire(self) -> None:
-        """Past the deadline: answer 408 if nothing was answered yet, and close."""
-        reason = "header_timeout" if self.reading == HEADERS else "body_timeout"
-        self.limits.note(reason)
-        self.reading, self.deadline = 0, math.inf
-        if self.transport is None or self.transport.is_closing():
+    def on_response_complete(self) -> None:
+        queued = bool(self.pipeline)
+        super().on_response_complete()
+        if queued or self.reading != 0 or self.transport.is_closing():
             return
+        # Waiting for the next request. uvicorn's keep-alive timer is cancelled by any byte, even a
+        # CRLF the parser skips without starting a request: the deadline is ours, and only a
+        # request's first byte (on_message_begin) ends it.
+        self._unset_keepalive_if_required()
+        self.reading = IDLE
+        self.deadline = self.loop.time() + self.limits.idle_timeout
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.write_deadline = self.loop.time() + self.limits.write_timeout
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.write_deadline = math.inf
+
+    def expire(self) -> None:
+        """Past a deadline: close; answer 408 first only to a request head or body not read in time
+        while nothing else is being answered."""
+        if self.transport is None or self.transport.is_closing():
+            self.reading, self.deadline, self.write_deadline = 0, math.inf, math.inf
+            return
+        if self.write_deadline <= self.loop.time():
+            # The client does not read: the buffered answer can never be flushed, so drop it. The
+            # app sees the disconnect and releases its upstream connection.
+            self.limits.note("write_timeout")
+            self.reading, self.deadline, self.write_deadline = 0, math.inf, math.inf
+            self.transport.abort()
+            return
+        reading = self.reading
+        self.reading, self.deadline = 0, math.inf
+        if reading in (IDLE, FRESH):
+            # Nothing asked (a kept-alive connection gone quiet, a probe that never sent a byte):
+            # closed without an answer, as HAProxy's http-ignore-probes does.
+            self.limits.note("idle_timeout" if reading == IDLE else "header_timeout")
+            self.transport.close()
+            return
+        reason = "header_timeout" if reading == HEADERS else "body_timeout"
+        self.limits.note(reason)
         # The 408 only where no answer is being written: a kept-alive connection can start its next
         # request while the previous answer still streams, and 408 bytes inside it would corrupt it.
         cycle = self.cycle  # while a head is read, still the previous request's
@@ -130,18 +225,24 @@ class GuardedProtocol(HttpToolsProtocol):
 
 def guarded_protocol(limits: ConnectionLimits) -> type[GuardedProtocol]:
     """A protocol class for `uvicorn.Config(http=...)` bound to one port's limits."""
-    return type(f"GuardedProtocol[{limits.port}]", (GuardedProtocol,), {"limits": limits})
+    attributes: dict[str, Any] = {"limits": limits, "clients": {}}
+    return type(f"GuardedProtocol[{limits.port}]", (GuardedProtocol,), attributes)
 
 
 def expired(connections: Iterable[Any], now: float) -> list[GuardedProtocol]:
-    """The connections past their deadline. One whose reading Sentinel itself paused (a pipelined
-    request waiting its turn, a body the app has not taken yet) is not the client's delay: its
+    """The connections past a deadline. One whose reading Sentinel itself paused (a pipelined
+    request waiting its turn, a body the app has not taken yet) is not the client's delay: its read
     deadline starts again from now."""
     late = []
     for c in connections:
-        if not isinstance(c, GuardedProtocol) or c.deadline > now:
+        if not isinstance(c, GuardedProtocol):
             continue
-        if c.flow is not None and c.flow.read_paused:
+        if c.write_deadline <= now:
+            late.append(c)
+            continue
+        if c.deadline > now:
+            continue
+        if c.flow is not None and c.flow.read_paused and c.reading in (HEADERS, BODY):
             c.deadline = now + (c.limits.header_timeout if c.reading == HEADERS else c.limits.body_timeout)
             continue
         late.append(c)

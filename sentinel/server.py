@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 from opentelemetry.sdk.trace import SpanProcessor
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, Gauge, disable_created_metrics
 
 from sentinel.admin.app import AdminState, create_admin_app
 from sentinel.admin.auth import AdminAuth, load_tokens
@@ -190,8 +190,15 @@ def build(
         extras["policy_metrics"] = policy_metrics
     api_key = settings.upstream.api_key.get_secret_value() if settings.upstream.api_key else None
     up = settings.upstream
-    tls = UpstreamTls(up.tls_verify, up.ca_bundle, up.client_cert, up.client_key)
+    password = up.client_key_password.get_secret_value() if up.client_key_password else None
+    tls = UpstreamTls(up.tls_verify, up.ca_bundle, up.client_cert, up.client_key, password)
     ssl_context = _tls_context(settings.upstream.url, tls)
+    if ssl_context is not None:
+        Gauge(
+            "sentinel_upstream_tls_verify",
+            "1 when the https:// upstream's certificate is verified, 0 with upstream.tls_verify=false.",
+            registry=registry,
+        ).set(1 if tls.verify else 0)
     proxy = ProxyApp(
         settings.upstream.url,
         recorder,
@@ -218,6 +225,7 @@ def build(
         interval=settings.upstream.health_interval,
         api_key=api_key,
         ssl_context=ssl_context,
+        fail_after=settings.upstream.ready_fail_after,
     )
     gpu = GpuMonitor.from_settings(settings.gpu, settings.upstream.url, ssl_context=ssl_context)
     registry.register(gpu.collector)
@@ -321,13 +329,22 @@ async def run_server(
 
     admin_state = AdminState(sentinel.registry)
     admin_state.ready_checks["upstream"] = lambda: (
-        sentinel.probe.up is not False or not settings.upstream.ready_requires_up,
+        sentinel.probe.verdict is not False or not settings.upstream.ready_requires_up,
         "unknown yet"
-        if sentinel.probe.up is None
-        else ("reachable" if sentinel.probe.up else f"{settings.upstream.url} unreachable"),
+        if sentinel.probe.verdict is None
+        else ("reachable" if sentinel.probe.verdict else f"{settings.upstream.url} unreachable"),
+        "unknown" if sentinel.probe.verdict is None else ("reachable" if sentinel.probe.verdict else "unreachable"),
     )
     if sentinel.audit is not None:
-        admin_state.ready_checks["audit"] = sentinel.audit.ready
+        audit = sentinel.audit
+
+        def audit_ready() -> tuple[bool, str, str]:
+            ok, detail = audit.ready()
+            if not ok:
+                return ok, detail, "cannot_record" if audit.keyring is not None else "unavailable"
+            return ok, detail, "losing_records" if "records are being lost" in detail else "recording"
+
+        admin_state.ready_checks["audit"] = audit_ready
         admin_state.audit = sentinel.audit
     admin_state.auth = sentinel.extras["auth"]
     if settings.metrics.token is not None:
@@ -338,6 +355,7 @@ async def run_server(
         admin_state.ready_checks["policy"] = lambda: (
             store.current is not None,
             store.current.digest[:19] if store.current else "not loaded",
+            "loaded" if store.current else "not_loaded",
         )
     if settings.policy.moderation_token is not None:
         admin_state.moderation = ModerationEndpoint(
@@ -350,8 +368,17 @@ async def run_server(
 
     limits = settings.connections
     closed = closed_counter(sentinel.registry)
-    proxy_limits = ConnectionLimits("proxy", limits.header_timeout, limits.body_timeout, limits.max_proxy, closed)
-    admin_limits = ConnectionLimits("admin", limits.header_timeout, limits.body_timeout, limits.max_admin, closed)
+    shared_limits: dict[str, Any] = {
+        "header_timeout": limits.header_timeout,
+        "body_timeout": limits.body_timeout,
+        "idle_timeout": limits.idle_timeout,
+        "write_timeout": limits.write_timeout,
+        "body_min_rate": limits.body_min_rate,
+        "max_per_client": limits.max_per_client,
+        "closed": closed,
+    }
+    proxy_limits = ConnectionLimits("proxy", max_connections=limits.max_proxy, **shared_limits)
+    admin_limits = ConnectionLimits("admin", max_connections=limits.max_admin, **shared_limits)
     common: dict[str, Any] = {
         "lifespan": "off",
         "proxy_headers": False,  # the client address is the peer's; Sentinel sits in front of Dify, not behind an LB
@@ -367,6 +394,13 @@ async def run_server(
         "Client connections open now, by port (proxy, admin).",
         ["port"],
         lambda: [((port,), float(len(server.server_state.connections))) for port, server in servers.items()],
+    )
+    sentinel.extras["gauges"].counter(
+        "sentinel_upstream_retries",
+        "Requests sent again on a new upstream connection after a reused one failed before any response "
+        "byte, by reason (idempotent, idempotency_key, closed_before_send, not_written, reset, idle).",
+        ["reason"],
+        lambda: [((reason,), float(count)) for reason, count in sentinel.proxy.upstream_retries.items()],
     )
     proxy_server = _Server(
         uvicorn.Config(sentinel.proxy, http=guarded_protocol(proxy_limits), access_log=settings.access_log, **common)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from sentinel.connections import BODY, ConnectionLimits, expired, guarded_protocol
+from sentinel.connections import BODY, ConnectionLimits, client_group, expired, guarded_protocol
 from tests.conftest import Running, wait_until
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -75,12 +75,15 @@ def test_slowloris_connections_are_closed_after_the_header_timeout_while_others_
     assert not any(seen.path == "/v1/chat/completions" for seen in upstream.seen)
 
 
-def test_a_silent_connection_is_closed_after_the_header_timeout(
+def test_a_silent_connection_is_closed_after_the_header_timeout_without_an_answer(
     start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
 ) -> None:
+    """A connection that never sent a byte (a port probe, a preconnect) asked nothing: it is closed
+    silently, as HAProxy's http-ignore-probes does, and counted."""
     proxy = _limited(start_sentinel, upstream)
     with _open(proxy.url) as silent:
-        assert _read_until_closed(silent).startswith(b"HTTP/1.1 408 ")
+        assert _read_until_closed(silent) == b""
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") == 1
 
 
 def test_the_next_request_on_a_kept_alive_connection_gets_its_own_header_deadline(
@@ -199,3 +202,147 @@ def test_a_slow_next_head_never_writes_408_into_a_streaming_answer(
         stream.gate.open()
     assert b"408" not in received and b"data: 2" not in received
     assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="header_timeout") == 1
+
+
+def _answered(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    answer = b""
+    while not answer.endswith(b"0\r\n\r\n"):  # the end of the chunked answer
+        chunk = sock.recv(65536)
+        assert chunk, answer
+        answer += chunk
+    return answer
+
+
+def test_a_lone_crlf_after_an_answer_does_not_keep_the_connection_open(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    """The parser skips CR/LF between requests without starting one, and uvicorn's keep-alive timer
+    is cancelled by any byte: the idle deadline must survive them."""
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, idle_timeout=0.5)
+    with _open(proxy.url) as sock:
+        assert _answered(sock, b"GET /v1/models HTTP/1.1\r\nHost: sentinel\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"\r\n")
+        assert _read_until_closed(sock) == b""  # closed, no answer written
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="idle_timeout") == 1
+
+
+def test_crlf_dripped_on_a_kept_alive_connection_does_not_keep_it_open(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, idle_timeout=0.5)
+    closed = threading.Event()
+    with _open(proxy.url) as sock:
+        _answered(sock, b"GET /v1/models HTTP/1.1\r\nHost: sentinel\r\n\r\n")
+
+        def drip() -> None:
+            while not closed.wait(0.1):
+                try:
+                    sock.sendall(b"\r\n")
+                except OSError:
+                    return
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        try:
+            assert _read_until_closed(sock) == b""
+        finally:
+            closed.set()
+            dripper.join()
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="idle_timeout") == 1
+
+
+def test_a_client_that_never_reads_its_answer_is_closed_and_the_upstream_released(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    """The answer is larger than every buffer between the upstream and the client, which never
+    reads: after connections.write_timeout the connection is dropped and the upstream call ends."""
+    upstream.script("/v1/big", Script(headers={"Content-Type": "text/event-stream"}, chunks=[b"x" * 262144] * 400))
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, write_timeout=0.5)
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(SAFETY)
+        sock.connect((host, int(port)))
+        sock.sendall(b"GET /v1/big HTTP/1.1\r\nHost: sentinel\r\n\r\n")
+        wait_until(lambda: proxy.metric("sentinel_connections_closed_total", port="proxy", reason="write_timeout") == 1)
+        wait_until(lambda: bool(upstream.seen) and upstream.seen[-1].cancelled)
+    assert not upstream.seen[-1].completed
+    wait_until(lambda: proxy.metric("sentinel_connections_open", port="proxy") == 0)
+
+
+def test_a_body_dripped_below_the_minimum_rate_is_cut(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    """One byte every 0.2 s never leaves body_timeout (1 s) of silence, but averages 5 bytes/s, far
+    below connections.body_min_rate: the body's deadline is not pushed by each byte."""
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, body_timeout=1, body_min_rate=100)
+    stop = threading.Event()
+    with _open(proxy.url) as sock:
+        sock.sendall(HEAD + b"Content-Length: 100000\r\n\r\n")
+
+        def drip() -> None:
+            while not stop.wait(0.2):
+                try:
+                    sock.sendall(b"a")
+                except OSError:
+                    return
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        try:
+            answer = _read_until_closed(sock)
+        finally:
+            stop.set()
+            dripper.join()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer
+    assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="body_timeout") == 1
+
+
+def test_the_body_deadline_grows_with_the_bytes_received_up_to_the_silence_limit() -> None:
+    """Unit level, with the loop's clock injected: each chunk earns len / body_min_rate seconds, never
+    more than body_timeout from now."""
+    limits = ConnectionLimits("proxy", header_timeout=10, body_timeout=30, max_connections=10, body_min_rate=100)
+    connection = object.__new__(guarded_protocol(limits))
+    clock = SimpleNamespace(now=0.0)
+    connection.loop = SimpleNamespace(time=lambda: clock.now)  # type: ignore[assignment]
+    connection.cycle = SimpleNamespace(response_complete=False, body=b"", message_event=threading.Event())  # type: ignore[assignment]
+    connection.flow = SimpleNamespace(pause_reading=lambda: None)  # type: ignore[assignment]
+    connection.parser = SimpleNamespace(should_upgrade=lambda: False)  # type: ignore[assignment]
+    connection.reading, connection.deadline = BODY, 30.0
+    clock.now = 5.0
+    connection.on_body(b"x" * 100)  # one second earned
+    assert connection.deadline == 31.0
+    clock.now = 6.0
+    connection.on_body(b"x" * 100_000)  # a thousand earned, but at most 30 s of silence
+    assert connection.deadline == 36.0
+    connection.cycle.response_complete = True  # type: ignore[attr-defined]
+    clock.now = 20.0
+    connection.on_body(b"x" * 100_000)  # after the answer: nothing earned
+    assert connection.deadline == 36.0
+
+
+def test_connections_past_the_per_client_cap_get_503(
+    start_sentinel: Callable[..., Running], upstream: ScriptedUpstream
+) -> None:
+    proxy = _limited(start_sentinel, upstream, header_timeout=60, max_per_client=2)
+    held = [_open(proxy.url) for _ in range(2)]
+    try:
+        wait_until(lambda: proxy.metric("sentinel_connections_open", port="proxy") == 2)
+        with _open(proxy.url) as extra:
+            assert _read_until_closed(extra).startswith(b"HTTP/1.1 503 ")
+        assert proxy.metric("sentinel_connections_closed_total", port="proxy", reason="over_client_limit") == 1
+        # the admin port counts its own connections
+        assert requests.get(proxy.admin_url + "/healthz", timeout=SAFETY).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: proxy.metric("sentinel_connections_open", port="proxy") == 0)
+    with requests.Session() as session:  # the count went down with the connections
+        assert session.get(proxy.url + "/v1/models", timeout=SAFETY).status_code == 200
+
+
+def test_ipv6_clients_are_counted_by_their_64() -> None:
+    assert client_group("2001:db8:1:2:aaaa::1") == client_group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert client_group("2001:db8:1:3::1") != client_group("2001:db8:1:2::1")
+    assert client_group("192.0.2.7") == "192.0.2.7"

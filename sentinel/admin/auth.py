@@ -33,7 +33,7 @@ import yaml
 from fastapi import HTTPException, Request
 from prometheus_client import CollectorRegistry, Counter
 
-from sentinel.admin.logins import THROTTLED, FailedLogins
+from sentinel.admin.logins import THROTTLED, FailedLogins, shorten
 from sentinel.config import ConfigError
 
 log = logging.getLogger("sentinel.admin")
@@ -122,15 +122,15 @@ class AdminAuth:
                 # address (or a NAT) that auditors share does not lock them out.
                 wait = self.logins.retry_after(client)
                 if wait is not None:
-                    self.failed(THROTTLED, request.url.path, client)
+                    self.failed(THROTTLED, _attempted(request), client)
                     raise HTTPException(
                         429, "too many failed logins from this address; try again later", {"Retry-After": f"{wait:.0f}"}
                     )
                 reason = "missing" if not header else "invalid"
-                self.failed(reason, request.url.path, client)
+                self.failed(reason, _attempted(request), client)
                 raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
             if principal.role not in roles:
-                self.failed("forbidden", request.url.path, client, principal)
+                self.failed("forbidden", _attempted(request), client, principal)
                 raise HTTPException(403, f"role {principal.role} may not do this")
             return principal
 
@@ -138,12 +138,13 @@ class AdminAuth:
 
     async def refuse(self, request: Request, principal: Principal, why: str) -> HTTPException:
         """A known caller asked for more than their role allows: record it, return the 403 to raise."""
-        self.failed("forbidden", request.url.path, request.client.host if request.client else None, principal)
+        self.failed("forbidden", _attempted(request), request.client.host if request.client else None, principal)
         return HTTPException(403, why)
 
     def failed(self, reason: str, path: str, client: str | None, principal: Principal | None = None) -> None:
         """Count, log (once per client per window) and aggregate one failed login."""
         self._failures.labels(reason).inc()
+        path = shorten(path)
         opened = self.logins.failed(reason, path, client)
         who = f"{principal.name} ({principal.role})" if principal else "unknown caller"
         # One line per client per window: a flood of wrong tokens must not flood the log either.
@@ -155,3 +156,10 @@ class AdminAuth:
             path,
             who,
         )
+
+
+def _attempted(request: Request) -> str:
+    """What a failed call asked for: its route's template (`/audit/records/{seq}`) where one
+    matched, so an attacker's path cannot grow the record or the log line; else the path, cut."""
+    template = getattr(request.scope.get("route"), "path", None)
+    return template if isinstance(template, str) else shorten(request.url.path)

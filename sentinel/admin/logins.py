@@ -3,7 +3,11 @@
 Every failure is counted, but the audit trail gets one record per client per window (with the count,
 the reasons and the paths tried) instead of one per attempt, and a client past `limit` unauthenticated
 failures in its window gets 429 for every further wrong or missing token until the window ends (a
-valid token still works). The clock is injectable: tests move time instead of waiting for it.
+valid token still works). A record stays small whatever the attacker sends: paths are cut to
+`MAX_PATH_CHARS` (at most `MAX_PATHS` per window), an IPv6 client is counted by its /64 (one host
+holds a whole /64), and past `max_clients` windows the rest is counted under `other`. Windows run on
+a monotonic clock (a wall-clock step neither ends nor stretches one); the record carries wall-clock
+times. Both clocks are injectable: tests move time instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from sentinel.connections import client_group
+
 log = logging.getLogger("sentinel.admin")
 
 OTHER_CLIENTS = "other"
 """Where failures from clients past `max_clients` are counted, so memory stays bounded."""
 MAX_PATHS = 10
+MAX_PATH_CHARS = 200
+"""Longer paths are cut (and marked with `…`): a 60 KB URL must not become a 60 KB record."""
 THROTTLED = "throttled"
 
 
@@ -29,8 +37,11 @@ class FailureWindow:
 
     client: str
     started: float
+    """Monotonic time of the first failure: the window's arithmetic."""
+    started_at: float = 0.0
     """Wall-clock time of the first failure."""
     last: float = 0.0
+    last_at: float = 0.0
     count: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     paths: list[str] = field(default_factory=list)
@@ -49,10 +60,15 @@ class FailureWindow:
             "reasons": dict(sorted(self.reasons.items())),
             "path": self.paths[0] if self.paths else "",
             "paths": list(self.paths),
-            "first_at": self.started,
-            "last_at": self.last,
+            "first_at": self.started_at,
+            "last_at": self.last_at,
             "window_seconds": window,
         }
+
+
+def shorten(path: str) -> str:
+    """`path`, cut to `MAX_PATH_CHARS` characters (the cut marked with `…`)."""
+    return path if len(path) <= MAX_PATH_CHARS else path[: MAX_PATH_CHARS - 1] + "…"
 
 
 class FailedLogins:
@@ -70,16 +86,18 @@ class FailedLogins:
         window: float = 60.0,
         limit: int = 10,
         max_clients: int = 10_000,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.window = window
         self.limit = limit
         self.max_clients = max_clients
         self.clock = clock
+        self.wall = wall
         self._open: dict[str, FailureWindow] = {}
 
     def _key(self, client: str | None) -> str:
-        key = client or "unknown"
+        key = client_group(client) if client else "unknown"
         if key not in self._open and len(self._open) >= self.max_clients - 1:  # one slot kept for "other"
             return OTHER_CLIENTS
         return key
@@ -94,18 +112,19 @@ class FailedLogins:
 
     def failed(self, reason: str, path: str, client: str | None) -> bool:
         """Count one failure; True when it opened the client's window (worth a log line)."""
-        now = self.clock()
+        now, wall = self.clock(), self.wall()
         key = self._key(client)
         current = self._open.get(key)
         opened = current is None or now >= current.started + self.window
         if opened:
             if current is not None:  # its window ended but was not handed out yet: keep it for `ended`
                 self._open[key + "\x00" + str(current.started)] = current
-            current = self._open[key] = FailureWindow(key, now)
+            current = self._open[key] = FailureWindow(key, now, started_at=wall)
         assert current is not None
         current.count += 1
-        current.last = now
+        current.last, current.last_at = now, wall
         current.reasons[reason] += 1
+        path = shorten(path)
         if len(current.paths) < MAX_PATHS and path not in current.paths:
             current.paths.append(path)
         return opened

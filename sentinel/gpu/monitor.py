@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -132,7 +133,10 @@ class GpuMonitor:
         self.interval = interval
         self.timeout = timeout
         self.ssl_context = ssl_context
-        """The upstream's TLS settings (private CA, client certificate), for model servers on https://."""
+        """The upstream's TLS settings (private CA, client certificate), for sources on the upstream's
+        origin only: another host (a DCGM exporter) is read with the system's CAs and no client
+        certificate, and never without verification."""
+        self.tls_origin: str | None = None
         self.collector = GpuCollector(nvml, polled, stale_after=3 * interval + timeout)
         self._task: asyncio.Task[None] | None = None
 
@@ -163,17 +167,40 @@ class GpuMonitor:
             polled.append(model_server_source(flavour, url))
         if settings.dcgm_url and (auto or "dcgm" in sources):
             polled.append(HttpSource("dcgm", settings.dcgm_url, exposition(read_dcgm)))
-        return cls(reader, polled, interval=settings.interval, timeout=settings.timeout, ssl_context=ssl_context)
+        monitor = cls(reader, polled, interval=settings.interval, timeout=settings.timeout, ssl_context=ssl_context)
+        monitor.tls_origin = _origin(upstream_url) if upstream_url else None
+        return monitor
 
-    async def poll_once(self, session: aiohttp.ClientSession) -> None:
-        await asyncio.gather(*(source.poll(session) for source in self.collector.polled))
+    def on_upstream(self, source: PolledSource) -> bool:
+        """Whether every URL `source` reads is on the upstream's origin (so its TLS settings apply)."""
+        found = (getattr(source, name, None) for name in ("url", "metrics_url", "ollama_url"))
+        urls = [url for url in found if isinstance(url, str)]
+        return bool(urls) and self.tls_origin is not None and all(_origin(url) == self.tls_origin for url in urls)
+
+    async def poll_once(
+        self, session: aiohttp.ClientSession, upstream_session: aiohttp.ClientSession | None = None
+    ) -> None:
+        """Poll every source once; those on the upstream's origin through `upstream_session` (made
+        with the upstream's TLS context) when given."""
+        await asyncio.gather(
+            *(
+                source.poll(upstream_session if upstream_session is not None and self.on_upstream(source) else session)
+                for source in self.collector.polled
+            )
+        )
 
     async def _run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context is not None else None
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with contextlib.AsyncExitStack() as stack:
+            session = await stack.enter_async_context(aiohttp.ClientSession(timeout=timeout))
+            upstream_session = None
+            if self.ssl_context is not None:
+                connector = aiohttp.TCPConnector(ssl=self.ssl_context)
+                upstream_session = await stack.enter_async_context(
+                    aiohttp.ClientSession(timeout=timeout, connector=connector)
+                )
             while True:
-                await self.poll_once(session)
+                await self.poll_once(session, upstream_session)
                 await asyncio.sleep(self.interval)
 
     def start(self) -> None:
@@ -188,3 +215,9 @@ class GpuMonitor:
             self._task = None
         if self.collector.nvml is not None:
             self.collector.nvml.close()
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"

@@ -43,10 +43,18 @@ class ModerationEndpoint:
         self._policy = policy
         self.metrics = metrics
 
-    def handle(self, authorization: str | None, body: bytes) -> Answer:
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether `authorization` carries the configured token (checked before the body is read)."""
         scheme, _, supplied = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(), self._token):
+        return scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), self._token)
+
+    def handle(self, authorization: str | None, body: bytes) -> Answer:
+        if not self.authorized(authorization):
             return 401, {"error": "invalid or missing bearer token"}
+        return self.moderate(body)
+
+    def moderate(self, body: bytes) -> Answer:
+        """Answer one authorized call."""
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -102,6 +102,11 @@ class ProxyApp:
                 self.upstream_url, timeouts=self._timeouts, limits=self._limits, tls=self._tls
             )
 
+    @property
+    def upstream_retries(self) -> dict[str, int]:
+        """Requests sent again on a new upstream connection, by reason (see `UpstreamPool.retries`)."""
+        return dict(self._upstream.retries) if self._upstream is not None else {}
+
     async def close(self) -> None:
         if self._upstream is not None:
             await self._upstream.close()

@@ -14,16 +14,22 @@ Contract, as the proxy relies on it:
   than `timeouts.connect`, the server was silent for `timeouts.read` or no pooled connection came
   free within `timeouts.pool` (`UpstreamPoolTimeout`), `UpstreamBroken` when the connection failed
   or the answer was not HTTP. A request on a reused connection that fails before any response byte
-  is retried once on a new connection: always for idempotent methods, and for others (a chat
-  completion's POST) when the failure came within `STALE_WITHIN` of sending — the mark of a
-  keep-alive connection the server closed as the request crossed it, which it never read; a
-  server that fails later may have started a generation, which is not started twice.
+  is retried once on a new connection: always for idempotent methods and requests carrying an
+  `Idempotency-Key`; others (a chat completion's POST, which starts a generation) only where the
+  server provably did not read the whole request — the connection had already been closed by the
+  server when the request was to be sent, the request could not be written in full, or the server
+  reset the connection (a server that closes with unread data sends RST; one that read the request
+  and then ended sends FIN, and its request may be generating) — or where the connection had been
+  idle for over half of `limits.keepalive_expiry` and failed within `STALE_WITHIN` of sending.
+  `retries` counts the retries by reason.
 - `UpstreamResponse.read_some` returns what has arrived since the last call (several network
   reads joined), waiting if nothing has; `b""` at the end of the body. Silence longer than
   `read_timeout` raises `UpstreamTimeout`, a connection lost before the end `UpstreamBroken`.
 - `release` hands a fully read keep-alive connection back to the pool and closes any other
   (which is how a cancelled or abandoned call cancels the generation upstream). Idle
   connections are closed after `limits.keepalive_expiry`; at most `limits.max_connections` are open.
+  Callers waiting for one are served first come, first served: a released connection, or the room
+  a closed one leaves, goes straight to the oldest waiter, and newcomers queue behind waiters.
 - Warm after a burst: for `limits.warm_window` seconds after the most connections were busy at
   once, idle ones that expire, or that the server closes after serving, are replaced by new ones
   opened in a background task (never on a request's path), up to that peak (at most
@@ -40,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import select
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -56,8 +63,9 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _NO_BODY_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 """Methods aiohttp sent without `Content-Length: 0` when there is no body; kept for parity."""
 STALE_WITHIN = 1.0
-"""Seconds after sending within which a reused connection's failure, before any response byte, is
-taken for a stale keep-alive connection, so that even a POST is sent again on a new one."""
+"""Seconds after sending within which a failure, before any response byte, of a connection reused
+after a long idle time (over half the keep-alive expiry) is taken for a stale keep-alive connection,
+so that even a POST is sent again on a new one."""
 _HIGH_WATER = 256 * 1024
 """Stop reading from the upstream when this much is waiting for a slow client."""
 
@@ -86,6 +94,20 @@ class UpstreamBroken(UpstreamError):
     """The connection failed, or the answer was not valid HTTP."""
 
 
+def _peer_closed(conn: _Connection) -> bool:
+    """Whether an idle connection has something to read before a request is sent on it: the
+    server's FIN (or bytes nobody asked for) that the event loop has not handled yet."""
+    transport = conn.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection and the response being read on it."""
 
@@ -107,6 +129,10 @@ class _Connection(asyncio.Protocol):
         """Whether a whole answer came on this connection (a warm one has served none yet)."""
         self.on_idle_lost: Callable[[_Connection], None] | None = None
         """Called when the server closes the connection while it waits in the pool."""
+        self.unwritten = False
+        """Part of the request still waits to be written (the kernel did not take it all yet)."""
+        self.reset = False
+        """The server reset the connection (or refused what was written): it did not read all of it."""
         self._reset()
 
     def _reset(self) -> None:
@@ -125,6 +151,9 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Told (resume_writing) the moment a request is wholly written: whether the server may have
+        # read all of it decides if a failed POST may be sent again.
+        self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         if not self.in_use:
@@ -143,6 +172,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
         self._stop_watchdog()
         if self.head_done and not self.complete and self.error is None and self._until_close() and exc is None:
             self.complete = True  # a body delimited by an orderly end of the connection (HTTP/1.0 style)
@@ -158,6 +188,8 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if not self.closed:
+            self.unwritten = False
         self._wake()
 
     # -- httptools callbacks --------------------------------------------------------------------
@@ -378,9 +410,13 @@ class UpstreamPool:
         self._peak = 0
         self._peak_at = -math.inf
         self._warming: asyncio.Task[None] | None = None
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Future[_Connection | None]] = deque()
+        """Callers waiting in line; each gets a connection, or None: room to open one (counted)."""
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self.retries: dict[str, int] = {}
+        """Requests sent again on a new connection, by reason (`idempotent`, `idempotency_key`,
+        `closed_before_send`, `not_written`, `reset`, `idle`)."""
 
     async def send(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
@@ -398,33 +434,60 @@ class UpstreamPool:
         while True:
             conn, reused = await self._acquire(fresh)
             sent = conn.loop.time()
+            if reused and not fresh and not idempotent and _peer_closed(conn):
+                self._release(conn)  # closed by the server while idle, not yet noticed: nothing sent
+                self._note_retry("closed_before_send")
+                fresh = True
+                continue
+            idle = sent - conn.idle_since
             try:
                 await self._exchange(conn, head, body, method == b"HEAD")
             except UpstreamBroken:
                 self._release(conn)
-                if (
-                    reused
-                    and not fresh
-                    and not conn.received
-                    and (idempotent or conn.loop.time() - sent < STALE_WITHIN)
-                ):
-                    fresh = True
-                    continue  # a stale keep-alive connection: the server closed it as we sent
+                if reused and not fresh and not conn.received:
+                    reason = self._retry_reason(conn, idempotent, headers, idle, conn.loop.time() - sent)
+                    if reason is not None:
+                        self._note_retry(reason)
+                        fresh = True
+                        continue  # a stale keep-alive connection: the server closed it as we sent
                 raise
             except BaseException:
                 self._release(conn)
                 raise
             return UpstreamResponse(self, conn)
 
+    def _retry_reason(
+        self, conn: _Connection, idempotent: bool, headers: list[tuple[bytes, bytes]], idle: float, failed_after: float
+    ) -> str | None:
+        """Why a request that failed on a reused connection before any response byte may be sent
+        again, or None where the server may have read it (and started a generation)."""
+        if idempotent:
+            return "idempotent"
+        if conn.unwritten:
+            return "not_written"
+        if conn.reset:
+            return "reset"
+        if idle > self.keepalive_timeout / 2 and failed_after < STALE_WITHIN:
+            return "idle"
+        if any(name.lower() == b"idempotency-key" for name, _ in headers):
+            return "idempotency_key"
+        return None
+
+    def _note_retry(self, reason: str) -> None:
+        self.retries[reason] = self.retries.get(reason, 0) + 1
+
     async def _exchange(self, conn: _Connection, head: bytes, body: bytes, head_only: bool) -> None:
         transport = conn.transport
         assert transport is not None
         conn.head_only = head_only
+        conn.unwritten = True
         if len(body) <= 65536:
             transport.write(head + body if body else head)
         else:
             transport.write(head)
             transport.write(body)
+        if not transport.is_closing() and not transport.get_write_buffer_size():
+            conn.unwritten = False  # the kernel took it all; else resume_writing says when
         conn.start_watchdog()
         while not conn.head_done:
             if conn.error is not None:
@@ -433,42 +496,58 @@ class UpstreamPool:
 
     # -- the pool ---------------------------------------------------------------------------------
     async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
-        """A connection and whether it was used before; with `fresh`, a new one."""
+        """A connection and whether it was used before; with `fresh`, a new one.
+
+        First come, first served: while callers wait, a newcomer waits behind them, and a released
+        connection (or the room a closed one leaves) goes straight to the oldest waiter."""
         loop = asyncio.get_running_loop()
-        deadline: float | None = None
-        while True:
-            if self._closed:
-                raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
-            now = loop.time()
-            if fresh and self._idle and self._open >= self.max_connections:
-                self._discard(self._idle.popleft())  # make room: the oldest idle one is the likeliest stale
-            while self._idle and not fresh:
+        if self._closed:
+            raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
+        now = loop.time()
+        if not fresh:
+            while self._idle:
                 conn = self._idle.pop()  # the most recently used: the least likely to have gone stale
                 if conn.closed or now - conn.idle_since >= self.keepalive_timeout:
                     self._discard(conn)
                     continue
-                conn._reset()
-                conn.in_use = True
-                self._note_busy(now)
-                return conn, True
-            if self._open < self.max_connections:
-                break
-            waiter = loop.create_future()
-            self._waiting.append(waiter)
-            deadline = deadline if deadline is not None else now + self.pool_timeout
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except TimeoutError:
-                self._forget(waiter)
-                raise UpstreamPoolTimeout(
-                    f"no upstream connection came free within {self.pool_timeout:g}s: all {self.max_connections} "
-                    "are busy (upstream.max_connections, upstream.pool_timeout)"
-                ) from None
-            except BaseException:
-                self._forget(waiter)
-                raise
-        self._open += 1
+                return self._reuse(conn, now), True
+        elif self._idle and self._open >= self.max_connections:
+            self._idle.popleft().close()  # make room: the oldest idle one is the likeliest stale; its place is ours
+            return await self._connect_in_place(loop), False
+        if self._open < self.max_connections and not self._waiting:
+            self._open += 1
+            return await self._connect_in_place(loop), False
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout_at(now + self.pool_timeout):
+                handed = await waiter
+        except TimeoutError:
+            self._forget(waiter)
+            raise UpstreamPoolTimeout(
+                f"no upstream connection came free within {self.pool_timeout:g}s: all {self.max_connections} "
+                "are busy (upstream.max_connections, upstream.pool_timeout)"
+            ) from None
+        except BaseException:
+            self._forget(waiter)
+            raise
+        if self._closed:
+            raise UpstreamUnreachable(ConnectionError("the upstream pool is closed"))
+        if handed is not None:
+            now = loop.time()
+            if not fresh and not handed.closed and now - handed.idle_since < self.keepalive_timeout:
+                return self._reuse(handed, now), True
+            handed.close()  # not usable here: its place is ours
+        return await self._connect_in_place(loop), False
+
+    def _reuse(self, conn: _Connection, now: float) -> _Connection:
+        conn._reset()
+        conn.in_use = True
+        self._note_busy(now)
+        return conn
+
+    async def _connect_in_place(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        """A new connection in a place already counted in `_open`; the place is given up on failure."""
         try:
             conn = await self._connect(loop)
         except BaseException:
@@ -476,7 +555,7 @@ class UpstreamPool:
             self._wake_one()
             raise
         self._note_busy(loop.time())
-        return conn, False
+        return conn
 
     def _note_busy(self, now: float) -> None:
         """One more connection handed out: remember the most busy at once, and when."""
@@ -556,31 +635,44 @@ class UpstreamPool:
         self._idle_conn(conn)
 
     def _idle_conn(self, conn: _Connection) -> None:
-        """Into the idle queue, which stays ordered by `idle_since` (the oldest first) for the sweeper."""
+        """To the oldest waiter, else into the idle queue, which stays ordered by `idle_since` (the
+        oldest first) for the sweeper."""
         conn.in_use = False
         conn.idle_since = conn.finished_at
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
         self._idle.append(conn)
         if self._sweeper is None:
             self._sweeper = conn.loop.call_at(conn.idle_since + self.keepalive_timeout, self._sweep)
-        self._wake_one()
 
     def _discard(self, conn: _Connection) -> None:
         conn.close()
         self._open -= 1
         self._wake_one()
 
-    def _forget(self, waiter: asyncio.Future[None]) -> None:
-        """A waiter that gave up (timed out, cancelled): out of the queue; if it was woken as it gave
-        up, the turn passes on."""
+    def _forget(self, waiter: asyncio.Future[_Connection | None]) -> None:
+        """A waiter that gave up (timed out, cancelled): out of the queue; what it was handed as it
+        gave up passes on."""
         with contextlib.suppress(ValueError):
             self._waiting.remove(waiter)
-        if waiter.done() and not waiter.cancelled():
+        if self._closed or not waiter.done() or waiter.cancelled():
+            return
+        handed = waiter.result()
+        if handed is not None:
+            self._idle_conn(handed)
+        else:
+            self._open -= 1
             self._wake_one()
 
     def _wake_one(self) -> None:
-        while self._waiting:
+        """Room for one more connection: to the oldest waiter, who opens it (the place is counted now)."""
+        while self._waiting and self._open < self.max_connections:
             waiter = self._waiting.popleft()
             if not waiter.done():
+                self._open += 1
                 waiter.set_result(None)
                 return
 

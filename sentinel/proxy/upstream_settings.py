@@ -13,7 +13,7 @@ and `Limits`, and the TLS settings in one place.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -59,6 +59,8 @@ class UpstreamTls:
     client_cert: Path | None = None
     """PEM certificate (chain) presented to the server; `client_key` is its key, unless in the same file."""
     client_key: Path | None = None
+    client_key_password: str | None = field(default=None, repr=False)
+    """Decrypts an encrypted `client_key`; without it an encrypted key is a `TlsError`, never a prompt."""
 
     def context(self) -> ssl.SSLContext:
         """The client context; raises `TlsError` naming the file that cannot be loaded."""
@@ -68,10 +70,13 @@ class UpstreamTls:
             raise TlsError(f"cannot load the CA bundle {self.ca_bundle}: {exc}") from None
         if self.client_cert is not None:
             try:
-                context.load_cert_chain(self.client_cert, self.client_key)
+                # A password callable, never None: with None, OpenSSL asks for an encrypted key's
+                # password on the terminal, which hangs a service.
+                context.load_cert_chain(self.client_cert, self.client_key, password=self._password)
             except (OSError, ssl.SSLError) as exc:
+                hint = "" if self.client_key_password else " (an encrypted key needs upstream.client_key_password)"
                 raise TlsError(
-                    f"cannot load the client certificate {self.client_cert} (key {self.client_key}): {exc}"
+                    f"cannot load the client certificate {self.client_cert} (key {self.client_key}): {exc}{hint}"
                 ) from None
         elif self.client_key is not None:
             raise TlsError("a client key without a client certificate: set both")
@@ -79,3 +84,6 @@ class UpstreamTls:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return context
+
+    def _password(self) -> bytes:
+        return (self.client_key_password or "").encode()

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sentinel import __version__
@@ -203,13 +203,25 @@ class _Children:
 
 
 class ReadAtScrape(Collector):
-    """Gauges whose values are read when Prometheus scrapes (queue depths, spool size, ...).
+    """Gauges whose values are read when Prometheus scrapes (queue depths, spool size, ...), and
+    counters kept by the object that counts (`counter`).
 
     Each reader returns `(labels, value)` pairs; a reader that raises is skipped for that scrape.
     """
 
     def __init__(self) -> None:
         self._gauges: list[tuple[str, str, Sequence[str], Callable[[], Iterable[tuple[Sequence[str], float]]]]] = []
+        self._counters: list[tuple[str, str, Sequence[str], Callable[[], Iterable[tuple[Sequence[str], float]]]]] = []
+
+    def counter(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        read: Callable[[], Iterable[tuple[Sequence[str], float]]],
+    ) -> None:
+        """A counter (`name` without `_total`) whose values only grow, read at scrape time."""
+        self._counters.append((name, documentation, labels, read))
 
     def gauge(
         self,
@@ -229,3 +241,11 @@ class ReadAtScrape(Collector):
             except Exception:  # a broken reader must not break the whole scrape
                 continue
             yield family
+        for name, documentation, labels, read in self._counters:
+            counter = CounterMetricFamily(name, documentation, labels=list(labels))
+            try:
+                for label_values, value in read():
+                    counter.add_metric(list(label_values), value)
+            except Exception:
+                continue
+            yield counter

@@ -1,7 +1,9 @@
 """`UpstreamProbe`: is the model server reachable? Exported as `sentinel_upstream_up` and used by `/readyz`.
 
 Any HTTP answer counts as up (even 401 or 404: the server is there); a refused, reset or timed-out
-connection counts as down.
+connection counts as down. `sentinel_upstream_up` is the last probe's answer; `/readyz` goes by
+`verdict`, which turns down only after `fail_after` failed probes in a row, so one lost probe (a
+restart, a GC pause) does not take every instance out of the load balancer at once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class UpstreamProbe:
         timeout: float = 5.0,
         api_key: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        fail_after: int = 3,
     ) -> None:
         self.url = upstream_url.rstrip("/") + path
         self.ssl_context = ssl_context
@@ -43,6 +46,13 @@ class UpstreamProbe:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self.up: bool | None = None
+        """The last probe's answer (None before the first)."""
+        self.fail_after = fail_after
+        self.failures = 0
+        """Failed probes in a row."""
+        self.verdict: bool | None = None
+        """Reachable as far as readiness goes: False after `fail_after` failures in a row, True after
+        a probe answered, None before either."""
         self.last_checked: float | None = None
         self._up = Gauge(
             "sentinel_upstream_up", "1 if the model server answered the last probe, else 0.", registry=registry
@@ -60,10 +70,18 @@ class UpstreamProbe:
             up = True
         except (aiohttp.ClientError, TimeoutError) as exc:
             up = False
-            if self.up is not False:
-                log.warning("upstream %s is not reachable: %r", self.url, exc)
-        if up and self.up is False:
-            log.info("upstream %s is reachable again", self.url)
+            self.failures += 1
+            if self.failures == self.fail_after:
+                log.warning("upstream %s is not reachable (%d probes in a row): %r", self.url, self.failures, exc)
+                self.verdict = False
+            elif self.failures < self.fail_after:
+                log.info(
+                    "upstream %s did not answer a probe (%d of %d): %r", self.url, self.failures, self.fail_after, exc
+                )
+        if up:
+            if self.verdict is False:
+                log.info("upstream %s is reachable again", self.url)
+            self.failures, self.verdict = 0, True
         self.up = up
         self.last_checked = time.time()
         self._up.set(1 if up else 0)

@@ -12,7 +12,7 @@ from typing import Any
 import requests
 
 from sentinel.admin.auth import hash_token
-from sentinel.admin.logins import OTHER_CLIENTS, FailedLogins
+from sentinel.admin.logins import MAX_PATH_CHARS, OTHER_CLIENTS, FailedLogins
 from tests.conftest import Running, wait_until
 from tests.support.upstream import ScriptedUpstream
 
@@ -64,6 +64,41 @@ def test_memory_stays_bounded_whatever_the_number_of_clients() -> None:
     other = next(w for w in windows if w.client == OTHER_CLIENTS)
     assert other.count == 10_000 - 99 and len(other.paths) == 10
     assert sum(w.count for w in windows) == 10_000
+
+
+def test_a_record_stays_small_whatever_the_paths_tried() -> None:
+    logins = FailedLogins(window=60, clock=Clock())
+    for n in range(50):
+        logins.failed("invalid", f"/audit/records/{n}" + "a" * 60_000, "10.0.0.1")
+    [window] = logins.ended(everything=True)
+    assert window.count == 50 and len(window.paths) == 10
+    assert all(len(path) == MAX_PATH_CHARS and path.endswith("…") for path in window.paths)
+    assert len(repr(window.details(60))) < 3_000
+
+
+def test_an_ipv6_client_is_counted_by_its_64() -> None:
+    """One host holds a whole /64: a new address per attempt neither escapes the limit nor adds records."""
+    logins = FailedLogins(window=60, limit=3, clock=Clock())
+    for n in range(1000):
+        logins.failed("invalid", "/audit/records", f"2001:db8:7:9:{n:x}::1")
+    assert logins.retry_after("2001:db8:7:9:ffff::2") == 60
+    assert logins.retry_after("2001:db8:7:a::1") is None
+    [window] = logins.ended(everything=True)
+    assert window.client == "2001:db8:7:9::/64" and window.count == 1000
+
+
+def test_windows_run_on_the_monotonic_clock_and_record_wall_time() -> None:
+    """A wall-clock step (NTP, a VM resumed) neither ends a window early nor stretches it."""
+    clock, wall = Clock(), Clock()
+    logins = FailedLogins(window=60, limit=1, clock=clock, wall=wall)
+    logins.failed("invalid", "/a", "c")
+    wall.now += 3600  # the wall clock jumps an hour: the window is still open
+    assert logins.retry_after("c") == 60 and logins.ended() == []
+    logins.failed("invalid", "/a", "c")
+    clock.now += 60
+    [window] = logins.ended()
+    details = window.details(60)
+    assert (details["first_at"], details["last_at"], details["count"]) == (T0, T0 + 3600, 2)
 
 
 def _tokens(tmp_path: Path) -> Path:
@@ -126,3 +161,21 @@ def test_windows_still_open_at_shutdown_are_recorded(
 
     events = [d["event"] for d in stored(tmp_path / "data", "event") if d["event"]["type"] == "admin_auth_failed"]
     assert [(e["details"]["count"], e["details"]["reasons"]) for e in events] == [(3, {"missing": 3})]
+
+
+def test_a_long_path_tried_with_a_wrong_token_is_recorded_as_its_route(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running], tmp_path: Path
+) -> None:
+    proxy = start_sentinel(upstream.url, admin_tokens_file=str(_tokens(tmp_path)), logins={"window": 60})
+    clock = Clock()
+    proxy.sentinel.extras["auth"].logins.clock = clock
+    with requests.Session() as session:
+        for n in range(3):
+            answer = session.get(
+                proxy.admin_url + f"/audit/records/{n}" + "a" * 60_000,
+                headers={"Authorization": "Bearer nope"},
+                timeout=30,
+            )
+            assert answer.status_code == 401
+    [window] = proxy.sentinel.extras["auth"].logins.ended(everything=True)
+    assert window.count == 3 and window.paths == ["/audit/records/{record_id}"]

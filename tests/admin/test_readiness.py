@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests.conftest import Running, wait_until
@@ -15,6 +16,13 @@ from tests.support.frames import chat_completion
 from tests.support.upstream import Script, ScriptedUpstream, refused_port
 
 PROMPT = "x" * 20_000  # each record carries it, encrypted: a 256 KiB spool fills in a few calls
+TOKEN = "smt_readiness-token"
+"""The metrics token: with it `/readyz` gives the details, without only short codes."""
+
+
+@pytest.fixture
+def start_sentinel(start_sentinel: Callable[..., Running]) -> Callable[..., Running]:
+    return lambda upstream_url, **overrides: start_sentinel(upstream_url, metrics={"token": TOKEN}, **overrides)
 
 
 def _call(proxy: Running) -> requests.Response:
@@ -22,8 +30,9 @@ def _call(proxy: Running) -> requests.Response:
     return requests.post(proxy.url + "/v1/chat/completions", json=body, timeout=30)
 
 
-def _ready(proxy: Running) -> tuple[int, dict[str, Any]]:
-    answer = requests.get(proxy.admin_url + "/readyz", timeout=30)
+def _ready(proxy: Running, token: str | None = TOKEN) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    answer = requests.get(proxy.admin_url + "/readyz", headers=headers, timeout=30)
     return answer.status_code, answer.json()
 
 
@@ -105,7 +114,7 @@ def test_an_unreachable_upstream_fails_readiness_unless_configured_not_to(
 ) -> None:
     port = refused_port()
     strict = start_sentinel(f"http://127.0.0.1:{port}", upstream={"health_interval": 0.05})
-    wait_until(lambda: strict.metric("sentinel_upstream_up") == 0)
+    wait_until(lambda: strict.sentinel.probe.failures >= 3)  # upstream.ready_fail_after
     status, body = _ready(strict)
     assert status == 503 and body["reason"] == f"upstream: http://127.0.0.1:{port} unreachable"
     lenient = start_sentinel(
@@ -113,6 +122,29 @@ def test_an_unreachable_upstream_fails_readiness_unless_configured_not_to(
         upstream={"health_interval": 0.05, "ready_requires_up": False},
         data_dir=tmp_path / "second",
     )
-    wait_until(lambda: lenient.metric("sentinel_upstream_up") == 0)
+    wait_until(lambda: lenient.sentinel.probe.failures >= 3)
     status, body = _ready(lenient)
     assert status == 200 and body["checks"]["upstream"]["detail"].endswith("unreachable")
+
+
+def test_without_a_token_readyz_gives_short_codes_and_names_no_host_or_path(
+    upstream: ScriptedUpstream, start_sentinel: Callable[..., Running]
+) -> None:
+    upstream.script("/v1/chat/completions", Script(chunks=[chat_completion("ok")]))
+    port = refused_port()
+    proxy = start_sentinel(
+        f"http://127.0.0.1:{port}",
+        upstream={"health_interval": 0.05},
+        audit={"mode": "strict", "spool_min_free_bytes": 2**62},
+    )
+    wait_until(lambda: _ready(proxy)[1]["checks"]["upstream"]["ok"] is False)
+    status, body = _ready(proxy, token=None)
+    assert status == 503
+    assert body == {
+        "ready": False,
+        "checks": {"upstream": {"ok": False, "code": "unreachable"}, "audit": {"ok": False, "code": "cannot_record"}},
+        "reason": "upstream: unreachable; audit: cannot_record",
+    }
+    assert _ready(proxy, token="wrong")[1] == body
+    details = _ready(proxy)[1]["reason"]
+    assert str(port) in details and "spool" in details  # the details, for a caller holding the token

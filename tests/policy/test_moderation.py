@@ -5,6 +5,7 @@ answers checked against the documented response shapes (the models below mirror 
 
 from __future__ import annotations
 
+import socket
 from enum import Enum
 from typing import Any
 
@@ -156,3 +157,47 @@ def test_block_without_rule_message_uses_preset_response(
 def test_endpoint_off_without_token(upstream: ScriptedUpstream, start_with_policy: StartWithPolicy) -> None:
     proxy = start_with_policy(upstream.url, POLICY)
     assert call(proxy, {"point": "ping"}).status_code == 404
+
+
+def _raw(proxy: Running, request: bytes) -> bytes:
+    """Send `request` as is on a real socket; everything the admin port answers until it closes."""
+    host, port = proxy.admin_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_a_wrong_token_is_refused_before_the_body_is_read(proxy: Running) -> None:
+    """The head announces 100 MB and no byte of it follows: the answer comes from the head alone."""
+    head = b"POST /dify/moderation HTTP/1.1\r\nHost: s\r\nAuthorization: Bearer wrong\r\nContent-Length: 100000000\r\n"
+    assert _raw(proxy, head + b"Content-Type: application/json\r\n\r\n").startswith(b"HTTP/1.1 401 ")
+
+
+def test_bodies_over_a_megabyte_get_413(proxy: Running) -> None:
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    declared = b"POST /dify/moderation HTTP/1.1\r\nHost: s\r\n" + auth + b"Content-Length: 2000000\r\n\r\n"
+    assert _raw(proxy, declared).startswith(b"HTTP/1.1 413 ")
+    # No length declared: the body is counted as it streams in, and refused past the limit.
+    chunk = b"x" * 65536
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n"
+    head = b"POST /dify/moderation HTTP/1.1\r\nHost: s\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert _raw(proxy, head + chunked).startswith(b"HTTP/1.1 413 ")
+    assert call(proxy, {"point": "ping"}).status_code == 200  # and the endpoint still answers
+
+
+def test_wrong_tokens_count_as_failed_logins_and_are_throttled(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    proxy = start_with_policy(upstream.url, POLICY, moderation_token=TOKEN)
+    limit = proxy.sentinel.extras["auth"].logins.limit
+    statuses = [call(proxy, {"point": "ping"}, "wrong").status_code for _ in range(limit + 2)]
+    assert statuses == [401] * limit + [429, 429]
+    assert proxy.metric("sentinel_admin_auth_failures_total", reason="invalid") == limit
+    assert proxy.metric("sentinel_admin_auth_failures_total", reason="throttled") == 2
+    assert call(proxy, {"point": "ping"}).status_code == 200  # the right token still works

@@ -129,7 +129,9 @@ def test_hot_reload_valid_then_invalid_edit(
     assert proxy.metric("sentinel_policy_reloads_total", outcome="rejected") == 1
     assert sleep.intervals == [0.05] * 4  # the configured interval, before each of the three looks and now
     ready = requests.get(proxy.admin_url + "/readyz", timeout=30).json()
-    assert ready["checks"]["policy"] == {"ok": True, "detail": applied.new_digest[:19]}
+    assert ready["checks"]["policy"] == {"ok": True, "code": "loaded"}
+    _, details = proxy.sentinel.extras["admin_state"].readiness()  # the details, as a token holder sees them
+    assert details["policy"]["detail"] == applied.new_digest[:19]
 
 
 def test_touch_without_change_and_repeated_bad_version_are_quiet(tmp_path: Path) -> None:

@@ -250,3 +250,18 @@ def test_upstream_stalling_mid_stream_times_out(
             b"".join(response.iter_content(chunk_size=None))
     record = proxy.record()
     assert record.error_type == ErrorType.UPSTREAM_TIMEOUT and record.status_code == 200
+
+
+def test_a_chat_the_upstream_read_and_then_died_on_is_not_generated_twice(
+    upstream: ScriptedUpstream, proxy: Running
+) -> None:
+    """The upstream reads the POST on a kept-alive connection and ends the connection unanswered: it
+    may have started the generation, so the client gets 502 and the upstream saw the call once."""
+    upstream.script("/v1/models", Script(chunks=[b'{"data": []}']))
+    upstream.script("/v1/chat/completions", Script(drop_before_head=True))
+    with requests.Session() as session:
+        assert session.get(proxy.url + "/v1/models", timeout=30).status_code == 200  # the connection is pooled
+        answer = session.post(proxy.url + "/v1/chat/completions", json=CHAT, timeout=30)
+    assert answer.status_code == 502
+    assert [seen.path for seen in upstream.seen] == ["/v1/models", "/v1/chat/completions"]
+    assert proxy.metric("sentinel_upstream_retries_total", reason="idle") is None

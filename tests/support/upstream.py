@@ -65,6 +65,8 @@ class Script:
     delay: float = 0.0
     first_delay: float = 0.0
     """Wait this long before sending the headers."""
+    drop_before_head: bool = False
+    """Read the request in full, then end the connection without an answer (a server that died)."""
     hang_before_head: bool = False
     """Never send the headers: hold the request until the proxy gives up on it (read timeouts)."""
     pause_at: int | None = None
@@ -135,6 +137,10 @@ class ScriptedUpstream:
                 await asyncio.sleep(script.first_delay)
             if script.hang_before_head:
                 await _forever()
+            if script.drop_before_head:
+                assert request.transport is not None
+                request.transport.abort()  # everything was read: an orderly FIN, no RST
+                return web.Response()
             response = web.StreamResponse(status=script.status, headers=script.headers)
             if script.content_length:
                 response.content_length = len(script.body)

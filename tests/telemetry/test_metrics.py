@@ -104,10 +104,10 @@ def test_not_ready_while_upstream_unreachable(start_sentinel: Callable[..., Runn
     from tests.conftest import wait_until
     from tests.support.upstream import refused_port
 
-    proxy = start_sentinel(f"http://127.0.0.1:{refused_port()}")
-    # The probe sets the gauge last, after the state `/readyz` reads (served on another thread): wait for
-    # the gauge, then both must say unreachable.
+    proxy = start_sentinel(f"http://127.0.0.1:{refused_port()}", upstream={"health_interval": 0.05})
+    # The gauge is the last probe; readiness turns after upstream.ready_fail_after (3) failures in a row.
     wait_until(lambda: proxy.metric("sentinel_upstream_up") == 0)
+    wait_until(lambda: proxy.sentinel.probe.failures >= 3)
     assert requests.get(proxy.admin_url + "/readyz", timeout=30).status_code == 503
 
 
