@@ -348,6 +348,14 @@ class Repository:
         """Store a sealed chunk; its version id (None on a store without versions)."""
         return self.target.put(chunk_key(chunk_id), blob)
 
+    def holds_chunk(self, chunk_id: str, version: str | None) -> bool:
+        """Whether `version` of the chunk is there and opens to exactly that chunk (its id recomputed)."""
+        try:
+            self.open_chunk(chunk_id, self.target.get(chunk_key(chunk_id), version))
+        except (ObjectNotFound, CorruptChunkError):
+            return False
+        return True
+
     def get_chunk(self, ref: ChunkRef | str, *, check_id: bool = True) -> bytes:
         """The chunk's plaintext: the version the manifest names, else the current one; if that is gone or
         does not authenticate (written over, hidden), the oldest version that does."""
@@ -368,12 +376,16 @@ class Repository:
                 raise MissingChunkError(chunk_id) from None
             raise first from None
 
+    def chunk_histories(self) -> dict[str, History]:
+        """Every stored chunk id with its versions (oldest first)."""
+        return {key.rsplit("/", 1)[-1]: history for key, history in self.target.histories("chunks/").items()}
+
     def chunk_versions(self) -> dict[str, tuple[int, str | None]]:
         """Every stored chunk id with the stored (sealed) size and id of its first version."""
         out = {}
-        for key, history in self.target.histories("chunks/").items():
+        for chunk_id, history in self.chunk_histories().items():
             first = history.versions[0]
-            out[key.rsplit("/", 1)[-1]] = (first.size, first.id)
+            out[chunk_id] = (first.size, first.id)
         return out
 
     def chunk_sizes(self) -> dict[str, int]:
