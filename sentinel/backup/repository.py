@@ -13,6 +13,7 @@ include keys hidden by a delete marker, and the signed index names snapshots tha
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -39,6 +40,7 @@ FORMAT = "sentinel-backup"
 CONFIG_KEY = "config"
 MANIFEST_MAGIC = b"SNM\x01"
 SIGNATURE_BYTES = 64
+_UNSIGNED_CHUNKS_TRIED = 8
 
 
 class RepositoryError(Exception):
@@ -243,6 +245,7 @@ class Repository:
             target.put_if_absent(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
             return cls.open(target, key)
         first: dict[str, Any] | None = None
+        candidates: list[tuple[str | None, dict[str, Any]]] = []
         for version in history.versions:  # oldest first: what was written first is what we wrote
             try:
                 config = orjson.loads(target.get(CONFIG_KEY, version.id))
@@ -255,14 +258,20 @@ class Repository:
             first = first or config
             if config.get("format") != FORMAT or config.get("version") != 1:
                 continue
-            if config_authentic(config, key) and (config.get("signature") or cls._indexed_as(target, key, config)):
+            if config_authentic(config, key):
+                candidates.append((version.id, config))
+        # A signed config first; an unsigned one (from before configs were signed) only if the
+        # repository's own signed data vouches for its id.
+        candidates.sort(key=lambda c: c[1].get("signature") is None)
+        for version_id, config in candidates:
+            if config.get("signature") or cls._vouched_unsigned(target, key, config):
                 if history.rewritten:
                     log.warning(
                         "the repository config in %s was written over or deleted by someone without the key; "
                         "using the version the repository wrote",
                         target.describe(),
                     )
-                return cls(target, key, config, config_version=version.id)
+                return cls(target, key, config, config_version=version_id)
         if first is not None and first.get("format") == FORMAT and first.get("key_id") != key.key_id:
             raise WrongKeyError(
                 f"wrong backup key: the key file has key id {key.key_id}, but the repository in "
@@ -276,12 +285,27 @@ class Repository:
             f"(tampered with by someone without the key?); {recovery_hint(target)}"
         )
 
-    @staticmethod
-    def _indexed_as(target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
-        """An unsigned config (written before configs were signed) counts only if the signed index, when
-        there is one, names the same repository: otherwise anyone could write one with a new id."""
+    @classmethod
+    def _vouched_unsigned(cls, target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
+        """An unsigned config (written before configs were signed) counts only if the repository's signed
+        data names the same repository: the signed index if there is one, else at least one manifest (or,
+        with no manifest yet, a chunk) that authenticates under its id, or no data at all. Otherwise
+        anyone could write one with a new id, and every old snapshot would quietly stop counting."""
         newest = index.read(target, key.verify_key).newest
-        return newest is None or newest.config.get("id") == config.get("id")
+        if newest is not None:
+            return newest.config.get("id") == config.get("id")
+        candidate = cls(target, key, config)
+        manifests = candidate._manifests()
+        for snapshot_id, history in sorted(manifests.items(), reverse=True):
+            try:
+                candidate.load_snapshot(snapshot_id, history)
+            except (CorruptSnapshot, SnapshotNotFound):
+                continue
+            return True
+        if manifests:
+            return False
+        chunks = list(itertools.islice(candidate.chunk_histories().items(), _UNSIGNED_CHUNKS_TRIED))
+        return not chunks or any(candidate.holds_chunk(cid, h.versions[0].id) for cid, h in chunks)
 
     @staticmethod
     def _holds_data(target: Target) -> bool:
@@ -593,7 +617,14 @@ class Repository:
                 live, started = dict(reading.newest.snapshots), dict(reading.newest.started)
                 lost = dict(reading.newest.lost)
             else:
-                known = self.catalog().snapshots
+                first = self.catalog()
+                if first.damaged and not first.snapshots:
+                    raise RepositoryError(
+                        f"none of the {len(first.damaged)} snapshots in {self.target.describe()} authenticates "
+                        f"under repository id {self.id}: refusing to start a snapshot index without them "
+                        f"(the config replaced by someone without the key?); {recovery_hint(self.target)}"
+                    )
+                known = first.snapshots
                 live, started = {s.id: s.plan for s in known}, {s.id: s.started for s in known}
             for snapshot in add:
                 live[snapshot.id], started[snapshot.id] = snapshot.plan, snapshot.started
@@ -604,12 +635,20 @@ class Repository:
                 lost[snapshot_id] = {**why, "started": started.get(snapshot_id)}
                 live.pop(snapshot_id, None)
                 started.pop(snapshot_id, None)
-            config = self.config if self.config.get("signature") else sign_config(self.config, self.key)
+            config = self.config if self.config.get("signature") else self._sign_config()
             entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time(), lost)
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
                 self._remember(entry.sequence)
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
+
+    def _sign_config(self) -> dict[str, Any]:
+        """After an upgrade: write the unsigned config again, signed (and locked, on a locked target)."""
+        signed = sign_config(self.config, self.key)
+        self.config_version = self.target.put(CONFIG_KEY, orjson.dumps(signed, option=orjson.OPT_INDENT_2))
+        self.config = signed
+        log.info("signed the repository config of %s (written before configs were signed)", self.target.describe())
+        return signed
 
     def acknowledge_lost(self, ref: str, reason: str, *, by: str = "", clock: Callable[[], float] = time.time) -> str:
         """Record in the signed index that the missing or damaged snapshot `ref` (an id or unique prefix) is
