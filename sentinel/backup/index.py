@@ -12,6 +12,7 @@ credentials cannot forge an entry, and a snapshot they delete or hide is named b
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,13 @@ def entry_key(sequence: int) -> str:
     return f"{PREFIX}{sequence:0{_DIGITS}d}"
 
 
-def _message(sequence: int, body: bytes) -> bytes:
+def _message(repository_id: str, sequence: int, body: bytes) -> bytes:
+    """What is signed: the repository id and the sequence number bind an entry to its place."""
+    return b"\0".join((b"sentinel-backup/v2 index", repository_id.encode(), str(sequence).encode(), body))
+
+
+def _message_v1(sequence: int, body: bytes) -> bytes:
+    """What entries written before the repository id was signed carry (read, never written)."""
     return b"\0".join((b"sentinel-backup/v1 index", str(sequence).encode(), body))
 
 
@@ -72,20 +79,33 @@ def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
         },
         option=orjson.OPT_SORT_KEYS,
     )
-    return MAGIC + signing_key.sign(_message(entry.sequence, body)) + body
+    return MAGIC + signing_key.sign(_message(str(entry.config["id"]), entry.sequence, body)) + body
 
 
-def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey) -> IndexEntry:
-    """The entry, if `blob` is one signed by `verify_key` for `sequence`; ValueError otherwise."""
+def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey, repository_id: str | None) -> IndexEntry:
+    """The entry, if `blob` is one signed by `verify_key` for `sequence` in the repository
+    `repository_id` (None: any repository, for `recover-config`); ValueError otherwise.
+
+    Entries are signed over the repository id, so one copied from another repository that shares the
+    backup key does not verify. Older entries (signed without it) count only if the config they carry
+    names this repository."""
     head = len(MAGIC) + SIGNATURE_BYTES
     if len(blob) < head or not blob.startswith(MAGIC):
         raise ValueError("not a signed index entry")
-    body = blob[head:]
-    try:
-        verify_key.verify(blob[len(MAGIC) : head], _message(sequence, body))
-    except InvalidSignature:
-        raise ValueError("the signature does not verify") from None
+    body, signature = blob[head:], blob[len(MAGIC) : head]
     raw = orjson.loads(body)
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+        raise ValueError("not an index entry")
+    claimed = str(raw["config"].get("id"))
+    if repository_id is not None and claimed != repository_id:
+        raise ValueError(f"an entry of another repository ({claimed})")
+    try:
+        verify_key.verify(signature, _message(claimed, sequence, body))
+    except InvalidSignature:
+        try:
+            verify_key.verify(signature, _message_v1(sequence, body))
+        except InvalidSignature:
+            raise ValueError("the signature does not verify") from None
     if raw.get("sequence") != sequence:
         raise ValueError("filed under another sequence number")
     return IndexEntry(
@@ -103,31 +123,45 @@ def _sequence(key: str) -> int | None:
     return int(digits) if len(digits) == _DIGITS and digits.isascii() and digits.isdigit() else None
 
 
-def read(target: Target, verify_key: Ed25519PublicKey) -> IndexReading:
-    """The newest authentic entry: the highest sequence with a version that verifies, each key's
-    versions tried oldest first (what was written first is what the repository wrote)."""
+def read(target: Target, verify_key: Ed25519PublicKey, repository_id: str | None) -> IndexReading:
+    """The newest authentic entry of `repository_id`: the highest sequence with a version that
+    verifies, each key's versions tried oldest first (what was written first is what the repository
+    wrote)."""
+    reading = IndexReading(None)
+    for entry in entries(target, verify_key, repository_id, reading):
+        reading.newest = entry
+        break
+    return reading
+
+
+def entries(
+    target: Target, verify_key: Ed25519PublicKey, repository_id: str | None, reading: IndexReading | None = None
+) -> Iterator[IndexEntry]:
+    """Every authentic entry (of `repository_id`, or of any repository the key signed for), newest
+    first; what does not verify or was written over goes to `reading.problems`."""
+    reading = reading or IndexReading(None)
     histories: dict[int, History] = {}
     for key, history in target.histories(PREFIX).items():
         sequence = _sequence(key)
         if sequence is not None:
             histories[sequence] = history
-    reading = IndexReading(None, max(histories, default=-1))
+    reading.highest = max(histories, default=-1)
     for sequence in sorted(histories, reverse=True):
         history = histories[sequence]
+        found: IndexEntry | None = None
         for version in history.versions:
             try:
-                reading.newest = decode(sequence, target.get(history.key, version.id), verify_key)
+                found = decode(sequence, target.get(history.key, version.id), verify_key, repository_id)
             except ObjectNotFound:
                 continue
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
                 reading.problems.append(f"index entry {history.key} (version {version.id}): {exc}")
                 continue
             break
-        if reading.newest is not None:
+        if found is not None:
             if history.rewritten:
                 reading.problems.append(
                     f"index entry {history.key} was written over or deleted by someone without the key "
                     "(its first version is used)"
                 )
-            return reading
-    return reading
+            yield found

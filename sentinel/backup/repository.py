@@ -260,11 +260,12 @@ class Repository:
                 continue
             if config_authentic(config, key):
                 candidates.append((version.id, config))
-        # A signed config first; an unsigned one (from before configs were signed) only if the
-        # repository's own signed data vouches for its id.
+        # A signed config first (an unsigned one is from before configs were signed); either counts
+        # only if the repository's own signed data vouches for its id: a config signed for another
+        # repository that shares the key (copied here) names an id nothing here belongs to.
         candidates.sort(key=lambda c: c[1].get("signature") is None)
         for version_id, config in candidates:
-            if config.get("signature") or cls._vouched_unsigned(target, key, config):
+            if cls._vouched(target, key, config):
                 if history.rewritten:
                     log.warning(
                         "the repository config in %s was written over or deleted by someone without the key; "
@@ -286,14 +287,19 @@ class Repository:
         )
 
     @classmethod
-    def _vouched_unsigned(cls, target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
-        """An unsigned config (written before configs were signed) counts only if the repository's signed
-        data names the same repository: the signed index if there is one, else at least one manifest (or,
-        with no manifest yet, a chunk) that authenticates under its id, or no data at all. Otherwise
-        anyone could write one with a new id, and every old snapshot would quietly stop counting."""
-        newest = index.read(target, key.verify_key).newest
-        if newest is not None:
-            return newest.config.get("id") == config.get("id")
+    def _vouched(cls, target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
+        """A config counts only if the repository's signed data names the same repository: an index
+        entry signed for its id, else at least one manifest (or, with no manifest yet, a chunk) that
+        authenticates under it, or no data at all. Otherwise anyone could put an unsigned config with a
+        new id (or a signed one from another repository) there, and every old snapshot would quietly
+        stop counting."""
+        newest = index.read(target, key.verify_key, str(config.get("id"))).newest
+        return newest is not None or cls._data_vouches(target, key, config)
+
+    @classmethod
+    def _data_vouches(cls, target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
+        """At least one manifest (or, with no manifest, a chunk) authenticates under the id of `config`,
+        or the repository holds no data."""
         candidate = cls(target, key, config)
         manifests = candidate._manifests()
         for snapshot_id, history in sorted(manifests.items(), reverse=True):
@@ -315,18 +321,39 @@ class Repository:
 
     @classmethod
     def recover_config(cls, target: Target, key: BackupKey) -> Repository:
-        """Write the config back from the newest signed index entry (after it was deleted or replaced)."""
-        reading = index.read(target, key.verify_key)
-        if reading.newest is None:
+        """Write the config back from the newest signed index entry (after it was deleted or replaced)
+        whose repository the manifests here confirm: an entry copied from another repository that
+        shares the backup key names that repository's id, under which nothing here authenticates."""
+        found = False
+        refused: set[str] = set()
+        for entry in index.entries(target, key.verify_key, None):
+            found = True
+            config = entry.config
+            if str(config.get("id")) in refused:
+                continue
+            if not config_authentic(config, key) or config.get("signature") is None:
+                continue
+            if not cls._data_vouches(target, key, config):
+                refused.add(str(config.get("id")))
+                log.warning(
+                    "index entry %d in %s names repository %s, which nothing stored there belongs to (copied "
+                    "from another repository?); not recovering from it",
+                    entry.sequence,
+                    target.describe(),
+                    config.get("id"),
+                )
+                continue
+            target.put(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
+            return cls.open(target, key)
+        if not found:
             raise RepositoryError(
                 f"no signed snapshot index in {target.describe()} to recover the config from; "
                 "point the target at a new prefix and take a fresh backup"
             )
-        config = reading.newest.config
-        if not config_authentic(config, key) or config.get("signature") is None:
-            raise RepositoryError(f"the config in the newest index entry of {target.describe()} does not authenticate")
-        target.put(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
-        return cls.open(target, key)
+        raise RepositoryError(
+            f"no signed index entry in {target.describe()} carries a config that the snapshots stored there "
+            "authenticate under"
+        )
 
     def _first_authentic(self, key: str, history: History | None, check: Callable[[bytes], T], tried: str | None) -> T:
         """The first version of `key`, oldest first, that passes `check` (which raises if it does not)."""
@@ -465,7 +492,7 @@ class Repository:
         return sorted(self._manifests())
 
     def read_index(self) -> index.IndexReading:
-        return index.read(self.target, self.key.verify_key)
+        return index.read(self.target, self.key.verify_key, self.id)
 
     def _remember(self, sequence: int) -> None:
         if self.seen is None or sequence < 0:
