@@ -28,6 +28,9 @@ PREFIX = "index/"
 MAGIC = b"SNI\x01"
 SIGNATURE_BYTES = 64
 _DIGITS = 20
+MAX_SEQUENCE = 2**53
+"""Far beyond any real history (one entry a second for 285 million years), far below what JSON
+numbers, orjson and SQLite hold exactly: a key above it was not written by Sentinel."""
 
 
 @dataclass
@@ -48,9 +51,18 @@ class IndexEntry:
 @dataclass
 class IndexReading:
     newest: IndexEntry | None
-    highest: int = -1
-    """The highest sequence number under `index/`, authentic or not (the next entry goes above it)."""
+    occupied: set[int] = field(default_factory=set)
+    """Every sequence number with a key under `index/`, authentic or not (the next entry goes at the
+    first free number above the newest authentic entry)."""
     problems: list[str] = field(default_factory=list)
+
+    def next_sequence(self) -> int:
+        sequence = (self.newest.sequence if self.newest else -1) + 1
+        while sequence in self.occupied:
+            sequence += 1
+        if sequence > MAX_SEQUENCE:
+            raise ValueError(f"the snapshot index would pass sequence number {MAX_SEQUENCE}")
+        return sequence
 
 
 def entry_key(sequence: int) -> str:
@@ -68,6 +80,8 @@ def _message_v1(sequence: int, body: bytes) -> bytes:
 
 
 def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
+    if not 0 <= entry.sequence <= MAX_SEQUENCE:
+        raise ValueError(f"index sequence number {entry.sequence} out of range")
     body = orjson.dumps(
         {
             "sequence": entry.sequence,
@@ -120,7 +134,10 @@ def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey, repository_
 
 def _sequence(key: str) -> int | None:
     digits = key[len(PREFIX) :]
-    return int(digits) if len(digits) == _DIGITS and digits.isascii() and digits.isdigit() else None
+    if len(digits) != _DIGITS or not digits.isascii() or not digits.isdigit():
+        return None
+    sequence = int(digits)
+    return sequence if sequence <= MAX_SEQUENCE else None
 
 
 def read(target: Target, verify_key: Ed25519PublicKey, repository_id: str | None) -> IndexReading:
@@ -143,9 +160,11 @@ def entries(
     histories: dict[int, History] = {}
     for key, history in target.histories(PREFIX).items():
         sequence = _sequence(key)
-        if sequence is not None:
+        if sequence is None:
+            reading.problems.append(f"{key} is not an index entry Sentinel writes (put there by someone else?)")
+        else:
             histories[sequence] = history
-    reading.highest = max(histories, default=-1)
+    reading.occupied = set(histories)
     for sequence in sorted(histories, reverse=True):
         history = histories[sequence]
         found: IndexEntry | None = None
@@ -155,7 +174,10 @@ def entries(
             except ObjectNotFound:
                 continue
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
-                reading.problems.append(f"index entry {history.key} (version {version.id}): {exc}")
+                reading.problems.append(
+                    f"index entry {history.key} (version {version.id}) does not authenticate, written by "
+                    f"someone without the key? ({exc})"
+                )
                 continue
             break
         if found is not None:

@@ -500,7 +500,12 @@ class Repository:
         try:
             self.seen.saw_index(self.id, sequence)
         except Exception as exc:  # a read-only data directory must not stop a restore
-            log.warning("could not remember snapshot index entry %d: %s", sequence, exc)
+            # Without it this host cannot notice the index being cut back: say so loudly.
+            log.error(
+                "could not remember snapshot index entry %d (cut-back detection on this host is blind): %s",
+                sequence,
+                exc,
+            )
 
     def _rolled_back(self, reading: index.IndexReading) -> str | None:
         if self.seen is None:
@@ -663,7 +668,11 @@ class Repository:
                 live.pop(snapshot_id, None)
                 started.pop(snapshot_id, None)
             config = self.config if self.config.get("signature") else self._sign_config()
-            entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time(), lost)
+            try:
+                sequence = reading.next_sequence()
+            except ValueError as exc:
+                raise RepositoryError(f"{self.target.describe()}: {exc}") from None
+            entry = index.IndexEntry(sequence, live, started, config, time.time(), lost)
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
                 self._remember(entry.sequence)
                 return
