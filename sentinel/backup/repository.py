@@ -648,6 +648,8 @@ class Repository:
             if reading.newest is not None:
                 live, started = dict(reading.newest.snapshots), dict(reading.newest.started)
                 lost = dict(reading.newest.lost)
+                for snapshot in self._unindexed(reading.newest):
+                    live[snapshot.id], started[snapshot.id] = snapshot.plan, snapshot.started
             else:
                 first = self.catalog()
                 if first.damaged and not first.snapshots:
@@ -677,6 +679,26 @@ class Repository:
                 self._remember(entry.sequence)
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
+
+    def _unindexed(self, newest: index.IndexEntry) -> list[Snapshot]:
+        """Authentic snapshots the newest entry does not name that started after its newest one: a run
+        that wrote its manifest but failed before its index entry. (Older unnamed ones were forgotten
+        by a prune whose delete was refused, or put there by someone else.)"""
+        after = max(newest.started.values(), default=0.0)
+        # Ids start with their start second: skip reading what is plainly older.
+        second = datetime.fromtimestamp(after, UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = []
+        for snapshot_id, history in self._manifests().items():
+            if snapshot_id in newest.snapshots or snapshot_id in newest.lost or snapshot_id.split("-")[0] < second:
+                continue
+            try:
+                snapshot = self.load_snapshot(snapshot_id, history)
+            except (CorruptSnapshot, SnapshotNotFound):
+                continue
+            if snapshot.started > after:
+                log.warning("adding snapshot %s to the snapshot index (its run failed after its manifest)", snapshot_id)
+                out.append(snapshot)
+        return out
 
     def _sign_config(self) -> dict[str, Any]:
         """After an upgrade: write the unsigned config again, signed (and locked, on a locked target)."""
