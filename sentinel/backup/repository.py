@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,8 @@ CONFIG_KEY = "config"
 MANIFEST_MAGIC = b"SNM\x01"
 SIGNATURE_BYTES = 64
 _UNSIGNED_CHUNKS_TRIED = 8
+SNAPSHOT_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class RepositoryError(Exception):
@@ -428,8 +431,16 @@ class Repository:
             raise first from None
 
     def chunk_histories(self) -> dict[str, History]:
-        """Every stored chunk id with its versions (oldest first)."""
-        return {key.rsplit("/", 1)[-1]: history for key, history in self.target.histories("chunks/").items()}
+        """Every stored chunk id with its versions (oldest first): keys exactly `chunks/<id[:2]>/<id>`
+        with a well-formed id; any other key is logged and ignored (never read, reused or deleted)."""
+        out = {}
+        for key, history in self.target.histories("chunks/").items():
+            chunk_id = key.rsplit("/", 1)[-1]
+            if CHUNK_ID.fullmatch(chunk_id) and key == chunk_key(chunk_id):
+                out[chunk_id] = history
+            else:
+                log.warning("ignoring %s: not a chunk Sentinel writes (put there by someone else?)", key)
+        return out
 
     def chunk_versions(self) -> dict[str, tuple[int, str | None]]:
         """Every stored chunk id with the stored (sealed) size and id of its first version."""
@@ -485,8 +496,17 @@ class Repository:
         except ObjectNotFound:
             raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.target.describe()}") from None
 
-    def _manifests(self) -> dict[str, History]:
-        return {key.rsplit("/", 1)[-1]: h for key, h in self.target.histories("snapshots/").items()}
+    def _manifests(self, anomalies: list[str] | None = None) -> dict[str, History]:
+        """Every `snapshots/<id>` with a well-formed id; any other key there goes to `anomalies` (a key
+        like `snapshots/zz/<id>` must not stand in for the genuine manifest of that id)."""
+        out = {}
+        for key, history in self.target.histories("snapshots/").items():
+            snapshot_id = key.removeprefix("snapshots/")
+            if SNAPSHOT_ID.fullmatch(snapshot_id):
+                out[snapshot_id] = history
+            elif anomalies is not None:
+                anomalies.append(f"ignoring {key}: not a manifest Sentinel writes (put there by someone else?)")
+        return out
 
     def snapshot_ids(self) -> list[str]:
         return sorted(self._manifests())
@@ -527,13 +547,14 @@ class Repository:
 
     def catalog(self, plan: str | None = None) -> Catalog:
         """Every snapshot (of `plan`), checked against the signed index. One bad manifest affects only itself."""
-        manifests = self._manifests()
+        anomalies: list[str] = []
+        manifests = self._manifests(anomalies)
         reading = self.read_index()
         named = reading.newest.snapshots if reading.newest else {}
         lost = reading.newest.lost if reading.newest else {}
         catalog = Catalog(
             indexed=reading.newest is not None,
-            notes=list(reading.problems),
+            notes=[*reading.problems, *anomalies],
             started=dict(reading.newest.started) if reading.newest else {},
             plans=dict(named),
             rolled_back=self._rolled_back(reading),
