@@ -72,6 +72,13 @@ def test_a_chunk_put_back_after_prune_by_someone_without_the_key_is_not_reused(
         assert (tmp_path / "restored" / "path" / name).read_bytes() == (models / name).read_bytes(), name
     assert again.stats is not None and again.stats.chunks_new >= len(gone)
 
+    # The next backup keeps the version the manifest records, not the listing's oldest (the garbage).
+    third = run_backup(context, "models")
+    assert third.snapshot is not None and third.stats is not None and third.stats.uploaded_bytes == 0
+    recorded = {r.id: r.version for f in again.snapshot.files for r in f.chunks}
+    assert {r.id: r.version for f in third.snapshot.files for r in f.chunks} == recorded
+    assert verify_snapshot(context.repository("models"), third.snapshot, read_data=True).ok
+
 
 def test_chunks_a_failed_run_left_are_authenticated_and_reused(
     make_context: MakeContext, target: dict[str, Any], tmp_path: Path

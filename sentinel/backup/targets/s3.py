@@ -15,6 +15,7 @@ object stays fully intact and the caller gets `ObjectLocked`. Leases use conditi
 
 from __future__ import annotations
 
+import builtins
 import io
 import logging
 import math
@@ -44,6 +45,7 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 LEASE_PREFIX = "locks/"
 LEASE_LOCK_DAYS = 1
+DELETE_ROUNDS = 3
 log = logging.getLogger("sentinel.backup")
 
 
@@ -265,18 +267,33 @@ class S3Target:
             if not self.versioned():
                 self.client.delete_object(Bucket=self.bucket, Key=full)
                 return
-            versions = self.client.list_object_versions(Bucket=self.bucket, Prefix=full)
-            for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
-                if item["Key"] != full:
-                    continue
-                try:
-                    self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=item["VersionId"])
-                except ClientError as exc:
-                    if _code(exc) in ("AccessDenied", "InvalidRequest", "403"):
-                        raise ObjectLocked(key, self._retain_until(full, item["VersionId"])) from None
-                    raise
+            # Every version, page by page, then listed again to confirm: a key may have more versions
+            # than one listing page holds, and a version written meanwhile must not survive unnoticed.
+            for _ in range(DELETE_ROUNDS):
+                remaining = self._versions_of(full)
+                if not remaining:
+                    return
+                for version_id in remaining:
+                    try:
+                        self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+                    except ClientError as exc:
+                        if _code(exc) in ("AccessDenied", "InvalidRequest", "403"):
+                            raise ObjectLocked(key, self._retain_until(full, version_id)) from None
+                        raise
+            if self._versions_of(full):
+                raise TargetError(f"delete {key} in {self.describe()}: versions keep appearing; not deleted")
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def _versions_of(self, full: str) -> builtins.list[str]:
+        """The id of every version and delete marker of exactly `full`, over all listing pages."""
+        out: builtins.list[str] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if item["Key"] == full:
+                    out.append(str(item["VersionId"]))
+        return out
 
     def _retain_until(self, full: str, version: str | None) -> datetime | None:
         return self._retention(full, version)[1]
