@@ -669,7 +669,7 @@ class Repository:
             if reading.newest is not None:
                 live, started = dict(reading.newest.snapshots), dict(reading.newest.started)
                 lost = dict(reading.newest.lost)
-                for snapshot in self._unindexed(reading.newest):
+                for snapshot in self._unindexed(reading.newest, {s.id for s in add}):
                     live[snapshot.id], started[snapshot.id] = snapshot.plan, snapshot.started
             else:
                 first = self.catalog()
@@ -701,7 +701,7 @@ class Repository:
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
 
-    def _unindexed(self, newest: index.IndexEntry) -> list[Snapshot]:
+    def _unindexed(self, newest: index.IndexEntry, adding: set[str]) -> list[Snapshot]:
         """Authentic snapshots the newest entry does not name that started after its newest one: a run
         that wrote its manifest but failed before its index entry. (Older unnamed ones were forgotten
         by a prune whose delete was refused, or put there by someone else.)"""
@@ -710,7 +710,9 @@ class Repository:
         second = datetime.fromtimestamp(after, UTC).strftime("%Y%m%dT%H%M%SZ")
         out = []
         for snapshot_id, history in self._manifests().items():
-            if snapshot_id in newest.snapshots or snapshot_id in newest.lost or snapshot_id.split("-")[0] < second:
+            if snapshot_id in newest.snapshots or snapshot_id in newest.lost or snapshot_id in adding:
+                continue
+            if snapshot_id.split("-")[0] < second:
                 continue
             try:
                 snapshot = self.load_snapshot(snapshot_id, history)
