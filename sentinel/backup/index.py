@@ -12,6 +12,7 @@ credentials cannot forge an entry, and a snapshot they delete or hide is named b
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,9 @@ PREFIX = "index/"
 MAGIC = b"SNI\x01"
 SIGNATURE_BYTES = 64
 _DIGITS = 20
+MAX_SEQUENCE = 2**53
+"""Far beyond any real history (one entry a second for 285 million years), far below what JSON
+numbers, orjson and SQLite hold exactly: a key above it was not written by Sentinel."""
 
 
 @dataclass
@@ -47,20 +51,37 @@ class IndexEntry:
 @dataclass
 class IndexReading:
     newest: IndexEntry | None
-    highest: int = -1
-    """The highest sequence number under `index/`, authentic or not (the next entry goes above it)."""
+    occupied: set[int] = field(default_factory=set)
+    """Every sequence number with a key under `index/`, authentic or not (the next entry goes at the
+    first free number above the newest authentic entry)."""
     problems: list[str] = field(default_factory=list)
+
+    def next_sequence(self) -> int:
+        sequence = (self.newest.sequence if self.newest else -1) + 1
+        while sequence in self.occupied:
+            sequence += 1
+        if sequence > MAX_SEQUENCE:
+            raise ValueError(f"the snapshot index would pass sequence number {MAX_SEQUENCE}")
+        return sequence
 
 
 def entry_key(sequence: int) -> str:
     return f"{PREFIX}{sequence:0{_DIGITS}d}"
 
 
-def _message(sequence: int, body: bytes) -> bytes:
+def _message(repository_id: str, sequence: int, body: bytes) -> bytes:
+    """What is signed: the repository id and the sequence number bind an entry to its place."""
+    return b"\0".join((b"sentinel-backup/v2 index", repository_id.encode(), str(sequence).encode(), body))
+
+
+def _message_v1(sequence: int, body: bytes) -> bytes:
+    """What entries written before the repository id was signed carry (read, never written)."""
     return b"\0".join((b"sentinel-backup/v1 index", str(sequence).encode(), body))
 
 
 def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
+    if not 0 <= entry.sequence <= MAX_SEQUENCE:
+        raise ValueError(f"index sequence number {entry.sequence} out of range")
     body = orjson.dumps(
         {
             "sequence": entry.sequence,
@@ -72,20 +93,33 @@ def encode(entry: IndexEntry, signing_key: Ed25519PrivateKey) -> bytes:
         },
         option=orjson.OPT_SORT_KEYS,
     )
-    return MAGIC + signing_key.sign(_message(entry.sequence, body)) + body
+    return MAGIC + signing_key.sign(_message(str(entry.config["id"]), entry.sequence, body)) + body
 
 
-def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey) -> IndexEntry:
-    """The entry, if `blob` is one signed by `verify_key` for `sequence`; ValueError otherwise."""
+def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey, repository_id: str | None) -> IndexEntry:
+    """The entry, if `blob` is one signed by `verify_key` for `sequence` in the repository
+    `repository_id` (None: any repository, for `recover-config`); ValueError otherwise.
+
+    Entries are signed over the repository id, so one copied from another repository that shares the
+    backup key does not verify. Older entries (signed without it) count only if the config they carry
+    names this repository."""
     head = len(MAGIC) + SIGNATURE_BYTES
     if len(blob) < head or not blob.startswith(MAGIC):
         raise ValueError("not a signed index entry")
-    body = blob[head:]
-    try:
-        verify_key.verify(blob[len(MAGIC) : head], _message(sequence, body))
-    except InvalidSignature:
-        raise ValueError("the signature does not verify") from None
+    body, signature = blob[head:], blob[len(MAGIC) : head]
     raw = orjson.loads(body)
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+        raise ValueError("not an index entry")
+    claimed = str(raw["config"].get("id"))
+    if repository_id is not None and claimed != repository_id:
+        raise ValueError(f"an entry of another repository ({claimed})")
+    try:
+        verify_key.verify(signature, _message(claimed, sequence, body))
+    except InvalidSignature:
+        try:
+            verify_key.verify(signature, _message_v1(sequence, body))
+        except InvalidSignature:
+            raise ValueError("the signature does not verify") from None
     if raw.get("sequence") != sequence:
         raise ValueError("filed under another sequence number")
     return IndexEntry(
@@ -100,34 +134,56 @@ def decode(sequence: int, blob: bytes, verify_key: Ed25519PublicKey) -> IndexEnt
 
 def _sequence(key: str) -> int | None:
     digits = key[len(PREFIX) :]
-    return int(digits) if len(digits) == _DIGITS and digits.isascii() and digits.isdigit() else None
+    if len(digits) != _DIGITS or not digits.isascii() or not digits.isdigit():
+        return None
+    sequence = int(digits)
+    return sequence if sequence <= MAX_SEQUENCE else None
 
 
-def read(target: Target, verify_key: Ed25519PublicKey) -> IndexReading:
-    """The newest authentic entry: the highest sequence with a version that verifies, each key's
-    versions tried oldest first (what was written first is what the repository wrote)."""
+def read(target: Target, verify_key: Ed25519PublicKey, repository_id: str | None) -> IndexReading:
+    """The newest authentic entry of `repository_id`: the highest sequence with a version that
+    verifies, each key's versions tried oldest first (what was written first is what the repository
+    wrote)."""
+    reading = IndexReading(None)
+    for entry in entries(target, verify_key, repository_id, reading):
+        reading.newest = entry
+        break
+    return reading
+
+
+def entries(
+    target: Target, verify_key: Ed25519PublicKey, repository_id: str | None, reading: IndexReading | None = None
+) -> Iterator[IndexEntry]:
+    """Every authentic entry (of `repository_id`, or of any repository the key signed for), newest
+    first; what does not verify or was written over goes to `reading.problems`."""
+    reading = reading or IndexReading(None)
     histories: dict[int, History] = {}
     for key, history in target.histories(PREFIX).items():
         sequence = _sequence(key)
-        if sequence is not None:
+        if sequence is None:
+            reading.problems.append(f"{key} is not an index entry Sentinel writes (put there by someone else?)")
+        else:
             histories[sequence] = history
-    reading = IndexReading(None, max(histories, default=-1))
+    reading.occupied = set(histories)
     for sequence in sorted(histories, reverse=True):
         history = histories[sequence]
+        found: IndexEntry | None = None
         for version in history.versions:
             try:
-                reading.newest = decode(sequence, target.get(history.key, version.id), verify_key)
+                found = decode(sequence, target.get(history.key, version.id), verify_key, repository_id)
             except ObjectNotFound:
                 continue
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
-                reading.problems.append(f"index entry {history.key} (version {version.id}): {exc}")
+                reading.problems.append(
+                    f"index entry {history.key} (version {version.id}) does not authenticate, written by "
+                    f"someone without the key? ({exc})"
+                )
                 continue
             break
-        if reading.newest is not None:
+        if found is not None:
             if history.rewritten:
                 reading.problems.append(
                     f"index entry {history.key} was written over or deleted by someone without the key "
                     "(its first version is used)"
                 )
-            return reading
-    return reading
+            yield found

@@ -7,9 +7,11 @@ chunk cannot lose it underneath. Snapshots of plans not in the configuration are
 When Object Lock refuses a delete, that is reported and the prune carries on: a locked snapshot
 stays (and so do its chunks, which it still references), a locked chunk simply stays. Forgotten
 snapshots leave the signed snapshot index before their manifests are deleted, so a prune is never
-reported as a missing snapshot. A damaged manifest (its chunks unknown) or a snapshot the index
-names but that is missing stops chunk deletion: the prune says so and deletes no chunk, until the
-loss is acknowledged (`backup forget --lost`, recorded in the signed index).
+reported as a missing snapshot. A damaged manifest (its chunks unknown), a snapshot the index
+names but that is missing, or an index cut back stops the prune before it forgets anything: it says
+so and forgets no snapshot and deletes no chunk, until the loss is acknowledged (`backup forget
+--lost`, recorded in the signed index). Otherwise retention could forget the older, intact
+snapshots while the newest ones are missing.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def prune(
         if running:
             raise LeaseHeld("a backup is running (" + "; ".join(r.describe(now) for r in running) + "); prune later")
         catalog = repo.catalog()
+        if catalog.problems():
+            # Unsure which snapshots exist: forgetting by retention now could delete the only intact
+            # copies (the newest ones missing, the older ones "expired"), and deleting chunks could
+            # hurt a damaged one. Nothing is forgotten or deleted until the problem is resolved.
+            report.errors.extend(catalog.problems())
+            report.kept.extend(s.id for s in catalog.snapshots)
+            return report
         snapshots = catalog.snapshots
         remaining = {s.id: s for s in snapshots}
         forgetting = []
@@ -91,7 +100,6 @@ def prune(
                 continue
             report.forgotten.append(snapshot.id)
             del remaining[snapshot.id]
-        report.errors.extend(catalog.problems())
         if report.errors:
             # Unsure which snapshots exist: deleting chunks now could hurt one of them.
             return report

@@ -13,7 +13,9 @@ include keys hidden by a delete marker, and the signed index names snapshots tha
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +41,9 @@ FORMAT = "sentinel-backup"
 CONFIG_KEY = "config"
 MANIFEST_MAGIC = b"SNM\x01"
 SIGNATURE_BYTES = 64
+_UNSIGNED_CHUNKS_TRIED = 8
+SNAPSHOT_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
+CHUNK_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class RepositoryError(Exception):
@@ -243,6 +248,7 @@ class Repository:
             target.put_if_absent(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
             return cls.open(target, key)
         first: dict[str, Any] | None = None
+        candidates: list[tuple[str | None, dict[str, Any]]] = []
         for version in history.versions:  # oldest first: what was written first is what we wrote
             try:
                 config = orjson.loads(target.get(CONFIG_KEY, version.id))
@@ -255,14 +261,21 @@ class Repository:
             first = first or config
             if config.get("format") != FORMAT or config.get("version") != 1:
                 continue
-            if config_authentic(config, key) and (config.get("signature") or cls._indexed_as(target, key, config)):
+            if config_authentic(config, key):
+                candidates.append((version.id, config))
+        # A signed config first (an unsigned one is from before configs were signed); either counts
+        # only if the repository's own signed data vouches for its id: a config signed for another
+        # repository that shares the key (copied here) names an id nothing here belongs to.
+        candidates.sort(key=lambda c: c[1].get("signature") is None)
+        for version_id, config in candidates:
+            if cls._vouched(target, key, config):
                 if history.rewritten:
                     log.warning(
                         "the repository config in %s was written over or deleted by someone without the key; "
                         "using the version the repository wrote",
                         target.describe(),
                     )
-                return cls(target, key, config, config_version=version.id)
+                return cls(target, key, config, config_version=version_id)
         if first is not None and first.get("format") == FORMAT and first.get("key_id") != key.key_id:
             raise WrongKeyError(
                 f"wrong backup key: the key file has key id {key.key_id}, but the repository in "
@@ -276,12 +289,32 @@ class Repository:
             f"(tampered with by someone without the key?); {recovery_hint(target)}"
         )
 
-    @staticmethod
-    def _indexed_as(target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
-        """An unsigned config (written before configs were signed) counts only if the signed index, when
-        there is one, names the same repository: otherwise anyone could write one with a new id."""
-        newest = index.read(target, key.verify_key).newest
-        return newest is None or newest.config.get("id") == config.get("id")
+    @classmethod
+    def _vouched(cls, target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
+        """A config counts only if the repository's signed data names the same repository: an index
+        entry signed for its id, else at least one manifest (or, with no manifest yet, a chunk) that
+        authenticates under it, or no data at all. Otherwise anyone could put an unsigned config with a
+        new id (or a signed one from another repository) there, and every old snapshot would quietly
+        stop counting."""
+        newest = index.read(target, key.verify_key, str(config.get("id"))).newest
+        return newest is not None or cls._data_vouches(target, key, config)
+
+    @classmethod
+    def _data_vouches(cls, target: Target, key: BackupKey, config: dict[str, Any]) -> bool:
+        """At least one manifest (or, with no manifest, a chunk) authenticates under the id of `config`,
+        or the repository holds no data."""
+        candidate = cls(target, key, config)
+        manifests = candidate._manifests()
+        for snapshot_id, history in sorted(manifests.items(), reverse=True):
+            try:
+                candidate.load_snapshot(snapshot_id, history)
+            except (CorruptSnapshot, SnapshotNotFound):
+                continue
+            return True
+        if manifests:
+            return False
+        chunks = list(itertools.islice(candidate.chunk_histories().items(), _UNSIGNED_CHUNKS_TRIED))
+        return not chunks or any(candidate.holds_chunk(cid, h.versions[0].id) for cid, h in chunks)
 
     @staticmethod
     def _holds_data(target: Target) -> bool:
@@ -291,18 +324,39 @@ class Repository:
 
     @classmethod
     def recover_config(cls, target: Target, key: BackupKey) -> Repository:
-        """Write the config back from the newest signed index entry (after it was deleted or replaced)."""
-        reading = index.read(target, key.verify_key)
-        if reading.newest is None:
+        """Write the config back from the newest signed index entry (after it was deleted or replaced)
+        whose repository the manifests here confirm: an entry copied from another repository that
+        shares the backup key names that repository's id, under which nothing here authenticates."""
+        found = False
+        refused: set[str] = set()
+        for entry in index.entries(target, key.verify_key, None):
+            found = True
+            config = entry.config
+            if str(config.get("id")) in refused:
+                continue
+            if not config_authentic(config, key) or config.get("signature") is None:
+                continue
+            if not cls._data_vouches(target, key, config):
+                refused.add(str(config.get("id")))
+                log.warning(
+                    "index entry %d in %s names repository %s, which nothing stored there belongs to (copied "
+                    "from another repository?); not recovering from it",
+                    entry.sequence,
+                    target.describe(),
+                    config.get("id"),
+                )
+                continue
+            target.put(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
+            return cls.open(target, key)
+        if not found:
             raise RepositoryError(
                 f"no signed snapshot index in {target.describe()} to recover the config from; "
                 "point the target at a new prefix and take a fresh backup"
             )
-        config = reading.newest.config
-        if not config_authentic(config, key) or config.get("signature") is None:
-            raise RepositoryError(f"the config in the newest index entry of {target.describe()} does not authenticate")
-        target.put(CONFIG_KEY, orjson.dumps(config, option=orjson.OPT_INDENT_2))
-        return cls.open(target, key)
+        raise RepositoryError(
+            f"no signed index entry in {target.describe()} carries a config that the snapshots stored there "
+            "authenticate under"
+        )
 
     def _first_authentic(self, key: str, history: History | None, check: Callable[[bytes], T], tried: str | None) -> T:
         """The first version of `key`, oldest first, that passes `check` (which raises if it does not)."""
@@ -348,6 +402,14 @@ class Repository:
         """Store a sealed chunk; its version id (None on a store without versions)."""
         return self.target.put(chunk_key(chunk_id), blob)
 
+    def holds_chunk(self, chunk_id: str, version: str | None) -> bool:
+        """Whether `version` of the chunk is there and opens to exactly that chunk (its id recomputed)."""
+        try:
+            self.open_chunk(chunk_id, self.target.get(chunk_key(chunk_id), version))
+        except (ObjectNotFound, CorruptChunkError):
+            return False
+        return True
+
     def get_chunk(self, ref: ChunkRef | str, *, check_id: bool = True) -> bytes:
         """The chunk's plaintext: the version the manifest names, else the current one; if that is gone or
         does not authenticate (written over, hidden), the oldest version that does."""
@@ -368,12 +430,24 @@ class Repository:
                 raise MissingChunkError(chunk_id) from None
             raise first from None
 
+    def chunk_histories(self) -> dict[str, History]:
+        """Every stored chunk id with its versions (oldest first): keys exactly `chunks/<id[:2]>/<id>`
+        with a well-formed id; any other key is logged and ignored (never read, reused or deleted)."""
+        out = {}
+        for key, history in self.target.histories("chunks/").items():
+            chunk_id = key.rsplit("/", 1)[-1]
+            if CHUNK_ID.fullmatch(chunk_id) and key == chunk_key(chunk_id):
+                out[chunk_id] = history
+            else:
+                log.warning("ignoring %s: not a chunk Sentinel writes (put there by someone else?)", key)
+        return out
+
     def chunk_versions(self) -> dict[str, tuple[int, str | None]]:
         """Every stored chunk id with the stored (sealed) size and id of its first version."""
         out = {}
-        for key, history in self.target.histories("chunks/").items():
+        for chunk_id, history in self.chunk_histories().items():
             first = history.versions[0]
-            out[key.rsplit("/", 1)[-1]] = (first.size, first.id)
+            out[chunk_id] = (first.size, first.id)
         return out
 
     def chunk_sizes(self) -> dict[str, int]:
@@ -422,14 +496,23 @@ class Repository:
         except ObjectNotFound:
             raise SnapshotNotFound(f"no snapshot {snapshot_id} in {self.target.describe()}") from None
 
-    def _manifests(self) -> dict[str, History]:
-        return {key.rsplit("/", 1)[-1]: h for key, h in self.target.histories("snapshots/").items()}
+    def _manifests(self, anomalies: list[str] | None = None) -> dict[str, History]:
+        """Every `snapshots/<id>` with a well-formed id; any other key there goes to `anomalies` (a key
+        like `snapshots/zz/<id>` must not stand in for the genuine manifest of that id)."""
+        out = {}
+        for key, history in self.target.histories("snapshots/").items():
+            snapshot_id = key.removeprefix("snapshots/")
+            if SNAPSHOT_ID.fullmatch(snapshot_id):
+                out[snapshot_id] = history
+            elif anomalies is not None:
+                anomalies.append(f"ignoring {key}: not a manifest Sentinel writes (put there by someone else?)")
+        return out
 
     def snapshot_ids(self) -> list[str]:
         return sorted(self._manifests())
 
     def read_index(self) -> index.IndexReading:
-        return index.read(self.target, self.key.verify_key)
+        return index.read(self.target, self.key.verify_key, self.id)
 
     def _remember(self, sequence: int) -> None:
         if self.seen is None or sequence < 0:
@@ -437,7 +520,12 @@ class Repository:
         try:
             self.seen.saw_index(self.id, sequence)
         except Exception as exc:  # a read-only data directory must not stop a restore
-            log.warning("could not remember snapshot index entry %d: %s", sequence, exc)
+            # Without it this host cannot notice the index being cut back: say so loudly.
+            log.error(
+                "could not remember snapshot index entry %d (cut-back detection on this host is blind): %s",
+                sequence,
+                exc,
+            )
 
     def _rolled_back(self, reading: index.IndexReading) -> str | None:
         if self.seen is None:
@@ -459,13 +547,14 @@ class Repository:
 
     def catalog(self, plan: str | None = None) -> Catalog:
         """Every snapshot (of `plan`), checked against the signed index. One bad manifest affects only itself."""
-        manifests = self._manifests()
+        anomalies: list[str] = []
+        manifests = self._manifests(anomalies)
         reading = self.read_index()
         named = reading.newest.snapshots if reading.newest else {}
         lost = reading.newest.lost if reading.newest else {}
         catalog = Catalog(
             indexed=reading.newest is not None,
-            notes=list(reading.problems),
+            notes=[*reading.problems, *anomalies],
             started=dict(reading.newest.started) if reading.newest else {},
             plans=dict(named),
             rolled_back=self._rolled_back(reading),
@@ -580,8 +669,17 @@ class Repository:
             if reading.newest is not None:
                 live, started = dict(reading.newest.snapshots), dict(reading.newest.started)
                 lost = dict(reading.newest.lost)
+                for snapshot in self._unindexed(reading.newest, {s.id for s in add}):
+                    live[snapshot.id], started[snapshot.id] = snapshot.plan, snapshot.started
             else:
-                known = self.catalog().snapshots
+                first = self.catalog()
+                if first.damaged and not first.snapshots:
+                    raise RepositoryError(
+                        f"none of the {len(first.damaged)} snapshots in {self.target.describe()} authenticates "
+                        f"under repository id {self.id}: refusing to start a snapshot index without them "
+                        f"(the config replaced by someone without the key?); {recovery_hint(self.target)}"
+                    )
+                known = first.snapshots
                 live, started = {s.id: s.plan for s in known}, {s.id: s.started for s in known}
             for snapshot in add:
                 live[snapshot.id], started[snapshot.id] = snapshot.plan, snapshot.started
@@ -592,12 +690,46 @@ class Repository:
                 lost[snapshot_id] = {**why, "started": started.get(snapshot_id)}
                 live.pop(snapshot_id, None)
                 started.pop(snapshot_id, None)
-            config = self.config if self.config.get("signature") else sign_config(self.config, self.key)
-            entry = index.IndexEntry(reading.highest + 1, live, started, config, time.time(), lost)
+            config = self.config if self.config.get("signature") else self._sign_config()
+            try:
+                sequence = reading.next_sequence()
+            except ValueError as exc:
+                raise RepositoryError(f"{self.target.describe()}: {exc}") from None
+            entry = index.IndexEntry(sequence, live, started, config, time.time(), lost)
             if self.target.put_if_absent(index.entry_key(entry.sequence), index.encode(entry, self.key.signing_key)):
                 self._remember(entry.sequence)
                 return
         raise TargetError(f"could not append to the snapshot index in {self.target.describe()}: too much contention")
+
+    def _unindexed(self, newest: index.IndexEntry, adding: set[str]) -> list[Snapshot]:
+        """Authentic snapshots the newest entry does not name that started after its newest one: a run
+        that wrote its manifest but failed before its index entry. (Older unnamed ones were forgotten
+        by a prune whose delete was refused, or put there by someone else.)"""
+        after = max(newest.started.values(), default=0.0)
+        # Ids start with their start second: skip reading what is plainly older.
+        second = datetime.fromtimestamp(after, UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = []
+        for snapshot_id, history in self._manifests().items():
+            if snapshot_id in newest.snapshots or snapshot_id in newest.lost or snapshot_id in adding:
+                continue
+            if snapshot_id.split("-")[0] < second:
+                continue
+            try:
+                snapshot = self.load_snapshot(snapshot_id, history)
+            except (CorruptSnapshot, SnapshotNotFound):
+                continue
+            if snapshot.started > after:
+                log.warning("adding snapshot %s to the snapshot index (its run failed after its manifest)", snapshot_id)
+                out.append(snapshot)
+        return out
+
+    def _sign_config(self) -> dict[str, Any]:
+        """After an upgrade: write the unsigned config again, signed (and locked, on a locked target)."""
+        signed = sign_config(self.config, self.key)
+        self.config_version = self.target.put(CONFIG_KEY, orjson.dumps(signed, option=orjson.OPT_INDENT_2))
+        self.config = signed
+        log.info("signed the repository config of %s (written before configs were signed)", self.target.describe())
+        return signed
 
     def acknowledge_lost(self, ref: str, reason: str, *, by: str = "", clock: Callable[[], float] = time.time) -> str:
         """Record in the signed index that the missing or damaged snapshot `ref` (an id or unique prefix) is

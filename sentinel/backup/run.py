@@ -1,9 +1,12 @@
 """Taking a snapshot: read every source, chunk, deduplicate, seal and upload new chunks, then commit.
 
 Memory stays bounded whatever the file sizes: the chunker holds two maximum-size chunks, and at
-most `max_in_flight` sealed chunks wait for upload. Chunk ids already in the repository (listed at
-start) or uploaded earlier in this run are not uploaded again, which is also how a run resumes
-after a failed one: its finished chunks are in the listing. Files whose size, mtime and inode
+most `max_in_flight` sealed chunks wait for upload. A chunk is reused without a read only when the
+repository vouches for it: an authentic manifest records it (with its version), or this run
+uploaded it. A chunk that is merely listed (left by a failed run, or put there by whoever holds the
+bucket's credentials after a prune deleted the original) is read and authenticated first, and
+uploaded again unless it opens to exactly this chunk; that is also how a run resumes after a
+failed one without uploading its finished chunks again. Files whose size, mtime and inode
 match the previous snapshot of the plan reuse its chunk list without being read. The manifest is
 written last; until then the snapshot does not exist.
 
@@ -87,7 +90,12 @@ class BackupRun:
         self.scratch_root = scratch_root
         self.stats = RunStats()
         self._known: set[str] = set()
+        """Chunk ids this run already decided about (reused or uploaded): never sent twice."""
         self._versions: dict[str, str | None] = {}
+        """Chunk id → the version the repository vouches for: recorded by an authentic manifest, or
+        uploaded (or authenticated) by this run."""
+        self._listed: dict[str, str | None] = {}
+        """Chunk ids in the listing but vouched for by nothing: read and authenticated before reuse."""
         self._locked: dict[str, float] = {}
         self._lock_start = 0.0
         self._slots = threading.BoundedSemaphore(concurrency * 2)
@@ -96,13 +104,19 @@ class BackupRun:
         self._futures: list[Future[None]] = []
 
     def _parent(self) -> dict[tuple[str, str], FileEntry]:
+        """The plan's previous snapshot's files; every authentic manifest's chunks (of any plan) become
+        vouched for, with the version and lock it records."""
         # A damaged old manifest is left out by `snapshots` (and logged): it must not stop today's backup.
-        previous = self.repo.snapshots(self.plan)
+        every = self.repo.snapshots()
+        for snapshot in every:
+            for entry in snapshot.files:
+                for ref in entry.chunks:
+                    self._locked[ref.id] = max(self._locked.get(ref.id, 0.0), ref.locked_until)
+                    if ref.id not in self._versions or self._versions[ref.id] is None:
+                        self._versions[ref.id] = ref.version
+        previous = [s for s in every if s.plan == self.plan]
         if not previous:
             return {}
-        for entry in previous[-1].files:
-            for ref in entry.chunks:
-                self._locked[ref.id] = max(self._locked.get(ref.id, 0.0), ref.locked_until)
         return {(f.source, f.path): f for f in previous[-1].files if f.type == "file"}
 
     def run(self) -> Snapshot:
@@ -116,9 +130,13 @@ class BackupRun:
         )
         self._lock_start = self.clock()
         self.progress.begin("listing repository", None)
-        self._versions = {cid: version for cid, (_, version) in self.repo.chunk_versions().items()}
-        self._known = set(self._versions)
+        listed = {cid: version for cid, (_, version) in self.repo.chunk_versions().items()}
         parent = self._parent()
+        # A vouched chunk that is no longer listed was deleted: upload it again. One whose recorded
+        # version is not the first listed (versions deleted underneath?) is read before reuse.
+        recorded = self._versions
+        self._versions = {cid: v for cid, v in recorded.items() if cid in listed and v == listed[cid]}
+        self._listed = {cid: recorded.get(cid, v) for cid, v in listed.items() if cid not in self._versions}
         self.progress.end()
         chunker = Chunker(self.repo.chunker)
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="backup-upload")
@@ -157,7 +175,8 @@ class BackupRun:
     def _record_versions(self, snapshot: Snapshot) -> None:
         for entry in snapshot.files:
             for ref in entry.chunks:
-                ref.version = self._versions.get(ref.id, ref.version)
+                if ref.version is None:  # a version an authentic manifest recorded stays as it is
+                    ref.version = self._versions.get(ref.id)
 
     def _extend_locks(self, snapshot: Snapshot, pool: ThreadPoolExecutor) -> None:
         """Make every chunk (and the config) this snapshot needs locked for `lock_days` from now."""
@@ -213,7 +232,7 @@ class BackupRun:
             and item.size == previous.size
             and item.mtime_ns == previous.mtime_ns
             and item.inode == previous.inode
-            and all(c.id in self._known for c in previous.chunks)
+            and all(c.id in self._versions for c in previous.chunks)
         ):
             entry.size, entry.sha256, entry.chunks = previous.size, previous.sha256, previous.chunks
             entry.inode = item.inode
@@ -240,11 +259,10 @@ class BackupRun:
 
     def _chunk(self, view: memoryview, pool: ThreadPoolExecutor) -> str:
         chunk_id = self.repo.key.chunk_id(view)
-        if chunk_id in self._known:
+        if chunk_id in self._known or chunk_id in self._versions:
             self.stats.chunks_reused += 1
             return chunk_id
         self._known.add(chunk_id)
-        self.stats.chunks_new += 1
         # Sealed here, straight from the chunker's buffer (which it reuses for the next chunk): the
         # sealed copy is the only one; the upload threads only send it.
         blob = self.repo.seal_chunk(chunk_id, view)
@@ -253,14 +271,27 @@ class BackupRun:
         days = self.repo.target.lock_days
         # The put locks at least this long (the target adds the same slack to the clock at upload time).
         locked_until = self.clock() + (days + lock_slack_days(days)) * DAY if days is not None else 0.0
-        future = pool.submit(self._upload, chunk_id, blob, locked_until)
+        future = pool.submit(self._upload, chunk_id, blob, locked_until, chunk_id in self._listed)
         future.add_done_callback(self._done)
         self._futures.append(future)
         return chunk_id
 
-    def _upload(self, chunk_id: str, blob: bytearray, locked_until: float) -> None:
+    def _upload(self, chunk_id: str, blob: bytearray, locked_until: float, listed: bool) -> None:
+        if listed:
+            version = self._listed[chunk_id]
+            if self.repo.holds_chunk(chunk_id, version):
+                with self._lock:
+                    self.stats.chunks_reused += 1
+                    self._versions[chunk_id] = version
+                return  # its lock is unknown (0): `_extend_locks` extends it
+            log.warning(
+                "chunk %s in the repository does not authenticate (written by someone without the key?); "
+                "uploading it again",
+                chunk_id,
+            )
         version = self.repo.put_chunk(chunk_id, blob)
         with self._lock:
+            self.stats.chunks_new += 1
             self.stats.uploaded_bytes += len(blob)
             self._versions[chunk_id] = version
             self._locked[chunk_id] = locked_until

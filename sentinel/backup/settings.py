@@ -46,7 +46,12 @@ class TargetSettings(_Section):
     max_attempts: int = Field(default=5, ge=1, le=20, description="s3: tries per request (botocore standard mode).")
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
-    multipart_threshold: int = Field(default=64 * 1024 * 1024, ge=5 * 1024 * 1024)
+    multipart_threshold: int = Field(
+        default=64 * 1024 * 1024,
+        ge=17 * 1024 * 1024,
+        description="s3: objects this large go up in parts. Above the largest sealed chunk (16 MiB and a few "
+        "bytes), so every chunk is one PUT whose version id the manifest records.",
+    )
     multipart_chunksize: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
     verify_tls: bool = True
 

@@ -55,12 +55,18 @@ def verify_snapshot(
     report = VerifyReport(snapshot.id, read_data=read_data)
     users: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
+    recorded: dict[str, str | None] = {}
     for entry in snapshot.files:
         for ref in entry.chunks:
             users.setdefault(ref.id, []).append(f"{entry.source}/{entry.path}")
             sizes[ref.id] = ref.size
+            recorded[ref.id] = ref.version
     progress.begin("listing chunks", None)
-    stored = repo.chunk_sizes()
+    stored: dict[str, int] = {}
+    for chunk_id, history in repo.chunk_histories().items():
+        # The size of the version the manifest records (what restore reads), else of the first one.
+        mine = [v for v in history.versions if recorded.get(chunk_id) and v.id == recorded[chunk_id]]
+        stored[chunk_id] = (mine or history.versions)[0].size
     progress.end()
     bad: set[str] = set()
     for chunk_id, size in sizes.items():

@@ -124,7 +124,8 @@ def test_drill_fails_on_a_missed_rpo_and_on_a_corrupt_chunk(
 
     chunk = next(f for f in backup.snapshot.files if f.path == "w.bin").chunks[0].id
     path = data_dir / "backups" / chunk_key(chunk)
-    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    sealed = path.read_bytes()
+    path.write_bytes(sealed[:-1] + bytes([sealed[-1] ^ 1]))  # always a change (a last byte 0 was not)
     report = RestoreDrill(context, "audit", clock=clock).run()
     assert not report.passed and chunk in report.failures[0] and "models/w.bin" in report.failures[0]
     last = context.run_log().latest("drill")["audit"]

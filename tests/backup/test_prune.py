@@ -150,3 +150,26 @@ def test_object_lock_refuses_prune_deletes_which_are_reported_and_safe(
     # No snapshot or chunk was merely hidden behind a delete marker (released leases are, by design).
     markers = client.list_object_versions(Bucket=bucket).get("DeleteMarkers", [])
     assert [m["Key"] for m in markers if not m["Key"].startswith("locks/")] == []
+
+
+def test_prune_forgets_nothing_while_the_newest_snapshot_is_missing(make_context: MakeContext, tmp_path: Path) -> None:
+    """Someone without the key deletes the newest snapshot (nothing locks a local target): while the
+    repository is known to be damaged, retention forgets nothing (the operator may need every older
+    snapshot to recover), and no chunk is deleted."""
+    models = tmp_path / "models"
+    plans = {"models": {"sources": [{"kind": "path", "path": str(models)}], "retention": ONLY_LAST}}
+    context = make_context(plans=plans, **SMALL)
+    taken = []
+    for seed in (1, 2, 3):
+        write_model(models, {"a.bin": 100_000}, seed=seed)
+        snapshot = run_backup(context, "models").snapshot
+        assert snapshot is not None
+        taken.append(snapshot)
+    context.repository("models").delete_snapshot(taken[-1].id)
+
+    report = run_prune(context)["default"]
+    assert report.errors and taken[-1].id in report.errors[0]
+    assert not report.forgotten and report.chunks_deleted == 0
+    repo = context.repository("models")
+    assert [s.id for s in repo.catalog().snapshots] == [taken[0].id, taken[1].id]
+    assert all(verify_snapshot(repo, s, read_data=True).ok for s in taken[:2])

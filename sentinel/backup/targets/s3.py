@@ -15,7 +15,9 @@ object stays fully intact and the caller gets `ObjectLocked`. Leases use conditi
 
 from __future__ import annotations
 
+import builtins
 import io
+import logging
 import math
 import threading
 import time
@@ -43,10 +45,49 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 LEASE_PREFIX = "locks/"
 LEASE_LOCK_DAYS = 1
+DELETE_ROUNDS = 3
+log = logging.getLogger("sentinel.backup")
 
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def bucket_default_retention(client: Any, bucket: str) -> tuple[str, int] | None:
+    """The bucket's default Object Lock retention (mode, days), if it has one.
+
+    A target without `object_lock_mode` on such a bucket adopts it: the server locks every upload by
+    that default anyway, and without knowing it the chunks a later snapshot reuses would never be
+    re-locked and could expire while that snapshot still needs them."""
+    try:
+        config = client.get_object_lock_configuration(Bucket=bucket).get("ObjectLockConfiguration", {})
+    except ClientError as exc:
+        if _code(exc) in {"ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound", "404"}:
+            return None
+        # Read-only credentials (restore, verify) need not have it; backups should (see docs/backup.md).
+        log.warning(
+            "could not read the Object Lock configuration of bucket %s (%s): if the bucket locks objects by "
+            "default, set object_lock_mode and object_lock_days on the target (or allow "
+            "s3:GetBucketObjectLockConfiguration), or reused chunks are never re-locked",
+            bucket,
+            _code(exc) or exc,
+        )
+        return None
+    except BotoCoreError as exc:
+        raise TargetError(f"reading the Object Lock configuration of bucket {bucket} failed: {exc}") from exc
+    retention = config.get("Rule", {}).get("DefaultRetention", {})
+    if config.get("ObjectLockEnabled") != "Enabled" or not retention.get("Mode"):
+        return None
+    days = int(retention.get("Days") or 0) or int(retention.get("Years") or 0) * 365
+    if days <= 0:
+        return None
+    log.info(
+        "bucket %s locks every object by default (%s, %d days): adopting that as the target's object_lock_mode",
+        bucket,
+        retention["Mode"],
+        days,
+    )
+    return str(retention["Mode"]), days
 
 
 class S3Target:
@@ -85,12 +126,16 @@ class S3Target:
     ) -> S3Target:
         assert settings.bucket is not None
         client = s3_client(settings, max_pool_connections=max_pool_connections)
+        mode: str | None = settings.object_lock_mode
+        days = settings.object_lock_days
+        if mode is None:
+            mode, days = bucket_default_retention(client, settings.bucket) or (None, days)
         return cls(
             client,
             settings.bucket,
             prefix=settings.prefix,
-            lock_mode=settings.object_lock_mode,
-            lock_days=settings.object_lock_days,
+            lock_mode=mode,
+            lock_days=days,
             multipart_threshold=settings.multipart_threshold,
             multipart_chunksize=settings.multipart_chunksize,
             endpoint=settings.endpoint_url,
@@ -222,18 +267,33 @@ class S3Target:
             if not self.versioned():
                 self.client.delete_object(Bucket=self.bucket, Key=full)
                 return
-            versions = self.client.list_object_versions(Bucket=self.bucket, Prefix=full)
-            for item in versions.get("Versions", []) + versions.get("DeleteMarkers", []):
-                if item["Key"] != full:
-                    continue
-                try:
-                    self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=item["VersionId"])
-                except ClientError as exc:
-                    if _code(exc) in ("AccessDenied", "InvalidRequest", "403"):
-                        raise ObjectLocked(key, self._retain_until(full, item["VersionId"])) from None
-                    raise
+            # Every version, page by page, then listed again to confirm: a key may have more versions
+            # than one listing page holds, and a version written meanwhile must not survive unnoticed.
+            for _ in range(DELETE_ROUNDS):
+                remaining = self._versions_of(full)
+                if not remaining:
+                    return
+                for version_id in remaining:
+                    try:
+                        self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=version_id)
+                    except ClientError as exc:
+                        if _code(exc) in ("AccessDenied", "InvalidRequest", "403"):
+                            raise ObjectLocked(key, self._retain_until(full, version_id)) from None
+                        raise
+            if self._versions_of(full):
+                raise TargetError(f"delete {key} in {self.describe()}: versions keep appearing; not deleted")
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("delete", key, exc) from exc
+
+    def _versions_of(self, full: str) -> builtins.list[str]:
+        """The id of every version and delete marker of exactly `full`, over all listing pages."""
+        out: builtins.list[str] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                if item["Key"] == full:
+                    out.append(str(item["VersionId"]))
+        return out
 
     def _retain_until(self, full: str, version: str | None) -> datetime | None:
         return self._retention(full, version)[1]
