@@ -490,23 +490,26 @@ class ObjectLockAnchor:
         `node-a`, which is how the CLI's chain is named), so a whole chain would vanish from the reading.
         Each folder is listed with both `ListObjectVersions` and `ListObjectsV2` (a delete marker hides
         a folder from the second, not from the first)."""
-        origins, folders = [], [self.prefix]
+        origins, folders = [], [(self.prefix, False)]
         while folders:
-            folder = folders.pop()
-            for child in self._subfolders(folder):
-                if child == folder + "checkpoint/":
+            folder, checkpoints = folders.pop()
+            # A `checkpoint/` folder holds thousands of keys `<20 digits>-…`: only the folders named after
+            # them are read (an instance may be named `checkpoint`), not every key page by page.
+            for child in self._subfolders(folder, after=folder + "9" * _SIZE_DIGITS if checkpoints else None):
+                is_checkpoints = child == folder + "checkpoint/"
+                if is_checkpoints:
                     origins.append(folder[len(self.prefix) :].rstrip("/"))
-                # Into `checkpoint/` too: an instance may be named `checkpoint`.
                 if child[len(self.prefix) :].rstrip("/") and child.count("/") <= _MAX_DEPTH:
-                    folders.append(child)
+                    folders.append((child, is_checkpoints))
         return sorted(origin for origin in origins if origin)
 
-    def _subfolders(self, folder: str) -> set[str]:
+    def _subfolders(self, folder: str, after: str | None = None) -> set[str]:
         found: set[str] = set()
         try:
-            for method in ("list_object_versions", "list_objects_v2"):
+            for method, start in (("list_object_versions", "KeyMarker"), ("list_objects_v2", "StartAfter")):
+                extra = {start: after} if after is not None else {}
                 for page in self.client.get_paginator(method).paginate(
-                    Bucket=self.bucket, Prefix=folder, Delimiter="/"
+                    Bucket=self.bucket, Prefix=folder, Delimiter="/", **extra
                 ):
                     found.update(p["Prefix"] for p in page.get("CommonPrefixes", []))
         except (BotoCoreError, ClientError) as exc:
