@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 from sentinel.backup.jobs import BackupContext
 from sentinel.backup.keys import create_key_file
 from sentinel.config import load_settings
+from tests.support.seaweed import Seaweed
 
 
 @pytest.fixture
@@ -65,3 +66,14 @@ def write_model(root: Path, files: dict[str, int], seed: int = 1) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         rng = random.Random(f"{seed}:{name}")
         path.write_bytes(rng.randbytes(size))
+
+
+SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
+"""Chunk sizes that make a few hundred KB of model many chunks (the attack tests' repositories)."""
+
+
+@pytest.fixture
+def attacker(seaweed: Seaweed) -> Iterator[Any]:
+    client = seaweed.client()
+    yield client
+    client.close()

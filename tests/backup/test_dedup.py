@@ -18,10 +18,9 @@ from sentinel.backup.jobs import BackupContext, run_backup, run_prune
 from sentinel.backup.repository import chunk_key
 from sentinel.backup.restore import Restorer
 from sentinel.backup.verify import verify_snapshot
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import SMALL, MakeContext, write_model
 from tests.support.seaweed import Seaweed
 
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
 ONLY_LAST = {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
 MODEL = {"model.safetensors": 500_000, "tokenizer.json": 30_000}
 

@@ -5,26 +5,15 @@ chunks a later snapshot reuses are never re-locked and expire while that snapsho
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.repository import chunk_key
-from tests.backup.conftest import FakeClock, MakeContext, write_model
+from tests.backup.conftest import SMALL, FakeClock, MakeContext, write_model
 from tests.support.seaweed import Seaweed
 
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
 DAY = 86400.0
-
-
-@pytest.fixture
-def attacker(seaweed: Seaweed) -> Iterator[Any]:
-    client = seaweed.client()
-    yield client
-    client.close()
 
 
 def test_a_bucket_default_retention_is_adopted_and_reused_chunks_are_re_locked(

@@ -6,7 +6,6 @@ unnoticed; the next index entry must name it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,8 @@ from sentinel.backup.jobs import run_backup
 from sentinel.backup.repository import snapshot_key
 from sentinel.backup.targets import TargetError
 from sentinel.backup.targets.s3 import S3Target
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import SMALL, MakeContext, write_model
 from tests.support.seaweed import Seaweed
-
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
-
-
-@pytest.fixture
-def attacker(seaweed: Seaweed) -> Iterator[Any]:
-    client = seaweed.client()
-    yield client
-    client.close()
 
 
 def test_a_snapshot_whose_index_entry_was_never_written_is_indexed_by_the_next_backup(

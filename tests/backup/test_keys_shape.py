@@ -8,26 +8,14 @@ latest` refused — a denial of service by one PUT.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from sentinel.backup.jobs import run_backup, run_prune
 from sentinel.backup.repository import chunk_key
 from sentinel.backup.restore import Restorer
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import SMALL, MakeContext, write_model
 from tests.support.seaweed import Seaweed
-
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
-
-
-@pytest.fixture
-def attacker(seaweed: Seaweed) -> Iterator[Any]:
-    client = seaweed.client()
-    yield client
-    client.close()
 
 
 def test_keys_nested_under_snapshots_and_chunks_do_not_stand_in_for_genuine_ones(

@@ -17,10 +17,9 @@ from sentinel.backup.targets import Target
 from sentinel.backup.targets.local import LocalTarget
 from sentinel.backup.targets.s3 import S3Target
 from sentinel.backup.verify import verify_snapshot
-from tests.backup.conftest import FakeClock, MakeContext, write_model
+from tests.backup.conftest import SMALL, FakeClock, MakeContext, write_model
 from tests.support.seaweed import Seaweed
 
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
 ONLY_LAST = {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
 
 

@@ -6,7 +6,6 @@ Lock, where the copies can also replace what was there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,8 @@ from sentinel.backup import index
 from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.repository import CONFIG_KEY, Repository
 from sentinel.backup.restore import Restorer
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import SMALL, MakeContext, write_model
 from tests.support.seaweed import Seaweed
-
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
-
-
-@pytest.fixture
-def attacker(seaweed: Seaweed) -> Iterator[Any]:
-    client = seaweed.client()
-    yield client
-    client.close()
 
 
 @pytest.fixture

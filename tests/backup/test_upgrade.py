@@ -8,29 +8,19 @@ signs the genuine one and starts the index with every old snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from sentinel.backup.jobs import BackupContext, run_backup
 from sentinel.backup.repository import CONFIG_KEY, Repository
 from sentinel.backup.restore import Restorer
 from sentinel.backup.targets.s3 import S3Target
-from tests.backup.conftest import MakeContext, write_model
+from tests.backup.conftest import SMALL, MakeContext, write_model
 from tests.support.seaweed import Seaweed
 
-SMALL = {"chunk_min_size": 16 * 1024, "chunk_avg_size": 64 * 1024, "chunk_max_size": 256 * 1024}
 MODEL = {"model.safetensors": 300_000}
-
-
-@pytest.fixture
-def attacker(seaweed: Seaweed) -> Iterator[Any]:
-    client = seaweed.client()
-    yield client
-    client.close()
 
 
 def pre_upgrade(
