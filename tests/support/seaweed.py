@@ -112,6 +112,11 @@ def running_seaweed(base: Path, *extra_args: str) -> Iterator[Seaweed]:
         "-admin.ui=false",
         "-webdav=false",
         "-master.telemetry=false",
+        # Every bucket is a collection with volumes of its own, and `weed mini` sizes its volume slots
+        # from the free disk: about 55 buckets, then "No writable volumes and no free volumes left" (500
+        # InternalError) for every new one. Small volumes, many slots: the whole suite's buckets fit.
+        "-volume.max=2000",
+        "-master.volumeSizeLimitMB=64",
         *(f"-{flag}={port}" for flag, port in ports.items()),
         *extra_args,
     ]
