@@ -55,7 +55,9 @@ with token.open(user_pin=sys.argv[3], rw=True) as session:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     outside = Ed25519PrivateKey.generate()
-    raw = outside.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    raw = outside.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     public = outside.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     session.create_object({
         Attribute.CLASS: pkcs11.ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
