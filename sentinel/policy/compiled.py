@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any
 
 from sentinel.interaction import Operation
+from sentinel.policy import normalise
 from sentinel.policy.engine import compile_pattern, escape
 from sentinel.policy.matching import PHI_RULE, Detector, Scanner
 from sentinel.policy.model import Action, ContentRule, PhiPolicy, PolicyFile, SamplingRule, Scope
@@ -57,24 +59,67 @@ def _word(char: str) -> bool:
     return char.isascii() and (char.isalnum() or char == "_")
 
 
-def keyword_pattern(keyword: str, whole_word: bool) -> str:
-    """The literal, with RE2's (ASCII) word boundaries only on edges that are letters or digits, so
-    whole-word matching still finds keywords in Chinese or next to punctuation."""
-    pattern = escape(keyword)
-    if whole_word and _word(keyword[0]):
+def _bounded(pattern: str, first: str, last: str, whole_word: bool) -> str:
+    """RE2's (ASCII) word boundaries only on edges that are letters or digits, so whole-word matching
+    still finds keywords in Chinese or next to punctuation."""
+    if whole_word and _word(first):
         pattern = r"\b" + pattern
-    if whole_word and _word(keyword[-1]):
+    if whole_word and _word(last):
         pattern += r"\b"
     return pattern
 
 
-def content_detector(rule: ContentRule, where: str) -> Detector:
+def literal_pattern(keyword: str, whole_word: bool) -> str:
+    """A case-sensitive keyword over the folded view."""
+    text = normalise.folded(keyword).text
+    return _bounded(escape(text), text[0], text[-1], whole_word)
+
+
+def _prefix_pattern(parts: list[str]) -> str:
+    """`a(?:b(?:c)?)?`: any non-empty beginning of the keyword whose view characters are `parts`."""
+    pattern = ""
+    for part in reversed(parts[1:]):
+        pattern = f"(?:{part}{pattern})?"
+    return parts[0] + pattern
+
+
+def keyword_detector(rule: ContentRule) -> Detector:
+    """Case-insensitive keywords, matched on the keyword view: confusables, case, width, marks and
+    invisible characters make no difference (docs/policy.md, "Normalisation")."""
+    alternatives: list[str] = []
+    prefixes: list[str] = []
+    widths: list[int] = []
+    for keyword in rule.keywords:
+        pieces = normalise.keyword_pattern(keyword)
+        folded = normalise.folded(keyword).text
+        if not pieces or not folded:
+            continue
+        alternatives.append(_bounded("".join(pieces), folded[0], folded[-1], rule.whole_word))
+        prefixes.append(_prefix_pattern(pieces))
+        widths.append(len(pieces))
+    pattern = "|".join(alternatives)
+    return Detector(
+        rule=rule.name,
+        action=rule.action,
+        pattern=pattern,
+        regex=compile_pattern(pattern),
+        max_length=max(widths),
+        replacement=rule.replacement,
+        message=rule.message,
+        keyword=True,
+        prefix="|".join(prefixes),
+    )
+
+
+def content_detectors(rule: ContentRule, where: str) -> list[Detector]:
+    detectors: list[Detector] = []
+    if rule.keywords and rule.case_sensitive is not True:
+        detectors.append(keyword_detector(rule))
     alternatives: list[str] = []
     widths: list[int] = []
-    if rule.keywords:
-        keywords = "|".join(keyword_pattern(k, rule.whole_word) for k in rule.keywords)
-        alternatives.append(f"(?:{keywords})" if rule.case_sensitive else f"(?i:{keywords})")
-        widths.append(max(len(k) for k in rule.keywords))
+    if rule.keywords and rule.case_sensitive is True:
+        alternatives.append("(?:" + "|".join(literal_pattern(k, rule.whole_word) for k in rule.keywords) + ")")
+        widths.append(max(len(normalise.folded(k).text) for k in rule.keywords))
     for index, pattern in enumerate(rule.patterns):
         try:
             compile_pattern(pattern)
@@ -92,20 +137,20 @@ def content_detector(rule: ContentRule, where: str) -> Detector:
             width = rule.max_length or 4096
         widths.append(width)
         alternatives.append(f"(?i:{pattern})" if rule.case_sensitive is False else f"(?:{pattern})")
-    combined = "|".join(alternatives)
-    prefixes = None
-    if not rule.patterns:
-        prefixes = frozenset(k.casefold()[:size] for k in rule.keywords for size in range(1, len(k) + 1))
-    return Detector(
-        rule=rule.name,
-        action=rule.action,
-        pattern=combined,
-        regex=compile_pattern(combined),
-        max_length=min(rule.max_length or max(widths), max(widths)),
-        replacement=rule.replacement,
-        message=rule.message,
-        prefixes=prefixes,
-    )
+    if alternatives:
+        combined = "|".join(alternatives)
+        detectors.append(
+            Detector(
+                rule=rule.name,
+                action=rule.action,
+                pattern=combined,
+                regex=compile_pattern(combined),
+                max_length=min(rule.max_length or max(widths), max(widths)),
+                replacement=rule.replacement,
+                message=rule.message,
+            )
+        )
+    return detectors
 
 
 @cache
@@ -176,6 +221,10 @@ class RoutePlan:
     conditional: tuple[int, ...]
     generates: bool
     """chat or text completion: sampling bounds and response rules apply (not to embeddings)."""
+    unknown: bool = False
+    """A route the policy cannot read (not chat, completion or embeddings) that rules would cover:
+    requests with a body are refused there unless the route is listed under `pass_through`."""
+    pass_through: bool = False
 
     @property
     def empty(self) -> bool:
@@ -192,13 +241,13 @@ class Policy:
         self.preset_response = source.moderation.preset_response
         items: list[Item] = [Item(rule.name, rule.scope, sampling=rule) for rule in source.sampling]
         for index, rule in enumerate(source.rules):
-            detector = content_detector(rule, f"rules[{index}] {rule.name!r}")
+            detectors = tuple(content_detectors(rule, f"rules[{index}] {rule.name!r}"))
             items.append(
                 Item(
                     rule.name,
                     rule.scope,
-                    request=(detector,) if "request" in rule.stages else (),
-                    response=(detector,) if "response" in rule.stages else (),
+                    request=detectors if "request" in rule.stages else (),
+                    response=detectors if "response" in rule.stages else (),
                 )
             )
         if source.phi.enabled:
@@ -232,13 +281,20 @@ class Policy:
             fixed: list[int] = []
             conditional: list[int] = []
             generates = operation in (Operation.CHAT, Operation.TEXT_COMPLETION)
+            unknown = False
             if operation is not Operation.OTHER:
                 for index, item in enumerate(self.items):
                     if item.sampling is not None and not generates:
                         continue
                     if route_matches(item.scope, path, operation):
                         (conditional if needs_request(item.scope) else fixed).append(index)
-            plan = self._plans[key] = RoutePlan(tuple(fixed), tuple(conditional), generates)
+            else:
+                # Rules limited to named operations cannot mean this route; any other rule might.
+                unknown = any(
+                    not item.scope.operations and route_matches(item.scope, path, operation) for item in self.items
+                )
+            passes = any(fnmatchcase(path, glob) for glob in self.source.pass_through.routes)
+            plan = self._plans[key] = RoutePlan(tuple(fixed), tuple(conditional), generates, unknown, passes)
         return plan
 
     def select(self, plan: RoutePlan, model: str | None, user: str | None, key_id: Any) -> Active:

@@ -14,8 +14,6 @@ import logging
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-import orjson
-
 from sentinel.capture import ollama as ollama_capture
 from sentinel.capture import openai as openai_capture
 from sentinel.capture.build import api_key_id
@@ -24,6 +22,7 @@ from sentinel.interaction import ErrorType, Protocol
 from sentinel.policy.compiled import Active, Policy
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
 from sentinel.policy.metrics import PolicyMetrics
+from sentinel.policy.parsing import Unparseable, parse
 from sentinel.policy.payload import text_slots
 from sentinel.policy.sampling import apply_bounds
 from sentinel.policy.streams import Blocked, NdjsonRewriter, SseRewriter, rewrite_json
@@ -98,14 +97,32 @@ class PolicyHook:
         if policy is None:
             return None
         plan = policy.plan(exchange.path, exchange.operation)
+        if plan.unknown and exchange.request_body and not plan.pass_through:
+            return self._unjudged(
+                exchange,
+                policy,
+                "unknown_route",
+                f"Sentinel policy cannot read requests to {exchange.path}, so it does not forward them; "
+                "an operator may list the route under pass_through in the policy file",
+            )
         if plan.empty or not exchange.request_body:
             return None
         try:
-            body = orjson.loads(exchange.request_body)
-        except orjson.JSONDecodeError:
-            return None  # not ours to judge: the model server answers malformed requests itself
+            parsed = parse(exchange.request_body)
+        except Unparseable as exc:
+            if plan.pass_through:
+                return None
+            return self._unjudged(exchange, policy, "unparseable", f"Sentinel policy cannot judge this request: {exc}")
+        body = parsed.body
         if not isinstance(body, dict):
-            return None
+            if plan.pass_through:
+                return None
+            return self._unjudged(
+                exchange,
+                policy,
+                "unparseable",
+                "Sentinel policy cannot judge this request: the body is not a JSON object",
+            )
         model, user = body.get("model"), body.get("user")
         active = policy.select(
             plan,
@@ -131,12 +148,19 @@ class PolicyHook:
                 return scanned
             changed |= scanned
         if changed:
-            exchange.request_body = orjson.dumps(body)
+            exchange.request_body = parsed.dump()
         if active.rewrite or active.observe:
             if len(self._pending) > _PENDING_LIMIT:
                 self._pending.clear()  # only if response_filter stopped being called: never grow unbounded
             self._pending[exchange.id] = (policy, active)
         return None
+
+    def _unjudged(self, exchange: Exchange, policy: Policy, reason: str, message: str) -> Refusal:
+        """Fail closed: refuse what the policy cannot read, and say why in the record and the metrics."""
+        _notes(exchange, policy)["blocked"] = {"stage": "request", "reason": reason}
+        if self.metrics is not None:
+            self.metrics.action(reason, "block", "request")
+        return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, message)
 
     def _count_sampling(self, notes: dict[str, dict[str, Any]]) -> None:
         if self.metrics is None:

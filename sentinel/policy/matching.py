@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sentinel.policy.engine import PatternSet, Regex
+from sentinel.policy import normalise
+from sentinel.policy.engine import PatternSet, Regex, compile_pattern
 from sentinel.policy.model import Action
+from sentinel.policy.normalise import View
 from sentinel.policy.phi import Validator
 
 PHI_RULE = "phi"
@@ -30,9 +32,13 @@ class Detector:
     category: str | None = None
     validator: Validator | None = None
     group: int = 0
-    prefixes: frozenset[str] | None = None
-    """For keyword-only rules: every case-folded prefix of every keyword, so a stream holds back only a
-    tail that could still grow into a keyword instead of `max_length` characters."""
+    keyword: bool = False
+    """Matched against the keyword view (confusables folded; `sentinel.policy.normalise`), not the
+    folded view that patterns and PHI forms see."""
+    prefix: str | None = None
+    """For keyword detectors: a pattern matching any non-empty beginning of a keyword at the end of the
+    text, so a stream holds back only a tail that could still grow into a keyword instead of
+    `max_length` characters."""
 
 
 @dataclass(slots=True)
@@ -74,55 +80,102 @@ class Findings:
         return bool(self.rules)
 
 
+class Views:
+    """One text and its two views, each built at most once (a scan and its hold share them)."""
+
+    __slots__ = ("_folded", "_keyword", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._folded: View | None = None
+        self._keyword: View | None = None
+
+    @property
+    def folded(self) -> View:
+        if self._folded is None:
+            self._folded = normalise.folded(self.text)
+        return self._folded
+
+    @property
+    def keyword(self) -> View:
+        if self._keyword is None:
+            self._keyword = normalise.keyword(self.text)
+        return self._keyword
+
+
+def views(text: str | Views) -> Views:
+    return text if isinstance(text, Views) else Views(text)
+
+
 class Scanner:
-    """All detectors of one stage for one set of rules, compiled into a single RE2 set."""
+    """All detectors of one stage for one set of rules, compiled into one RE2 set per view."""
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self.detectors = tuple(detectors)
-        self._set = PatternSet([d.pattern for d in self.detectors])
+        self._folded_index = [i for i, d in enumerate(self.detectors) if not d.keyword]
+        self._keyword_index = [i for i, d in enumerate(self.detectors) if d.keyword]
+        self._folded_set = PatternSet([self.detectors[i].pattern for i in self._folded_index])
+        self._keyword_set = PatternSet([self.detectors[i].pattern for i in self._keyword_index])
         self.rewrites = any(d.action != "flag" for d in self.detectors)
-        keyword_only = [d for d in self.detectors if d.prefixes is not None]
-        self._prefixes: frozenset[str] = frozenset().union(*(d.prefixes or () for d in keyword_only))
-        self._prefix_length = max((d.max_length for d in keyword_only), default=0)
+        prefixes = [d.prefix for d in self.detectors if d.prefix is not None]
+        self._prefix: Regex | None = compile_pattern("(?:" + "|".join(prefixes) + r")\z") if prefixes else None
+        self._prefix_length = max((d.max_length for d in self.detectors if d.prefix is not None), default=0)
         # +1: a pattern ending in \b needs to see the character after its match.
-        self._fixed_hold = max((d.max_length + 1 for d in self.detectors if d.prefixes is None), default=0)
+        self._fixed_hold = max((d.max_length + 1 for d in self.detectors if d.prefix is None), default=0)
 
     def __bool__(self) -> bool:
         return bool(self.detectors)
 
-    def triggered(self, text: str) -> list[int]:
-        """Indexes of the detectors whose pattern occurs somewhere in `text` (one pass)."""
-        return self._set.hits(text)
+    def triggered(self, text: str | Views) -> list[int]:
+        """Indexes of the detectors whose pattern occurs somewhere in `text` (one pass per view)."""
+        seen = views(text)
+        found: list[int] = []
+        if self._folded_index:
+            found += [self._folded_index[i] for i in self._folded_set.hits(seen.folded.text)]
+        if self._keyword_index:
+            found += [self._keyword_index[i] for i in self._keyword_set.hits(seen.keyword.text)]
+        return found
 
-    def scan(self, text: str, which: Sequence[int] | None = None, pos: int = 0) -> list[Hit]:
-        """Every validated match, in text order. `pos` starts the search without hiding the text
-        before it from `\\b` (streams pass the last emitted characters as context)."""
-        indexes = self.triggered(text) if which is None else which
+    def scan(self, text: str | Views, which: Sequence[int] | None = None, pos: int = 0) -> list[Hit]:
+        """Every validated match, in text order, as spans of the original text. `pos` starts the
+        search without hiding the text before it from `\\b` (streams pass the last emitted characters
+        as context)."""
+        seen = views(text)
+        indexes = self.triggered(seen) if which is None else which
         hits: list[Hit] = []
         for index in indexes:
             detector = self.detectors[index]
+            view = seen.keyword if detector.keyword else seen.folded
             group, validator = detector.group, detector.validator
-            for match in detector.regex.finditer(text, pos):
+            for match in detector.regex.finditer(view.text, view.position(pos) if pos else 0):
                 start, end = match.span(group)
                 if start < 0 or end <= start:
                     continue
-                if validator is not None and not validator(text[start:end]):
+                if validator is not None and not validator(view.text[start:end]):
                     continue
-                hits.append(Hit(detector, start, end, match.span()[0]))
+                begin, finish = view.span(start, end)
+                hits.append(Hit(detector, begin, finish, view.original(match.span()[0])))
         if len(indexes) > 1:
             hits.sort(key=lambda hit: (hit.start, -hit.end))
         return hits
 
-    def hold(self, text: str) -> int:
+    def hold(self, text: str | Views) -> int:
         """Characters at the end of `text` a stream must keep until more text arrives: for keyword
-        rules, the longest tail that is the start of a keyword; for patterns, their longest match."""
-        hold = min(len(text), self._fixed_hold)
-        if self._prefix_length > hold:
-            tail = text[-self._prefix_length :].casefold()
-            for size in range(len(tail), hold, -1):
-                if tail[-size:] in self._prefixes:
-                    return size
-        return hold
+        rules, the longest tail (of the keyword view) that is the start of a keyword; for patterns,
+        their longest match (in the folded view)."""
+        seen = views(text)
+        length = len(seen.text)
+        cut = length
+        if self._fixed_hold:
+            view = seen.folded
+            cut = min(cut, view.cut(min(len(view.text), self._fixed_hold)) if view.text else length)
+        if self._prefix is not None:
+            view = seen.keyword
+            window = max(0, len(view.text) - self._prefix_length)
+            found = self._prefix.search(view.text, window)
+            if found is not None:
+                cut = min(cut, view.original(found.span()[0]))
+        return length - cut
 
 
 def redact(text: str, hits: Sequence[Hit], findings: Findings) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from sentinel.interaction import Protocol
 from sentinel.policy.model import Bound, SamplingRule
 
@@ -36,10 +38,22 @@ class SamplingOutcome:
     refusal: str | None = None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+_AS_FLOAT = TypeAdapter(float)
+_AS_INT = TypeAdapter(int)
+
+
+def _number(value: Any, integer: bool, coerce: bool) -> float | None:
+    """The value the model server will use. OpenAI-compatible servers built on pydantic (vLLM, SGLang)
+    coerce `"2.0"` and `true` to numbers, so they are judged as those numbers; Ollama's Go decoder
+    refuses anything but a JSON number, so there a non-number is left for it to refuse."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not coerce:
         return None
-    return float(value)
+    try:
+        return float(_AS_INT.validate_python(value) if integer else _AS_FLOAT.validate_python(value))
+    except ValidationError:
+        return None  # the model server refuses it too
 
 
 def _fit(value: float, bound: Bound, unlimited_negative: bool) -> float:
@@ -86,16 +100,17 @@ def apply_bounds(body: dict[str, Any], protocol: Protocol, rules: Sequence[Sampl
                 outcome.notes[names[0]] = {"requested": None, "applied": value, "action": "default", "rule": rule.name}
             for name in present:
                 requested = container[name]
-                number = _number(requested)
+                number = _number(requested, param == "max_tokens", protocol is not Protocol.OLLAMA)
                 if number is None:
                     continue  # not a number: the model server rejects it itself
-                fitted = _fit(number, bound, unlimited_negative=name == "num_predict")
-                if fitted == number:
+                # NaN has no nearest bound to clamp to: it is refused below.
+                fitted = number if math.isnan(number) else _fit(number, bound, unlimited_negative=name == "num_predict")
+                if fitted == number:  # a within-range string goes on as it came: the server reads the same number
                     outcome.notes.setdefault(
                         name, {"requested": requested, "applied": requested, "action": "within", "rule": rule.name}
                     )
                     continue
-                if bound.action == "reject":
+                if bound.action == "reject" or math.isnan(number):
                     outcome.notes[name] = {
                         "requested": requested,
                         "applied": None,
@@ -103,7 +118,9 @@ def apply_bounds(body: dict[str, Any], protocol: Protocol, rules: Sequence[Sampl
                         "rule": rule.name,
                     }
                     outcome.refusal = (
-                        f"{name} {requested} is outside {_describe(bound)}, set by policy rule {rule.name!r}"
+                        f"{name} {requested!r} is outside {_describe(bound)}, set by policy rule {rule.name!r}"
+                        if not isinstance(requested, int | float) or isinstance(requested, bool)
+                        else f"{name} {requested} is outside {_describe(bound)}, set by policy rule {rule.name!r}"
                     )
                     return outcome
                 applied: int | float = int(fitted) if param == "max_tokens" else fitted

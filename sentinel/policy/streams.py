@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from sentinel.policy.matching import Detector, Findings, Hit, Scanner, redact
+from sentinel.policy.matching import Detector, Findings, Hit, Scanner, Views, redact
 
 _CONTEXT = 8
 """Characters of already emitted text kept so `\\b` at the start of the held text is judged right."""
@@ -53,7 +53,7 @@ class TextStream:
 
     def _emit(self, buffer: str, cut: int) -> str:
         offset = len(self.context)
-        full = self.context + buffer
+        full = Views(self.context + buffer)
         which = self.scanner.triggered(full)
         final: list[Hit] = []
         end = cut

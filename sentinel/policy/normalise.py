@@ -1,0 +1,313 @@
+"""One normalisation for matching: the text rules see, with a map back to the text that is forwarded.
+
+A caller who wants a keyword or an identifier through writes it so that it still reads the same to
+the model but no longer matches: zero-width and other format characters inside it, full-width or
+mathematical letters, digits of another script, unusual dashes, look-alike letters from another
+script. Rules therefore match a *view* of the text, never the text itself:
+
+- the **folded** view (patterns and PHI forms): each character's NFKC form, with default-ignorable
+  and format characters (Cf) removed, decimal digits of every script as ASCII digits, every dash as
+  `-`, every space as ` `, lone surrogates as U+FFFD;
+- the **keyword** view (case-insensitive keyword rules): the folded view without combining marks,
+  each character replaced by one representative of its class of confusables (Unicode UTS #39
+  confusables.txt, as shipped by `confusable-homoglyphs`, joined with upper/lower case pairs), so
+  `bluebird` written with a Cyrillic e and i (U+0435, U+0456) reads `bluebird`.
+
+The view is built character by character, so a view of `a + b` is the view of `a` plus the view of
+`b` (streams rely on it), and `View.span` maps a match back to the characters to redact: the text
+forwarded is never changed except where a rule redacts. Pure-ASCII text costs one `isascii` check
+(folded) or one `str.translate` (keyword).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+from confusable_homoglyphs import confusables
+
+# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties) beyond the format characters (Cf):
+# Hangul fillers, the combining grapheme joiner, variation selectors, Khmer inherent vowels, tags.
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
+_SKIPPED_CATEGORIES = ("Cn", "Co")  # unassigned and private use: no normalisation defined
+
+
+def ignorable(char: str) -> bool:
+    point = ord(char)
+    return unicodedata.category(char) == "Cf" or any(low <= point <= high for low, high in _IGNORABLE_RANGES)
+
+
+def _fold_char(char: str) -> str:
+    category = unicodedata.category(char)
+    if category == "Cs":
+        return "\ufffd"  # a lone surrogate: RE2 reads UTF-8, which cannot carry one
+    if ignorable(char):
+        return ""
+    digit = unicodedata.decimal(char, None)
+    if digit is not None:
+        return str(digit)
+    out = []
+    for part in unicodedata.normalize("NFKC", char):
+        kind = unicodedata.category(part)
+        if ignorable(part):
+            continue
+        if kind == "Pd" or part == "\u2212":
+            out.append("-")
+        elif part.isspace():
+            out.append(" " if part not in "\t\n\r\x0b\x0c" else part)
+        else:
+            digit = unicodedata.decimal(part, None)
+            out.append(str(digit) if digit is not None else part)
+    return "".join(out)
+
+
+def _strip_marks(text: str) -> str:
+    return "".join(
+        part for part in unicodedata.normalize("NFD", text) if unicodedata.category(part) not in ("Mn", "Me")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A per-character mapping (only characters that change) and a regex finding runs of them."""
+
+    mapping: dict[str, str]
+    finder: re.Pattern[str]
+    ascii_changes: bool
+
+
+def _table(mapping: dict[str, str]) -> Table:
+    points = sorted(ord(char) for char in mapping)
+    ranges: list[tuple[int, int]] = []
+    for point in points:
+        if ranges and ranges[-1][1] == point - 1:
+            ranges[-1] = (ranges[-1][0], point)
+        else:
+            ranges.append((point, point))
+    body = "".join(f"\\U{low:08x}" if low == high else f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges)
+    return Table(mapping, re.compile(f"[{body}]+"), any(char.isascii() for char in mapping))
+
+
+@cache
+def _assigned() -> tuple[str, ...]:
+    """Every non-ASCII code point with a normalisation defined (Cs included: it maps to U+FFFD)."""
+    category = unicodedata.category
+    return tuple(c for c in map(chr, range(0x80, 0x110000)) if category(c) not in _SKIPPED_CATEGORIES)
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    fold: Table
+    keyword: Table
+    """Folded, then combining marks removed: the length-changing half of the keyword view."""
+    classes: dict[int, str]
+    """The one-to-one half of the keyword view (`str.translate`): each character to its class's
+    representative."""
+
+
+@cache
+def tables() -> Tables:
+    """Built once per process (~0.5 s, every assigned code point), on the policy's load, not per call."""
+    fold: dict[str, str] = {}
+    keyword: dict[str, str] = {}
+    for char in _assigned():
+        folded = _fold_char(char)
+        if folded != char:
+            fold[char] = folded
+        stripped = _strip_marks(folded)
+        if stripped != char:
+            keyword[char] = stripped
+    return Tables(_table(fold), _table(keyword), _classes(lambda c: _strip_marks(_fold_char(c))))
+
+
+def _classes(key: Callable[[str], str]) -> dict[int, str]:
+    """Each character to P(lower(P(c))), P its confusables prototype: Cyrillic I (U+0406), iota
+    (U+0269) and dotless i (U+0131) read `i`; case drops out. An upper-case letter whose prototype is another
+    letter (`I` reads `l`) is what `keyword_pattern` allows for, per keyword character."""
+    prototypes: dict[str, str] = {}
+    for source, target in _prototypes().items():
+        folded_source, folded_target = key(source), key(target)
+        if len(folded_source) != 1 or len(folded_target) != 1 or folded_source == folded_target:
+            continue
+        if folded_source.isascii() and source not in _ASCII_PROTOTYPES:
+            continue  # e.g. `ţ`, read `t` once its cedilla is gone: `t` itself stays `t`
+        prototypes.setdefault(folded_source, folded_target)
+
+    def proto(char: str) -> str:
+        return prototypes.get(char, char)
+
+    def lower(char: str) -> str:
+        low = char.lower()
+        return low if len(low) == 1 else char
+
+    classes: dict[int, str] = {}
+    for char in (*map(chr, range(0x80)), *_assigned()):
+        rep = proto(lower(proto(char)))
+        if rep != char:
+            classes[ord(char)] = rep
+    return classes
+
+
+_ASCII_PROTOTYPES = {"0": "O", "1": "l", "I": "l", "|": "l"}
+"""confusables.txt lines between ASCII characters that matter to keywords (the digits and the
+vertical line read as letters)."""
+
+
+def _prototypes() -> dict[str, str]:
+    """Each confusable character to its prototype. The library ships confusables.txt as a symmetric
+    table, so the direction is taken back from the data: of two confusable characters the prototype is
+    an ASCII letter or digit if either is one, else ASCII, else the one confusable with more characters.
+    ASCII characters map only as `_ASCII_PROTOTYPES` says."""
+    data = confusables.confusables_data
+
+    def glyphs(char: str) -> list[str]:
+        found = ("".join(c for c in entry["c"] if not ignorable(c)) for entry in data.get(char, ()))
+        return [glyph for glyph in found if len(glyph) == 1 and not glyph.isspace()]
+
+    def rank(char: str) -> tuple[bool, bool, int, str]:
+        return (not (char.isascii() and char.isalnum()), not char.isascii(), -len(data.get(char, ())), char)
+
+    prototypes = dict(_ASCII_PROTOTYPES)
+    for source in data:
+        if len(source) != 1 or source.isascii() or source.isspace():
+            continue
+        best = min(glyphs(source), key=rank, default=source)
+        if rank(best) < rank(source):
+            prototypes[source] = prototypes.get(best, best)
+    return prototypes
+
+
+class View:
+    """`text` as rules see it; `span` maps a span of it back to the original's characters."""
+
+    __slots__ = ("_ends", "_origins", "_starts", "text")
+
+    def __init__(self, text: str, starts: list[int], ends: list[int], origins: list[int]) -> None:
+        self.text = text
+        # For each changed original character, in order: where its replacement starts and ends in
+        # the view, and where it is in the original. Between them the view copies the original.
+        self._starts = starts
+        self._ends = ends
+        self._origins = origins
+
+    def original(self, index: int) -> int:
+        """The original character the view's character `index` comes from."""
+        k = bisect_right(self._starts, index) - 1
+        if k < 0:
+            return index
+        if index < self._ends[k]:
+            return self._origins[k]
+        return self._origins[k] + 1 + index - self._ends[k]
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        if not self._starts:
+            return start, end
+        return self.original(start), self.original(end - 1) + 1
+
+    def position(self, original: int) -> int:
+        """Where the original index `original` falls in the view."""
+        if not self._starts:
+            return original
+        k = bisect_right(self._origins, original - 1) - 1
+        if k < 0:
+            return original
+        return self._ends[k] + original - self._origins[k] - 1
+
+    def cut(self, held: int) -> int:
+        """The original index where the view's last `held` characters begin (for stream hold-back)."""
+        if held <= 0:
+            return -1
+        return self.original(len(self.text) - held)
+
+
+def _build(text: str, table: Table) -> View:
+    starts: list[int] = []
+    ends: list[int] = []
+    origins: list[int] = []
+    parts: list[str] = []
+    mapping = table.mapping
+    last = 0
+    length = 0
+    for run in table.finder.finditer(text):
+        begin, stop = run.span()
+        if begin > last:
+            parts.append(text[last:begin])
+            length += begin - last
+        for index in range(begin, stop):
+            new = mapping[text[index]]
+            starts.append(length)
+            origins.append(index)
+            parts.append(new)
+            length += len(new)
+            ends.append(length)
+        last = stop
+    if not starts:
+        return View(text, starts, ends, origins)
+    parts.append(text[last:])
+    return View("".join(parts), starts, ends, origins)
+
+
+_IDENTITY: list[int] = []
+
+
+def folded(text: str) -> View:
+    if text.isascii():
+        return View(text, _IDENTITY, _IDENTITY, _IDENTITY)
+    return _build(text, tables().fold)
+
+
+def keyword(text: str) -> View:
+    t = tables()
+    if text.isascii():
+        return View(text.translate(t.classes), _IDENTITY, _IDENTITY, _IDENTITY)
+    view = _build(text, t.keyword)
+    view.text = view.text.translate(t.classes)
+    return view
+
+
+def keyword_pattern(keyword_text: str) -> list[str]:
+    """A keyword as RE2 pieces over the keyword view, one per character of its view. Each character
+    allows the view of its upper-case and title-case forms too (`i` also matches `l`, the view of `I`)."""
+    t = tables()
+    base = _build(keyword_text, t.keyword).text
+    parts = []
+    for char in base:
+        options = {char.translate(t.classes)}
+        for variant in (char.upper(), char.title()):
+            if len(variant) == 1:
+                options.add(_build(variant, t.keyword).text.translate(t.classes))
+        options.discard("")
+        single = sorted(o for o in options if len(o) == 1)
+        longer = sorted(o for o in options if len(o) > 1)
+        alternatives = []
+        if single:
+            alternatives.append(
+                _escape(single[0]) if len(single) == 1 else "[" + "".join(_class_char(o) for o in single) + "]"
+            )
+        alternatives += [_escape(o) for o in longer]
+        parts.append(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")")
+    return parts
+
+
+def _escape(text: str) -> str:
+    return "".join(_class_char(char) for char in text)
+
+
+def _class_char(char: str) -> str:
+    return f"\\x{{{ord(char):x}}}" if not char.isalnum() else char
