@@ -126,11 +126,15 @@ def tables() -> Tables:
     """Built once per process (~0.5 s, every assigned code point), on the policy's load, not per call."""
     fold: dict[str, str] = {}
     keyword: dict[str, str] = {}
+    prototypes = _prototypes()
     for char in _assigned():
         folded = _fold_char(char)
         if folded != char:
             fold[char] = folded
-        stripped = _strip_marks(folded)
+        # A confusable is replaced by its prototype before folding, as UTS #39's skeleton does:
+        # NFKC would turn the ogonek (U+02DB, read `i`) into a space and a combining mark.
+        source = prototypes.get(char)
+        stripped = _strip_marks(_fold_char(source) if source is not None else folded)
         if stripped != char:
             keyword[char] = stripped
     return Tables(_table(fold), _table(keyword), _classes(lambda c: _strip_marks(_fold_char(c))))
