@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001, RUF003  (look-alike characters are what these tests are about)
 """A red-teamer's bypasses, tried through the real proxy with the real `openai`, `ollama` and
 (for Dify's moderation extension) `requests` clients: disguised keywords and identifiers in prompts
 and answers, streamed and not. Each test would pass the disguise through if Sentinel matched the

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (look-alike characters are what these tests are about)
 """One normalisation for matching: invisible characters, confusables, full-width and mathematical
 letters, digits of other scripts and unusual dashes do not get a keyword or an identifier past a rule,
 whole or streamed in any split; and the text forwarded changes only where a rule redacts.
