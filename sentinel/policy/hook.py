@@ -321,6 +321,8 @@ class PolicyFilter:
                 self.findings.count(hit)
 
     def _conclude(self) -> None:
+        if self.findings.logprobs_stripped:
+            _notes(self.ex, self.policy)["logprobs_stripped"] = True
         if not self.findings:
             return
         record(_notes(self.ex, self.policy), self.findings, "response")

@@ -58,6 +58,8 @@ class Findings:
     rules: dict[tuple[str, str], int] = field(default_factory=dict)
     phi: dict[str, int] = field(default_factory=dict)
     block: Detector | None = None
+    logprobs_stripped: bool = False
+    """Log-probabilities were removed from the answer (they would repeat text a rule rewrites)."""
 
     def count(self, hit: Hit) -> None:
         detector = hit.detector

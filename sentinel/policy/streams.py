@@ -24,6 +24,21 @@ OLLAMA_MESSAGE_FIELDS = ("content", "thinking")
 OLLAMA_GENERATE_FIELDS = ("response", "thinking")
 
 
+def strip_logprobs(target: dict[str, Any], findings: Findings, remove: bool = False) -> bool:
+    """Drop the log-probabilities of an answer a rule may rewrite: their token text repeats the answer
+    (the digits behind `[SSN]`, the text held back from a block) and cannot be redacted in step with
+    it token by token. OpenAI shapes keep `logprobs: null`, which their clients read as "none";
+    Ollama's key is removed, as Ollama omits it when none were asked for."""
+    if target.get("logprobs") is None:
+        return False
+    if remove:
+        del target["logprobs"]
+    else:
+        target["logprobs"] = None
+    findings.logprobs_stripped = True
+    return True
+
+
 class Blocked(Exception):
     """A block rule matched the answer; `emitted` is what the current feed had produced before it."""
 
@@ -196,6 +211,7 @@ class SseRewriter:
                 changed |= self.streams.rewrite(delta, index, OPENAI_DELTA_FIELDS, finishing, prelude)
             elif "text" in choice:
                 changed |= self.streams.rewrite(choice, index, ("text",), finishing, prelude)
+            changed |= strip_logprobs(choice, self.streams.findings)
         if not changed:
             return event
         head = self._frame({i: p for i, p in preludes.items() if p})
@@ -266,6 +282,7 @@ class NdjsonRewriter:
         else:
             self.chat = self.chat or False
             changed = self.streams.rewrite(obj, 0, OLLAMA_GENERATE_FIELDS, finishing, prelude)
+        changed |= strip_logprobs(obj, self.streams.findings, remove=True)
         if not changed:
             return line
         return self._line_of(prelude) + orjson.dumps(obj) + line[len(line.rstrip(b"\r\n")) :]
@@ -309,11 +326,13 @@ def rewrite_json(body: bytes, scanner: Scanner, findings: Findings, ollama: bool
     if ollama:
         visit(obj.get("message"), OLLAMA_MESSAGE_FIELDS)
         visit(obj, OLLAMA_GENERATE_FIELDS)
+        changed |= strip_logprobs(obj, findings, remove=True)
     else:
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict):
                 visit(choice.get("message"), OPENAI_DELTA_FIELDS)
                 visit(choice, ("text",))
+                changed |= strip_logprobs(choice, findings)
     return orjson.dumps(obj) if changed else body
 
 

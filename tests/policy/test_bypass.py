@@ -152,3 +152,58 @@ def test_forwarded_prompt_changes_only_where_redacted(
     with client(proxy.url) as api:
         api.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
     assert orjson.loads(upstream.seen[0].body)["messages"][0]["content"] == "Ｃａｆé \u200b«[REDACTED]» ①②③ 机密"
+
+
+def _logprobs(tokens: list[str]) -> dict[str, object]:
+    return {"content": [{"token": t, "logprob": -0.1, "bytes": list(t.encode()), "top_logprobs": []} for t in tokens]}
+
+
+def _sse_chunk(content: str, tokens: list[str], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": {"content": content}, "logprobs": _logprobs(tokens), "finish_reason": finish}
+    frame = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+    return b"data: " + orjson.dumps(frame) + b"\n\n"
+
+
+def test_logprobs_cannot_undo_redaction_in_a_stream(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    chunks = [
+        _sse_chunk("SSN 219-", ["SSN", " 219", "-"]),
+        _sse_chunk("55-0187", ["55", "-", "0187"]),
+        _sse_chunk(" ok", [" ok"], "stop"),
+        b"data: [DONE]\n\n",
+    ]
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=chunks))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        stream = api.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], stream=True, logprobs=True
+        )
+        received = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in received) == "SSN [SSN] ok"
+    assert all(c.choices[0].logprobs is None for c in received)
+    assert proxy.record().annotations["policy"]["logprobs_stripped"] is True
+
+
+def test_logprobs_stripped_from_a_whole_answer_and_from_ollama(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    body = orjson.loads(chat_completion("call 415-867-5309"))
+    body["choices"][0]["logprobs"] = _logprobs(["call", " 415", "-867", "-5309"])
+    upstream.script(
+        "/v1/chat/completions", Script(headers=JSON_HEADERS, chunks=[orjson.dumps(body)], content_length=True)
+    )
+    lines = [
+        orjson.dumps({"model": "m", "message": {"role": "assistant", "content": "Bluebird"}, "done": False,
+                      "logprobs": [{"token": "Bluebird", "logprob": -0.2}]}) + b"\n",
+        orjson.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}) + b"\n",
+    ]  # fmt: skip
+    upstream.script("/api/chat", Script(headers=NDJSON_HEADERS, chunks=lines))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        answer = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], logprobs=True)
+    assert answer.choices[0].message.content == "call [PHONE]" and answer.choices[0].logprobs is None
+    with ollama.Client(host=proxy.url, timeout=60) as ollama_api:
+        parts = list(ollama_api.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert "".join(p.message.content or "" for p in parts) == "[REDACTED]"
+    assert all("Bluebird" not in p.model_dump_json() for p in parts)
