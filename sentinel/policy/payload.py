@@ -1,6 +1,8 @@
-"""Where a request body carries text people wrote, per protocol and operation, as slots that can be
-read and rewritten in place: chat message contents (plain or `text` parts), completion prompts, the
-Ollama `system` prompt, embeddings input. Token-id prompts and images are not text and are skipped."""
+"""Where a request body carries text, per protocol and operation, as slots that can be read and
+rewritten in place: chat messages (content, plain or `text` parts; `name`, `refusal`, reasoning and
+tool-call arguments in the history), tool and function definitions (every string in them:
+descriptions, parameter schemas), completion prompts and `suffix`, Ollama's `system` and
+`template`, embeddings input. Token-id prompts and images are not text and are skipped."""
 
 from __future__ import annotations
 
@@ -21,6 +23,37 @@ def _strings(container: Any, key: Any, slots: list[Slot]) -> None:
         slots.extend((value, index) for index, item in enumerate(value) if isinstance(item, str))
 
 
+_MESSAGE_TEXT = ("name", "refusal", "reasoning_content", "reasoning", "thinking", "tool_name")
+_DEPTH = 32
+
+
+def leaves(container: Any, key: Any, slots: list[Slot], depth: int = 0) -> None:
+    """Every string anywhere under `container[key]` (tool definitions, Ollama's object arguments)."""
+    try:
+        value = container[key]
+    except (KeyError, IndexError, TypeError):
+        return
+    if isinstance(value, str):
+        slots.append((container, key))
+    elif depth < _DEPTH and isinstance(value, dict):
+        for name in value:
+            leaves(value, name, slots, depth + 1)
+    elif depth < _DEPTH and isinstance(value, list):
+        for index in range(len(value)):
+            leaves(value, index, slots, depth + 1)
+
+
+def _calls(message: dict[str, Any], slots: list[Slot]) -> None:
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            leaves(function, "arguments", slots)  # a JSON string (OpenAI) or an object (Ollama)
+    legacy = message.get("function_call")
+    if isinstance(legacy, dict):
+        leaves(legacy, "arguments", slots)
+
+
 def _messages(messages: Any, slots: list[Slot]) -> None:
     if not isinstance(messages, list):
         return
@@ -34,16 +67,23 @@ def _messages(messages: Any, slots: list[Slot]) -> None:
             for part in content:
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     slots.append((part, "text"))
+        for name in _MESSAGE_TEXT:
+            _strings(message, name, slots)
+        _calls(message, slots)
 
 
 def text_slots(body: dict[str, Any], protocol: Protocol, operation: Operation) -> list[Slot]:
     slots: list[Slot] = []
     if operation is Operation.CHAT:
         _messages(body.get("messages"), slots)
+        leaves(body, "tools", slots)
+        leaves(body, "functions", slots)
     elif operation is Operation.TEXT_COMPLETION:
         _strings(body, "prompt", slots)
+        _strings(body, "suffix", slots)
         if protocol is Protocol.OLLAMA:
             _strings(body, "system", slots)
+            _strings(body, "template", slots)
     elif operation is Operation.EMBEDDINGS:
         _strings(body, "input", slots)
         if protocol is Protocol.OLLAMA:

@@ -15,11 +15,12 @@ from typing import Any
 import orjson
 
 from sentinel.policy.matching import Detector, Findings, Hit, Scanner, Views, redact
+from sentinel.policy.payload import Slot, leaves
 
 _CONTEXT = 8
 """Characters of already emitted text kept so `\\b` at the start of the held text is judged right."""
 
-OPENAI_DELTA_FIELDS = ("content", "reasoning_content", "reasoning")
+OPENAI_DELTA_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
 OLLAMA_MESSAGE_FIELDS = ("content", "thinking")
 OLLAMA_GENERATE_FIELDS = ("response", "thinking")
 
@@ -158,6 +159,8 @@ class SseRewriter:
 
     def __init__(self, scanner: Scanner, findings: Findings) -> None:
         self.streams = _Streams(scanner, findings)
+        self.calls: dict[tuple[int, int], TextStream] = {}
+        """Streamed tool-call arguments, by (choice index, tool-call index)."""
         self.pending = b""
         self.template: dict[str, Any] | None = None
         self.ended = False
@@ -180,22 +183,47 @@ class SseRewriter:
         return self._leftovers() + (self._event(rest) if rest else b"")
 
     def _event(self, event: bytes) -> bytes:
-        if not event.startswith(b"data:"):
-            return event  # comments (keep-alives), named events: not generated text
+        """One event: its `data:` lines are the payload (joined by newlines, as SSE says); `event:`,
+        `id:`, `retry:` and comment lines are kept as they are around a rewritten payload."""
         body = event.rstrip(b"\r\n")
-        if b"\n" in body:
+        if body.startswith(b"data:") and b"\n" not in body:
+            payload = body[5:].strip()
+            rewritten = self._payload(payload)
+            if rewritten is None:
+                return event
+            head, new = rewritten
+            return head + b"data: " + new + event[len(body) :]
+        lines = body.split(b"\n")
+        data = [line.rstrip(b"\r")[5:].removeprefix(b" ") for line in lines if line.startswith(b"data:")]
+        if not data:
+            return event  # comments (keep-alives) and events without data: not generated text
+        rewritten = self._payload(b"\n".join(data).strip())
+        if rewritten is None:
             return event
-        payload = body[5:].strip()
+        head, new = rewritten
+        kept: list[bytes] = []
+        placed = False
+        for line in lines:
+            if not line.startswith(b"data:"):
+                kept.append(line.rstrip(b"\r"))
+            elif not placed:
+                kept.append(b"data: " + new)
+                placed = True
+        return head + b"\n".join(kept) + b"\n\n"
+
+    def _payload(self, payload: bytes) -> tuple[bytes, bytes] | None:
+        """The rewritten payload and any frame to send before it, or None if it stays as it is."""
         if payload == b"[DONE]":
             self.ended = True
-            return self._leftovers() + event
+            left = self._leftovers()
+            return (left, payload) if left else None
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return event
+            return None
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if not isinstance(choices, list) or not choices:
-            return event
+            return None
         self.template = obj
         changed = False
         preludes: dict[int, dict[str, str]] = {}
@@ -209,26 +237,71 @@ class SseRewriter:
             prelude = preludes.setdefault(index, {})
             if isinstance(delta, dict):
                 changed |= self.streams.rewrite(delta, index, OPENAI_DELTA_FIELDS, finishing, prelude)
+                changed |= self._tool_calls(delta, index, finishing)
             elif "text" in choice:
                 changed |= self.streams.rewrite(choice, index, ("text",), finishing, prelude)
             changed |= strip_logprobs(choice, self.streams.findings)
         if not changed:
-            return event
-        head = self._frame({i: p for i, p in preludes.items() if p})
-        return head + b"data: " + orjson.dumps(obj) + event[len(body) :]
+            return None
+        return self._frame({i: p for i, p in preludes.items() if p}), orjson.dumps(obj)
+
+    def _tool_calls(self, delta: dict[str, Any], index: int, finishing: bool) -> bool:
+        """Tool-call arguments stream in pieces like text: each call's are held and redacted alike; what
+        is held when the choice finishes goes out in that frame as one more argument piece."""
+        changed = False
+        calls = delta.get("tool_calls")
+        for position, call in enumerate(calls if isinstance(calls, list) else ()):
+            function = call.get("function") if isinstance(call, dict) else None
+            value = function.get("arguments") if isinstance(function, dict) else None
+            if not isinstance(value, str) or not value:
+                continue
+            number = call.get("index", position)
+            number = number if isinstance(number, int) else position
+            stream = self.calls.get((index, number))
+            if stream is None:
+                stream = self.calls[(index, number)] = TextStream(self.streams.scanner, self.streams.findings)
+            out = stream.push(value)
+            if out != value:
+                assert function is not None
+                function["arguments"] = out
+                changed = True
+        if finishing:
+            held = self._held_calls(index)
+            if held:
+                delta["tool_calls"] = [*(calls if isinstance(calls, list) else ()), *held]
+                changed = True
+        return changed
+
+    def _held_calls(self, index: int) -> list[dict[str, Any]]:
+        held = []
+        for (choice, number), stream in self.calls.items():
+            text = stream.flush() if choice == index else ""
+            if text:
+                held.append({"index": number, "function": {"arguments": text}})
+        return held
 
     def _leftovers(self) -> bytes:
         """Held text whose choice never said finish_reason: one more chunk carrying it, before [DONE]."""
-        return self._frame(self.streams.leftovers())
+        out = self._frame(self.streams.leftovers())
+        for index in sorted({choice for choice, _ in self.calls}):
+            held = self._held_calls(index)
+            if held:
+                out += self._frame({index: {}}, {index: held})
+        return out
 
-    def _frame(self, left: dict[int, dict[str, str]]) -> bytes:
-        """A chunk of our own carrying `left` text, shaped like the upstream's chunks."""
+    def _frame(self, left: dict[int, dict[str, str]], calls: dict[int, list[dict[str, Any]]] | None = None) -> bytes:
+        """A chunk of our own carrying `left` text (or held tool-call arguments), shaped like the
+        upstream's chunks."""
         if not left:
             return b""
         base = {k: v for k, v in (self.template or {}).items() if k in ("id", "object", "created", "model")}
         chat = base.get("object") != "text_completion"
         choices = [
-            {"index": index, "delta": fields, "finish_reason": None}
+            {
+                "index": index,
+                "delta": {**fields, "tool_calls": calls[index]} if calls else fields,
+                "finish_reason": None,
+            }
             if chat
             else {"index": index, "text": "".join(fields.values()), "finish_reason": None}
             for index, fields in sorted(left.items())
@@ -283,6 +356,8 @@ class NdjsonRewriter:
             self.chat = self.chat or False
             changed = self.streams.rewrite(obj, 0, OLLAMA_GENERATE_FIELDS, finishing, prelude)
         changed |= strip_logprobs(obj, self.streams.findings, remove=True)
+        if isinstance(message, dict):
+            changed |= _whole_arguments(message, self.streams.scanner, self.streams.findings)
         if not changed:
             return line
         return self._line_of(prelude) + orjson.dumps(obj) + line[len(line.rstrip(b"\r\n")) :]
@@ -327,13 +402,41 @@ def rewrite_json(body: bytes, scanner: Scanner, findings: Findings, ollama: bool
         visit(obj.get("message"), OLLAMA_MESSAGE_FIELDS)
         visit(obj, OLLAMA_GENERATE_FIELDS)
         changed |= strip_logprobs(obj, findings, remove=True)
+        if isinstance(obj.get("message"), dict):
+            changed |= _whole_arguments(obj["message"], scanner, findings)
     else:
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict):
                 visit(choice.get("message"), OPENAI_DELTA_FIELDS)
                 visit(choice, ("text",))
                 changed |= strip_logprobs(choice, findings)
+                if isinstance(choice.get("message"), dict):
+                    changed |= _whole_arguments(choice["message"], scanner, findings)
     return orjson.dumps(obj) if changed else body
+
+
+def _whole_arguments(message: dict[str, Any], scanner: Scanner, findings: Findings) -> bool:
+    """Tool calls that arrive whole (a non-streamed answer, Ollama's lines): every string in their
+    arguments, scanned and redacted at once (raises `Blocked`)."""
+    slots: list[Slot] = []
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            leaves(function, "arguments", slots)
+    changed = False
+    for container, key in slots:
+        value = container[key]
+        hits = scanner.scan(value)
+        for hit in hits:
+            if hit.detector.action == "block":
+                raise Blocked(hit.detector)
+        if hits:
+            new = redact(value, hits, findings)
+            if new != value:
+                container[key] = new
+                changed = True
+    return changed
 
 
 Rewriter = SseRewriter | NdjsonRewriter

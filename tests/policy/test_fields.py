@@ -1,0 +1,199 @@
+"""Every text-bearing field is scanned, both ways: tool-call arguments (in answers, streamed in
+pieces or whole, and in the history a caller sends back), tool definitions, message names, refusals,
+Ollama's suffix and template, and SSE events that carry `event:` or `id:` lines. Through the real
+proxy with the real `openai` and `ollama` clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ollama
+import openai
+import orjson
+import pytest
+
+from tests.policy.conftest import StartWithPolicy
+from tests.support.frames import JSON_HEADERS, NDJSON_HEADERS, SSE_HEADERS, chat_completion
+from tests.support.upstream import Script, ScriptedUpstream
+
+POLICY = """
+sampling: []
+rules:
+  - name: weapons
+    keywords: [nerve agent]
+    action: block
+  - name: codenames
+    keywords: [bluebird]
+    action: redact
+phi: {request: flag, response: redact, categories: [ssn]}
+"""
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "description": "Looks things up.",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "query"}}},
+    },
+}
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="sk-caller", max_retries=0, timeout=60)
+
+
+def _with(path: list[Any], value: str, base: dict[str, Any]) -> dict[str, Any]:
+    body = orjson.loads(orjson.dumps(base))
+    target = body
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return body
+
+
+CHAT: dict[str, Any] = {
+    "messages": [
+        {"role": "user", "content": "hi", "name": "ward7"},
+        {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "found"},
+    ],
+    "tools": [TOOL],
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ["messages", 0, "name"],
+        ["messages", 1, "refusal"],
+        ["messages", 1, "tool_calls", 0, "function", "arguments"],
+        ["tools", 0, "function", "description"],
+        ["tools", 0, "function", "parameters", "properties", "q", "description"],
+    ],
+    ids=["name", "refusal", "tool-call-arguments", "tool-description", "parameter-description"],
+)
+def test_blocked_keyword_in_any_request_field_is_refused(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, path: list[Any]
+) -> None:
+    proxy = start_with_policy(upstream.url, POLICY)
+    body = _with(path, '{"q": "nerve agent"}' if "arguments" in path else "nerve agent synthesis", CHAT)
+    with client(proxy.url) as api, pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model="m", **body)
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize("field", ["suffix", "template", "system"])
+def test_ollama_generate_suffix_template_system_are_scanned(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, field: str
+) -> None:
+    proxy = start_with_policy(upstream.url, POLICY)
+    with ollama.Client(host=proxy.url, timeout=60) as api, pytest.raises(ollama.ResponseError):
+        api.generate(model="m", prompt="hello", **{field: "how to make nerve agent"})  # type: ignore[call-overload]
+    assert upstream.seen == []
+
+
+def test_ollama_history_tool_call_object_arguments_are_redacted(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    done = orjson.dumps({"model": "m", "message": {"role": "assistant", "content": "ok"}, "done": True}) + b"\n"
+    upstream.script("/api/chat", Script(headers=NDJSON_HEADERS, chunks=[done]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    call = {"function": {"name": "lookup", "arguments": {"q": {"deep": ["Bluebird"]}}}}
+    with ollama.Client(host=proxy.url, timeout=60) as api:
+        api.chat(model="m", messages=[{"role": "assistant", "content": "", "tool_calls": [call]}])
+    sent = orjson.loads(upstream.seen[0].body)
+    assert sent["messages"][0]["tool_calls"][0]["function"]["arguments"] == {"q": {"deep": ["[REDACTED]"]}}
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+
+
+def _call_piece(arguments: str, first: bool = False) -> dict[str, Any]:
+    call: dict[str, Any] = {"index": 0, "function": {"arguments": arguments}}
+    if first:
+        call.update(id="call_1", type="function", function={"name": "lookup", "arguments": arguments})
+    return {"tool_calls": [call]}
+
+
+def test_streamed_tool_call_arguments_are_redacted_across_pieces(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    frames = [
+        _chunk({"role": "assistant", "content": None}),
+        _chunk(_call_piece('{"q": "Blue', first=True)),
+        _chunk(_call_piece('bird", "ssn": "219-55-')),
+        _chunk(_call_piece('0187"}')),
+        _chunk({}, "tool_calls"),
+    ]
+    chunks = [b"data: " + orjson.dumps(frame) + b"\n\n" for frame in frames] + [b"data: [DONE]\n\n"]
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=chunks))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        stream = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        arguments = "".join(
+            call.function.arguments or ""
+            for chunk in stream
+            for call in (chunk.choices[0].delta.tool_calls or [])
+            if call.function is not None
+        )
+    assert orjson.loads(arguments) == {"q": "[REDACTED]", "ssn": "[SSN]"}
+
+
+def test_whole_answer_tool_call_and_refusal_are_redacted(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    body = orjson.loads(chat_completion(""))
+    message = body["choices"][0]["message"]
+    message["refusal"] = "I cannot discuss Bluebird."
+    message["tool_calls"] = [
+        {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "bluebird"}'}}
+    ]
+    upstream.script("/v1/chat/completions", Script(headers=JSON_HEADERS, chunks=[orjson.dumps(body)]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        answer = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    got = answer.choices[0].message
+    assert got.refusal == "I cannot discuss [REDACTED]."
+    assert got.tool_calls is not None and got.tool_calls[0].function.arguments == '{"q": "[REDACTED]"}'  # type: ignore[union-attr]
+
+
+def test_ollama_streamed_tool_call_is_redacted(upstream: ScriptedUpstream, start_with_policy: StartWithPolicy) -> None:
+    call = {"function": {"name": "lookup", "arguments": {"q": "bluebird", "n": 3}}}
+    lines = [
+        orjson.dumps(
+            {"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [call]}, "done": False}
+        ),
+        orjson.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}),
+    ]
+    upstream.script("/api/chat", Script(headers=NDJSON_HEADERS, chunks=[line + b"\n" for line in lines]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with ollama.Client(host=proxy.url, timeout=60) as api:
+        parts = list(api.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
+    calls = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert calls[0].function.arguments == {"q": "[REDACTED]", "n": 3}
+
+
+def test_sse_events_with_event_and_id_lines_are_scanned(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    first = orjson.dumps(_chunk({"content": "code Blue"})).decode()
+    second = orjson.dumps(_chunk({"content": "bird ok"}, "stop"))
+    cut = second.index(b',"object"')  # between two members: the newline joining data lines is whitespace
+    chunks = [
+        f"id: 1\nevent: message\ndata: {first}\n\n".encode(),
+        b"id: 2\r\ndata: " + second[:cut] + b"\r\ndata: " + second[cut:] + b"\r\n\r\n",  # one payload in two data lines
+        b"data: [DONE]\n\n",
+    ]
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=chunks))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        stream = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == "code [REDACTED] ok"
