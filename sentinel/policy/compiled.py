@@ -75,19 +75,11 @@ def literal_pattern(keyword: str, whole_word: bool) -> str:
     return _bounded(escape(text), text[0], text[-1], whole_word)
 
 
-def _prefix_pattern(parts: list[str]) -> str:
-    """`a(?:b(?:c)?)?`: any non-empty beginning of the keyword whose view characters are `parts`."""
-    pattern = ""
-    for part in reversed(parts[1:]):
-        pattern = f"(?:{part}{pattern})?"
-    return parts[0] + pattern
-
-
 def keyword_detector(rule: ContentRule) -> Detector:
     """Case-insensitive keywords, matched on the keyword view: confusables, case, width, marks and
     invisible characters make no difference (docs/policy.md, "Normalisation")."""
     alternatives: list[str] = []
-    prefixes: list[str] = []
+    spellings: list[tuple[tuple[str, ...], ...]] = []
     widths: list[int] = []
     for keyword in rule.keywords:
         pieces = normalise.keyword_pattern(keyword)
@@ -95,7 +87,7 @@ def keyword_detector(rule: ContentRule) -> Detector:
         if not pieces or not folded:
             continue
         alternatives.append(_bounded("".join(pieces), folded[0], folded[-1], rule.whole_word))
-        prefixes.append(_prefix_pattern(pieces))
+        spellings.append(tuple(tuple(found) for found in normalise.keyword_options(keyword)))
         widths.append(len(pieces))
     pattern = "|".join(alternatives)
     return Detector(
@@ -107,7 +99,7 @@ def keyword_detector(rule: ContentRule) -> Detector:
         replacement=rule.replacement,
         message=rule.message,
         keyword=True,
-        prefix="|".join(prefixes),
+        spellings=tuple(spellings),
     )
 
 

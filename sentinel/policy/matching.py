@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sentinel.policy import normalise
-from sentinel.policy.engine import PatternSet, Regex, compile_pattern
+from sentinel.policy.engine import PatternSet, Regex
 from sentinel.policy.model import Action
 from sentinel.policy.normalise import View
 from sentinel.policy.phi import Validator
@@ -35,10 +35,10 @@ class Detector:
     keyword: bool = False
     """Matched against the keyword view (confusables folded; `sentinel.policy.normalise`), not the
     folded view that patterns and PHI forms see."""
-    prefix: str | None = None
-    """For keyword detectors: a pattern matching any non-empty beginning of a keyword at the end of the
-    text, so a stream holds back only a tail that could still grow into a keyword instead of
-    `max_length` characters."""
+    spellings: tuple[tuple[tuple[str, ...], ...], ...] | None = None
+    """For keyword detectors: per keyword, what each character of its view may read in text, so a
+    stream holds back only a tail that could still grow into a keyword instead of `max_length`
+    characters."""
 
 
 @dataclass(slots=True)
@@ -119,11 +119,11 @@ class Scanner:
         self._folded_set = PatternSet([self.detectors[i].pattern for i in self._folded_index])
         self._keyword_set = PatternSet([self.detectors[i].pattern for i in self._keyword_index])
         self.rewrites = any(d.action != "flag" for d in self.detectors)
-        prefixes = [d.prefix for d in self.detectors if d.prefix is not None]
-        self._prefix: Regex | None = compile_pattern("(?:" + "|".join(prefixes) + r")\z") if prefixes else None
-        self._prefix_length = max((d.max_length for d in self.detectors if d.prefix is not None), default=0)
+        self._merge, self._prefixes = _prefixes(self.detectors)
+        held_by_prefix = [d for d in self.detectors if d.keyword and _single(d)]
+        self._prefix_length = max((d.max_length for d in held_by_prefix), default=0)
         # +1: a pattern ending in \b needs to see the character after its match.
-        self._fixed_hold = max((d.max_length + 1 for d in self.detectors if d.prefix is None), default=0)
+        self._fixed_hold = max((d.max_length + 1 for d in self.detectors if d not in held_by_prefix), default=0)
 
     def __bool__(self) -> bool:
         return bool(self.detectors)
@@ -171,13 +171,49 @@ class Scanner:
         if self._fixed_hold:
             view = seen.folded
             cut = min(cut, view.cut(min(len(view.text), self._fixed_hold)) if view.text else length)
-        if self._prefix is not None:
+        if self._prefix_length > self._fixed_hold or (self._prefix_length and not seen.text.isascii()):
+            # (On ASCII text both views keep positions, so a fixed hold at least as long covers it.)
             view = seen.keyword
-            window = max(0, len(view.text) - self._prefix_length)
-            found = self._prefix.search(view.text, window)
-            if found is not None:
-                cut = min(cut, view.original(found.span()[0]))
+            tail = view.text[-self._prefix_length :].translate(self._merge)
+            for size in range(len(tail), 0, -1):
+                if tail[-size:] in self._prefixes:
+                    cut = min(cut, view.cut(size))
+                    break
         return length - cut
+
+
+def _single(detector: Detector) -> bool:
+    """Every character of every keyword reads as single characters (a hold by prefixes is exact)."""
+    spellings = detector.spellings or ()
+    return bool(spellings) and all(len(o) == 1 for word in spellings for found in word for o in found)
+
+
+def _prefixes(detectors: Sequence[Detector]) -> tuple[dict[int, str], frozenset[str]]:
+    """A translation merging the characters a keyword position may read as (`i`, `l`) into one, and
+    every non-empty beginning of every keyword under it: a tail in that set may grow into a keyword."""
+    parent: dict[str, str] = {}
+
+    def find(char: str) -> str:
+        while parent.get(char, char) != char:
+            char = parent[char]
+        return char
+
+    keywords = [d for d in detectors if d.keyword and _single(d)]
+    for detector in keywords:
+        for word in detector.spellings or ():
+            for found in word:
+                for other in found[1:]:
+                    a, b = find(found[0]), find(other)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+    merge = {ord(char): find(char) for char in parent}
+    prefixes = {
+        "".join(found[0] for found in word).translate(merge)[:size]
+        for detector in keywords
+        for word in detector.spellings or ()
+        for size in range(1, len(word) + 1)
+    }
+    return merge, frozenset(prefixes)
 
 
 def redact(text: str, hits: Sequence[Hit], findings: Findings) -> str:

@@ -285,20 +285,28 @@ def keyword(text: str) -> View:
     return view
 
 
-def keyword_pattern(keyword_text: str) -> list[str]:
-    """A keyword as RE2 pieces over the keyword view, one per character of its view. Each character
-    allows the view of its upper-case and title-case forms too (`i` also matches `l`, the view of `I`)."""
+def keyword_options(keyword_text: str) -> list[list[str]]:
+    """What each character of a keyword's view may read in text: itself and the view of its upper-case
+    and title-case forms (`i` also `l`, the view of `I`)."""
     t = tables()
     base = _build(keyword_text, t.keyword).text
-    parts = []
+    options: list[list[str]] = []
     for char in base:
-        options = {char.translate(t.classes)}
+        found = {char.translate(t.classes)}
         for variant in (char.upper(), char.title()):
             if len(variant) == 1:
-                options.add(_build(variant, t.keyword).text.translate(t.classes))
-        options.discard("")
-        single = sorted(o for o in options if len(o) == 1)
-        longer = sorted(o for o in options if len(o) > 1)
+                found.add(_build(variant, t.keyword).text.translate(t.classes))
+        found.discard("")
+        options.append(sorted(found, key=lambda o: (len(o), o)))
+    return options
+
+
+def keyword_pattern(keyword_text: str) -> list[str]:
+    """A keyword as RE2 pieces over the keyword view, one per character of its view."""
+    parts = []
+    for found in keyword_options(keyword_text):
+        single = [o for o in found if len(o) == 1]
+        longer = [o for o in found if len(o) > 1]
         alternatives = []
         if single:
             alternatives.append(

@@ -61,15 +61,15 @@ class TextStream:
     def push(self, text: str) -> str:
         """Take the next delta; return the text that is safe to send now (raises `Blocked`)."""
         buffer = self.held + text
-        return self._emit(buffer, len(buffer) - self.scanner.hold(buffer))
+        full = Views(self.context + buffer)  # one set of views for the hold and the scan
+        return self._emit(buffer, len(buffer) - min(self.scanner.hold(full), len(buffer)), full)
 
     def flush(self) -> str:
         """The end of this text: everything held is decided and returned."""
-        return self._emit(self.held, len(self.held)) if self.held else ""
+        return self._emit(self.held, len(self.held), Views(self.context + self.held)) if self.held else ""
 
-    def _emit(self, buffer: str, cut: int) -> str:
+    def _emit(self, buffer: str, cut: int, full: Views) -> str:
         offset = len(self.context)
-        full = Views(self.context + buffer)
         which = self.scanner.triggered(full)
         final: list[Hit] = []
         end = cut
