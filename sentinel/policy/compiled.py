@@ -7,7 +7,6 @@ once and cached, so a call pays for one dict lookup, its scope checks and the sc
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import cache
@@ -20,11 +19,7 @@ from sentinel.policy.matching import PHI_RULE, Detector, Scanner
 from sentinel.policy.model import Action, ContentRule, PhiPolicy, PolicyFile, SamplingRule, Scope
 from sentinel.policy.phi import FORMS, Form
 from sentinel.policy.scope import caller_matches, needs_request, route_matches
-
-# Python's own regex parser measures how long a pattern's match can be; RE2 does not say. Private,
-# but present under this name since Python 3.11.
-_sre_parse: Any = importlib.import_module("re._parser")
-_UNBOUNDED = 1 << 31
+from sentinel.policy.width import longest
 
 _USUAL_ROUTES = (
     ("/v1/chat/completions", Operation.CHAT),
@@ -47,12 +42,12 @@ class RuleError(ValueError):
 
 
 def pattern_width(pattern: str) -> int | None:
-    """The longest text `pattern` can match, or None if unbounded (or not parseable by Python)."""
+    """The longest text `pattern` can match, or None if unbounded (or not read: then the rule must
+    say max_length)."""
     try:
-        high = int(_sre_parse.parse(pattern).getwidth()[1])
-    except Exception:  # RE2-only syntax Python cannot read: the rule must say max_length
+        return longest(pattern)
+    except (IndexError, ValueError):
         return None
-    return None if high >= _UNBOUNDED else high
 
 
 def _word(char: str) -> bool:
