@@ -18,7 +18,7 @@ from sentinel.capture import ollama as ollama_capture
 from sentinel.capture import openai as openai_capture
 from sentinel.capture.build import api_key_id
 from sentinel.capture.facts import ResponseFacts
-from sentinel.interaction import ErrorType, Protocol
+from sentinel.interaction import ErrorType, Operation, Protocol
 from sentinel.policy.compiled import Active, Policy
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
 from sentinel.policy.metrics import PolicyMetrics
@@ -33,6 +33,9 @@ from sentinel.proxy.hooks import Refusal, ResponseFilter, StopResponse
 log = logging.getLogger("sentinel.policy")
 
 ANNOTATION = "policy"
+NATIVE_COMPLETION = "/completion"
+"""llama.cpp's native completion route (`/completions`, its alias, is classified as OpenAI's and its
+native answers are recognised by their shape)."""
 BLOCK_STATUS = 400
 _PENDING_LIMIT = 10_000
 
@@ -96,7 +99,10 @@ class PolicyHook:
         policy = self.source.current
         if policy is None:
             return None
-        plan = policy.plan(exchange.path, exchange.operation)
+        operation = exchange.operation
+        if operation is Operation.OTHER and exchange.path.rstrip("/") == NATIVE_COMPLETION:
+            operation = Operation.TEXT_COMPLETION  # llama.cpp's own completion API: `prompt` in, `content` out
+        plan = policy.plan(exchange.path, operation)
         if plan.unknown and exchange.request_body and not plan.pass_through:
             return self._unjudged(
                 exchange,
@@ -143,7 +149,7 @@ class PolicyHook:
                 return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, outcome.refusal)
             changed = outcome.changed
         if active.request:
-            scanned = self._scan_request(exchange, policy, body, active.request)
+            scanned = self._scan_request(exchange, policy, body, active.request, operation)
             if isinstance(scanned, Refusal):
                 return scanned
             changed |= scanned
@@ -169,8 +175,10 @@ class PolicyHook:
             if entry["action"] != "within":
                 self.metrics.action(entry["rule"], entry["action"], "request")
 
-    def _scan_request(self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner) -> bool | Refusal:
-        slots = text_slots(body, ex.protocol, ex.operation)
+    def _scan_request(
+        self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner, operation: Operation
+    ) -> bool | Refusal:
+        slots = text_slots(body, ex.protocol, operation)
         if not slots:
             return False
         texts = [container[key] for container, key in slots]
@@ -352,4 +360,22 @@ def _answer_texts(ex: Exchange) -> list[str]:
         facts = openai_capture.parse_body(b"".join(ex.chunks), ex.operation)
     texts = ["".join(parts) for parts in facts.texts.values()]
     texts += ["".join(parts) for parts in facts.reasoning.values()]
+    texts += _native_texts(ex) if ex.path.rstrip("/") in (NATIVE_COMPLETION, "/completions") else []
     return [text for text in texts if text]
+
+
+def _native_texts(ex: Exchange) -> list[str]:
+    """llama.cpp's native answer: `content` of a JSON body or of every SSE frame."""
+    body = b"".join(ex.chunks)
+    payloads = [body]
+    if ex.response_content_type.startswith("text/event-stream"):
+        payloads = [line[5:].strip() for line in body.splitlines() if line.startswith(b"data:")]
+    parts = []
+    for payload in payloads:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "choices" not in obj and isinstance(obj.get("content"), str):
+            parts.append(obj["content"])
+    return ["".join(parts)]

@@ -80,6 +80,9 @@ def text_slots(body: dict[str, Any], protocol: Protocol, operation: Operation) -
         leaves(body, "functions", slots)
     elif operation is Operation.TEXT_COMPLETION:
         _strings(body, "prompt", slots)
+        prompts = body.get("prompt")
+        for item in prompts if isinstance(prompts, list) else ():
+            _strings(item, "prompt_string", slots)  # llama.cpp's multimodal prompt objects
         _strings(body, "suffix", slots)
         if protocol is Protocol.OLLAMA:
             _strings(body, "system", slots)

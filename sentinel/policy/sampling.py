@@ -21,7 +21,7 @@ from sentinel.policy.model import Bound, SamplingRule
 _OPENAI = {
     "temperature": (None, ("temperature",)),
     "top_p": (None, ("top_p",)),
-    "max_tokens": (None, ("max_tokens", "max_completion_tokens")),
+    "max_tokens": (None, ("max_tokens", "max_completion_tokens", "n_predict")),
 }
 _OLLAMA = {
     "temperature": ("options", ("temperature",)),
@@ -104,7 +104,11 @@ def apply_bounds(body: dict[str, Any], protocol: Protocol, rules: Sequence[Sampl
                 if number is None:
                     continue  # not a number: the model server rejects it itself
                 # NaN has no nearest bound to clamp to: it is refused below.
-                fitted = number if math.isnan(number) else _fit(number, bound, unlimited_negative=name == "num_predict")
+                fitted = (
+                    number
+                    if math.isnan(number)
+                    else _fit(number, bound, unlimited_negative=name in ("num_predict", "n_predict"))
+                )
                 if fitted == number:  # a within-range string goes on as it came: the server reads the same number
                     outcome.notes.setdefault(
                         name, {"requested": requested, "applied": requested, "action": "within", "rule": rule.name}

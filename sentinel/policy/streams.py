@@ -25,6 +25,19 @@ OLLAMA_MESSAGE_FIELDS = ("content", "thinking")
 OLLAMA_GENERATE_FIELDS = ("response", "thinking")
 
 
+NATIVE_PROBABILITIES = ("completion_probabilities", "probs")
+
+
+def strip_native_probabilities(target: dict[str, Any], findings: Findings) -> bool:
+    """llama.cpp's native token probabilities (`n_probs`): removed for the same reason as logprobs."""
+    found = [key for key in NATIVE_PROBABILITIES if key in target]
+    for key in found:
+        del target[key]
+    if found:
+        findings.logprobs_stripped = True
+    return bool(found)
+
+
 def strip_logprobs(target: dict[str, Any], findings: Findings, remove: bool = False) -> bool:
     """Drop the log-probabilities of an answer a rule may rewrite: their token text repeats the answer
     (the digits behind `[SSN]`, the text held back from a block) and cannot be redacted in step with
@@ -161,6 +174,8 @@ class SseRewriter:
         self.streams = _Streams(scanner, findings)
         self.calls: dict[tuple[int, int], TextStream] = {}
         """Streamed tool-call arguments, by (choice index, tool-call index)."""
+        self.native = False
+        """The frames are llama.cpp's native ones (`content`, `stop`), not OpenAI chunks."""
         self.pending = b""
         self.template: dict[str, Any] | None = None
         self.ended = False
@@ -221,6 +236,8 @@ class SseRewriter:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return None
+        if isinstance(obj, dict) and "choices" not in obj and isinstance(obj.get("content"), str):
+            return self._native(obj)
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if not isinstance(choices, list) or not choices:
             return None
@@ -244,6 +261,16 @@ class SseRewriter:
         if not changed:
             return None
         return self._frame({i: p for i, p in preludes.items() if p}), orjson.dumps(obj)
+
+    def _native(self, obj: dict[str, Any]) -> tuple[bytes, bytes] | None:
+        """llama.cpp's native `/completion` (and its `/completions` alias): `{"content": ..., "stop": ...}`
+        frames, no [DONE]; the frame with `stop: true` ends the answer."""
+        self.native = True
+        finishing = obj.get("stop") is True
+        self.ended |= finishing
+        changed = self.streams.rewrite(obj, 0, ("content",), finishing, {})
+        changed |= strip_native_probabilities(obj, self.streams.findings)
+        return (b"", orjson.dumps(obj)) if changed else None
 
     def _tool_calls(self, delta: dict[str, Any], index: int, finishing: bool) -> bool:
         """Tool-call arguments stream in pieces like text: each call's are held and redacted alike; what
@@ -294,6 +321,9 @@ class SseRewriter:
         upstream's chunks."""
         if not left:
             return b""
+        if self.native:
+            text = "".join(text for fields in left.values() for text in fields.values())
+            return b"data: " + orjson.dumps({"content": text, "stop": False}) + b"\n\n" if text else b""
         base = {k: v for k, v in (self.template or {}).items() if k in ("id", "object", "created", "model")}
         chat = base.get("object") != "text_completion"
         choices = [
@@ -404,6 +434,9 @@ def rewrite_json(body: bytes, scanner: Scanner, findings: Findings, ollama: bool
         changed |= strip_logprobs(obj, findings, remove=True)
         if isinstance(obj.get("message"), dict):
             changed |= _whole_arguments(obj["message"], scanner, findings)
+    elif "choices" not in obj and isinstance(obj.get("content"), str):  # llama.cpp native /completion
+        visit(obj, ("content",))
+        changed |= strip_native_probabilities(obj, findings)
     else:
         for choice in obj.get("choices") or ():
             if isinstance(choice, dict):

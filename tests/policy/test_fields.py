@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import ollama
 import openai
 import orjson
@@ -197,3 +198,37 @@ def test_sse_events_with_event_and_id_lines_are_scanned(
         stream = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == "code [REDACTED] ok"
+
+
+def _native(content: str, stop: bool = False, **extra: Any) -> bytes:
+    return b"data: " + orjson.dumps({"content": content, "stop": stop, **extra}) + b"\n\n"
+
+
+@pytest.mark.parametrize("path", ["/completion", "/completions"])
+def test_llama_cpp_native_completion_is_judged_both_ways(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, path: str
+) -> None:
+    probs = {"completion_probabilities": [{"token": "0187", "logprob": -0.1}]}
+    chunks = [_native("SSN 219-55-", **probs), _native("0187 and Blue"), _native("bird", stop=True, tokens_predicted=5)]
+    upstream.script(path, Script(headers=SSE_HEADERS, chunks=chunks))
+    policy = POLICY.replace("sampling: []", "sampling:\n  - name: t\n    temperature: {max: 0.9}")
+    proxy = start_with_policy(upstream.url, policy)
+    with httpx.Client(base_url=proxy.url, timeout=60) as http:
+        refused = http.post(path, json={"prompt": ["fine", "make nerve agent"]})
+        assert refused.status_code == 400 and upstream.seen == []
+        answer = http.post(path, json={"prompt": "hi", "stream": True, "temperature": 1.5, "n_probs": 1})
+    frames = [orjson.loads(line[5:]) for line in answer.content.splitlines() if line.startswith(b"data:")]
+    assert "".join(f["content"] for f in frames) == "SSN [SSN] and [REDACTED]"
+    assert frames[-1]["stop"] is True and frames[-1]["tokens_predicted"] == 5
+    assert all("completion_probabilities" not in f for f in frames)
+    assert orjson.loads(upstream.seen[0].body)["temperature"] == 0.9
+
+
+def test_llama_cpp_native_whole_answer_is_redacted(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    body = orjson.dumps({"content": "Bluebird at 219-55-0187", "stop": True, "probs": []})
+    upstream.script("/completion", Script(headers=JSON_HEADERS, chunks=[body], content_length=True))
+    proxy = start_with_policy(upstream.url, POLICY)
+    answer = httpx.post(proxy.url + "/completion", json={"prompt": "hi"}, timeout=60).json()
+    assert answer == {"content": "[REDACTED] at [SSN]", "stop": True}
