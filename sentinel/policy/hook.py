@@ -14,6 +14,8 @@ import logging
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+import orjson
+
 from sentinel.capture import ollama as ollama_capture
 from sentinel.capture import openai as openai_capture
 from sentinel.capture.build import api_key_id
@@ -263,9 +265,9 @@ class PolicyFilter:
             if self.rewriter.ended and not self.observed:
                 self._end()
             return out
-        if mode == "json":
-            self.body.append(chunk)
-        elif mode == "observe" and not self.observed and _final(chunk):
+        if mode == "json" or (mode == "observe" and self.ex.operation is Operation.OTHER):
+            self.body.append(chunk)  # the proxy keeps no copy of routes it does not classify (/completion)
+        if mode == "observe" and not self.observed and _final(chunk):
             self._end()
         return b"" if mode == "json" else chunk
 
@@ -321,9 +323,10 @@ class PolicyFilter:
         """Flag-only rules: scan the answer as the upstream sent it (the proxy's own copy)."""
         scanner = self.active.observe
         self.observed = True
-        if not scanner or not self.ex.chunks:
+        chunks = self.ex.chunks or self.body
+        if not scanner or not chunks:
             return
-        for text in _answer_texts(self.ex):
+        for text in _answer_texts(self.ex, chunks):
             hits = scanner.scan(text)
             for hit in hits:
                 self.findings.count(hit)
@@ -340,33 +343,36 @@ class PolicyFilter:
 
 
 def _final(chunk: bytes) -> bool:
-    """Whether a chunk carries the last frame: SSE `data: [DONE]`, or Ollama's `done: true` line."""
-    return chunk.rstrip().endswith(b"[DONE]") or b'"done":true' in chunk or b'"done": true' in chunk
+    """Whether a chunk carries the last frame: SSE `data: [DONE]`, Ollama's `done: true` line or
+    llama.cpp's native `stop: true` frame."""
+    return chunk.rstrip().endswith(b"[DONE]") or any(
+        mark in chunk for mark in (b'"done":true', b'"done": true', b'"stop":true', b'"stop": true')
+    )
 
 
-def _answer_texts(ex: Exchange) -> list[str]:
+def _answer_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
     """The generated text of a finished exchange (answer and reasoning, every choice), parsed from
     the bytes the upstream sent."""
     content_type = ex.response_content_type
     facts: ResponseFacts
     if content_type.startswith("text/event-stream"):
-        facts = openai_capture.parse_sse(ex.chunks)
+        facts = openai_capture.parse_sse(chunks)
     elif ex.protocol is Protocol.OLLAMA:
         if content_type.startswith("application/json"):
-            facts = ollama_capture.parse_body(b"".join(ex.chunks), ex.operation)
+            facts = ollama_capture.parse_body(b"".join(chunks), ex.operation)
         else:
-            facts = ollama_capture.parse_ndjson(ex.chunks, ex.operation)
+            facts = ollama_capture.parse_ndjson(chunks, ex.operation)
     else:
-        facts = openai_capture.parse_body(b"".join(ex.chunks), ex.operation)
+        facts = openai_capture.parse_body(b"".join(chunks), ex.operation)
     texts = ["".join(parts) for parts in facts.texts.values()]
     texts += ["".join(parts) for parts in facts.reasoning.values()]
-    texts += _native_texts(ex) if ex.path.rstrip("/") in (NATIVE_COMPLETION, "/completions") else []
+    texts += _native_texts(ex, chunks) if ex.path.rstrip("/") in (NATIVE_COMPLETION, "/completions") else []
     return [text for text in texts if text]
 
 
-def _native_texts(ex: Exchange) -> list[str]:
+def _native_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
     """llama.cpp's native answer: `content` of a JSON body or of every SSE frame."""
-    body = b"".join(ex.chunks)
+    body = b"".join(chunks)
     payloads = [body]
     if ex.response_content_type.startswith("text/event-stream"):
         payloads = [line[5:].strip() for line in body.splitlines() if line.startswith(b"data:")]

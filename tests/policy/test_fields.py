@@ -232,3 +232,18 @@ def test_llama_cpp_native_whole_answer_is_redacted(
     proxy = start_with_policy(upstream.url, POLICY)
     answer = httpx.post(proxy.url + "/completion", json={"prompt": "hi"}, timeout=60).json()
     assert answer == {"content": "[REDACTED] at [SSN]", "stop": True}
+
+
+def test_llama_cpp_native_answer_counted_by_flag_rules(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    chunks = [_native("the blue"), _native("bird sings", stop=True)]
+    upstream.script("/completion", Script(headers=SSE_HEADERS, chunks=chunks))
+    policy = (
+        "sampling: []\nrules:\n  - name: watch\n    keywords: [bluebird]\n    action: flag\nphi: {enabled: false}\n"
+    )
+    proxy = start_with_policy(upstream.url, policy)
+    answer = httpx.post(proxy.url + "/completion", json={"prompt": "hi", "stream": True}, timeout=60)
+    assert answer.content == b"".join(chunks)  # flag rules leave the bytes alone
+    actions = proxy.record().annotations["policy"]["actions"]
+    assert {"rule": "watch", "action": "flag", "stage": "response", "count": 1} in actions
