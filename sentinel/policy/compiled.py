@@ -74,6 +74,7 @@ def keyword_detector(rule: ContentRule) -> Detector:
     """Case-insensitive keywords, matched on the keyword view: confusables, case, width, marks and
     invisible characters make no difference (docs/policy.md, "Normalisation")."""
     alternatives: list[str] = []
+    ascii_alternatives: list[str] = []
     spellings: list[tuple[tuple[str, ...], ...]] = []
     widths: list[int] = []
     for keyword in rule.keywords:
@@ -82,9 +83,12 @@ def keyword_detector(rule: ContentRule) -> Detector:
         if not pieces or not folded:
             continue
         alternatives.append(_bounded("".join(pieces), folded[0], folded[-1], rule.whole_word))
+        ascii_pieces = "".join(normalise.keyword_pattern_ascii(keyword))
+        ascii_alternatives.append(_bounded(ascii_pieces, folded[0], folded[-1], rule.whole_word))
         spellings.append(tuple(tuple(found) for found in normalise.keyword_options(keyword)))
         widths.append(len(pieces))
     pattern = "|".join(alternatives)
+    ascii_pattern = "|".join(ascii_alternatives)
     return Detector(
         rule=rule.name,
         action=rule.action,
@@ -95,6 +99,8 @@ def keyword_detector(rule: ContentRule) -> Detector:
         message=rule.message,
         keyword=True,
         spellings=tuple(spellings),
+        ascii_pattern=ascii_pattern,
+        ascii_regex=compile_pattern(ascii_pattern),
     )
 
 

@@ -35,6 +35,9 @@ class Detector:
     keyword: bool = False
     """Matched against the keyword view (confusables folded; `sentinel.policy.normalise`), not the
     folded view that patterns and PHI forms see."""
+    ascii_pattern: str | None = None
+    """For keyword detectors: the same keywords over raw ASCII text (see `normalise.keyword_pattern_ascii`)."""
+    ascii_regex: Regex | None = None
     spellings: tuple[tuple[tuple[str, ...], ...], ...] | None = None
     """For keyword detectors: per keyword, what each character of its view may read in text, so a
     stream holds back only a tail that could still grow into a keyword instead of `max_length`
@@ -85,10 +88,12 @@ class Findings:
 class Views:
     """One text and its two views, each built at most once (a scan and its hold share them)."""
 
-    __slots__ = ("_folded", "_keyword", "text")
+    __slots__ = ("_folded", "_keyword", "plain", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self.plain = text.isascii() and normalise.ASCII_UNSAFE not in text
+        """ASCII without `|`: matched as it is, by each detector's ASCII pattern (one set pass)."""
         self._folded: View | None = None
         self._keyword: View | None = None
 
@@ -118,6 +123,8 @@ class Scanner:
         self._keyword_index = [i for i, d in enumerate(self.detectors) if d.keyword]
         self._folded_set = PatternSet([self.detectors[i].pattern for i in self._folded_index])
         self._keyword_set = PatternSet([self.detectors[i].pattern for i in self._keyword_index])
+        # ASCII text (the usual case) needs no views: every detector in one set over the text itself.
+        self._ascii_set = PatternSet([d.ascii_pattern or d.pattern for d in self.detectors])
         self.rewrites = any(d.action != "flag" for d in self.detectors)
         self._merge, self._prefixes = _prefixes(self.detectors)
         held_by_prefix = [d for d in self.detectors if d.keyword and _single(d)]
@@ -131,6 +138,8 @@ class Scanner:
     def triggered(self, text: str | Views) -> list[int]:
         """Indexes of the detectors whose pattern occurs somewhere in `text` (one pass per view)."""
         seen = views(text)
+        if seen.plain:
+            return self._ascii_set.hits(seen.text)
         found: list[int] = []
         if self._folded_index:
             found += [self._folded_index[i] for i in self._folded_set.hits(seen.folded.text)]
@@ -145,11 +154,17 @@ class Scanner:
         seen = views(text)
         indexes = self.triggered(seen) if which is None else which
         hits: list[Hit] = []
+        plain = seen.plain
         for index in indexes:
             detector = self.detectors[index]
-            view = seen.keyword if detector.keyword else seen.folded
+            if plain:
+                view = seen.folded  # the text itself
+                regex = detector.ascii_regex or detector.regex
+            else:
+                view = seen.keyword if detector.keyword else seen.folded
+                regex = detector.regex
             group, validator = detector.group, detector.validator
-            for match in detector.regex.finditer(view.text, view.position(pos) if pos else 0):
+            for match in regex.finditer(view.text, view.position(pos) if pos else 0):
                 start, end = match.span(group)
                 if start < 0 or end <= start:
                     continue

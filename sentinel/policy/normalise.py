@@ -317,6 +317,46 @@ def keyword_pattern(keyword_text: str) -> list[str]:
     return parts
 
 
+ASCII_UNSAFE = "|"
+"""The one ASCII character whose keyword view (`l`) is a word character while it is not: `\\b` would
+differ, so text holding it is matched through the view, not by the ASCII patterns."""
+
+
+@cache
+def _ascii_preimages() -> dict[str, str]:
+    """Each keyword-view character to the ASCII characters that read as it (`l`: `1IL|l`)."""
+    found: dict[str, str] = {}
+    for point in range(0x20, 0x7F):
+        char = chr(point)
+        if char != ASCII_UNSAFE:
+            view = keyword(char).text
+            found[view] = found.get(view, "") + char
+    return found
+
+
+def keyword_pattern_ascii(keyword_text: str) -> list[str]:
+    """The same keyword as RE2 pieces over raw ASCII text (without `|`): each view character becomes
+    the class of ASCII characters that read as it, so ASCII text needs no view and one set pass."""
+    preimages = _ascii_preimages()
+    parts = []
+    for found in keyword_options(keyword_text):
+        alternatives = []
+        for option in found:
+            classes: list[str] = []
+            for char in option:
+                members = preimages.get(char, "")
+                if not members:
+                    classes = []
+                    break
+                classes.append(members[0] if len(members) == 1 else "[" + "".join(map(_class_char, members)) + "]")
+            if classes:
+                alternatives.append("".join(_class_char(c) if len(c) == 1 else c for c in classes))
+        if not alternatives:
+            alternatives.append("[^\\x00-\\x{10ffff}]")  # reads as no ASCII: never matches ASCII text
+        parts.append(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")")
+    return parts
+
+
 def _escape(text: str) -> str:
     return "".join(_class_char(char) for char in text)
 

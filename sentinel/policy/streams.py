@@ -254,10 +254,12 @@ class SseRewriter:
             prelude = preludes.setdefault(index, {})
             if isinstance(delta, dict):
                 changed |= self.streams.rewrite(delta, index, OPENAI_DELTA_FIELDS, finishing, prelude)
-                changed |= self._tool_calls(delta, index, finishing)
+                if "tool_calls" in delta or (finishing and self.calls):
+                    changed |= self._tool_calls(delta, index, finishing)
             elif "text" in choice:
                 changed |= self.streams.rewrite(choice, index, ("text",), finishing, prelude)
-            changed |= strip_logprobs(choice, self.streams.findings)
+            if choice.get("logprobs") is not None:
+                changed |= strip_logprobs(choice, self.streams.findings)
         if not changed:
             return None
         return self._frame({i: p for i, p in preludes.items() if p}), orjson.dumps(obj)

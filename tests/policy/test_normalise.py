@@ -20,7 +20,7 @@ from sentinel.interaction import Operation
 from sentinel.policy import normalise
 from sentinel.policy.compiled import Active
 from sentinel.policy.loading import parse_policy
-from sentinel.policy.matching import Findings, redact
+from sentinel.policy.matching import Findings, Views, redact
 from sentinel.policy.streams import Blocked, TextStream
 
 POLICY = """
@@ -146,3 +146,22 @@ def test_the_view_of_a_concatenation_is_the_concatenation_of_views() -> None:
     parts = ["Ｐｒｏ", "\u200bject", " Ｔｉ", "ｔａｎ \ud800"]
     assert normalise.keyword("".join(parts)).text == "".join(normalise.keyword(p).text for p in parts)
     assert normalise.folded("".join(parts)).text == "".join(normalise.folded(p).text for p in parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["bluebird", "BLUEB1RD", "b|uebird", "Pr0ject TITAN", "project  titan", "TK-4412", "219-55-0187"]
+        )
+        | st.text(alphabet="bluerdIL10O|Tt -.:aijnpc\n", max_size=12),
+        max_size=6,
+    ).map(" ".join)
+)
+def test_ascii_fast_path_finds_what_the_views_find(text: str) -> None:
+    fast = Views(text)
+    slow = Views(text)
+    slow.plain = False  # force matching through the folded and keyword views
+    found = [(h.detector.rule, h.start, h.end) for h in SCANNER.scan(fast)]
+    assert found == [(h.detector.rule, h.start, h.end) for h in SCANNER.scan(slow)]
+    assert sorted(SCANNER.triggered(fast)) == sorted(SCANNER.triggered(slow))
