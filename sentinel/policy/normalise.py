@@ -46,6 +46,8 @@ _IGNORABLE_RANGES = (
     (0xE0000, 0xE0FFF),
 )
 _SKIPPED_CATEGORIES = ("Cn", "Co")  # unassigned and private use: no normalisation defined
+_LINE_SPACES = "\t\n\r\x0b\x0c"
+"""Read as a space in the keyword view: `Project\nTitan` is the keyword `Project Titan`."""
 
 
 def ignorable(char: str) -> bool:
@@ -162,7 +164,7 @@ def _classes(key: Callable[[str], str]) -> dict[int, str]:
 
     classes: dict[int, str] = {}
     for char in (*map(chr, range(0x80)), *_assigned()):
-        rep = proto(lower(proto(char)))
+        rep = " " if char in _LINE_SPACES else proto(lower(proto(char)))
         if rep != char:
             classes[ord(char)] = rep
     return classes
@@ -326,8 +328,7 @@ differ, so text holding it is matched through the view, not by the ASCII pattern
 def _ascii_preimages() -> dict[str, str]:
     """Each keyword-view character to the ASCII characters that read as it (`l`: `1IL|l`)."""
     found: dict[str, str] = {}
-    for point in range(0x20, 0x7F):
-        char = chr(point)
+    for char in (*_LINE_SPACES, *map(chr, range(0x20, 0x7F))):
         if char != ASCII_UNSAFE:
             view = keyword(char).text
             found[view] = found.get(view, "") + char

@@ -48,6 +48,8 @@ NERVE_AGENT = [
     "n\u0435rve \u0430gent",
     "ner\u00adve agent",
     "𝐧𝐞𝐫𝐯𝐞 agent",
+    "nerve\nagent",
+    "nerve\u3000agent",
 ]
 
 

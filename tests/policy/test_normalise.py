@@ -154,7 +154,7 @@ def test_the_view_of_a_concatenation_is_the_concatenation_of_views() -> None:
         st.sampled_from(
             ["bluebird", "BLUEB1RD", "b|uebird", "Pr0ject TITAN", "project  titan", "TK-4412", "219-55-0187"]
         )
-        | st.text(alphabet="bluerdIL10O|Tt -.:aijnpc\n", max_size=12),
+        | st.text(alphabet="bluerdIL10O|Tt -.:aijnpc\n\t", max_size=12),
         max_size=6,
     ).map(" ".join)
 )
