@@ -15,13 +15,12 @@ script. Rules therefore match a *view* of the text, never the text itself:
 
 The view is built character by character, so a view of `a + b` is the view of `a` plus the view of
 `b` (streams rely on it), and `View.span` maps a match back to the characters to redact: the text
-forwarded is never changed except where a rule redacts. Pure-ASCII text costs one `isascii` check
-(folded) or one `str.translate` (keyword).
+forwarded is never changed except where a rule redacts. A view is one `str.translate` (none for the
+folded view of ASCII text); the map back is worked out only for text in which something matched.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable
@@ -87,23 +86,14 @@ def _strip_marks(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """A per-character mapping (only characters that change) and a regex finding runs of them."""
+    """A per-character mapping (only characters that change), and the same for `str.translate`."""
 
     mapping: dict[str, str]
-    finder: re.Pattern[str]
-    ascii_changes: bool
+    trans: dict[int, str]
 
 
 def _table(mapping: dict[str, str]) -> Table:
-    points = sorted(ord(char) for char in mapping)
-    ranges: list[tuple[int, int]] = []
-    for point in points:
-        if ranges and ranges[-1][1] == point - 1:
-            ranges[-1] = (ranges[-1][0], point)
-        else:
-            ranges.append((point, point))
-    body = "".join(f"\\U{low:08x}" if low == high else f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges)
-    return Table(mapping, re.compile(f"[{body}]+"), any(char.isascii() for char in mapping))
+    return Table(mapping, {ord(char): new for char, new in mapping.items()})
 
 
 @cache
@@ -121,6 +111,8 @@ class Tables:
     classes: dict[int, str]
     """The one-to-one half of the keyword view (`str.translate`): each character to its class's
     representative."""
+    keyword_trans: dict[int, str]
+    """Both halves at once, for one `str.translate` over non-ASCII text."""
 
 
 @cache
@@ -139,7 +131,10 @@ def tables() -> Tables:
         stripped = _strip_marks(_fold_char(source) if source is not None else folded)
         if stripped != char:
             keyword[char] = stripped
-    return Tables(_table(fold), _table(keyword), _classes(lambda c: _strip_marks(_fold_char(c))))
+    classes = _classes(lambda c: _strip_marks(_fold_char(c)))
+    combined = dict(classes)
+    combined.update({ord(char): new.translate(classes) for char, new in keyword.items()})
+    return Tables(_table(fold), _table(keyword), classes, combined)
 
 
 def _classes(key: Callable[[str], str]) -> dict[int, str]:
@@ -200,40 +195,50 @@ def _prototypes() -> dict[str, str]:
 
 
 class View:
-    """`text` as rules see it; `span` maps a span of it back to the original's characters."""
+    """`text` as rules see it; `span` maps a span of it back to the original's characters. The map is
+    worked out only when asked for (a hit, a stream's hold-back): most text is scanned and let go."""
 
-    __slots__ = ("_ends", "_origins", "_starts", "text")
+    __slots__ = ("_anchors", "_source", "_table", "text")
 
-    def __init__(self, text: str, starts: list[int], ends: list[int], origins: list[int]) -> None:
+    def __init__(self, text: str, source: str | None = None, table: Table | None = None) -> None:
         self.text = text
-        # For each changed original character, in order: where its replacement starts and ends in
-        # the view, and where it is in the original. Between them the view copies the original.
-        self._starts = starts
-        self._ends = ends
-        self._origins = origins
+        self._source = source
+        self._table = table
+        self._anchors: tuple[list[int], list[int], list[int]] | None = None
+
+    def _map(self) -> tuple[list[int], list[int], list[int]]:
+        """For each changed original character, in order: where its replacement starts and ends in the
+        view, and where it is in the original. Between them the view copies the original."""
+        if self._anchors is None:
+            self._anchors = _anchors(self._source, self._table)
+        return self._anchors
 
     def original(self, index: int) -> int:
         """The original character the view's character `index` comes from."""
-        k = bisect_right(self._starts, index) - 1
+        if self._table is None:
+            return index
+        starts, ends, origins = self._map()
+        k = bisect_right(starts, index) - 1
         if k < 0:
             return index
-        if index < self._ends[k]:
-            return self._origins[k]
-        return self._origins[k] + 1 + index - self._ends[k]
+        if index < ends[k]:
+            return origins[k]
+        return origins[k] + 1 + index - ends[k]
 
     def span(self, start: int, end: int) -> tuple[int, int]:
-        if not self._starts:
+        if self._table is None:
             return start, end
         return self.original(start), self.original(end - 1) + 1
 
     def position(self, original: int) -> int:
         """Where the original index `original` falls in the view."""
-        if not self._starts:
+        if self._table is None:
             return original
-        k = bisect_right(self._origins, original - 1) - 1
+        _, ends, origins = self._map()
+        k = bisect_right(origins, original - 1) - 1
         if k < 0:
             return original
-        return self._ends[k] + original - self._origins[k] - 1
+        return ends[k] + original - origins[k] - 1
 
     def cut(self, held: int) -> int:
         """The original index where the view's last `held` characters begin (for stream hold-back)."""
@@ -242,49 +247,43 @@ class View:
         return self.original(len(self.text) - held)
 
 
-def _build(text: str, table: Table) -> View:
+def _anchors(text: str | None, table: Table | None) -> tuple[list[int], list[int], list[int]]:
     starts: list[int] = []
     ends: list[int] = []
     origins: list[int] = []
-    parts: list[str] = []
-    mapping = table.mapping
-    last = 0
-    length = 0
-    for run in table.finder.finditer(text):
-        begin, stop = run.span()
-        if begin > last:
-            parts.append(text[last:begin])
-            length += begin - last
-        for index in range(begin, stop):
-            new = mapping[text[index]]
-            starts.append(length)
+    if text is None or table is None:
+        return starts, ends, origins
+    lookup = table.mapping.get
+    shift = 0  # view length minus original length so far
+    for index, char in enumerate(text):
+        new = lookup(char)
+        if new is not None:
+            starts.append(index + shift)
+            shift += len(new) - 1
             origins.append(index)
-            parts.append(new)
-            length += len(new)
-            ends.append(length)
-        last = stop
-    if not starts:
-        return View(text, starts, ends, origins)
-    parts.append(text[last:])
-    return View("".join(parts), starts, ends, origins)
+            ends.append(index + 1 + shift)
+    return starts, ends, origins
 
 
-_IDENTITY: list[int] = []
+def _build(text: str, table: Table) -> View:
+    translated = text.translate(table.trans)
+    if translated == text:
+        return View(text)
+    return View(translated, text, table)
 
 
 def folded(text: str) -> View:
     if text.isascii():
-        return View(text, _IDENTITY, _IDENTITY, _IDENTITY)
+        return View(text)
     return _build(text, tables().fold)
 
 
 def keyword(text: str) -> View:
     t = tables()
     if text.isascii():
-        return View(text.translate(t.classes), _IDENTITY, _IDENTITY, _IDENTITY)
-    view = _build(text, t.keyword)
-    view.text = view.text.translate(t.classes)
-    return view
+        return View(text.translate(t.classes))
+    translated = text.translate(t.keyword_trans)
+    return View(translated, text, t.keyword)  # positions shift only where `t.keyword` changes length
 
 
 def keyword_options(keyword_text: str) -> list[list[str]]:
