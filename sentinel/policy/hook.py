@@ -25,7 +25,7 @@ from sentinel.policy.compiled import Active, Policy
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
 from sentinel.policy.metrics import PolicyMetrics
 from sentinel.policy.parsing import Unparseable, parse
-from sentinel.policy.payload import text_slots
+from sentinel.policy.payload import text_slots, token_ids
 from sentinel.policy.sampling import apply_bounds
 from sentinel.policy.streams import Blocked, NdjsonRewriter, SseRewriter, rewrite_json
 from sentinel.proxy.errors import error_body
@@ -151,6 +151,15 @@ class PolicyHook:
                 return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, outcome.refusal)
             changed = outcome.changed
         if active.request:
+            ids = token_ids(body, exchange.protocol, operation)
+            if ids is not None and not plan.pass_through:
+                return self._unjudged(
+                    exchange,
+                    policy,
+                    "token_ids",
+                    f"Sentinel policy cannot judge token ids in {ids!r}: send the text itself "
+                    "(an operator may list the route under pass_through in the policy file)",
+                )
             scanned = self._scan_request(exchange, policy, body, active.request, operation)
             if isinstance(scanned, Refusal):
                 return scanned

@@ -2,7 +2,8 @@
 rewritten in place: chat messages (content, plain or `text` parts; `name`, `refusal`, reasoning and
 tool-call arguments in the history), tool and function definitions (every string in them:
 descriptions, parameter schemas), completion prompts and `suffix`, Ollama's `system` and
-`template`, embeddings input. Token-id prompts and images are not text and are skipped."""
+`template`, embeddings input. Images are not text and are skipped; token ids are text the policy
+cannot read (`token_ids` says where they are, and the hook refuses them)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,23 @@ def text_slots(body: dict[str, Any], protocol: Protocol, operation: Operation) -
         if protocol is Protocol.OLLAMA:
             _strings(body, "prompt", slots)  # the older /api/embeddings
     return slots
+
+
+def _has_ids(value: Any) -> bool:
+    """A token-id prompt: a number, or a list holding numbers or lists of numbers."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_has_ids(item) for item in value)
+
+
+def token_ids(body: dict[str, Any], protocol: Protocol, operation: Operation) -> str | None:
+    """The field that carries token ids instead of text, if any: a caller could spell a blocked keyword
+    in them (`prompt: [5877, 8479]`), and only the model's tokenizer reads them back."""
+    if operation is Operation.TEXT_COMPLETION:
+        if _has_ids(body.get("prompt")):
+            return "prompt"
+        if protocol is Protocol.OLLAMA and _has_ids(body.get("context")):
+            return "context"
+    elif operation is Operation.EMBEDDINGS and _has_ids(body.get("input")):
+        return "input"
+    return None

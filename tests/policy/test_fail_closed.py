@@ -184,3 +184,33 @@ def test_ollama_string_temperature_is_left_for_ollama_to_refuse(
     body = b'{"model":"m","options":{"temperature":"2.0"},"messages":[{"role":"user","content":"hi"}]}'
     assert _post(proxy.url, body, "/api/chat").status_code == 200
     assert upstream.seen[0].body == body  # Go's decoder refuses a string there itself
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"model": "m", "prompt": [5877, 8479]}),
+        ("/v1/completions", {"model": "m", "prompt": [[5877, 8479], [1]]}),
+        ("/completion", {"prompt": ["fine", [5877, 8479]]}),
+        ("/api/generate", {"model": "m", "prompt": "go on", "context": [5877, 8479]}),
+        ("/v1/embeddings", {"model": "m", "input": [[5877, 8479]]}),
+    ],
+    ids=["ids", "batches-of-ids", "llama-cpp-mixed", "ollama-context", "embeddings-ids"],
+)
+def test_token_id_prompts_are_refused(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, path: str, body: dict[str, object]
+) -> None:
+    proxy = start_with_policy(upstream.url, POLICY)
+    answer = _post(proxy.url, orjson.dumps(body), path)
+    assert answer.status_code == 400 and "cannot judge token ids" in answer.text
+    assert upstream.seen == []
+    assert proxy.record().annotations["policy"]["blocked"] == {"stage": "request", "reason": "token_ids"}
+
+
+def test_token_ids_pass_on_a_listed_route_and_text_is_still_judged(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    upstream.script("/v1/completions", Script(headers=JSON_HEADERS, chunks=[b'{"choices": []}']))
+    proxy = start_with_policy(upstream.url, POLICY + "pass_through:\n  routes: ['/v1/completions']\n")
+    assert _post(proxy.url, b'{"model": "m", "prompt": [5877, 8479]}', "/v1/completions").status_code == 200
+    assert _post(proxy.url, b'{"model": "m", "prompt": "a nerve agent"}', "/v1/completions").status_code == 400
