@@ -209,3 +209,20 @@ def test_logprobs_stripped_from_a_whole_answer_and_from_ollama(
         parts = list(ollama_api.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert "".join(p.message.content or "" for p in parts) == "[REDACTED]"
     assert all("Bluebird" not in p.model_dump_json() for p in parts)
+
+
+@pytest.mark.parametrize("number", ["+14158675309", "+1 415 867 5309", "+44 20 7946 0958", "219.55.0187"])
+def test_phi_forms_once_missed_are_caught_both_ways(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, number: str
+) -> None:
+    pieces = ["Reach her at ", number[:4], number[4:], " today."]
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=vllm_chat_stream([], pieces)))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        with pytest.raises(openai.BadRequestError):
+            api.chat.completions.create(model="m", messages=[{"role": "user", "content": f"my number is {number}"}])
+        stream = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        answer = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    label = "[SSN]" if number.count(".") == 2 else "[PHONE]"
+    assert answer == f"Reach her at {label} today."
+    assert len(upstream.seen) == 1  # the prompt never reached it
