@@ -21,6 +21,7 @@ from sentinel.capture import openai as openai_capture
 from sentinel.capture.build import api_key_id
 from sentinel.capture.facts import ResponseFacts
 from sentinel.interaction import ErrorType, Operation, Protocol
+from sentinel.policy import responses
 from sentinel.policy.compiled import Active, Policy
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
 from sentinel.policy.metrics import PolicyMetrics
@@ -104,6 +105,8 @@ class PolicyHook:
         operation = exchange.operation
         if operation is Operation.OTHER and exchange.path.rstrip("/") == NATIVE_COMPLETION:
             operation = Operation.TEXT_COMPLETION  # llama.cpp's own completion API: `prompt` in, `content` out
+        elif operation is Operation.OTHER and _responses_api(exchange):
+            operation = Operation.CHAT  # judged as a chat: `input` and `instructions` in, `output` out
         plan = policy.plan(exchange.path, operation)
         if plan.unknown and exchange.request_body and not plan.pass_through:
             return self._unjudged(
@@ -190,6 +193,8 @@ class PolicyHook:
         self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner, operation: Operation
     ) -> bool | Refusal:
         slots = text_slots(body, ex.protocol, operation)
+        if _responses_api(ex):
+            responses.request_slots(body, slots)
         if not slots:
             return False
         texts = [container[key] for container, key in slots]
@@ -322,6 +327,8 @@ class PolicyFilter:
         error = error_body(protocol, BLOCK_STATUS, ErrorType.POLICY_BLOCKED, message)
         if self.mode == "json":
             tail = error
+        elif isinstance(self.rewriter, SseRewriter) and self.rewriter.responses:
+            tail = blocked.emitted + b"event: error\ndata: " + orjson.dumps(responses.error_event(message)) + b"\n\n"
         elif isinstance(self.rewriter, NdjsonRewriter):
             tail = blocked.emitted + error + b"\n"
         else:
@@ -376,7 +383,30 @@ def _answer_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
     texts = ["".join(parts) for parts in facts.texts.values()]
     texts += ["".join(parts) for parts in facts.reasoning.values()]
     texts += _native_texts(ex, chunks) if ex.path.rstrip("/") in (NATIVE_COMPLETION, "/completions") else []
+    if _responses_api(ex):
+        texts += _responses_texts(chunks, content_type.startswith("text/event-stream"))
     return [text for text in texts if text]
+
+
+def _responses_api(ex: Exchange) -> bool:
+    return ex.protocol is Protocol.OPENAI and ex.path.rstrip("/").endswith(responses.PATH_SUFFIX)
+
+
+def _responses_texts(chunks: list[bytes], streamed: bool) -> list[str]:
+    """A Responses API answer's text: the deltas of a stream, every text of a whole answer."""
+    body = b"".join(chunks)
+    payloads = [line[5:].strip() for line in body.splitlines() if line.startswith(b"data:")] if streamed else [body]
+    parts: list[str] = []
+    for payload in payloads:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if not streamed:
+            parts += [container[key] for container, key in responses.answer_slots(obj)]
+        elif responses.is_event(obj) and obj["type"].endswith(".delta") and isinstance(obj.get("delta"), str):
+            parts.append(obj["delta"])
+    return ["".join(parts)]
 
 
 def _native_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:

@@ -21,7 +21,7 @@ from sentinel.policy.model import Bound, SamplingRule
 _OPENAI = {
     "temperature": (None, ("temperature",)),
     "top_p": (None, ("top_p",)),
-    "max_tokens": (None, ("max_tokens", "max_completion_tokens", "n_predict")),
+    "max_tokens": (None, ("max_tokens", "max_completion_tokens", "max_output_tokens", "n_predict")),
 }
 _OLLAMA = {
     "temperature": ("options", ("temperature",)),

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from sentinel.policy import responses
 from sentinel.policy.matching import Detector, Findings, Hit, Scanner, Views, redact
 from sentinel.policy.payload import Slot, leaves
 
@@ -176,6 +177,11 @@ class SseRewriter:
         """Streamed tool-call arguments, by (choice index, tool-call index)."""
         self.native = False
         """The frames are llama.cpp's native ones (`content`, `stop`), not OpenAI chunks."""
+        self.responses = False
+        """The events are the Responses API's (`response.*`)."""
+        self.events: dict[tuple[Any, ...], TextStream] = {}
+        """Responses API text streams, by (kind, item, output, part)."""
+        self.responses_seen_delta = False
         self.pending = b""
         self.template: dict[str, Any] | None = None
         self.ended = False
@@ -238,6 +244,8 @@ class SseRewriter:
             return None
         if isinstance(obj, dict) and "choices" not in obj and isinstance(obj.get("content"), str):
             return self._native(obj)
+        if responses.is_event(obj):
+            return self._response_event(obj)
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if not isinstance(choices, list) or not choices:
             return None
@@ -263,6 +271,51 @@ class SseRewriter:
         if not changed:
             return None
         return self._frame({i: p for i, p in preludes.items() if p}), orjson.dumps(obj)
+
+    def _response_event(self, obj: dict[str, Any]) -> tuple[bytes, bytes] | None:
+        """One Responses API event: deltas are held and redacted as a stream per item and part; the
+        events that repeat a whole text are redacted whole (counted once, from the deltas)."""
+        self.responses = True
+        kind: str = obj["type"]
+        findings = self.streams.findings
+        changed = False
+        if responses.strip_logprobs(obj):
+            findings.logprobs_stripped = changed = True
+        head = b""
+        if kind.endswith(".delta") and isinstance(obj.get("delta"), str):
+            self.responses_seen_delta = True
+            key = responses.stream_key(obj)
+            stream = self.events.get(key)
+            if stream is None:
+                stream = self.events[key] = TextStream(self.streams.scanner, findings)
+            out = stream.push(obj["delta"])
+            if out != obj["delta"]:
+                obj["delta"] = out
+                changed = True
+            return (b"", orjson.dumps(obj)) if changed else None
+        if kind.endswith(".done"):
+            stream = self.events.pop(responses.stream_key(obj), None)
+            if stream is not None:
+                head = self._delta_event(responses.stream_key(obj), stream.flush())
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            self.ended = True
+            head += b"".join(self._delta_event(key, stream.flush()) for key, stream in self.events.items())
+            self.events.clear()
+        # The deltas were counted; the repeats of their text are not counted again.
+        counted = Findings() if self.responses_seen_delta else findings
+        whole, block = responses.redact_whole(obj, self.streams.scanner, counted)
+        if block is not None:
+            raise Blocked(block)
+        if not (changed or whole or head):
+            return None
+        return head, orjson.dumps(obj)
+
+    def _delta_event(self, key: tuple[Any, ...], text: str) -> bytes:
+        if not text:
+            return b""
+        event = responses.delta_event(key, text)
+        name: str = event["type"]
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
 
     def _native(self, obj: dict[str, Any]) -> tuple[bytes, bytes] | None:
         """llama.cpp's native `/completion` (and its `/completions` alias): `{"content": ..., "stop": ...}`
@@ -311,6 +364,10 @@ class SseRewriter:
 
     def _leftovers(self) -> bytes:
         """Held text whose choice never said finish_reason: one more chunk carrying it, before [DONE]."""
+        if self.responses:
+            out = b"".join(self._delta_event(key, stream.flush()) for key, stream in self.events.items())
+            self.events.clear()
+            return out
         out = self._frame(self.streams.leftovers())
         for index in sorted({choice for choice, _ in self.calls}):
             held = self._held_calls(index)
@@ -436,6 +493,13 @@ def rewrite_json(body: bytes, scanner: Scanner, findings: Findings, ollama: bool
         changed |= strip_logprobs(obj, findings, remove=True)
         if isinstance(obj.get("message"), dict):
             changed |= _whole_arguments(obj["message"], scanner, findings)
+    elif obj.get("object") == "response":  # the Responses API
+        if responses.strip_logprobs(obj):
+            findings.logprobs_stripped = changed = True
+        whole, block = responses.redact_whole(obj, scanner, findings)
+        if block is not None:
+            raise Blocked(block)
+        changed |= whole
     elif "choices" not in obj and isinstance(obj.get("content"), str):  # llama.cpp native /completion
         visit(obj, ("content",))
         changed |= strip_native_probabilities(obj, findings)

@@ -108,7 +108,7 @@ def test_unparseable_body_passes_on_a_listed_route(
     assert upstream.seen[0].body == b"{not json"
 
 
-@pytest.mark.parametrize("path", ["/v1/responses", "/infill", "/tokenize", "/v1/anything"])
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/infill", "/tokenize", "/v1/anything"])
 def test_unknown_route_with_a_body_is_refused(
     upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, path: str
 ) -> None:
