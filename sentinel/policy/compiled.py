@@ -85,8 +85,10 @@ def keyword_detector(rule: ContentRule) -> Detector:
         alternatives.append(_bounded("".join(pieces), folded[0], folded[-1], rule.whole_word))
         ascii_pieces = "".join(normalise.keyword_pattern_ascii(keyword))
         ascii_alternatives.append(_bounded(ascii_pieces, folded[0], folded[-1], rule.whole_word))
-        spellings.append(tuple(tuple(found) for found in normalise.keyword_options(keyword)))
-        widths.append(len(pieces))
+        options = normalise.keyword_options(keyword)
+        spellings.append(tuple(tuple(found) for found in options))
+        spaces = sum(found == [" "] for found in options)
+        widths.append(len(pieces) + (normalise.SPACE_RUN - 1) * spaces)
     pattern = "|".join(alternatives)
     ascii_pattern = "|".join(ascii_alternatives)
     return Detector(

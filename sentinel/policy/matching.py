@@ -5,6 +5,7 @@ and `Findings`, the counts a scan leaves behind (rule hits, PHI categories; neve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from sentinel.policy.normalise import View
 from sentinel.policy.phi import Validator
 
 PHI_RULE = "phi"
+_SPACES = re.compile(" {2,}")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -191,7 +193,10 @@ class Scanner:
             view = seen.keyword
             tail = view.text[-self._prefix_length :].translate(self._merge)
             for size in range(len(tail), 0, -1):
-                if tail[-size:] in self._prefixes:
+                candidate = tail[-size:]
+                if "  " in candidate:  # a keyword's space matches a run of them
+                    candidate = _SPACES.sub(" ", candidate)
+                if candidate in self._prefixes:
                     cut = min(cut, view.cut(size))
                     break
         return length - cut

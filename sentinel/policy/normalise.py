@@ -314,8 +314,18 @@ def keyword_pattern(keyword_text: str) -> list[str]:
                 _escape(single[0]) if len(single) == 1 else "[" + "".join(_class_char(o) for o in single) + "]"
             )
         alternatives += [_escape(o) for o in longer]
-        parts.append(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")")
+        parts.append(
+            _spaced(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")", found)
+        )
     return parts
+
+
+SPACE_RUN = 8
+"""A space in a keyword matches a run of up to this many spaces (tabs, line breaks) in text."""
+
+
+def _spaced(piece: str, found: list[str]) -> str:
+    return f"(?:{piece}){{1,{SPACE_RUN}}}" if found == [" "] else piece
 
 
 ASCII_UNSAFE = "|"
@@ -353,7 +363,9 @@ def keyword_pattern_ascii(keyword_text: str) -> list[str]:
                 alternatives.append("".join(_class_char(c) if len(c) == 1 else c for c in classes))
         if not alternatives:
             alternatives.append("[^\\x00-\\x{10ffff}]")  # reads as no ASCII: never matches ASCII text
-        parts.append(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")")
+        parts.append(
+            _spaced(alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")", found)
+        )
     return parts
 
 

@@ -50,6 +50,8 @@ NERVE_AGENT = [
     "𝐧𝐞𝐫𝐯𝐞 agent",
     "nerve\nagent",
     "nerve\u3000agent",
+    "nerve  agent",
+    "nerve \n\t agent",
 ]
 
 

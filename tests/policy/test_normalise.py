@@ -75,6 +75,8 @@ def disguised(draw: st.DrawFn) -> str:
         if options and draw(st.booleans()):
             char = draw(st.sampled_from(options))
         out.append(char)
+        if char == " ":
+            out.append(draw(st.text(alphabet=" \t\n\u3000\u00a0", max_size=3)))  # a stretched space
         if draw(st.integers(0, 3)) == 0:
             out.append(draw(st.sampled_from(IGNORABLES + FORMAT_CHARACTERS)))
     return "".join(out)
