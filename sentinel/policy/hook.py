@@ -23,6 +23,7 @@ from sentinel.capture.facts import ResponseFacts
 from sentinel.interaction import ErrorType, Operation, Protocol
 from sentinel.policy import responses
 from sentinel.policy.compiled import Active, Policy
+from sentinel.policy.keys import Ambiguous, canonicalise
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
 from sentinel.policy.metrics import PolicyMetrics
 from sentinel.policy.parsing import Unparseable, parse
@@ -134,6 +135,13 @@ class PolicyHook:
                 "unparseable",
                 "Sentinel policy cannot judge this request: the body is not a JSON object",
             )
+        try:
+            renamed = canonicalise(body)
+        except Ambiguous as exc:
+            if plan.pass_through:
+                return None
+            message = f"Sentinel policy cannot judge this request: {exc}"
+            return self._unjudged(exchange, policy, "ambiguous_keys", message)
         model, user = body.get("model"), body.get("user")
         active = policy.select(
             plan,
@@ -143,7 +151,7 @@ class PolicyHook:
         )
         if active.empty:
             return None
-        changed = False
+        changed = renamed
         if active.sampling:
             outcome = apply_bounds(body, exchange.protocol, active.sampling)
             if outcome.notes:
