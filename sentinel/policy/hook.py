@@ -24,10 +24,10 @@ from sentinel.interaction import ErrorType, Operation, Protocol
 from sentinel.policy import responses
 from sentinel.policy.compiled import Active, Policy
 from sentinel.policy.keys import Ambiguous, canonicalise
-from sentinel.policy.matching import Detector, Findings, Scanner, redact
+from sentinel.policy.matching import Detector, Findings, Scanner, redact_parts, spanning
 from sentinel.policy.metrics import PolicyMetrics
 from sentinel.policy.parsing import Unparseable, parse
-from sentinel.policy.payload import text_slots, token_ids
+from sentinel.policy.payload import TooDeep, request_texts, token_ids
 from sentinel.policy.sampling import apply_bounds
 from sentinel.policy.streams import Blocked, NdjsonRewriter, SseRewriter, rewrite_json
 from sentinel.proxy.errors import error_body
@@ -200,25 +200,44 @@ class PolicyHook:
     def _scan_request(
         self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner, operation: Operation
     ) -> bool | Refusal:
-        slots = text_slots(body, ex.protocol, operation)
-        if _responses_api(ex):
-            responses.request_slots(body, slots)
-        if not slots:
+        try:
+            found = request_texts(body)
+        except TooDeep as exc:
+            return self._unjudged(ex, policy, "unparseable", f"Sentinel policy cannot judge this request: {exc}")
+        units = found.all()
+        if not units:
             return False
-        texts = [container[key] for container, key in slots]
+        texts = [
+            unit_slots[0][0][unit_slots[0][1]]
+            if len(unit_slots) == 1
+            else "\n".join(container[key] for container, key in unit_slots)
+            for unit_slots in units
+        ]
         # One pass over all the text; only if something may match is each piece located and rewritten.
-        which = scanner.triggered(texts[0] if len(texts) == 1 else "\n".join(texts))
+        # (Content parts also read joined with nothing between, as a chat template looping over them may.)
+        bare = ["".join(container[key] for container, key in unit_slots) for unit_slots in units if len(unit_slots) > 1]
+        which = scanner.triggered(texts[0] if len(texts) == 1 else "\n".join(texts + bare))
         if not which:
             return False
         findings = Findings()
         changed = False
-        for (container, key), text in zip(slots, texts, strict=True):
+        for unit_slots, text in zip(units, texts, strict=True):
             hits = scanner.scan(text, which)
-            if hits:
-                new = redact(text, hits, findings)
-                if new != text:
+            pieces = [container[key] for container, key in unit_slots]
+            new_pieces = redact_parts(pieces, hits, findings) if hits else pieces
+            if len(pieces) > 1:
+                # Chat templates that loop over the parts may also join them with nothing between.
+                joined = scanner.scan("".join(new_pieces))
+                crossing = spanning(joined, new_pieces, 0)
+                if crossing:
+                    new_pieces = redact_parts(new_pieces, crossing, findings, 0)
+            for (container, key), old, new in zip(unit_slots, pieces, new_pieces, strict=True):
+                if new != old:
                     container[key] = new
                     changed = True
+        if changed:
+            for encoded in found.encoded:
+                encoded.store()
         if not findings:
             return False
         notes = _notes(ex, policy)

@@ -251,3 +251,50 @@ def redact(text: str, hits: Sequence[Hit], findings: Findings) -> str:
         return text
     parts.append(text[cursor:])
     return "".join(parts)
+
+
+def offsets(parts: Sequence[str], separator: int) -> list[int]:
+    """Where each part starts in the parts joined by `separator` characters."""
+    out = []
+    offset = 0
+    for part in parts:
+        out.append(offset)
+        offset += len(part) + separator
+    return out
+
+
+def spanning(hits: Sequence[Hit], parts: Sequence[str], separator: int) -> list[Hit]:
+    """The hits that cross from one part into another."""
+    starts = offsets(parts, separator)
+    ends = [start + len(part) for start, part in zip(starts, parts, strict=True)]
+    return [hit for hit in hits if not any(s <= hit.start and hit.end <= e for s, e in zip(starts, ends, strict=True))]
+
+
+def redact_parts(parts: Sequence[str], hits: Sequence[Hit], findings: Findings, separator: int = 1) -> list[str]:
+    """`redact` over texts read as one, joined by `separator` characters (content parts joined by a
+    line break): a match spanning parts is replaced in the first part it touches and its pieces are
+    removed from the others. Counts every hit."""
+    if len(parts) == 1:
+        return [redact(parts[0], hits, findings)]
+    offsets_ = offsets(parts, separator)
+    cuts: list[list[tuple[int, int, str]]] = [[] for _ in parts]
+    cursor = 0
+    for hit in hits:
+        findings.count(hit)
+        if hit.detector.action != "redact" or hit.start < cursor:
+            continue
+        cursor = hit.end
+        replacement: str | None = hit.detector.replacement
+        for index, (start, part) in enumerate(zip(offsets_, parts, strict=True)):
+            low, high = max(hit.start, start), min(hit.end, start + len(part))
+            if low < high:
+                cuts[index].append((low - start, high - start, replacement or ""))
+                replacement = None
+    out = []
+    for part, mine in zip(parts, cuts, strict=True):
+        pieces, at = [], 0
+        for low, high, text in mine:
+            pieces += [part[at:low], text]
+            at = high
+        out.append("".join(pieces) + part[at:] if mine else part)
+    return out

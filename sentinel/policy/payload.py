@@ -1,98 +1,174 @@
-"""Where a request body carries text, per protocol and operation, as slots that can be read and
-rewritten in place: chat messages (content, plain or `text` parts; `name`, `refusal`, reasoning and
-tool-call arguments in the history), tool and function definitions (every string in them:
-descriptions, parameter schemas), completion prompts and `suffix`, Ollama's `system` and
-`template`, embeddings input. Images are not text and are skipped; token ids are text the policy
-cannot read (`token_ids` says where they are, and the hook refuses them)."""
+"""Where a request body carries text, as slots that can be read and rewritten in place: every string
+of the body, keys included, except under keys that hold no text (`NON_TEXT`: images, audio, the
+model name, token ids). A message's content parts are one text, as the model server joins them;
+JSON in tool-call `arguments` is judged decoded. Token ids are text the policy cannot read
+(`token_ids` says where they are, and the hook refuses them)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from sentinel.interaction import Operation, Protocol
 
 Slot = tuple[Any, Any]
 """(container, key): `container[key]` is a str."""
 
+Unit = list[Slot]
+"""Slots read as one text, joined by a line break: a message's content parts, which vLLM and
+llama.cpp join that way before the model reads them (a keyword split across two parts is one)."""
 
-def _strings(container: Any, key: Any, slots: list[Slot]) -> None:
-    """Add `container[key]` if it is a string, or each string in it if it is a list of strings."""
-    value = container.get(key) if isinstance(container, dict) else None
+DEPTH = 64
+"""Deeper than this a body is refused rather than judged in part (a tool schema nested 40 deep
+hid its description)."""
+
+NON_TEXT = frozenset(
+    (
+        "model",  # routing, not read by the model
+        "images",  # Ollama: base64 images
+        "image_url",  # OpenAI parts and Responses items: URLs or data: URLs
+        "input_audio",
+        "file_data",
+        "video_url",
+        "multimodal_data",  # llama.cpp prompt objects
+        "logit_bias",  # token ids as keys
+        "context",  # Ollama token ids (refused separately)
+    )
+)
+"""Keys whose values are not text the model reads; every other string of a body, keys included, is."""
+
+_PART_TEXT = ("text",)
+
+
+class TooDeep(ValueError):
+    """The body nests deeper than `DEPTH`."""
+
+
+class _Keys:
+    """A dict's keys as slots: reading gives the key, writing renames it (a redacted property name)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: dict[str, Any]) -> None:
+        self.target = target
+
+    def __getitem__(self, key: str) -> str:
+        return key
+
+    def __setitem__(self, key: str, new: str) -> None:
+        items = [(new if name == key else name, value) for name, value in self.target.items()]
+        self.target.clear()
+        self.target.update(items)
+
+
+class Encoded:
+    """A string that holds JSON (tool-call `arguments`): its decoded strings and keys are what is
+    judged, since `\\u0065` is `e` to whoever reads the arguments; `store` writes a redaction back."""
+
+    __slots__ = ("container", "decoded", "key")
+
+    def __init__(self, container: Any, key: Any, decoded: Any) -> None:
+        self.container, self.key, self.decoded = container, key, decoded
+
+    def store(self) -> None:
+        """Write the decoded value back if a redaction changed it (else the string stays as it came)."""
+        if orjson.loads(self.container[self.key]) != self.decoded:
+            self.container[self.key] = orjson.dumps(self.decoded).decode()
+
+
+@dataclass(slots=True)
+class Texts:
+    """Where a body carries text: `units` (values, then keys, so renaming a key comes last) and the
+    JSON strings whose decoded form was walked."""
+
+    units: list[Unit] = field(default_factory=list)
+    keys: list[Unit] = field(default_factory=list)
+    encoded: list[Encoded] = field(default_factory=list)
+
+    def all(self) -> list[Unit]:
+        return self.units + self.keys
+
+
+def _decode(value: str) -> Any:
+    if value[:1] not in "{[" and value.lstrip()[:1] not in ("{", "["):
+        return None
+    try:
+        decoded = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return decoded if isinstance(decoded, dict | list) else None
+
+
+def _walk(container: Any, key: Any, found: Texts, taken: set[tuple[int, Any]], depth: int) -> None:
+    value = container[key]
     if isinstance(value, str):
-        slots.append((container, key))
+        if (id(container), key) in taken:
+            return
+        decoded = _decode(value) if key == "arguments" else None
+        if decoded is None:
+            found.units.append([(container, key)])
+            return
+        holder = [decoded]
+        found.encoded.append(Encoded(container, key, decoded))
+        _walk(holder, 0, found, taken, depth + 1)
+        return
+    if depth > DEPTH and isinstance(value, dict | list):
+        raise TooDeep(f"the body nests deeper than {DEPTH} levels")
+    if isinstance(value, dict):
+        names = _Keys(value)
+        for name in list(value):
+            if not isinstance(name, str) or name in NON_TEXT:
+                continue
+            found.keys.append([(names, name)])
+            _walk(value, name, found, taken, depth + 1)
     elif isinstance(value, list):
-        slots.extend((value, index) for index, item in enumerate(value) if isinstance(item, str))
+        for index in range(len(value)):
+            _walk(value, index, found, taken, depth + 1)
 
 
-_MESSAGE_TEXT = ("name", "refusal", "reasoning_content", "reasoning", "thinking", "tool_name")
-_DEPTH = 32
+def _parts(messages: Any, found: Texts, taken: set[tuple[int, Any]]) -> None:
+    """Each message's content parts as one unit (plain strings and `text` parts)."""
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        unit: Unit = []
+        for index, part in enumerate(content):
+            if isinstance(part, str):
+                unit.append((content, index))
+            elif isinstance(part, dict):
+                unit.extend((part, key) for key in _PART_TEXT if isinstance(part.get(key), str))
+        if len(unit) > 1:
+            found.units.append(unit)
+            taken.update((id(container), key) for container, key in unit)
 
 
 def leaves(container: Any, key: Any, slots: list[Slot], depth: int = 0) -> None:
-    """Every string anywhere under `container[key]` (tool definitions, Ollama's object arguments)."""
+    """Every string anywhere under `container[key]` (Ollama's object arguments in answers)."""
     try:
         value = container[key]
     except (KeyError, IndexError, TypeError):
         return
     if isinstance(value, str):
         slots.append((container, key))
-    elif depth < _DEPTH and isinstance(value, dict):
+    elif depth < DEPTH and isinstance(value, dict):
         for name in value:
             leaves(value, name, slots, depth + 1)
-    elif depth < _DEPTH and isinstance(value, list):
+    elif depth < DEPTH and isinstance(value, list):
         for index in range(len(value)):
             leaves(value, index, slots, depth + 1)
 
 
-def _calls(message: dict[str, Any], slots: list[Slot]) -> None:
-    calls = message.get("tool_calls")
-    for call in calls if isinstance(calls, list) else ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            leaves(function, "arguments", slots)  # a JSON string (OpenAI) or an object (Ollama)
-    legacy = message.get("function_call")
-    if isinstance(legacy, dict):
-        leaves(legacy, "arguments", slots)
-
-
-def _messages(messages: Any, slots: list[Slot]) -> None:
-    if not isinstance(messages, list):
-        return
-    for message in messages:
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if isinstance(content, str):
-            slots.append((message, "content"))
-        elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    slots.append((part, "text"))
-        for name in _MESSAGE_TEXT:
-            _strings(message, name, slots)
-        _calls(message, slots)
-
-
-def text_slots(body: dict[str, Any], protocol: Protocol, operation: Operation) -> list[Slot]:
-    slots: list[Slot] = []
-    if operation is Operation.CHAT:
-        _messages(body.get("messages"), slots)
-        leaves(body, "tools", slots)
-        leaves(body, "functions", slots)
-    elif operation is Operation.TEXT_COMPLETION:
-        _strings(body, "prompt", slots)
-        prompts = body.get("prompt")
-        for item in prompts if isinstance(prompts, list) else ():
-            _strings(item, "prompt_string", slots)  # llama.cpp's multimodal prompt objects
-        _strings(body, "suffix", slots)
-        if protocol is Protocol.OLLAMA:
-            _strings(body, "system", slots)
-            _strings(body, "template", slots)
-    elif operation is Operation.EMBEDDINGS:
-        _strings(body, "input", slots)
-        if protocol is Protocol.OLLAMA:
-            _strings(body, "prompt", slots)  # the older /api/embeddings
-    return slots
+def request_texts(body: dict[str, Any]) -> Texts:
+    """Every string of a request body, values and keys, except under `NON_TEXT` keys; a message's
+    content parts joined as one text; JSON in tool-call `arguments` decoded. Raises `TooDeep`."""
+    found = Texts()
+    taken: set[tuple[int, Any]] = set()
+    _parts(body.get("messages"), found, taken)
+    _walk([body], 0, found, taken, 0)
+    return found
 
 
 def _has_ids(value: Any) -> bool:

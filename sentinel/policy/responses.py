@@ -24,16 +24,6 @@ _DEPTH = 16
 _INDEXES = ("item_id", "output_index", "content_index", "summary_index")
 
 
-def request_slots(body: dict[str, Any], slots: list[Slot]) -> None:
-    if isinstance(body.get("instructions"), str):
-        slots.append((body, "instructions"))
-    items = body.get("input")
-    if isinstance(items, str):
-        slots.append((body, "input"))
-    elif isinstance(items, list):
-        _walk(items, slots, 0, TEXT_KEYS | {"content"})
-
-
 def answer_slots(obj: Any) -> list[Slot]:
     slots: list[Slot] = []
     _walk(obj, slots, 0, TEXT_KEYS)
