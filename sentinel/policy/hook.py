@@ -409,6 +409,10 @@ def _answer_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
         facts = openai_capture.parse_body(b"".join(chunks), ex.operation)
     texts = ["".join(parts) for parts in facts.texts.values()]
     texts += ["".join(parts) for parts in facts.reasoning.values()]
+    if ex.protocol is Protocol.OLLAMA and content_type.startswith("application/json"):
+        # llama.cpp answers Ollama's /api/chat with its OpenAI handler: read the body that way too.
+        other = openai_capture.parse_body(b"".join(chunks), Operation.CHAT)
+        texts += ["".join(parts) for parts in (*other.texts.values(), *other.reasoning.values())]
     texts += _native_texts(ex, chunks) if ex.path.rstrip("/") in (NATIVE_COMPLETION, "/completions") else []
     if _responses_api(ex):
         texts += _responses_texts(chunks, content_type.startswith("text/event-stream"))

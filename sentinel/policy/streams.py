@@ -487,13 +487,14 @@ def rewrite_json(body: bytes, scanner: Scanner, findings: Findings, ollama: bool
                         target[name] = new
                         changed = True
 
-    if ollama:
+    # Decided by the shape, not the route: llama.cpp serves OpenAI answers on Ollama's /api/chat.
+    if ollama or isinstance(obj.get("message"), dict) or isinstance(obj.get("response"), str):
         visit(obj.get("message"), OLLAMA_MESSAGE_FIELDS)
         visit(obj, OLLAMA_GENERATE_FIELDS)
         changed |= strip_logprobs(obj, findings, remove=True)
         if isinstance(obj.get("message"), dict):
             changed |= _whole_arguments(obj["message"], scanner, findings)
-    elif obj.get("object") == "response":  # the Responses API
+    if obj.get("object") == "response":  # the Responses API
         if responses.strip_logprobs(obj):
             findings.logprobs_stripped = changed = True
         whole, block = responses.redact_whole(obj, scanner, findings)
