@@ -280,9 +280,10 @@ class PolicyFilter:
         if (ex.upstream_status or 0) >= 400:
             return "pass"
         if encoding not in ("", "identity"):
+            # Sentinel asked for `identity`; a server that compresses anyway is not read.
             _notes(ex, self.policy)["response_unchecked"] = f"content-encoding {encoding}"
             log.warning("response of %s not checked by policy: content-encoding %s", ex.id, encoding)
-            return "pass"
+            return "refuse" if self.active.rewrite else "pass"
         if not self.active.rewrite:
             return "observe"
         if content_type.startswith("text/event-stream"):
@@ -297,6 +298,8 @@ class PolicyFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         mode = self.mode or self._set_mode()
+        if mode == "refuse":
+            raise self._refuse_encoded()
         if mode == "stream":
             assert self.rewriter is not None
             try:
@@ -320,6 +323,8 @@ class PolicyFilter:
 
     def finish(self) -> bytes:
         mode = self.mode or self._set_mode()
+        if mode == "refuse":
+            return b""  # an empty body: nothing was passed on
         out = b""
         try:
             if mode == "stream":
@@ -331,11 +336,24 @@ class PolicyFilter:
                 )
         except Blocked as blocked:
             raise self._stop(blocked) from None
-        if mode != "pass":
+        if mode not in ("pass", "refuse"):
             if not self.observed:
                 self._observe()
             self._conclude()
         return out
+
+    def _refuse_encoded(self) -> StopResponse:
+        """Redact or block rules apply but the answer is compressed: it is not passed on unread."""
+        ex = self.ex
+        _notes(ex, self.policy)["blocked"] = {"stage": "response", "reason": "encoded_response"}
+        if self.metrics is not None:
+            self.metrics.action("encoded_response", "block", "response")
+        message = (
+            f"Sentinel policy cannot check an answer compressed with {ex.response_content_encoding}; "
+            "the model server ignored Accept-Encoding: identity"
+        )
+        refusal = Refusal(502, ErrorType.POLICY_BLOCKED, message)
+        return StopResponse(refusal, error_body(ex.protocol, 502, ErrorType.POLICY_BLOCKED, message))
 
     def _set_mode(self) -> str:
         self.mode = self._start()

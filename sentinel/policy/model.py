@@ -172,7 +172,7 @@ class ModerationPolicy(_Strict):
     )
 
 
-RESERVED_NAMES = ("phi", "unparseable", "unknown_route", "token_ids", "ambiguous_keys")
+RESERVED_NAMES = ("phi", "unparseable", "unknown_route", "token_ids", "ambiguous_keys", "encoded_response")
 """Rule names Sentinel uses itself in records and metrics (PHI findings, requests refused unread)."""
 
 METADATA_ROUTES = ["/api/show", "/api/tags", "/api/ps", "/api/version"]
