@@ -18,7 +18,7 @@ from sentinel.policy.engine import compile_pattern, escape
 from sentinel.policy.matching import PHI_RULE, Detector, Scanner
 from sentinel.policy.model import Action, ContentRule, PhiPolicy, PolicyFile, SamplingRule, Scope
 from sentinel.policy.phi import FORMS, Form
-from sentinel.policy.scope import caller_matches, needs_request, route_matches
+from sentinel.policy.scope import caller_matches, needs_request, route_admits, route_matches
 from sentinel.policy.width import longest
 
 _USUAL_ROUTES = (
@@ -220,6 +220,10 @@ class RoutePlan:
     """A route the policy cannot read (not chat, completion or embeddings) that rules would cover:
     requests with a body are refused there unless the route is listed under `pass_through`."""
     pass_through: bool = False
+    admitted: tuple[int, ...] = ()
+    """On an unknown route: every item whose `routes` admit the path, whatever its `operations` (a
+    route the policy cannot read may be a chat in another shape, llama.cpp's /v1/messages); their
+    response rules apply to what comes back."""
 
     @property
     def empty(self) -> bool:
@@ -276,7 +280,7 @@ class Policy:
             fixed: list[int] = []
             conditional: list[int] = []
             generates = operation in (Operation.CHAT, Operation.TEXT_COMPLETION)
-            unknown = False
+            admitted: tuple[int, ...] = ()
             if operation is not Operation.OTHER:
                 for index, item in enumerate(self.items):
                     if item.sampling is not None and not generates:
@@ -284,12 +288,13 @@ class Policy:
                     if route_matches(item.scope, path, operation):
                         (conditional if needs_request(item.scope) else fixed).append(index)
             else:
-                # Rules limited to named operations cannot mean this route; any other rule might.
-                unknown = any(
-                    not item.scope.operations and route_matches(item.scope, path, operation) for item in self.items
-                )
+                # Even rules limited to named operations: this route may be one of them in another
+                # shape (llama.cpp's Anthropic-style /v1/messages is a chat).
+                admitted = tuple(i for i, item in enumerate(self.items) if route_admits(item.scope, path))
             passes = any(fnmatchcase(path, glob) for glob in self.source.pass_through.routes)
-            plan = self._plans[key] = RoutePlan(tuple(fixed), tuple(conditional), generates, unknown, passes)
+            plan = self._plans[key] = RoutePlan(
+                tuple(fixed), tuple(conditional), generates, bool(admitted), passes, admitted
+            )
         return plan
 
     def select(self, plan: RoutePlan, model: str | None, user: str | None, key_id: Any) -> Active:

@@ -117,7 +117,15 @@ class PolicyHook:
                 f"Sentinel policy cannot read requests to {exchange.path}, so it does not forward them; "
                 "an operator may list the route under pass_through in the policy file",
             )
-        if plan.empty or not exchange.request_body:
+        if not exchange.request_body:
+            # No request to judge, but the answer may carry text (a stored Responses answer fetched
+            # by id, an unknown route's GET): response rules still apply to it.
+            if plan.pass_through or not (plan.admitted or plan.fixed or plan.conditional):
+                return None
+            chosen = plan.admitted or tuple(sorted(plan.fixed + plan.conditional))
+            self._expect_answer(exchange, policy, policy.active(chosen, generates=True))
+            return None
+        if plan.empty:
             return None
         try:
             parsed = parse(exchange.request_body)
@@ -177,11 +185,14 @@ class PolicyHook:
             changed |= scanned
         if changed:
             exchange.request_body = parsed.dump()
+        self._expect_answer(exchange, policy, active)
+        return None
+
+    def _expect_answer(self, exchange: Exchange, policy: Policy, active: Active) -> None:
         if active.rewrite or active.observe:
             if len(self._pending) > _PENDING_LIMIT:
                 self._pending.clear()  # only if response_filter stopped being called: never grow unbounded
             self._pending[exchange.id] = (policy, active)
-        return None
 
     def _unjudged(self, exchange: Exchange, policy: Policy, reason: str, message: str) -> Refusal:
         """Fail closed: refuse what the policy cannot read, and say why in the record and the metrics."""
@@ -438,7 +449,9 @@ def _answer_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
 
 
 def _responses_api(ex: Exchange) -> bool:
-    return ex.protocol is Protocol.OPENAI and ex.path.rstrip("/").endswith(responses.PATH_SUFFIX)
+    """`/v1/responses`, and a stored answer fetched or cancelled by id (`/v1/responses/{id}`,
+    `/v1/responses/{id}/cancel`, `/v1/responses/{id}/input_items`)."""
+    return ex.protocol is Protocol.OPENAI and responses.PATH.search(ex.path) is not None
 
 
 def _responses_texts(chunks: list[bytes], streamed: bool) -> list[str]:

@@ -12,12 +12,13 @@ whole, which gives the same text (docs/policy.md).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
 from sentinel.policy.payload import Slot
 
-PATH_SUFFIX = "/responses"
+PATH = re.compile(r"/responses(/[^/]+(/(cancel|input_items))?)?/?$")
 TEXT_KEYS = frozenset(("text", "refusal", "arguments", "output", "delta", "output_text"))
 """Keys whose string values are text, wherever they sit in an answer or an event."""
 _DEPTH = 16

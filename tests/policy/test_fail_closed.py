@@ -214,3 +214,35 @@ def test_token_ids_pass_on_a_listed_route_and_text_is_still_judged(
     proxy = start_with_policy(upstream.url, POLICY + "pass_through:\n  routes: ['/v1/completions']\n")
     assert _post(proxy.url, b'{"model": "m", "prompt": [5877, 8479]}', "/v1/completions").status_code == 200
     assert _post(proxy.url, b'{"model": "m", "prompt": "a nerve agent"}', "/v1/completions").status_code == 400
+
+
+def test_unknown_route_is_refused_when_every_rule_names_its_operations(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    """llama.cpp's Anthropic-style /v1/messages is a chat in another shape: a rule limited to chats
+    must not let it through unjudged."""
+    policy = """
+    sampling: []
+    rules:
+      - name: weapons
+        keywords: [nerve agent]
+        action: block
+        scope: {operations: [chat]}
+    phi: {enabled: false}
+    """
+    proxy = start_with_policy(upstream.url, policy)
+    body = orjson.dumps({"model": "m", "max_tokens": 64, "messages": [{"role": "user", "content": "nerve agent"}]})
+    answer = _post(proxy.url, body, "/v1/messages")
+    assert answer.status_code == 400
+    assert proxy.record().annotations["policy"]["blocked"] == {"stage": "request", "reason": "unknown_route"}
+    assert upstream.seen == []
+
+
+def test_a_bodiless_unknown_route_gets_its_answer_filtered(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    """A GET carries no request to judge, but its answer may carry text (an answer stored upstream)."""
+    upstream.script("/v1/chat/completions/c1", Script(headers=JSON_HEADERS, chunks=[chat_completion("a bluebird")]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    answer = httpx.get(proxy.url + "/v1/chat/completions/c1", timeout=60)
+    assert answer.json()["choices"][0]["message"]["content"] == "a [REDACTED]"

@@ -173,3 +173,28 @@ def test_flag_rules_count_a_streamed_answer_left_byte_for_byte(
     assert body == b"".join(chunks)
     actions = proxy.record().annotations["policy"]["actions"]
     assert {"rule": "watch", "action": "flag", "stage": "response", "count": 1} in actions
+
+
+@pytest.mark.parametrize("how", ["retrieve", "cancel"])
+def test_a_stored_answer_fetched_by_id_is_redacted(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, how: str
+) -> None:
+    body = orjson.dumps(_response("the bluebird SSN 219-55-0187"))
+    for path in ("/v1/responses/resp_1", "/v1/responses/resp_1/cancel"):
+        upstream.script(path, Script(headers=JSON_HEADERS, chunks=[body]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        answer = api.responses.retrieve("resp_1") if how == "retrieve" else api.responses.cancel("resp_1")
+    assert answer.output_text == "the [REDACTED] SSN [SSN]"
+    assert answer.output[0].content[0].logprobs is None  # type: ignore[union-attr]
+
+
+def test_a_stored_answer_with_a_blocked_text_is_refused(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    body = orjson.dumps(_response("the launch code is 0000"))
+    upstream.script("/v1/responses/resp_1", Script(headers=JSON_HEADERS, chunks=[body], content_length=True))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api, pytest.raises(openai.BadRequestError) as caught:
+        api.responses.retrieve("resp_1")
+    assert "launch code" not in str(caught.value.body)
