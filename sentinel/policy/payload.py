@@ -145,20 +145,68 @@ def _parts(messages: Any, found: Texts, taken: set[tuple[int, Any]]) -> None:
             taken.update((id(container), key) for container, key in unit)
 
 
-def leaves(container: Any, key: Any, slots: list[Slot], depth: int = 0) -> None:
-    """Every string anywhere under `container[key]` (Ollama's object arguments in answers)."""
-    try:
-        value = container[key]
-    except (KeyError, IndexError, TypeError):
-        return
-    if isinstance(value, str):
-        slots.append((container, key))
-    elif depth < DEPTH and isinstance(value, dict):
-        for name in value:
-            leaves(value, name, slots, depth + 1)
-    elif depth < DEPTH and isinstance(value, list):
-        for index in range(len(value)):
-            leaves(value, index, slots, depth + 1)
+def argument_texts(function: dict[str, Any]) -> Texts:
+    """A tool call's `arguments` (a JSON string, decoded when it parses, or Ollama's object): every
+    string and key in them. Raises `TooDeep`."""
+    found = Texts()
+    if "arguments" in function:
+        _walk(function, "arguments", found, set(), 0)
+    return found
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _escape_prefix(text: str) -> bool:
+    """`text` (shorter than 6) could be the start of a `\\uXXXX` escape (empty included)."""
+    return "\\u"[: len(text[:2])] == text[:2] and all(char in _HEX for char in text[2:])
+
+
+def unescape(text: str) -> tuple[str, str]:
+    """JSON string content with its `\\uXXXX` escapes written as the characters they stand for (a
+    surrogate pair as one character), except those JSON requires escaped (quote, backslash, control
+    characters, lone surrogates); the same JSON to whoever decodes it, readable to the policy.
+    Returns (text, carry): an escape cut off at the end is carried to the next piece."""
+    if "\\" not in text:
+        return text, ""
+    out: list[str] = []
+    at, size = 0, len(text)
+    while at < size:
+        slash = text.find("\\", at)
+        if slash < 0:
+            out.append(text[at:])
+            break
+        out.append(text[at:slash])
+        if slash + 1 >= size:
+            return "".join(out), text[slash:]
+        if text[slash + 1] != "u":
+            out.append(text[slash : slash + 2])
+            at = slash + 2
+            continue
+        digits = text[slash + 2 : slash + 6]
+        if not all(char in _HEX for char in digits):
+            out.append(text[slash : slash + 2])
+            at = slash + 2
+            continue
+        if len(digits) < 4:
+            return "".join(out), text[slash:]
+        code = int(digits, 16)
+        end = slash + 6
+        if 0xD800 <= code < 0xDC00:
+            low = text[end : end + 6]
+            if len(low) < 6 and _escape_prefix(low):
+                return "".join(out), text[slash:]  # the low half may come in the next piece
+            if len(low) == 6 and low[:2] == "\\u" and all(c in _HEX for c in low[2:]):
+                second = int(low[2:], 16)
+                if 0xDC00 <= second < 0xE000:
+                    out.append(chr(0x10000 + ((code - 0xD800) << 10) + (second - 0xDC00)))
+                    at = end + 6
+                    continue
+        char = chr(code)
+        keep = char in '"\\' or code < 0x20 or 0xD800 <= code < 0xE000
+        out.append(text[slash:end] if keep else char)
+        at = end
+    return "".join(out), ""
 
 
 def request_texts(body: dict[str, Any]) -> Texts:

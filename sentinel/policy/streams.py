@@ -16,7 +16,7 @@ import orjson
 
 from sentinel.policy import responses
 from sentinel.policy.matching import Detector, Findings, Hit, Scanner, Views, redact
-from sentinel.policy.payload import Slot, leaves
+from sentinel.policy.payload import Texts, TooDeep, argument_texts, unescape
 
 _CONTEXT = 8
 """Characters of already emitted text kept so `\\b` at the start of the held text is judged right."""
@@ -64,13 +64,26 @@ class Blocked(Exception):
 
 
 class TextStream:
-    __slots__ = ("context", "findings", "held", "scanner")
+    __slots__ = ("carry", "context", "findings", "held", "scanner")
 
     def __init__(self, scanner: Scanner, findings: Findings) -> None:
         self.scanner = scanner
         self.findings = findings
         self.held = ""
         self.context = ""
+        self.carry = ""
+        """Tool-call arguments: an escape cut off at the end of the last piece (see `push_json`)."""
+
+    def push_json(self, text: str) -> str:
+        """A piece of JSON text (streamed tool-call arguments): `\\u` escapes are written as their
+        characters first (`payload.unescape`), so `n\\u0065rve agent` is held and judged as the
+        keyword it decodes to; the JSON sent on means the same."""
+        decoded, self.carry = unescape(self.carry + text)
+        return self.push(decoded)
+
+    def flush_json(self) -> str:
+        carry, self.carry = self.carry, ""
+        return self._emit(self.held + carry, len(self.held + carry), Views(self.context + self.held + carry))
 
     def push(self, text: str) -> str:
         """Take the next delta; return the text that is safe to send now (raises `Blocked`)."""
@@ -342,7 +355,7 @@ class SseRewriter:
             stream = self.calls.get((index, number))
             if stream is None:
                 stream = self.calls[(index, number)] = TextStream(self.streams.scanner, self.streams.findings)
-            out = stream.push(value)
+            out = stream.push_json(value)
             if out != value:
                 assert function is not None
                 function["arguments"] = out
@@ -357,7 +370,7 @@ class SseRewriter:
     def _held_calls(self, index: int) -> list[dict[str, Any]]:
         held = []
         for (choice, number), stream in self.calls.items():
-            text = stream.flush() if choice == index else ""
+            text = stream.flush_json() if choice == index else ""
             if text:
                 held.append({"index": number, "function": {"arguments": text}})
         return held
@@ -516,27 +529,44 @@ def rewrite_json(body: bytes, scanner: Scanner, findings: Findings, ollama: bool
 
 
 def _whole_arguments(message: dict[str, Any], scanner: Scanner, findings: Findings) -> bool:
-    """Tool calls that arrive whole (a non-streamed answer, Ollama's lines): every string in their
-    arguments, scanned and redacted at once (raises `Blocked`)."""
-    slots: list[Slot] = []
+    """Tool calls that arrive whole (a non-streamed answer, Ollama's lines): every string and key in
+    their arguments (a JSON string decoded when it parses, so escapes hide nothing), scanned and
+    redacted at once (raises `Blocked`)."""
+    changed = False
     calls = message.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            leaves(function, "arguments", slots)
-    changed = False
-    for container, key in slots:
-        value = container[key]
-        hits = scanner.scan(value)
-        for hit in hits:
-            if hit.detector.action == "block":
-                raise Blocked(hit.detector)
-        if hits:
-            new = redact(value, hits, findings)
-            if new != value:
-                container[key] = new
-                changed = True
+        if not isinstance(function, dict):
+            continue
+        raw = function.get("arguments")
+        if isinstance(raw, str) and raw:
+            # The string as sent first (a redaction there keeps its formatting), then decoded below.
+            changed |= _redact_slot(function, "arguments", scanner, findings)
+        try:
+            found = argument_texts(function)
+        except TooDeep:
+            found = Texts(units=[[(function, "arguments")]]) if isinstance(function["arguments"], str) else Texts()
+        mine = False
+        for ((container, key),) in found.all():
+            mine |= _redact_slot(container, key, scanner, findings)
+        if mine:
+            for encoded in found.encoded:
+                encoded.store()
+            changed = True
     return changed
+
+
+def _redact_slot(container: Any, key: Any, scanner: Scanner, findings: Findings) -> bool:
+    value: str = container[key]
+    hits = scanner.scan(value)
+    for hit in hits:
+        if hit.detector.action == "block":
+            raise Blocked(hit.detector)
+    if not hits:
+        return False
+    new = redact(value, hits, findings)
+    container[key] = new
+    return new != value
 
 
 Rewriter = SseRewriter | NdjsonRewriter

@@ -247,3 +247,79 @@ def test_llama_cpp_native_answer_counted_by_flag_rules(
     assert answer.content == b"".join(chunks)  # flag rules leave the bytes alone
     actions = proxy.record().annotations["policy"]["actions"]
     assert {"rule": "watch", "action": "flag", "stage": "response", "count": 1} in actions
+
+
+def _stream_of_arguments(*pieces: str) -> list[bytes]:
+    frames = [_chunk({"role": "assistant", "content": None})]
+    frames += [_chunk(_call_piece(piece, first=index == 0)) for index, piece in enumerate(pieces)]
+    frames.append(_chunk({}, "tool_calls"))
+    return [b"data: " + orjson.dumps(frame) + b"\n\n" for frame in frames] + [b"data: [DONE]\n\n"]
+
+
+def _streamed_arguments(url: str) -> str:
+    with client(url) as api:
+        stream = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        return "".join(
+            call.function.arguments or ""
+            for chunk in stream
+            for call in (chunk.choices[0].delta.tool_calls or [])
+            if call.function is not None
+        )
+
+
+def test_streamed_arguments_with_an_escaped_keyword_split_in_the_escape_are_blocked(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    chunks = _stream_of_arguments('{"q": "how to make a n\\u00', "65rve ag", 'ent"}')
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=chunks))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with pytest.raises(openai.APIError):
+        _streamed_arguments(proxy.url)
+    assert proxy.record().annotations["policy"]["blocked"] == {"stage": "response", "rule": "weapons"}
+
+
+def test_streamed_arguments_with_escapes_are_redacted_and_decode_the_same(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    chunks = _stream_of_arguments('{"q": "bl\\u0075e', 'bird", "city": "\\u5317\\u4eac \\ud83c', '\\uddf3 \\"x\\\\"}')
+    upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=chunks))
+    proxy = start_with_policy(upstream.url, POLICY)
+    assert orjson.loads(_streamed_arguments(proxy.url)) == {"q": "[REDACTED]", "city": '北京 \U0001f1f3 "x\\'}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [('{"q": "n\\u0065rve agent"}', None), ('{"bl\\u0075ebird": 1}', {"[REDACTED]": 1})],
+    ids=["escaped-value-blocked", "escaped-key-redacted"],
+)
+def test_whole_answer_arguments_are_judged_decoded(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, arguments: str, expected: dict[str, Any] | None
+) -> None:
+    body = orjson.loads(chat_completion(""))
+    body["choices"][0]["message"]["tool_calls"] = [
+        {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}
+    ]
+    script = Script(headers=JSON_HEADERS, chunks=[orjson.dumps(body)], content_length=True)
+    upstream.script("/v1/chat/completions", script)
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        if expected is None:
+            with pytest.raises(openai.BadRequestError):
+                api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+            return
+        answer = api.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    calls = answer.choices[0].message.tool_calls
+    assert calls is not None and orjson.loads(calls[0].function.arguments) == expected  # type: ignore[union-attr]
+
+
+def test_ollama_tool_call_argument_keys_are_redacted(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    call = {"function": {"name": "lookup", "arguments": {"bluebird": {"Bluebird wing": 3}}}}
+    line = {"model": "m", "message": {"role": "assistant", "content": "", "tool_calls": [call]}, "done": True}
+    upstream.script("/api/chat", Script(headers=NDJSON_HEADERS, chunks=[orjson.dumps(line) + b"\n"]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with ollama.Client(host=proxy.url, timeout=60) as api:
+        answer = api.chat(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert answer.message.tool_calls is not None
+    assert answer.message.tool_calls[0].function.arguments == {"[REDACTED]": {"[REDACTED] wing": 3}}
