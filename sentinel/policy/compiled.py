@@ -7,6 +7,7 @@ once and cached, so a call pays for one dict lookup, its scope checks and the sc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import cache
@@ -17,7 +18,7 @@ from sentinel.policy import normalise
 from sentinel.policy.engine import compile_pattern, escape
 from sentinel.policy.matching import PHI_RULE, Detector, Scanner
 from sentinel.policy.model import Action, ContentRule, PhiPolicy, PolicyFile, SamplingRule, Scope
-from sentinel.policy.phi import FORMS, Form
+from sentinel.policy.phi import FORMS, Category, Form
 from sentinel.policy.scope import caller_matches, needs_request, route_admits, route_matches
 from sentinel.policy.width import longest
 
@@ -55,17 +56,14 @@ def _word(char: str) -> bool:
 
 
 def _bounded(pattern: str, first: str, last: str, whole_word: bool) -> str:
-    """RE2's (ASCII) word boundaries only on edges that are letters or digits, so whole-word matching
-    still finds keywords in Chinese or next to punctuation."""
-    if whole_word and _word(first):
-        pattern = r"\b" + pattern
-    if whole_word and _word(last):
-        pattern += r"\b"
+    """Keywords carry no `\\b`: RE2's counts `_` as a letter, so `_nerve agent_` would pass. Whole
+    words are checked after the match instead (`Detector.edges`), on edges that are letters or
+    digits, so whole-word matching still finds keywords in Chinese or next to punctuation."""
     return pattern
 
 
 def literal_pattern(keyword: str, whole_word: bool) -> str:
-    """A case-sensitive keyword over the folded view."""
+    """A case-sensitive keyword over the folded view (whole words: `Detector.edges`)."""
     text = normalise.folded(keyword).text
     return _bounded(escape(text), text[0], text[-1], whole_word)
 
@@ -100,6 +98,7 @@ def keyword_detector(rule: ContentRule) -> Detector:
         replacement=rule.replacement,
         message=rule.message,
         keyword=True,
+        edges="word" if rule.whole_word else None,
         spellings=tuple(spellings),
         ascii_pattern=ascii_pattern,
         ascii_regex=compile_pattern(ascii_pattern),
@@ -113,8 +112,19 @@ def content_detectors(rule: ContentRule, where: str) -> list[Detector]:
     alternatives: list[str] = []
     widths: list[int] = []
     if rule.keywords and rule.case_sensitive is True:
-        alternatives.append("(?:" + "|".join(literal_pattern(k, rule.whole_word) for k in rule.keywords) + ")")
-        widths.append(max(len(normalise.folded(k).text) for k in rule.keywords))
+        literal = "|".join(literal_pattern(k, rule.whole_word) for k in rule.keywords)
+        detectors.append(
+            Detector(
+                rule=rule.name,
+                action=rule.action,
+                pattern=literal,
+                regex=compile_pattern(literal),
+                max_length=max(len(normalise.folded(k).text) for k in rule.keywords),
+                replacement=rule.replacement,
+                message=rule.message,
+                edges="word" if rule.whole_word else None,
+            )
+        )
     for index, pattern in enumerate(rule.patterns):
         try:
             compile_pattern(pattern)
@@ -150,9 +160,32 @@ def content_detectors(rule: ContentRule, where: str) -> list[Detector]:
 
 @cache
 def _form_regex(form: Form) -> tuple[Any, int]:
-    width = pattern_width(form.pattern)
+    pattern = _form_pattern(form)
+    width = pattern_width(pattern)
     assert width is not None, form.pattern  # every PHI form is bounded by construction
-    return compile_pattern(form.pattern), width
+    return compile_pattern(pattern), width
+
+
+_LEADING_B = re.compile(r"\\b(?=\\d|\(\\d|\(\?:\\d|\[1-9\]|\(\?:9\\d)")
+_TRAILING_B = re.compile(r"(\\d(?:\{\d+(?:,\d+)?\})?\)?(?:\{\d+(?:,\d+)?\})?)\\b")
+
+
+_DIGIT_EDGED = frozenset(
+    (Category.SSN, Category.PHONE, Category.DATE, Category.AGE_OVER_89, Category.ACCOUNT_NUMBER, Category.IP_ADDRESS)
+)
+"""Forms of numbers, which a letter or `_` may touch; identifiers mixing letters and digits (MBI,
+VIN, licence numbers) keep their word boundaries."""
+
+
+def _form_pattern(form: Form) -> str:
+    return digit_edges(form.pattern) if form.category in _DIGIT_EDGED else form.pattern
+
+
+def digit_edges(pattern: str) -> str:
+    """A PHI form without the `\\b` that touch a digit: RE2's `\\b` counts letters and `_` as word
+    characters, so `SSN _219-55-0187_` and `SSN:x219-55-0187x` passed. The detector checks instead
+    that no digit touches the match (`Detector.edges`)."""
+    return _TRAILING_B.sub(r"\1", _LEADING_B.sub("", pattern))
 
 
 def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
@@ -168,7 +201,7 @@ def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
             Detector(
                 rule=PHI_RULE,
                 action=action,
-                pattern=form.pattern,
+                pattern=_form_pattern(form),
                 regex=regex,
                 max_length=width,
                 replacement=phi.replacement.replace("{category}", form.category.value.upper()),
@@ -176,6 +209,7 @@ def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
                 category=form.category.value,
                 validator=form.validator,
                 group=form.group,
+                edges="digit" if form.category in _DIGIT_EDGED else None,
             )
         )
     return detectors

@@ -40,6 +40,11 @@ class Detector:
     ascii_pattern: str | None = None
     """For keyword detectors: the same keywords over raw ASCII text (see `normalise.keyword_pattern_ascii`)."""
     ascii_regex: Regex | None = None
+    edges: str | None = None
+    """Checked after a match, since RE2 has no look-behind: `word` (keywords) rejects a match whose
+    first or last character is an ASCII letter or digit and touches another one (`_` is no letter:
+    `_nerve agent_` in Markdown italics is a match, `xnerve agent` is not); `digit` (PHI forms)
+    rejects one whose edge digit touches another digit (`SSN:x219-55-0187x` is a match)."""
     spellings: tuple[tuple[tuple[str, ...], ...], ...] | None = None
     """For keyword detectors: per keyword, what each character of its view may read in text, so a
     stream holds back only a tail that could still grow into a keyword instead of `max_length`
@@ -165,8 +170,18 @@ class Scanner:
             else:
                 view = seen.keyword if detector.keyword else seen.folded
                 regex = detector.regex
-            group, validator = detector.group, detector.validator
-            for match in regex.finditer(view.text, view.position(pos) if pos else 0):
+            group, validator, edges = detector.group, detector.validator, detector.edges
+            text = view.text
+            at = view.position(pos) if pos else 0
+            while at <= len(text):
+                match = regex.search(text, at)
+                if match is None:
+                    break
+                first, last = match.span()
+                if edges is not None and not _edges_clear(text, first, last, edges == "digit"):
+                    at = first + 1  # a match starting later may still be clear
+                    continue
+                at = last if last > first else last + 1
                 start, end = match.span(group)
                 if start < 0 or end <= start:
                     continue
@@ -200,6 +215,19 @@ class Scanner:
                     cut = min(cut, view.cut(size))
                     break
         return length - cut
+
+
+def _joined(left: str, right: str, digits: bool) -> bool:
+    if digits:
+        return left.isdigit() and right.isdigit() and left.isascii() and right.isascii()
+    return left.isascii() and right.isascii() and left.isalnum() and right.isalnum()
+
+
+def _edges_clear(text: str, first: int, last: int, digits: bool) -> bool:
+    """The match [first, last) does not run on into a word (or a number) on either side."""
+    if first > 0 and first < len(text) and _joined(text[first - 1], text[first], digits):
+        return False
+    return not (last > first and last < len(text) and _joined(text[last - 1], text[last], digits))
 
 
 def _single(detector: Detector) -> bool:

@@ -228,3 +228,29 @@ def test_phi_forms_once_missed_are_caught_both_ways(
     label = "[SSN]" if number.count(".") == 2 else "[PHONE]"
     assert answer == f"Reach her at {label} today."
     assert len(upstream.seen) == 1  # the prompt never reached it
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["How is a _nerve agent_ made?", "How is a __nerve agent__ made?", "SSN _219-55-0187_", "SSN:x219-55-0187x"],
+    ids=["markdown-italics", "markdown-bold", "ssn-underscores", "ssn-letters"],
+)
+def test_underscores_and_letters_next_to_a_match_do_not_hide_it(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, prompt: str
+) -> None:
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api, pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
+    assert upstream.seen == []
+
+
+def test_whole_words_and_whole_numbers_are_still_required(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    upstream.script("/v1/chat/completions", Script(headers=JSON_HEADERS, chunks=[chat_completion("ok")]))
+    proxy = start_with_policy(upstream.url, POLICY)
+    prompt = "xnerve agent, nerve agentx, order 1219-55-01870, bluebirds and _bluebird_"
+    with client(proxy.url) as api:
+        api.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
+    sent = orjson.loads(upstream.seen[0].body)["messages"][0]["content"]
+    assert sent == "xnerve agent, nerve agentx, order 1219-55-01870, bluebirds and _[REDACTED]_"
