@@ -21,6 +21,7 @@ folded view of ASCII text); the map back is worked out only for text in which so
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable
@@ -54,13 +55,44 @@ def ignorable(char: str) -> bool:
     return unicodedata.category(char) == "Cf" or any(low <= point <= high for low, high in _IGNORABLE_RANGES)
 
 
+_DECORATING_MARKS = (
+    (0x0300, 0x036F),  # combining diacritical marks (U+0332 low line under a digit)
+    (0x1AB0, 0x1AFF),
+    (0x1DC0, 0x1DFF),
+    (0x20D0, 0x20FF),  # combining marks for symbols: the keycap U+20E3, enclosing circles
+    (0xFE20, 0xFE2F),
+)
+"""Marks that decorate any character rather than spell a script's vowels: dropped in every view, so
+`2̲1̲9̲` and the keycap `2⃣` read as digits."""
+
+_LETTER_LIKE = re.compile(
+    r"(?:LATIN LETTER SMALL CAPITAL|REGIONAL INDICATOR SYMBOL LETTER|NEGATIVE SQUARED LATIN CAPITAL LETTER"
+    r"|NEGATIVE CIRCLED LATIN CAPITAL LETTER|SQUARED LATIN CAPITAL LETTER|CIRCLED LATIN CAPITAL LETTER"
+    r"|PARENTHESIZED LATIN SMALL LETTER|CIRCLED LATIN SMALL LETTER) ([A-Z])"
+)
+"""Symbols that read as a Latin letter and that NFKC and confusables.txt leave alone (`ɴᴇʀᴠᴇ`,
+`🅽🅴🆁🆅🅴`, `🇳🇪🇷🇻🇪`): the keyword view reads them as that letter."""
+
+
+def _decorating(char: str) -> bool:
+    point = ord(char)
+    return any(low <= point <= high for low, high in _DECORATING_MARKS)
+
+
+def _letter_like(char: str) -> str | None:
+    match = _LETTER_LIKE.fullmatch(unicodedata.name(char, ""))
+    return match.group(1).lower() if match else None
+
+
 def _fold_char(char: str) -> str:
     category = unicodedata.category(char)
     if category == "Cs":
         return "\ufffd"  # a lone surrogate: RE2 reads UTF-8, which cannot carry one
-    if ignorable(char):
+    if ignorable(char) or _decorating(char):
         return ""
     digit = unicodedata.decimal(char, None)
+    if digit is None and category == "No":
+        digit = unicodedata.digit(char, None)  # dingbat digits: ❷, ⓿
     if digit is not None:
         return str(digit)
     out = []
@@ -128,7 +160,8 @@ def tables() -> Tables:
         # A confusable is replaced by its prototype before folding, as UTS #39's skeleton does:
         # NFKC would turn the ogonek (U+02DB, read `i`) into a space and a combining mark.
         source = prototypes.get(char)
-        stripped = _strip_marks(_fold_char(source) if source is not None else folded)
+        letter = _letter_like(char)
+        stripped = letter or _strip_marks(_fold_char(source) if source is not None else folded)
         if stripped != char:
             keyword[char] = stripped
     classes = _classes(lambda c: _strip_marks(_fold_char(c)))

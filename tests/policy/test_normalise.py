@@ -9,6 +9,7 @@ attack is not built from the code under test's own tables."""
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 
 import pytest
@@ -63,7 +64,20 @@ def _glyphs(char: str) -> list[str]:
     found = [g for g in found if len(g) == 1 and not g.isspace() and unicodedata.category(g) not in ("Mn", "Me")]
     if "!" <= char <= "~":
         found.append(chr(ord(char) + 0xFEE0))
+    if char.isascii() and char.isalpha():
+        for name in _LETTER_SYMBOLS:
+            with contextlib.suppress(KeyError):  # not every letter has a small capital
+                found.append(unicodedata.lookup(f"{name} {char.upper()}"))
     return found
+
+
+_LETTER_SYMBOLS = (
+    "LATIN LETTER SMALL CAPITAL",
+    "REGIONAL INDICATOR SYMBOL LETTER",
+    "NEGATIVE SQUARED LATIN CAPITAL LETTER",
+    "NEGATIVE CIRCLED LATIN CAPITAL LETTER",
+)
+DECORATING_MARKS = ["\u0332", "\u0336", "\u20e3", "\u20dd", "\u0301", "\u1ab0", "\u1dc0", "\ufe20"]
 
 
 @st.composite
@@ -79,6 +93,8 @@ def disguised(draw: st.DrawFn) -> str:
             out.append(draw(st.text(alphabet=" \t\n\u3000\u00a0", max_size=3)))  # a stretched space
         if draw(st.integers(0, 3)) == 0:
             out.append(draw(st.sampled_from(IGNORABLES + FORMAT_CHARACTERS)))
+        if char != " " and draw(st.integers(0, 3)) == 0:
+            out.append(draw(st.sampled_from(DECORATING_MARKS)))
     return "".join(out)
 
 
@@ -123,11 +139,15 @@ def test_redaction_changes_only_the_match_in_the_original_text() -> None:
         "SSN 2\u200b1\u200b9-55-0187",  # zero-width spaces between digits
         "SSN ２１９ ５５ ０１８７",  # ideographic spaces
         "SSN 𝟐𝟏𝟗-𝟓𝟓-𝟎𝟏𝟖𝟕",  # mathematical digits
+        "SSN " + "".join(c + "\u0332" for c in "219-55-0187"),  # combining low line on every character
+        "SSN " + "".join(c + "\u20e3" if c.isdigit() else c for c in "219-55-0187"),  # keycap digits
+        "SSN ❷❶❾-❺❺-⓿❶❽❼",  # dingbat digits (No, not decimal)
     ],
 )
 def test_phi_in_other_digits_and_dashes_is_found(text: str) -> None:
     assert [hit.detector.category for hit in SCANNER.scan(text)] == ["ssn"]
-    assert redact(text, SCANNER.scan(text), Findings()) == "SSN [SSN]"
+    # (A mark after the last digit decorates nothing once the digits are gone, and stays.)
+    assert redact(text, SCANNER.scan(text), Findings()).rstrip("\u0332\u20e3") == "SSN [SSN]"
 
 
 def test_plain_text_and_near_misses_are_left_alone() -> None:
