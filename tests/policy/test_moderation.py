@@ -156,3 +156,13 @@ def test_block_without_rule_message_uses_preset_response(
 def test_endpoint_off_without_token(upstream: ScriptedUpstream, start_with_policy: StartWithPolicy) -> None:
     proxy = start_with_policy(upstream.url, POLICY)
     assert call(proxy, {"point": "ping"}).status_code == 404
+
+
+def test_inputs_that_are_lists_or_objects_are_moderated(proxy: Running) -> None:
+    """Dify's paragraph-list, file and JSON variables arrive as lists and objects, not strings."""
+    nested = {"point": "app.moderation.input", "params": {"app_id": "a", "inputs": {"v": [{"note": "darn it"}]}}}
+    result = ModerationInputsResult(**call(proxy, nested).json())
+    assert result.action is ModerationAction.OVERRIDDEN and result.inputs == {"v": [{"note": "*** it"}]}
+    blocked = {"point": "app.moderation.input", "params": {"app_id": "a", "inputs": {"v": ["I will kill you."]}}}
+    result = ModerationInputsResult(**call(proxy, blocked).json())
+    assert result.flagged is True and result.action is ModerationAction.DIRECT_OUTPUT
