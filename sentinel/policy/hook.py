@@ -26,7 +26,7 @@ from sentinel.policy.compiled import Active, Policy
 from sentinel.policy.keys import Ambiguous, canonicalise
 from sentinel.policy.matching import Detector, Findings, Scanner, redact_parts, spanning
 from sentinel.policy.metrics import PolicyMetrics
-from sentinel.policy.parsing import Unparseable, parse
+from sentinel.policy.parsing import Unparseable, duplicate_key, parse
 from sentinel.policy.payload import TooDeep, request_texts, token_ids
 from sentinel.policy.sampling import apply_bounds
 from sentinel.policy.streams import Blocked, NdjsonRewriter, SseRewriter, rewrite_json
@@ -143,7 +143,10 @@ class PolicyHook:
                 "unparseable",
                 "Sentinel policy cannot judge this request: the body is not a JSON object",
             )
+        twice = duplicate_key(exchange.request_body)
         try:
+            if twice is not None:
+                raise Ambiguous(f"the key {twice!r} is given twice with different values")
             renamed = canonicalise(body)
         except Ambiguous as exc:
             if plan.pass_through:

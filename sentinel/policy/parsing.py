@@ -46,3 +46,30 @@ def parse(raw: bytes) -> Parsed:
         raise Unparseable(f"the body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise Unparseable("the body nests too deeply to be judged") from None
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def duplicate_key(raw: bytes) -> str | None:
+    """A key given twice in one object with different values, if any. Parsers disagree on such a
+    body: Python's `json` and orjson keep the last value, Go's decoder (Ollama) merges two objects
+    given for one field (`"options"` twice, a tool call's `"function"` twice), so the text the policy
+    judged would not be all the model server reads."""
+    try:
+        json.loads(raw, object_pairs_hook=_pairs)
+    except _Duplicate as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        return None  # judged or refused by `parse`
+    return None

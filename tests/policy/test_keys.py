@@ -101,3 +101,26 @@ def test_token_ids_under_another_spelling_are_refused(
     assert answer.status_code == 400
     assert proxy.record().annotations["policy"]["blocked"] == {"stage": "request", "reason": "token_ids"}
     assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Go merges two objects given for one map field: temperature 5 would survive the second `options`.
+        b'{"model":"m","prompt":"hi","options":{"temperature":5},"options":{"top_k":1}}',
+        # ...and for one struct field: the first `function`'s arguments would survive the second.
+        b'{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f","arguments":'
+        b'{"q":"nerve agent"}},"function":{"name":"g"}}]}]}',
+    ],
+    ids=["options-twice", "function-twice"],
+)
+def test_a_key_given_twice_with_different_values_is_refused(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, body: bytes
+) -> None:
+    proxy = start_with_policy(upstream.url, POLICY)
+    path = "/api/chat" if b"messages" in body else "/api/generate"
+    answer = httpx.post(proxy.url + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert answer.status_code == 400
+    assert "given twice" in answer.json()["error"]
+    assert proxy.record().annotations["policy"]["blocked"] == {"stage": "request", "reason": "ambiguous_keys"}
+    assert upstream.seen == []
