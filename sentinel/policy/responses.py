@@ -16,8 +16,9 @@ import re
 from typing import Any
 
 from sentinel.policy.matching import Detector, Findings, Scanner, redact
-from sentinel.policy.payload import Slot
+from sentinel.policy.payload import Slot, unescape
 
+ARGUMENTS_DELTA = "response.function_call_arguments.delta"
 PATH = re.compile(r"/responses(/[^/]+(/(cancel|input_items))?)?/?$")
 TEXT_KEYS = frozenset(("text", "refusal", "arguments", "output", "delta", "output_text"))
 """Keys whose string values are text, wherever they sit in an answer or an event."""
@@ -51,6 +52,11 @@ def redact_whole(obj: Any, scanner: Scanner, findings: Findings) -> tuple[bool, 
     changed = False
     for container, key in answer_slots(obj):
         value = container[key]
+        if key == "arguments" and "\\" in value:
+            value, _ = unescape(value)  # JSON: an escape must not hide a letter (the same JSON)
+            if value != container[key]:
+                container[key] = value
+                changed = True
         hits = scanner.scan(value)
         for hit in hits:
             if hit.detector.action == "block":

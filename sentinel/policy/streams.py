@@ -301,7 +301,9 @@ class SseRewriter:
             stream = self.events.get(key)
             if stream is None:
                 stream = self.events[key] = TextStream(self.streams.scanner, findings)
-            out = stream.push(obj["delta"])
+            # Function-call arguments are JSON: their escapes are read as characters (`push_json`).
+            arguments = kind == responses.ARGUMENTS_DELTA
+            out = stream.push_json(obj["delta"]) if arguments else stream.push(obj["delta"])
             if out != obj["delta"]:
                 obj["delta"] = out
                 changed = True
@@ -309,10 +311,10 @@ class SseRewriter:
         if kind.endswith(".done"):
             stream = self.events.pop(responses.stream_key(obj), None)
             if stream is not None:
-                head = self._delta_event(responses.stream_key(obj), stream.flush())
+                head = self._delta_event(responses.stream_key(obj), stream.flush_json())
         if kind in ("response.completed", "response.incomplete", "response.failed"):
             self.ended = True
-            head += b"".join(self._delta_event(key, stream.flush()) for key, stream in self.events.items())
+            head += b"".join(self._delta_event(key, stream.flush_json()) for key, stream in self.events.items())
             self.events.clear()
         # The deltas were counted; the repeats of their text are not counted again.
         counted = Findings() if self.responses_seen_delta else findings

@@ -198,3 +198,50 @@ def test_a_stored_answer_with_a_blocked_text_is_refused(
     with client(proxy.url) as api, pytest.raises(openai.BadRequestError) as caught:
         api.responses.retrieve("resp_1")
     assert "launch code" not in str(caught.value.body)
+
+
+def _call_events(pieces: list[str]) -> list[bytes]:
+    arguments = "".join(pieces)
+    item = {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "lookup", "status": "completed"}
+    ids = {"item_id": "fc_1", "output_index": 0}
+    done = {**_response(""), "output": [{**item, "arguments": arguments}]}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {**_response(""), "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**item, "arguments": ""}},
+        *({"type": "response.function_call_arguments.delta", **ids, "delta": piece} for piece in pieces),
+        {"type": "response.function_call_arguments.done", **ids, "arguments": arguments},
+        {"type": "response.output_item.done", "output_index": 0, "item": {**item, "arguments": arguments}},
+        {"type": "response.completed", "response": done},
+    ]
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps({**e, "sequence_number": n}) + b"\n\n"
+        for n, e in enumerate(events)
+    ]
+
+
+def test_streamed_function_call_arguments_with_escapes_are_redacted_everywhere(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    chunks = _call_events(['{"q": "bl\\u00', '75ebird"}'])
+    upstream.script("/v1/responses", Script(headers=SSE_HEADERS, chunks=chunks))
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api:
+        events = list(api.responses.create(model="m", input="hi", stream=True))
+    deltas = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
+    assert orjson.loads(deltas) == {"q": "[REDACTED]"}
+    done = [e.arguments for e in events if e.type == "response.function_call_arguments.done"]
+    assert [orjson.loads(text) for text in done] == [{"q": "[REDACTED]"}]
+    completed = next(e for e in events if e.type == "response.completed")
+    assert "bl\\u0075ebird" not in completed.model_dump_json() and "bluebird" not in completed.model_dump_json()
+
+
+def test_streamed_function_call_arguments_with_an_escaped_blocked_keyword_are_stopped(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    upstream.script(
+        "/v1/responses", Script(headers=SSE_HEADERS, chunks=_call_events(['{"q": "the l\\u0061unch', ' code"}']))
+    )
+    proxy = start_with_policy(upstream.url, POLICY)
+    with client(proxy.url) as api, pytest.raises(openai.APIError):
+        list(api.responses.create(model="m", input="hi", stream=True))
+    assert proxy.record().annotations["policy"]["blocked"] == {"stage": "response", "rule": "launch"}
