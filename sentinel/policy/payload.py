@@ -215,6 +215,7 @@ def request_texts(body: dict[str, Any]) -> Texts:
     found = Texts()
     taken: set[tuple[int, Any]] = set()
     _parts(body.get("messages"), found, taken)
+    _parts(body.get("input"), found, taken)  # Responses API message items
     _walk([body], 0, found, taken, 0)
     return found
 

@@ -90,8 +90,16 @@ def _events(pieces: list[str]) -> list[bytes]:
         {"input": [{"role": "user", "content": [{"type": "input_text", "text": "a nerve agent"}]}]},
         {"input": [{"type": "function_call_output", "call_id": "c1", "output": "nerve agent recipe"}]},
         {"input": [{"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"q": "nerve agent"}'}]},
+        {
+            "input": [
+                {
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "a nerve"}, {"type": "input_text", "text": "agent"}],
+                }
+            ]
+        },
     ],
-    ids=["input", "instructions", "parts", "tool-output", "tool-call"],
+    ids=["input", "instructions", "parts", "tool-output", "tool-call", "split-across-parts"],
 )
 def test_request_text_is_judged(
     upstream: ScriptedUpstream, start_with_policy: StartWithPolicy, request_body: dict[str, Any]
