@@ -41,6 +41,18 @@ NON_TEXT = frozenset(
 
 _PART_TEXT = ("text",)
 
+_STRUCTURAL_NAMES = (
+    "model user messages prompt suffix system template context input options tools functions instructions"
+    " temperature top_p max_tokens max_completion_tokens max_output_tokens n_predict stream documents"
+    " role content name refusal reasoning_content reasoning thinking tool_name tool_calls function_call"
+    " tool_call_id id type function index arguments description parameters call_id output text"
+    " properties items required enum title default format anyOf oneOf allOf $defs $ref strict"
+    " additionalProperties chat_template chat_template_kwargs"
+)
+STRUCTURAL = frozenset(_STRUCTURAL_NAMES.split())
+"""Keys the protocols themselves define: their names are not judged as text (a keyword rule that
+happens to say `system` must not rename Ollama's `system` field); their values are."""
+
 
 class TooDeep(ValueError):
     """The body nests deeper than `DEPTH`."""
@@ -121,7 +133,8 @@ def _walk(container: Any, key: Any, found: Texts, taken: set[tuple[int, Any]], d
         for name in list(value):
             if not isinstance(name, str) or name in NON_TEXT:
                 continue
-            found.keys.append([(names, name)])
+            if name not in STRUCTURAL:
+                found.keys.append([(names, name)])
             _walk(value, name, found, taken, depth + 1)
     elif isinstance(value, list):
         for index in range(len(value)):

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 import httpx
+import ollama
 import openai
 import orjson
 import pytest
@@ -150,3 +151,18 @@ def test_escaped_arguments_are_redacted_decoded_and_others_left_as_sent(
     calls = orjson.loads(upstream.seen[0].body)["messages"][1]["tool_calls"]
     assert orjson.loads(calls[0]["function"]["arguments"]) == {"q": "[REDACTED]"}
     assert calls[1]["function"]["arguments"] == untouched
+
+
+def test_protocol_keys_are_not_rewritten_by_a_keyword_that_names_them(
+    upstream: ScriptedUpstream, start_with_policy: StartWithPolicy
+) -> None:
+    """A redact keyword that happens to be a field name (`system`) rewrites text, never the field."""
+    done = orjson.dumps({"model": "m", "response": "ok", "done": True}) + b"\n"
+    upstream.script("/api/generate", Script(headers={"Content-Type": "application/x-ndjson"}, chunks=[done]))
+    policy = "sampling: []\nrules:\n  - name: words\n    keywords: [system, bluebird]\n    action: redact\n"
+    proxy = start_with_policy(upstream.url, policy)
+    with ollama.Client(host=proxy.url, timeout=60) as api:
+        api.generate(model="m", prompt="the system", system="be brief", format={"properties": {"bluebird": {}}})
+    sent = orjson.loads(upstream.seen[0].body)
+    assert sent["system"] == "be brief" and sent["prompt"] == "the [REDACTED]"
+    assert sent["format"] == {"properties": {"[REDACTED]": {}}}
