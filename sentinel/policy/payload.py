@@ -39,6 +39,10 @@ NON_TEXT = frozenset(
 )
 """Keys whose values are not text the model reads; every other string of a body, keys included, is."""
 
+_TOP_LEVEL_ONLY = frozenset(("model", "context"))
+"""Not text only as fields of the body itself: elsewhere (`chat_template_kwargs: {"model": ...}`) they
+may be text a template renders."""
+
 _PART_TEXT = ("text",)
 
 _STRUCTURAL_NAMES = (
@@ -131,7 +135,7 @@ def _walk(container: Any, key: Any, found: Texts, taken: set[tuple[int, Any]], d
     if isinstance(value, dict):
         names = _Keys(value)
         for name in list(value):
-            if not isinstance(name, str) or name in NON_TEXT:
+            if not isinstance(name, str) or (name in NON_TEXT and (depth == 0 or name not in _TOP_LEVEL_ONLY)):
                 continue
             if name not in STRUCTURAL:
                 found.keys.append([(names, name)])

@@ -96,12 +96,13 @@ def _call(**function: Any) -> dict[str, Any]:
         {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f", "parameters": _deep(20)}}]},
         {"messages": [USER], "documents": [{"title": "x", "text": "nerve agent"}]},
         {"messages": [USER], "chat_template_kwargs": {"extra": "nerve agent"}},
+        {"messages": [USER], "chat_template_kwargs": {"model": "nerve agent"}},
         {"messages": [USER, _call(arguments='{"q": "n\\u0065rve agent"}')]},
         {"messages": [USER, _call(arguments='{"n\\u0065rve agent": 1}')]},
     ],
     ids=[
         "tool-call-name", "tool-call-id", "role", "plain-string-part", "thinking-part", "refusal-part",
-        "schema-property-name", "schema-20-deep", "documents", "chat-template-kwargs",
+        "schema-property-name", "schema-20-deep", "documents", "chat-template-kwargs", "kwargs-named-model",
         "arguments-escaped-value", "arguments-escaped-key",
     ],
 )  # fmt: skip
