@@ -2,7 +2,8 @@
 
 `PolicyStore` loads and hot-reloads the policy file, `PolicyHook` applies it on the request path,
 `ModerationEndpoint` answers Dify's moderation extension with the same rules. A request is read as the
-model server reads it (`parsing`) or refused; text is matched through normalised views mapped back
-to the forwarded text (`normalise`); `payload`, `streams` and `responses` say where requests and
-answers carry text; `width` measures how much of a stream a pattern needs to see. See docs/policy.md.
+model server reads it (`parsing`; keys folded as Go's decoder folds them, `keys`) or refused; text is
+matched through normalised views mapped back to the forwarded text (`normalise`); `payload`, `streams`
+and `responses` say where requests and answers carry text; `width` measures how much of a stream a
+pattern needs to see. See docs/policy.md.
 """
