@@ -7,22 +7,20 @@ once and cached, so a call pays for one dict lookup, its scope checks and the sc
 
 from __future__ import annotations
 
-import importlib
+import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any
 
 from sentinel.interaction import Operation
+from sentinel.policy import normalise
 from sentinel.policy.engine import compile_pattern, escape
 from sentinel.policy.matching import PHI_RULE, Detector, Scanner
 from sentinel.policy.model import Action, ContentRule, PhiPolicy, PolicyFile, SamplingRule, Scope
-from sentinel.policy.phi import FORMS, Form
-from sentinel.policy.scope import caller_matches, needs_request, route_matches
-
-# Python's own regex parser measures how long a pattern's match can be; RE2 does not say. Private,
-# but present under this name since Python 3.11.
-_sre_parse: Any = importlib.import_module("re._parser")
-_UNBOUNDED = 1 << 31
+from sentinel.policy.phi import FORMS, Category, Form
+from sentinel.policy.scope import caller_matches, needs_request, route_admits, route_matches
+from sentinel.policy.width import longest
 
 _USUAL_ROUTES = (
     ("/v1/chat/completions", Operation.CHAT),
@@ -45,36 +43,88 @@ class RuleError(ValueError):
 
 
 def pattern_width(pattern: str) -> int | None:
-    """The longest text `pattern` can match, or None if unbounded (or not parseable by Python)."""
+    """The longest text `pattern` can match, or None if unbounded (or not read: then the rule must
+    say max_length)."""
     try:
-        high = int(_sre_parse.parse(pattern).getwidth()[1])
-    except Exception:  # RE2-only syntax Python cannot read: the rule must say max_length
+        return longest(pattern)
+    except (IndexError, ValueError):
         return None
-    return None if high >= _UNBOUNDED else high
 
 
 def _word(char: str) -> bool:
     return char.isascii() and (char.isalnum() or char == "_")
 
 
-def keyword_pattern(keyword: str, whole_word: bool) -> str:
-    """The literal, with RE2's (ASCII) word boundaries only on edges that are letters or digits, so
-    whole-word matching still finds keywords in Chinese or next to punctuation."""
-    pattern = escape(keyword)
-    if whole_word and _word(keyword[0]):
-        pattern = r"\b" + pattern
-    if whole_word and _word(keyword[-1]):
-        pattern += r"\b"
+def _bounded(pattern: str, first: str, last: str, whole_word: bool) -> str:
+    """Keywords carry no `\\b`: RE2's counts `_` as a letter, so `_nerve agent_` would pass. Whole
+    words are checked after the match instead (`Detector.edges`), on edges that are letters or
+    digits, so whole-word matching still finds keywords in Chinese or next to punctuation."""
     return pattern
 
 
-def content_detector(rule: ContentRule, where: str) -> Detector:
+def literal_pattern(keyword: str, whole_word: bool) -> str:
+    """A case-sensitive keyword over the folded view (whole words: `Detector.edges`)."""
+    text = normalise.folded(keyword).text
+    return _bounded(escape(text), text[0], text[-1], whole_word)
+
+
+def keyword_detector(rule: ContentRule) -> Detector:
+    """Case-insensitive keywords, matched on the keyword view: confusables, case, width, marks and
+    invisible characters make no difference (docs/policy.md, "Normalisation")."""
+    alternatives: list[str] = []
+    ascii_alternatives: list[str] = []
+    spellings: list[tuple[tuple[str, ...], ...]] = []
+    widths: list[int] = []
+    for keyword in rule.keywords:
+        pieces = normalise.keyword_pattern(keyword)
+        folded = normalise.folded(keyword).text
+        if not pieces or not folded:
+            continue
+        alternatives.append(_bounded("".join(pieces), folded[0], folded[-1], rule.whole_word))
+        ascii_pieces = "".join(normalise.keyword_pattern_ascii(keyword))
+        ascii_alternatives.append(_bounded(ascii_pieces, folded[0], folded[-1], rule.whole_word))
+        options = normalise.keyword_options(keyword)
+        spellings.append(tuple(tuple(found) for found in options))
+        spaces = sum(found == [" "] for found in options)
+        widths.append(len(pieces) + (normalise.SPACE_RUN - 1) * spaces)
+    pattern = "|".join(alternatives)
+    ascii_pattern = "|".join(ascii_alternatives)
+    return Detector(
+        rule=rule.name,
+        action=rule.action,
+        pattern=pattern,
+        regex=compile_pattern(pattern),
+        max_length=max(widths),
+        replacement=rule.replacement,
+        message=rule.message,
+        keyword=True,
+        edges="word" if rule.whole_word else None,
+        spellings=tuple(spellings),
+        ascii_pattern=ascii_pattern,
+        ascii_regex=compile_pattern(ascii_pattern),
+    )
+
+
+def content_detectors(rule: ContentRule, where: str) -> list[Detector]:
+    detectors: list[Detector] = []
+    if rule.keywords and rule.case_sensitive is not True:
+        detectors.append(keyword_detector(rule))
     alternatives: list[str] = []
     widths: list[int] = []
-    if rule.keywords:
-        keywords = "|".join(keyword_pattern(k, rule.whole_word) for k in rule.keywords)
-        alternatives.append(f"(?:{keywords})" if rule.case_sensitive else f"(?i:{keywords})")
-        widths.append(max(len(k) for k in rule.keywords))
+    if rule.keywords and rule.case_sensitive is True:
+        literal = "|".join(literal_pattern(k, rule.whole_word) for k in rule.keywords)
+        detectors.append(
+            Detector(
+                rule=rule.name,
+                action=rule.action,
+                pattern=literal,
+                regex=compile_pattern(literal),
+                max_length=max(len(normalise.folded(k).text) for k in rule.keywords),
+                replacement=rule.replacement,
+                message=rule.message,
+                edges="word" if rule.whole_word else None,
+            )
+        )
     for index, pattern in enumerate(rule.patterns):
         try:
             compile_pattern(pattern)
@@ -92,27 +142,50 @@ def content_detector(rule: ContentRule, where: str) -> Detector:
             width = rule.max_length or 4096
         widths.append(width)
         alternatives.append(f"(?i:{pattern})" if rule.case_sensitive is False else f"(?:{pattern})")
-    combined = "|".join(alternatives)
-    prefixes = None
-    if not rule.patterns:
-        prefixes = frozenset(k.casefold()[:size] for k in rule.keywords for size in range(1, len(k) + 1))
-    return Detector(
-        rule=rule.name,
-        action=rule.action,
-        pattern=combined,
-        regex=compile_pattern(combined),
-        max_length=min(rule.max_length or max(widths), max(widths)),
-        replacement=rule.replacement,
-        message=rule.message,
-        prefixes=prefixes,
-    )
+    if alternatives:
+        combined = "|".join(alternatives)
+        detectors.append(
+            Detector(
+                rule=rule.name,
+                action=rule.action,
+                pattern=combined,
+                regex=compile_pattern(combined),
+                max_length=min(rule.max_length or max(widths), max(widths)),
+                replacement=rule.replacement,
+                message=rule.message,
+            )
+        )
+    return detectors
 
 
 @cache
 def _form_regex(form: Form) -> tuple[Any, int]:
-    width = pattern_width(form.pattern)
+    pattern = _form_pattern(form)
+    width = pattern_width(pattern)
     assert width is not None, form.pattern  # every PHI form is bounded by construction
-    return compile_pattern(form.pattern), width
+    return compile_pattern(pattern), width
+
+
+_LEADING_B = re.compile(r"\\b(?=\\d|\(\\d|\(\?:\\d|\[1-9\]|\(\?:9\\d)")
+_TRAILING_B = re.compile(r"(\\d(?:\{\d+(?:,\d+)?\})?\)?(?:\{\d+(?:,\d+)?\})?)\\b")
+
+
+_DIGIT_EDGED = frozenset(
+    (Category.SSN, Category.PHONE, Category.DATE, Category.AGE_OVER_89, Category.ACCOUNT_NUMBER, Category.IP_ADDRESS)
+)
+"""Forms of numbers, which a letter or `_` may touch; identifiers mixing letters and digits (MBI,
+VIN, licence numbers) keep their word boundaries."""
+
+
+def _form_pattern(form: Form) -> str:
+    return digit_edges(form.pattern) if form.category in _DIGIT_EDGED else form.pattern
+
+
+def digit_edges(pattern: str) -> str:
+    """A PHI form without the `\\b` that touch a digit: RE2's `\\b` counts letters and `_` as word
+    characters, so `SSN _219-55-0187_` and `SSN:x219-55-0187x` passed. The detector checks instead
+    that no digit touches the match (`Detector.edges`)."""
+    return _TRAILING_B.sub(r"\1", _LEADING_B.sub("", pattern))
 
 
 def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
@@ -128,7 +201,7 @@ def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
             Detector(
                 rule=PHI_RULE,
                 action=action,
-                pattern=form.pattern,
+                pattern=_form_pattern(form),
                 regex=regex,
                 max_length=width,
                 replacement=phi.replacement.replace("{category}", form.category.value.upper()),
@@ -136,6 +209,7 @@ def phi_detectors(phi: PhiPolicy, action: Action) -> list[Detector]:
                 category=form.category.value,
                 validator=form.validator,
                 group=form.group,
+                edges="digit" if form.category in _DIGIT_EDGED else None,
             )
         )
     return detectors
@@ -176,6 +250,14 @@ class RoutePlan:
     conditional: tuple[int, ...]
     generates: bool
     """chat or text completion: sampling bounds and response rules apply (not to embeddings)."""
+    unknown: bool = False
+    """A route the policy cannot read (not chat, completion or embeddings) that rules would cover:
+    requests with a body are refused there unless the route is listed under `pass_through`."""
+    pass_through: bool = False
+    admitted: tuple[int, ...] = ()
+    """On an unknown route: every item whose `routes` admit the path, whatever its `operations` (a
+    route the policy cannot read may be a chat in another shape, llama.cpp's /v1/messages); their
+    response rules apply to what comes back."""
 
     @property
     def empty(self) -> bool:
@@ -192,13 +274,13 @@ class Policy:
         self.preset_response = source.moderation.preset_response
         items: list[Item] = [Item(rule.name, rule.scope, sampling=rule) for rule in source.sampling]
         for index, rule in enumerate(source.rules):
-            detector = content_detector(rule, f"rules[{index}] {rule.name!r}")
+            detectors = tuple(content_detectors(rule, f"rules[{index}] {rule.name!r}"))
             items.append(
                 Item(
                     rule.name,
                     rule.scope,
-                    request=(detector,) if "request" in rule.stages else (),
-                    response=(detector,) if "response" in rule.stages else (),
+                    request=detectors if "request" in rule.stages else (),
+                    response=detectors if "response" in rule.stages else (),
                 )
             )
         if source.phi.enabled:
@@ -232,13 +314,21 @@ class Policy:
             fixed: list[int] = []
             conditional: list[int] = []
             generates = operation in (Operation.CHAT, Operation.TEXT_COMPLETION)
+            admitted: tuple[int, ...] = ()
             if operation is not Operation.OTHER:
                 for index, item in enumerate(self.items):
                     if item.sampling is not None and not generates:
                         continue
                     if route_matches(item.scope, path, operation):
                         (conditional if needs_request(item.scope) else fixed).append(index)
-            plan = self._plans[key] = RoutePlan(tuple(fixed), tuple(conditional), generates)
+            else:
+                # Even rules limited to named operations: this route may be one of them in another
+                # shape (llama.cpp's Anthropic-style /v1/messages is a chat).
+                admitted = tuple(i for i, item in enumerate(self.items) if route_admits(item.scope, path))
+            passes = any(fnmatchcase(path, glob) for glob in self.source.pass_through.routes)
+            plan = self._plans[key] = RoutePlan(
+                tuple(fixed), tuple(conditional), generates, bool(admitted), passes, admitted
+            )
         return plan
 
     def select(self, plan: RoutePlan, model: str | None, user: str | None, key_id: Any) -> Active:

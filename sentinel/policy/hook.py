@@ -20,11 +20,14 @@ from sentinel.capture import ollama as ollama_capture
 from sentinel.capture import openai as openai_capture
 from sentinel.capture.build import api_key_id
 from sentinel.capture.facts import ResponseFacts
-from sentinel.interaction import ErrorType, Protocol
+from sentinel.interaction import ErrorType, Operation, Protocol
+from sentinel.policy import responses
 from sentinel.policy.compiled import Active, Policy
-from sentinel.policy.matching import Detector, Findings, Scanner, redact
+from sentinel.policy.keys import Ambiguous, canonicalise
+from sentinel.policy.matching import Detector, Findings, Scanner, redact_parts, spanning
 from sentinel.policy.metrics import PolicyMetrics
-from sentinel.policy.payload import text_slots
+from sentinel.policy.parsing import Unparseable, duplicate_key, parse
+from sentinel.policy.payload import TooDeep, request_texts, token_ids
 from sentinel.policy.sampling import apply_bounds
 from sentinel.policy.streams import Blocked, NdjsonRewriter, SseRewriter, rewrite_json
 from sentinel.proxy.errors import error_body
@@ -34,6 +37,9 @@ from sentinel.proxy.hooks import Refusal, ResponseFilter, StopResponse
 log = logging.getLogger("sentinel.policy")
 
 ANNOTATION = "policy"
+NATIVE_COMPLETION = "/completion"
+"""llama.cpp's native completion route (`/completions`, its alias, is classified as OpenAI's and its
+native answers are recognised by their shape)."""
 BLOCK_STATUS = 400
 _PENDING_LIMIT = 10_000
 
@@ -97,15 +103,56 @@ class PolicyHook:
         policy = self.source.current
         if policy is None:
             return None
-        plan = policy.plan(exchange.path, exchange.operation)
-        if plan.empty or not exchange.request_body:
+        operation = exchange.operation
+        if operation is Operation.OTHER and exchange.path.rstrip("/") == NATIVE_COMPLETION:
+            operation = Operation.TEXT_COMPLETION  # llama.cpp's own completion API: `prompt` in, `content` out
+        elif operation is Operation.OTHER and _responses_api(exchange):
+            operation = Operation.CHAT  # judged as a chat: `input` and `instructions` in, `output` out
+        plan = policy.plan(exchange.path, operation)
+        if plan.unknown and exchange.request_body and not plan.pass_through:
+            return self._unjudged(
+                exchange,
+                policy,
+                "unknown_route",
+                f"Sentinel policy cannot read requests to {exchange.path}, so it does not forward them; "
+                "an operator may list the route under pass_through in the policy file",
+            )
+        if not exchange.request_body:
+            # No request to judge, but the answer may carry text (a stored Responses answer fetched
+            # by id, an unknown route's GET): response rules still apply to it.
+            if plan.pass_through or not (plan.admitted or plan.fixed or plan.conditional):
+                return None
+            chosen = plan.admitted or tuple(sorted(plan.fixed + plan.conditional))
+            self._expect_answer(exchange, policy, policy.active(chosen, generates=True))
+            return None
+        if plan.empty:
             return None
         try:
-            body = orjson.loads(exchange.request_body)
-        except orjson.JSONDecodeError:
-            return None  # not ours to judge: the model server answers malformed requests itself
+            parsed = parse(exchange.request_body)
+        except Unparseable as exc:
+            if plan.pass_through:
+                return None
+            return self._unjudged(exchange, policy, "unparseable", f"Sentinel policy cannot judge this request: {exc}")
+        body = parsed.body
         if not isinstance(body, dict):
-            return None
+            if plan.pass_through:
+                return None
+            return self._unjudged(
+                exchange,
+                policy,
+                "unparseable",
+                "Sentinel policy cannot judge this request: the body is not a JSON object",
+            )
+        twice = duplicate_key(exchange.request_body)
+        try:
+            if twice is not None:
+                raise Ambiguous(f"the key {twice!r} is given twice with different values")
+            renamed = canonicalise(body)
+        except Ambiguous as exc:
+            if plan.pass_through:
+                return None
+            message = f"Sentinel policy cannot judge this request: {exc}"
+            return self._unjudged(exchange, policy, "ambiguous_keys", message)
         model, user = body.get("model"), body.get("user")
         active = policy.select(
             plan,
@@ -115,7 +162,7 @@ class PolicyHook:
         )
         if active.empty:
             return None
-        changed = False
+        changed = renamed
         if active.sampling:
             outcome = apply_bounds(body, exchange.protocol, active.sampling)
             if outcome.notes:
@@ -126,17 +173,36 @@ class PolicyHook:
                 return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, outcome.refusal)
             changed = outcome.changed
         if active.request:
-            scanned = self._scan_request(exchange, policy, body, active.request)
+            ids = token_ids(body, exchange.protocol, operation)
+            if ids is not None and not plan.pass_through:
+                return self._unjudged(
+                    exchange,
+                    policy,
+                    "token_ids",
+                    f"Sentinel policy cannot judge token ids in {ids!r}: send the text itself "
+                    "(an operator may list the route under pass_through in the policy file)",
+                )
+            scanned = self._scan_request(exchange, policy, body, active.request, operation)
             if isinstance(scanned, Refusal):
                 return scanned
             changed |= scanned
         if changed:
-            exchange.request_body = orjson.dumps(body)
+            exchange.request_body = parsed.dump()
+        self._expect_answer(exchange, policy, active)
+        return None
+
+    def _expect_answer(self, exchange: Exchange, policy: Policy, active: Active) -> None:
         if active.rewrite or active.observe:
             if len(self._pending) > _PENDING_LIMIT:
                 self._pending.clear()  # only if response_filter stopped being called: never grow unbounded
             self._pending[exchange.id] = (policy, active)
-        return None
+
+    def _unjudged(self, exchange: Exchange, policy: Policy, reason: str, message: str) -> Refusal:
+        """Fail closed: refuse what the policy cannot read, and say why in the record and the metrics."""
+        _notes(exchange, policy)["blocked"] = {"stage": "request", "reason": reason}
+        if self.metrics is not None:
+            self.metrics.action(reason, "block", "request")
+        return Refusal(BLOCK_STATUS, ErrorType.POLICY_BLOCKED, message)
 
     def _count_sampling(self, notes: dict[str, dict[str, Any]]) -> None:
         if self.metrics is None:
@@ -145,24 +211,47 @@ class PolicyHook:
             if entry["action"] != "within":
                 self.metrics.action(entry["rule"], entry["action"], "request")
 
-    def _scan_request(self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner) -> bool | Refusal:
-        slots = text_slots(body, ex.protocol, ex.operation)
-        if not slots:
+    def _scan_request(
+        self, ex: Exchange, policy: Policy, body: dict[str, Any], scanner: Scanner, operation: Operation
+    ) -> bool | Refusal:
+        try:
+            found = request_texts(body)
+        except TooDeep as exc:
+            return self._unjudged(ex, policy, "unparseable", f"Sentinel policy cannot judge this request: {exc}")
+        units = found.all()
+        if not units:
             return False
-        texts = [container[key] for container, key in slots]
+        texts = [
+            unit_slots[0][0][unit_slots[0][1]]
+            if len(unit_slots) == 1
+            else "\n".join(container[key] for container, key in unit_slots)
+            for unit_slots in units
+        ]
         # One pass over all the text; only if something may match is each piece located and rewritten.
-        which = scanner.triggered(texts[0] if len(texts) == 1 else "\n".join(texts))
+        # (Content parts also read joined with nothing between, as a chat template looping over them may.)
+        bare = ["".join(container[key] for container, key in unit_slots) for unit_slots in units if len(unit_slots) > 1]
+        which = scanner.triggered(texts[0] if len(texts) == 1 else "\n".join(texts + bare))
         if not which:
             return False
         findings = Findings()
         changed = False
-        for (container, key), text in zip(slots, texts, strict=True):
+        for unit_slots, text in zip(units, texts, strict=True):
             hits = scanner.scan(text, which)
-            if hits:
-                new = redact(text, hits, findings)
-                if new != text:
+            pieces = [container[key] for container, key in unit_slots]
+            new_pieces = redact_parts(pieces, hits, findings) if hits else pieces
+            if len(pieces) > 1:
+                # Chat templates that loop over the parts may also join them with nothing between.
+                joined = scanner.scan("".join(new_pieces))
+                crossing = spanning(joined, new_pieces, 0)
+                if crossing:
+                    new_pieces = redact_parts(new_pieces, crossing, findings, 0)
+            for (container, key), old, new in zip(unit_slots, pieces, new_pieces, strict=True):
+                if new != old:
                     container[key] = new
                     changed = True
+        if changed:
+            for encoded in found.encoded:
+                encoded.store()
         if not findings:
             return False
         notes = _notes(ex, policy)
@@ -205,9 +294,10 @@ class PolicyFilter:
         if (ex.upstream_status or 0) >= 400:
             return "pass"
         if encoding not in ("", "identity"):
+            # Sentinel asked for `identity`; a server that compresses anyway is not read.
             _notes(ex, self.policy)["response_unchecked"] = f"content-encoding {encoding}"
             log.warning("response of %s not checked by policy: content-encoding %s", ex.id, encoding)
-            return "pass"
+            return "refuse" if self.active.rewrite else "pass"
         if not self.active.rewrite:
             return "observe"
         if content_type.startswith("text/event-stream"):
@@ -222,6 +312,8 @@ class PolicyFilter:
 
     def feed(self, chunk: bytes) -> bytes:
         mode = self.mode or self._set_mode()
+        if mode == "refuse":
+            raise self._refuse_encoded()
         if mode == "stream":
             assert self.rewriter is not None
             try:
@@ -231,9 +323,9 @@ class PolicyFilter:
             if self.rewriter.ended and not self.observed:
                 self._end()
             return out
-        if mode == "json":
-            self.body.append(chunk)
-        elif mode == "observe" and not self.observed and _final(chunk):
+        if mode == "json" or (mode == "observe" and self.ex.operation is Operation.OTHER):
+            self.body.append(chunk)  # the proxy keeps no copy of routes it does not classify (/completion)
+        if mode == "observe" and not self.observed and _final(chunk):
             self._end()
         return b"" if mode == "json" else chunk
 
@@ -245,6 +337,8 @@ class PolicyFilter:
 
     def finish(self) -> bytes:
         mode = self.mode or self._set_mode()
+        if mode == "refuse":
+            return b""  # an empty body: nothing was passed on
         out = b""
         try:
             if mode == "stream":
@@ -256,11 +350,24 @@ class PolicyFilter:
                 )
         except Blocked as blocked:
             raise self._stop(blocked) from None
-        if mode != "pass":
+        if mode not in ("pass", "refuse"):
             if not self.observed:
                 self._observe()
             self._conclude()
         return out
+
+    def _refuse_encoded(self) -> StopResponse:
+        """Redact or block rules apply but the answer is compressed: it is not passed on unread."""
+        ex = self.ex
+        _notes(ex, self.policy)["blocked"] = {"stage": "response", "reason": "encoded_response"}
+        if self.metrics is not None:
+            self.metrics.action("encoded_response", "block", "response")
+        message = (
+            f"Sentinel policy cannot check an answer compressed with {ex.response_content_encoding}; "
+            "the model server ignored Accept-Encoding: identity"
+        )
+        refusal = Refusal(502, ErrorType.POLICY_BLOCKED, message)
+        return StopResponse(refusal, error_body(ex.protocol, 502, ErrorType.POLICY_BLOCKED, message))
 
     def _set_mode(self) -> str:
         self.mode = self._start()
@@ -279,6 +386,8 @@ class PolicyFilter:
         error = error_body(protocol, BLOCK_STATUS, ErrorType.POLICY_BLOCKED, message)
         if self.mode == "json":
             tail = error
+        elif isinstance(self.rewriter, SseRewriter) and self.rewriter.responses:
+            tail = blocked.emitted + b"event: error\ndata: " + orjson.dumps(responses.error_event(message)) + b"\n\n"
         elif isinstance(self.rewriter, NdjsonRewriter):
             tail = blocked.emitted + error + b"\n"
         else:
@@ -289,14 +398,17 @@ class PolicyFilter:
         """Flag-only rules: scan the answer as the upstream sent it (the proxy's own copy)."""
         scanner = self.active.observe
         self.observed = True
-        if not scanner or not self.ex.chunks:
+        chunks = self.ex.chunks or self.body
+        if not scanner or not chunks:
             return
-        for text in _answer_texts(self.ex):
+        for text in _answer_texts(self.ex, chunks):
             hits = scanner.scan(text)
             for hit in hits:
                 self.findings.count(hit)
 
     def _conclude(self) -> None:
+        if self.findings.logprobs_stripped:
+            _notes(self.ex, self.policy)["logprobs_stripped"] = True
         if not self.findings:
             return
         record(_notes(self.ex, self.policy), self.findings, "response")
@@ -306,24 +418,74 @@ class PolicyFilter:
 
 
 def _final(chunk: bytes) -> bool:
-    """Whether a chunk carries the last frame: SSE `data: [DONE]`, or Ollama's `done: true` line."""
-    return chunk.rstrip().endswith(b"[DONE]") or b'"done":true' in chunk or b'"done": true' in chunk
+    """Whether a chunk carries the last frame: SSE `data: [DONE]`, Ollama's `done: true` line or
+    llama.cpp's native `stop: true` frame."""
+    return chunk.rstrip().endswith(b"[DONE]") or any(
+        mark in chunk for mark in (b'"done":true', b'"done": true', b'"stop":true', b'"stop": true')
+    )
 
 
-def _answer_texts(ex: Exchange) -> list[str]:
+def _answer_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
     """The generated text of a finished exchange (answer and reasoning, every choice), parsed from
     the bytes the upstream sent."""
     content_type = ex.response_content_type
     facts: ResponseFacts
     if content_type.startswith("text/event-stream"):
-        facts = openai_capture.parse_sse(ex.chunks)
+        facts = openai_capture.parse_sse(chunks)
     elif ex.protocol is Protocol.OLLAMA:
         if content_type.startswith("application/json"):
-            facts = ollama_capture.parse_body(b"".join(ex.chunks), ex.operation)
+            facts = ollama_capture.parse_body(b"".join(chunks), ex.operation)
         else:
-            facts = ollama_capture.parse_ndjson(ex.chunks, ex.operation)
+            facts = ollama_capture.parse_ndjson(chunks, ex.operation)
     else:
-        facts = openai_capture.parse_body(b"".join(ex.chunks), ex.operation)
+        facts = openai_capture.parse_body(b"".join(chunks), ex.operation)
     texts = ["".join(parts) for parts in facts.texts.values()]
     texts += ["".join(parts) for parts in facts.reasoning.values()]
+    if ex.protocol is Protocol.OLLAMA and content_type.startswith("application/json"):
+        # llama.cpp answers Ollama's /api/chat with its OpenAI handler: read the body that way too.
+        other = openai_capture.parse_body(b"".join(chunks), Operation.CHAT)
+        texts += ["".join(parts) for parts in (*other.texts.values(), *other.reasoning.values())]
+    texts += _native_texts(ex, chunks) if ex.path.rstrip("/") in (NATIVE_COMPLETION, "/completions") else []
+    if _responses_api(ex):
+        texts += _responses_texts(chunks, content_type.startswith("text/event-stream"))
     return [text for text in texts if text]
+
+
+def _responses_api(ex: Exchange) -> bool:
+    """`/v1/responses`, and a stored answer fetched or cancelled by id (`/v1/responses/{id}`,
+    `/v1/responses/{id}/cancel`, `/v1/responses/{id}/input_items`)."""
+    return ex.protocol is Protocol.OPENAI and responses.PATH.search(ex.path) is not None
+
+
+def _responses_texts(chunks: list[bytes], streamed: bool) -> list[str]:
+    """A Responses API answer's text: the deltas of a stream, every text of a whole answer."""
+    body = b"".join(chunks)
+    payloads = [line[5:].strip() for line in body.splitlines() if line.startswith(b"data:")] if streamed else [body]
+    parts: list[str] = []
+    for payload in payloads:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if not streamed:
+            parts += [container[key] for container, key in responses.answer_slots(obj)]
+        elif responses.is_event(obj) and obj["type"].endswith(".delta") and isinstance(obj.get("delta"), str):
+            parts.append(obj["delta"])
+    return ["".join(parts)]
+
+
+def _native_texts(ex: Exchange, chunks: list[bytes]) -> list[str]:
+    """llama.cpp's native answer: `content` of a JSON body or of every SSE frame."""
+    body = b"".join(chunks)
+    payloads = [body]
+    if ex.response_content_type.startswith("text/event-stream"):
+        payloads = [line[5:].strip() for line in body.splitlines() if line.startswith(b"data:")]
+    parts = []
+    for payload in payloads:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and "choices" not in obj and isinstance(obj.get("content"), str):
+            parts.append(obj["content"])
+    return ["".join(parts)]

@@ -172,8 +172,27 @@ class ModerationPolicy(_Strict):
     )
 
 
+RESERVED_NAMES = ("phi", "unparseable", "unknown_route", "token_ids", "ambiguous_keys", "encoded_response")
+"""Rule names Sentinel uses itself in records and metrics (PHI findings, requests refused unread)."""
+
+METADATA_ROUTES = ["/api/show", "/api/tags", "/api/ps", "/api/version"]
+"""Ollama routes that carry a model name, never a prompt: forwarded unjudged unless the file says otherwise."""
+
+
+class PassThrough(_Strict):
+    """Requests the policy forwards without judging them. Everything else it cannot read is refused."""
+
+    routes: list[str] = Field(
+        default_factory=lambda: list(METADATA_ROUTES),
+        description="Path globs whose request bodies are forwarded as they are: on routes the policy does not "
+        "understand (e.g. llama.cpp's /tokenize) and bodies it cannot parse. Listing a route switches the "
+        "policy off for it: say so in the change's review.",
+    )
+
+
 class PolicyFile(_Strict):
     version: Literal[1] = 1
+    pass_through: PassThrough = Field(default_factory=PassThrough)
     sampling: list[SamplingRule] = Field(default_factory=lambda: list(DEFAULT_SAMPLING))
     rules: list[ContentRule] = Field(default_factory=list)
     phi: PhiPolicy = Field(default_factory=PhiPolicy)
@@ -184,7 +203,7 @@ class PolicyFile(_Strict):
         seen: set[str] = set()
         names = [rule.name for rule in self.sampling] + [rule.name for rule in self.rules]
         for name in names:
-            if name in seen or name == "phi":
-                raise ValueError(f"rule name {name!r} is used twice (or is the reserved name 'phi')")
+            if name in seen or name in RESERVED_NAMES:
+                raise ValueError(f"rule name {name!r} is used twice (or is reserved: {', '.join(RESERVED_NAMES)})")
             seen.add(name)
         return self

@@ -82,16 +82,18 @@ class ModerationEndpoint:
         query = params.get("query")
         findings = Findings()
         scanner = policy.moderation_input
-        new_inputs = {
-            name: _moderate(value, scanner, findings) if isinstance(value, str) else value
-            for name, value in inputs.items()
-        }
+        new_inputs = {name: _moderate_value(value, scanner, findings, 0) for name, value in inputs.items()}
         new_query = _moderate(query, scanner, findings) if isinstance(query, str) else query
         self._count(findings, "moderation_input")
         if findings.block is not None:
             return _direct(findings, policy)
         if new_inputs != inputs or new_query != query:
-            return {"flagged": True, "action": "overridden", "inputs": new_inputs, "query": new_query}
+            return {
+                "flagged": True,
+                "action": "overridden",
+                "inputs": new_inputs,
+                "query": new_query if isinstance(new_query, str) else "",
+            }
         return dict(_PASS)
 
     def _output(self, policy: Policy, params: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +117,29 @@ class ModerationEndpoint:
 def _moderate(text: str, scanner: Scanner, findings: Findings) -> str:
     hits = scanner.scan(text) if scanner else []
     return redact(text, hits, findings) if hits else text
+
+
+_DEPTH = 64
+
+
+def _moderate_value(value: Any, scanner: Scanner, findings: Findings, depth: int) -> Any:
+    """A variable's value, redacted: a string, or every string (and key) in a list or object (Dify's
+    file and JSON variables). Deeper than `_DEPTH` a value is judged as its JSON text, unredacted."""
+    if isinstance(value, str):
+        return _moderate(value, scanner, findings)
+    if depth > _DEPTH and isinstance(value, dict | list):
+        _moderate(orjson.dumps(value).decode(), scanner, findings)
+        return value
+    if isinstance(value, list):
+        return [_moderate_value(item, scanner, findings, depth + 1) for item in value]
+    if isinstance(value, dict):
+        return {
+            _moderate(key, scanner, findings) if isinstance(key, str) else key: _moderate_value(
+                item, scanner, findings, depth + 1
+            )
+            for key, item in value.items()
+        }
+    return value
 
 
 def _direct(findings: Findings, policy: Policy) -> dict[str, Any]:

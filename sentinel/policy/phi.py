@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+import phonenumbers
+
 
 class Category(StrEnum):
     NAME = "name"
@@ -96,9 +98,19 @@ def valid_payment_card(text: str) -> bool:
     )
 
 
+def _libphonenumber_valid(number: str, region: str | None) -> bool:
+    """Google's libphonenumber (the `phonenumbers` port): a number of a real numbering plan, with a
+    length and prefix that plan assigns."""
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return bool(phonenumbers.is_valid_number(parsed))
+
+
 def valid_nanp_phone(text: str) -> bool:
-    """A North American number: area code and exchange start 2-9 and are not N11 service codes,
-    area codes with 9 in the middle are unassigned, and 555-0100..0199 is reserved for fiction."""
+    """A North American number valid in libphonenumber's plan (area code and exchange 2-9, no N11
+    service codes, assigned area codes), and not 555-0100..0199, reserved for fiction."""
     number = digits(text)
     if len(number) == 11 and number[0] == "1":
         number = number[1:]
@@ -109,12 +121,14 @@ def valid_nanp_phone(text: str) -> bool:
         return False
     if area[1:] == "11" or exchange[1:] == "11":
         return False
-    return not (exchange == "555" and line.startswith("01"))
+    if exchange == "555" and line.startswith("01"):
+        return False
+    return _libphonenumber_valid(number, "US")
 
 
 def valid_international_phone(text: str) -> bool:
-    """E.164: a country code then at most 15 digits in all; at least 8 to tell it from other numbers."""
-    return 8 <= len(digits(text)) <= 15
+    """`+` and a country code: valid in that country's numbering plan (libphonenumber)."""
+    return 8 <= len(digits(text)) <= 15 and _libphonenumber_valid("+" + digits(text), None)
 
 
 def valid_email(text: str) -> bool:
@@ -283,18 +297,18 @@ _STATES = (
 _LABEL = r"\s{0,3}(?:number|num\.?|no\.?|#|id)?\s{0,3}[:#=]?\s{0,3}"
 
 FORMS: tuple[Form, ...] = (
-    Form(Category.SSN, r"\b\d{3}-\d{2}-\d{4}\b", valid_ssn),
-    Form(Category.SSN, r"\b\d{3} \d{2} \d{4}\b", valid_ssn),
+    Form(Category.SSN, r"\b\d{3}[ .-]\d{2}[ .-]\d{4}\b", valid_ssn),
     Form(Category.SSN, r"(?i:\bssn|social\s{1,3}security)" + _LABEL + r"(\d{9})\b", valid_ssn, 1),
     Form(Category.PHONE, r"(?:\+1[ .-]?)?\(\d{3}\)\s?\d{3}[ .-]\d{4}\b", valid_nanp_phone),
-    Form(Category.PHONE, r"(?:\+1[ .-]?|\b1[ .-])?\b\d{3}[.-]\d{3}[.-]\d{4}\b", valid_nanp_phone),
+    Form(Category.PHONE, r"(?:\+1[ .-]?|\b1[ .-])?\b\d{3}[ .-]\d{3}[ .-]\d{4}\b", valid_nanp_phone),
+    Form(Category.PHONE, r"\+1\d{10}\b", valid_nanp_phone),
     Form(
         Category.PHONE,
         r"(?i:\b(?:phone|tel|telephone|fax|cell|mobile))" + _LABEL + r"(\+?1?\d{10})\b",
         valid_nanp_phone,
         1,
     ),
-    Form(Category.PHONE, r"\+[2-9]\d{0,2}(?:[ .-]?\d{2,5}){2,5}\b", valid_international_phone),
+    Form(Category.PHONE, r"\+[2-9]\d{0,2}(?:[ .-]?\d{1,5}){2,6}\b", valid_international_phone),
     Form(Category.EMAIL, r"\b[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9-]{1,40}\.){1,4}[A-Za-z]{2,24}\b", valid_email),
     Form(Category.DATE, r"\b\d{4}-\d{2}-\d{2}\b", valid_numeric_date),
     Form(Category.DATE, r"\b\d{1,2}[/-]\d{1,2}[/-](?:\d{4}|\d{2})\b", valid_numeric_date),

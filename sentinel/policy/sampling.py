@@ -12,16 +12,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from sentinel.interaction import Protocol
 from sentinel.policy.model import Bound, SamplingRule
 
 # Where each bounded parameter lives: (container key or None for the top level, field names).
-_OPENAI = {
+Places = dict[str, tuple[str | None, tuple[str, ...]]]
+_OPENAI: Places = {
     "temperature": (None, ("temperature",)),
     "top_p": (None, ("top_p",)),
-    "max_tokens": (None, ("max_tokens", "max_completion_tokens")),
+    "max_tokens": (None, ("max_tokens", "max_completion_tokens", "max_output_tokens", "n_predict")),
 }
-_OLLAMA = {
+_OLLAMA: Places = {
     "temperature": ("options", ("temperature",)),
     "top_p": ("options", ("top_p",)),
     "max_tokens": ("options", ("num_predict",)),
@@ -36,10 +39,22 @@ class SamplingOutcome:
     refusal: str | None = None
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+_AS_FLOAT = TypeAdapter(float)
+_AS_INT = TypeAdapter(int)
+
+
+def _number(value: Any, integer: bool, coerce: bool) -> float | None:
+    """The value the model server will use. OpenAI-compatible servers built on pydantic (vLLM, SGLang)
+    coerce `"2.0"` and `true` to numbers, so they are judged as those numbers; Ollama's Go decoder
+    refuses anything but a JSON number, so there a non-number is left for it to refuse."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if not coerce:
         return None
-    return float(value)
+    try:
+        return float(_AS_INT.validate_python(value) if integer else _AS_FLOAT.validate_python(value))
+    except ValidationError:
+        return None  # the model server refuses it too
 
 
 def _fit(value: float, bound: Bound, unlimited_negative: bool) -> float:
@@ -63,52 +78,78 @@ def _describe(bound: Bound) -> str:
 def apply_bounds(body: dict[str, Any], protocol: Protocol, rules: Sequence[SamplingRule]) -> SamplingOutcome:
     """Clamp (or refuse) in place; each matching rule narrows what the ones before it allowed."""
     outcome = SamplingOutcome()
-    places = _OLLAMA if protocol is Protocol.OLLAMA else _OPENAI
+    ollama = protocol is Protocol.OLLAMA
+    # On Ollama's routes both shapes are bounded: llama.cpp serves /api/chat with its OpenAI handler,
+    # which reads top-level temperature, top_p and max_tokens (a default goes only into `options`).
+    places: list[tuple[Places, bool, bool]] = (
+        [(_OLLAMA, False, True), (_OPENAI, True, False)] if ollama else [(_OPENAI, True, True)]
+    )
     for rule in rules:
-        for param, (container_key, names) in places.items():
-            bound: Bound | None = getattr(rule, param)
-            if bound is None:
-                continue
-            container = body
-            if container_key is not None:
-                nested = body.get(container_key)
-                if not isinstance(nested, dict):
-                    if bound.default is None:
-                        continue
-                    nested = body[container_key] = {}
-                    outcome.changed = True
-                container = nested
-            present = [name for name in names if container.get(name) is not None]
-            if not present and bound.default is not None:
-                value: int | float = int(bound.default) if param == "max_tokens" else bound.default
-                container[names[0]] = value
-                outcome.changed = True
-                outcome.notes[names[0]] = {"requested": None, "applied": value, "action": "default", "rule": rule.name}
-            for name in present:
-                requested = container[name]
-                number = _number(requested)
-                if number is None:
-                    continue  # not a number: the model server rejects it itself
-                fitted = _fit(number, bound, unlimited_negative=name == "num_predict")
-                if fitted == number:
-                    outcome.notes.setdefault(
-                        name, {"requested": requested, "applied": requested, "action": "within", "rule": rule.name}
-                    )
-                    continue
-                if bound.action == "reject":
-                    outcome.notes[name] = {
-                        "requested": requested,
-                        "applied": None,
-                        "action": "reject",
-                        "rule": rule.name,
-                    }
-                    outcome.refusal = (
-                        f"{name} {requested} is outside {_describe(bound)}, set by policy rule {rule.name!r}"
-                    )
-                    return outcome
-                applied: int | float = int(fitted) if param == "max_tokens" else fitted
-                container[name] = applied
-                outcome.changed = True
-                first = outcome.notes.get(name, {}).get("requested", requested)
-                outcome.notes[name] = {"requested": first, "applied": applied, "action": "clamp", "rule": rule.name}
+        for table, coerce, inject in places:
+            _bound_rule(body, rule, table, coerce, inject, outcome)
+            if outcome.refusal is not None:
+                return outcome
     return outcome
+
+
+def _bound_rule(
+    body: dict[str, Any],
+    rule: SamplingRule,
+    places: Places,
+    coerce: bool,
+    inject: bool,
+    outcome: SamplingOutcome,
+) -> None:
+    for param, (container_key, names) in places.items():
+        bound: Bound | None = getattr(rule, param)
+        if bound is None:
+            continue
+        container = body
+        if container_key is not None:
+            nested = body.get(container_key)
+            if not isinstance(nested, dict):
+                if bound.default is None:
+                    continue
+                nested = body[container_key] = {}
+                outcome.changed = True
+            container = nested
+        present = [name for name in names if container.get(name) is not None]
+        if not present and inject and bound.default is not None:
+            value: int | float = int(bound.default) if param == "max_tokens" else bound.default
+            container[names[0]] = value
+            outcome.changed = True
+            outcome.notes[names[0]] = {"requested": None, "applied": value, "action": "default", "rule": rule.name}
+        for name in present:
+            requested = container[name]
+            number = _number(requested, param == "max_tokens", coerce)
+            if number is None:
+                continue  # not a number: the model server rejects it itself
+            # NaN has no nearest bound to clamp to: it is refused below.
+            fitted = (
+                number
+                if math.isnan(number)
+                else _fit(number, bound, unlimited_negative=name in ("num_predict", "n_predict"))
+            )
+            if fitted == number:  # a within-range string goes on as it came: the server reads the same number
+                outcome.notes.setdefault(
+                    name, {"requested": requested, "applied": requested, "action": "within", "rule": rule.name}
+                )
+                continue
+            if bound.action == "reject" or math.isnan(number):
+                outcome.notes[name] = {
+                    "requested": requested,
+                    "applied": None,
+                    "action": "reject",
+                    "rule": rule.name,
+                }
+                outcome.refusal = (
+                    f"{name} {requested!r} is outside {_describe(bound)}, set by policy rule {rule.name!r}"
+                    if not isinstance(requested, int | float) or isinstance(requested, bool)
+                    else f"{name} {requested} is outside {_describe(bound)}, set by policy rule {rule.name!r}"
+                )
+                return
+            applied: int | float = int(fitted) if param == "max_tokens" else fitted
+            container[name] = applied
+            outcome.changed = True
+            first = outcome.notes.get(name, {}).get("requested", requested)
+            outcome.notes[name] = {"requested": first, "applied": applied, "action": "clamp", "rule": rule.name}

@@ -20,6 +20,11 @@ def route_matches(scope: Scope, path: str, operation: Operation) -> bool:
     return not scope.routes or _any(path, scope.routes)
 
 
+def route_admits(scope: Scope, path: str) -> bool:
+    """The scope's `routes` admit the path, whatever its `operations`."""
+    return not scope.routes or _any(path, scope.routes)
+
+
 def needs_request(scope: Scope) -> bool:
     """Whether the scope depends on what only the request body or headers say."""
     return bool(scope.models or scope.users or scope.api_keys)

@@ -232,6 +232,11 @@ class ProxyApp:
                 await self._respond(ex, send, 503, ErrorType.AUDIT_UNAVAILABLE, ex.error_message)
                 return
 
+        if filters:
+            # A filter reads the answer's bytes: ask for them uncompressed (a compressed answer it
+            # could not read would pass unfiltered).
+            headers = [(name, value) for name, value in headers if name != b"accept-encoding"]
+            headers.append((b"accept-encoding", b"identity"))
         main = asyncio.current_task()
         assert main is not None
         watcher = asyncio.get_running_loop().create_task(_watch_disconnect(receive, ex, main))

@@ -201,3 +201,13 @@ def test_wrong_tokens_count_as_failed_logins_and_are_throttled(
     assert proxy.metric("sentinel_admin_auth_failures_total", reason="invalid") == limit
     assert proxy.metric("sentinel_admin_auth_failures_total", reason="throttled") == 2
     assert call(proxy, {"point": "ping"}).status_code == 200  # the right token still works
+
+
+def test_inputs_that_are_lists_or_objects_are_moderated(proxy: Running) -> None:
+    """Dify's paragraph-list, file and JSON variables arrive as lists and objects, not strings."""
+    nested = {"point": "app.moderation.input", "params": {"app_id": "a", "inputs": {"v": [{"note": "darn it"}]}}}
+    result = ModerationInputsResult(**call(proxy, nested).json())
+    assert result.action is ModerationAction.OVERRIDDEN and result.inputs == {"v": [{"note": "*** it"}]}
+    blocked = {"point": "app.moderation.input", "params": {"app_id": "a", "inputs": {"v": ["I will kill you."]}}}
+    result = ModerationInputsResult(**call(proxy, blocked).json())
+    assert result.flagged is True and result.action is ModerationAction.DIRECT_OUTPUT
