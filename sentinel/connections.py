@@ -6,6 +6,10 @@ the parser skips, keeps a connection forever); a client that sends its headers o
 `guarded_protocol` gives uvicorn a protocol that stamps each connection with the moment its current
 read (or a stalled write) must be done by; one sweeper task per port closes the connections past it.
 The request path pays an attribute store and a clock read per request, never a timer.
+
+New connections are taken from the listen queue in bursts: libuv (under uvloop) accepts one per
+event-loop turn, so on a busy loop a burst of N new clients waited N turns to be accepted
+(`GuardedProtocol._accept_queued`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import math
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +27,9 @@ from prometheus_client import CollectorRegistry, Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("sentinel.connections")
+
+ACCEPT_BURST = 64
+"""Connections taken from the listen queue at most, each time the event loop accepts one."""
 
 HEADERS, BODY, IDLE, FRESH = 1, 2, 3, 4
 """What a connection is reading: a request's head, or its body; waiting for the next request on a
@@ -101,6 +109,10 @@ class GuardedProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     clients: ClassVar[dict[str, int]]
+    listener: ClassVar[socket.socket | None] = None
+    """The port's listening socket, from which `_accept_queued` takes waiting connections."""
+    queued: bool = False
+    """Taken from the listen queue by `_accept_queued`, not accepted by the event loop."""
     reading: int = 0
     deadline: float = math.inf
     write_deadline: float = math.inf
@@ -121,6 +133,36 @@ class GuardedProtocol(HttpToolsProtocol):
             self.clients[group], self.group = held + 1, group
         self.reading = FRESH
         self.deadline = self.loop.time() + limits.header_timeout
+        if not self.queued and self.listener is not None:
+            self._accept_queued(self.listener)
+
+    def _accept_queued(self, listener: socket.socket) -> None:
+        """Take the connections waiting in the listen queue now, up to `ACCEPT_BURST`.
+
+        libuv, since 1.45 (uvloop 0.18), accepts one connection per turn of the event loop and
+        leaves the rest to the next turns. A turn on a busy proxy lasts as long as the work on its
+        open connections (64 streams: about half a millisecond), so a burst of 64 new clients was
+        accepted over 64 turns, and its last requests reached the handler 25-35 ms after they were
+        sent (docs/benchmarks.md, issue #18). asyncio's own loop takes up to its backlog per turn;
+        so does this, capped. Only a connection the port admitted takes more: over a connection cap
+        the loop's one-per-turn pace (each refused with a 503) is kept.
+        """
+        loop = self.loop
+        for _ in range(ACCEPT_BURST):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, say: the loop's own accept copes with it
+                log.warning("could not take a waiting %s connection: %s", self.limits.port, exc)
+                return
+            protocol = type(self)(
+                config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=loop
+            )
+            protocol.queued = True
+            task = loop.create_task(_attach(loop, protocol, sock))
+            _attaching.add(task)
+            task.add_done_callback(_attaching.discard)
 
     def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
         self.connections.discard(self)
@@ -223,9 +265,25 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[GuardedProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` bound to one port's limits."""
-    attributes: dict[str, Any] = {"limits": limits, "clients": {}}
+_attaching: set[asyncio.Task[None]] = set()
+
+
+async def _attach(loop: asyncio.AbstractEventLoop, protocol: GuardedProtocol, sock: socket.socket) -> None:
+    """Serve a connection `_accept_queued` took, as the loop serves those it accepts itself."""
+    try:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvloop's accept does
+        await loop.connect_accepted_socket(lambda: protocol, sock)
+    except (OSError, RuntimeError) as exc:  # the client left already, or the loop is closing
+        log.debug("a waiting %s connection could not be served: %s", protocol.limits.port, exc)
+        sock.close()
+
+
+def guarded_protocol(limits: ConnectionLimits, listener: socket.socket | None = None) -> type[GuardedProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` bound to one port's limits and, where given,
+    its listening socket (from which bursts of new connections are taken at once)."""
+    attributes: dict[str, Any] = {"limits": limits, "clients": {}, "listener": listener}
     return type(f"GuardedProtocol[{limits.port}]", (GuardedProtocol,), attributes)
 
 
