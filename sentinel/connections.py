@@ -9,7 +9,8 @@ The request path pays an attribute store and a clock read per request, never a t
 
 New connections are taken from the listen queue in bursts: libuv (under uvloop) accepts one per
 event-loop turn, so on a busy loop a burst of N new clients waited N turns to be accepted
-(`GuardedProtocol._accept_queued`).
+(`GuardedProtocol._accept_queued`). `chunk_writer` lets the proxy write a streamed answer's chunks
+to the client without a task switch each. What either knows of uvicorn's protocol is here.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import ipaddress
 import logging
 import math
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("sentinel.connections")
 
@@ -318,3 +319,27 @@ async def sweep(connections: set[Any], limits: ConnectionLimits) -> None:
                 connection.expire()
             except Exception as exc:  # one broken connection must not stop the sweeper
                 log.warning("could not close a slow %s connection: %s", limits.port, exc)
+
+
+def chunk_writer(send: Any) -> Callable[[bytes], bool] | None:
+    """A direct writer of body chunks for a started chunked response on uvicorn's httptools protocol.
+
+    It returns False, writing nothing, once the client has left or reads too slowly (the send
+    buffer is over its high-water mark): from there on the app sends through ASGI, which waits.
+    None where `send` is not uvicorn's (another server, a middleware): the app sends through ASGI.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or not cycle.response_started or cycle.response_complete:
+        return None
+    if not cycle.chunked_encoding or cycle.scope["method"] == "HEAD":
+        return None
+    transport, flow = cycle.transport, cycle.flow
+
+    def write(chunk: bytes) -> bool:
+        if cycle.disconnected or flow.write_paused or transport.is_closing():
+            return False
+        if chunk:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return True
+
+    return write

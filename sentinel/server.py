@@ -411,6 +411,7 @@ async def run_server(
         uvicorn.Config(admin_app, http=guarded_protocol(admin_limits, admin_sock), access_log=False, **common)
     )
     servers.update(proxy=proxy_server, admin=admin_server)
+    sentinel.extras["servers"] = servers
 
     if sentinel.audit is not None:
         await sentinel.audit.start()
