@@ -284,6 +284,8 @@ async def _attach(loop: asyncio.AbstractEventLoop, protocol: GuardedProtocol, so
 def guarded_protocol(limits: ConnectionLimits, listener: socket.socket | None = None) -> type[GuardedProtocol]:
     """A protocol class for `uvicorn.Config(http=...)` bound to one port's limits and, where given,
     its listening socket (from which bursts of new connections are taken at once)."""
+    if listener is not None:
+        listener.setblocking(False)  # `_accept_queued` must find the queue empty, never wait on it
     attributes: dict[str, Any] = {"limits": limits, "clients": {}, "listener": listener}
     return type(f"GuardedProtocol[{limits.port}]", (GuardedProtocol,), attributes)
 
