@@ -121,6 +121,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.queued and self.listener is not None and self.listener.fileno() < 0:
+            # Taken from the queue just before the port stopped listening (uvicorn's shutdown closes
+            # the socket, then tells the connections open then to finish): this one missed that
+            # word. Closed unanswered, as the queue's connections are when the socket closes.
+            transport.close()
+            return
         limits = self.limits
         if len(self.connections) > limits.max_connections:
             self._refuse(transport, "over_limit")
@@ -148,6 +154,8 @@ class GuardedProtocol(HttpToolsProtocol):
         so does this, capped. Only a connection the port admitted takes more: over a connection cap
         the loop's one-per-turn pace (each refused with a 503) is kept.
         """
+        if listener.fileno() < 0:  # the port stopped listening (shutdown): nothing to take
+            return
         loop = self.loop
         for _ in range(ACCEPT_BURST):
             try:

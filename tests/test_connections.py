@@ -432,3 +432,67 @@ def test_connections_taken_from_the_queue_keep_the_port_s_cap() -> None:
         refused, _, _ = select.select(socks, [], [], 0)
         assert (len(open_now), len(refused)) == (10, 30)
         assert all(_read_until_closed(sock).startswith(b"HTTP/1.1 503 ") for sock in refused)
+
+
+def test_connections_taken_from_the_queue_as_the_port_shuts_down_are_closed_not_served() -> None:
+    """uvicorn's graceful shutdown closes the listening socket and tells each open connection to
+    finish; a connection taken from the queue just before (its protocol not made yet) missed that
+    word. Served, it would keep the shutdown waiting (a kept-alive client: until the graceful
+    timeout). It is closed unanswered, as the listen queue's connections are when the socket closes."""
+    loop = uvloop.new_event_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = ConnectionLimits("proxy", header_timeout=SAFETY, body_timeout=SAFETY, max_connections=1000)
+    made: list[GuardedProtocol] = []
+    shutdown: list[asyncio.Task[None]] = []
+    all_made = asyncio.Event()
+
+    class ShutDownAfterTheFirst(guarded_protocol(limits, listener)):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            made.append(self)
+            super().connection_made(transport)  # the first one takes the queue's connections
+            if len(made) == len(socks):
+                all_made.set()
+            if not shutdown:  # SIGTERM now: before the connections taken are made
+                shutdown.append(loop.create_task(server.shutdown(sockets=[listener])))
+
+    config = uvicorn.Config(app, http=ShutDownAfterTheFirst, lifespan="off", log_config=None)
+    config.timeout_graceful_shutdown = SAFETY
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    loop.run_until_complete(server.startup(sockets=[listener]))
+    socks = [socket.create_connection(listener.getsockname(), timeout=SAFETY) for _ in range(8)]
+    try:
+        for client in socks:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        loop.run_until_complete(asyncio.wait_for(all_made.wait(), SAFETY))
+        assert all(c.transport.is_closing() for c in made), [c.queued for c in made if not c.transport.is_closing()]
+        loop.run_until_complete(asyncio.wait_for(shutdown[0], SAFETY))
+        first = _read_until_closed(socks[0])  # open as the shutdown began: its request is answered
+        assert first.startswith(b"HTTP/1.1 200 ") and b"connection: close" in first, first
+        assert [_unanswered(c) for c in socks[1:]] == [True] * 7
+    finally:
+        for client in socks:
+            client.close()
+        for connection in made:
+            connection.transport.abort()
+        for task in shutdown:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*shutdown, return_exceptions=True))
+        loop.close()
+        listener.close()
+
+
+def _unanswered(sock: socket.socket) -> bool:
+    """Closed without an answer: an orderly end, or a reset (closed with its request unread)."""
+    try:
+        return _read_until_closed(sock) == b""
+    except ConnectionResetError:
+        return True
