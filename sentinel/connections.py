@@ -112,6 +112,8 @@ class GuardedProtocol(HttpToolsProtocol):
     clients: ClassVar[dict[str, int]]
     listener: ClassVar[socket.socket | None] = None
     """The port's listening socket, from which `_accept_queued` takes waiting connections."""
+    attaching: ClassVar[set[asyncio.Task[None]]] = set()
+    """Connections `_accept_queued` took that are not made yet (they count toward the cap)."""
     queued: bool = False
     """Taken from the listen queue by `_accept_queued`, not accepted by the event loop."""
     reading: int = 0
@@ -151,13 +153,16 @@ class GuardedProtocol(HttpToolsProtocol):
         open connections (64 streams: about half a millisecond), so a burst of 64 new clients was
         accepted over 64 turns, and its last requests reached the handler 25-35 ms after they were
         sent (docs/benchmarks.md, issue #18). asyncio's own loop takes up to its backlog per turn;
-        so does this, capped. Only a connection the port admitted takes more: over a connection cap
-        the loop's one-per-turn pace (each refused with a 503) is kept.
+        so does this, capped, and never past the port's connection cap: only a connection the port
+        admitted takes more, and only as many as the cap has room for; beyond that the loop's
+        one-per-turn pace (each refused with a 503 unless room was made meanwhile) is kept. A TLS
+        port (Sentinel's are plain) keeps the loop's pace too.
         """
-        if listener.fileno() < 0:  # the port stopped listening (shutdown): nothing to take
+        if listener.fileno() < 0 or self.config.is_ssl:  # stopped listening (shutdown), or TLS
             return
+        room = self.limits.max_connections - len(self.connections) - len(self.attaching)
         loop = self.loop
-        for _ in range(ACCEPT_BURST):
+        for _ in range(min(ACCEPT_BURST, room)):
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -170,8 +175,8 @@ class GuardedProtocol(HttpToolsProtocol):
             )
             protocol.queued = True
             task = loop.create_task(_attach(loop, protocol, sock))
-            _attaching.add(task)
-            task.add_done_callback(_attaching.discard)
+            self.attaching.add(task)
+            task.add_done_callback(self.attaching.discard)
 
     def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
         self.connections.discard(self)
@@ -274,9 +279,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-_attaching: set[asyncio.Task[None]] = set()
-
-
 async def _attach(loop: asyncio.AbstractEventLoop, protocol: GuardedProtocol, sock: socket.socket) -> None:
     """Serve a connection `_accept_queued` took, as the loop serves those it accepts itself."""
     try:
@@ -294,7 +296,7 @@ def guarded_protocol(limits: ConnectionLimits, listener: socket.socket | None = 
     its listening socket (from which bursts of new connections are taken at once)."""
     if listener is not None:
         listener.setblocking(False)  # `_accept_queued` must find the queue empty, never wait on it
-    attributes: dict[str, Any] = {"limits": limits, "clients": {}, "listener": listener}
+    attributes: dict[str, Any] = {"limits": limits, "clients": {}, "listener": listener, "attaching": set()}
     return type(f"GuardedProtocol[{limits.port}]", (GuardedProtocol,), attributes)
 
 
