@@ -1,9 +1,10 @@
 """Sentinel's own cost, measured against a direct connection in the same run.
 
-Starts the fast mock upstream and Sentinel pinned to CPU 0, a null OTLP receiver and the load
-generator on CPU 1, then runs each scenario as interleaved rounds: direct, via Sentinel, direct,
-via Sentinel, ... Reports, per scenario, latency percentiles both ways and their difference,
-requests (or streams) per second, time to first byte, and Sentinel's CPU time per request.
+Starts the fast mock upstream and Sentinel pinned to CPU 0 (`--upstream-cpu 1`: the mock upstream
+on CPU 1 instead), a null OTLP receiver and the load generator on CPU 1, then runs each scenario
+as interleaved rounds: direct, via Sentinel, direct, via Sentinel, ... Reports, per scenario,
+latency percentiles both ways and their difference, requests (or streams) per second, time to
+first byte, and Sentinel's CPU time per request.
 
     python bench/proxy.py                       # all scenarios, ~3 minutes
     python bench/proxy.py --rounds 1 --seconds 3 --only c1
@@ -113,6 +114,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(SCENARIOS), help="scenarios to run (default: all)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for Sentinel (repeatable)")
     parser.add_argument("--label", default="default")
+    parser.add_argument(
+        "--upstream-cpu",
+        type=int,
+        choices=(0, 1),
+        default=0,
+        help="CPU of the mock model server: 0 (default) shares Sentinel's core, as in every table of "
+        "docs/benchmarks.md unless it says otherwise; 1 puts it with the load generator, leaving Sentinel a "
+        "core of its own, as in a deployment where the model server runs on its own machine",
+    )
     parser.add_argument("--prompt-bytes", type=int, default=200)
     parser.add_argument("--output", type=Path, default=HERE / "results")
     parser.add_argument(
@@ -145,6 +155,7 @@ def main() -> None:
     results: dict[str, object] = {
         "label": args.label,
         "during": args.during,
+        "upstream_cpu": args.upstream_cpu,
         "env": {k: v for k, v in env.items() if k.startswith("SENTINEL_")},
         "scenarios": {},
     }
@@ -156,7 +167,9 @@ def main() -> None:
             stack.callback(process.terminate)
             return process
 
-        spawn(pinned(0, [PY, str(HERE / "upstream.py"), "--port", str(upstream_port), "--pace-ms", "2"]))
+        spawn(
+            pinned(args.upstream_cpu, [PY, str(HERE / "upstream.py"), "--port", str(upstream_port), "--pace-ms", "2"])
+        )
         spawn(pinned(1, [PY, str(HERE / "otlp_sink.py"), "--port", str(otlp_port)]))
         sentinel = spawn(pinned(0, [PY, "-m", "sentinel", "serve"]), env=env)
         wait_http(f"http://127.0.0.1:{admin_port}/healthz")

@@ -6,6 +6,11 @@ the parser skips, keeps a connection forever); a client that sends its headers o
 `guarded_protocol` gives uvicorn a protocol that stamps each connection with the moment its current
 read (or a stalled write) must be done by; one sweeper task per port closes the connections past it.
 The request path pays an attribute store and a clock read per request, never a timer.
+
+New connections are taken from the listen queue in bursts: libuv (under uvloop) accepts one per
+event-loop turn, so on a busy loop a burst of N new clients waited N turns to be accepted
+(`GuardedProtocol._accept_queued`). `chunk_writer` lets the proxy write a streamed answer's chunks
+to the client without a task switch each. What either knows of uvicorn's protocol is here.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ import asyncio
 import ipaddress
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry, Counter
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 log = logging.getLogger("sentinel.connections")
+
+ACCEPT_BURST = 64
+"""Connections taken from the listen queue at most, each time the event loop accepts one."""
 
 HEADERS, BODY, IDLE, FRESH = 1, 2, 3, 4
 """What a connection is reading: a request's head, or its body; waiting for the next request on a
@@ -101,6 +110,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     limits: ClassVar[ConnectionLimits]
     clients: ClassVar[dict[str, int]]
+    listener: ClassVar[socket.socket | None] = None
+    """The port's listening socket, from which `_accept_queued` takes waiting connections."""
+    attaching: ClassVar[set[asyncio.Task[None]]] = set()
+    """Connections `_accept_queued` took that are not made yet (they count toward the cap)."""
+    queued: bool = False
+    """Taken from the listen queue by `_accept_queued`, not accepted by the event loop."""
     reading: int = 0
     deadline: float = math.inf
     write_deadline: float = math.inf
@@ -108,6 +123,12 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.queued and self.listener is not None and self.listener.fileno() < 0:
+            # Taken from the queue just before the port stopped listening (uvicorn's shutdown closes
+            # the socket, then tells the connections open then to finish): this one missed that
+            # word. Closed unanswered, as the queue's connections are when the socket closes.
+            transport.close()
+            return
         limits = self.limits
         if len(self.connections) > limits.max_connections:
             self._refuse(transport, "over_limit")
@@ -121,6 +142,41 @@ class GuardedProtocol(HttpToolsProtocol):
             self.clients[group], self.group = held + 1, group
         self.reading = FRESH
         self.deadline = self.loop.time() + limits.header_timeout
+        if not self.queued and self.listener is not None:
+            self._accept_queued(self.listener)
+
+    def _accept_queued(self, listener: socket.socket) -> None:
+        """Take the connections waiting in the listen queue now, up to `ACCEPT_BURST`.
+
+        libuv, since 1.45 (uvloop 0.18), accepts one connection per turn of the event loop and
+        leaves the rest to the next turns. A turn on a busy proxy lasts as long as the work on its
+        open connections (64 streams: about half a millisecond), so a burst of 64 new clients was
+        accepted over 64 turns, and its last requests reached the handler 25-35 ms after they were
+        sent (docs/benchmarks.md, issue #18). asyncio's own loop takes up to its backlog per turn;
+        so does this, capped, and never past the port's connection cap: only a connection the port
+        admitted takes more, and only as many as the cap has room for; beyond that the loop's
+        one-per-turn pace (each refused with a 503 unless room was made meanwhile) is kept. A TLS
+        port (Sentinel's are plain) keeps the loop's pace too.
+        """
+        if listener.fileno() < 0 or self.config.is_ssl:  # stopped listening (shutdown), or TLS
+            return
+        room = self.limits.max_connections - len(self.connections) - len(self.attaching)
+        loop = self.loop
+        for _ in range(min(ACCEPT_BURST, room)):
+            try:
+                sock, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, say: the loop's own accept copes with it
+                log.warning("could not take a waiting %s connection: %s", self.limits.port, exc)
+                return
+            protocol = type(self)(
+                config=self.config, server_state=self.server_state, app_state=self.app_state, _loop=loop
+            )
+            protocol.queued = True
+            task = loop.create_task(_attach(loop, protocol, sock))
+            self.attaching.add(task)
+            task.add_done_callback(self.attaching.discard)
 
     def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
         self.connections.discard(self)
@@ -223,9 +279,24 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def guarded_protocol(limits: ConnectionLimits) -> type[GuardedProtocol]:
-    """A protocol class for `uvicorn.Config(http=...)` bound to one port's limits."""
-    attributes: dict[str, Any] = {"limits": limits, "clients": {}}
+async def _attach(loop: asyncio.AbstractEventLoop, protocol: GuardedProtocol, sock: socket.socket) -> None:
+    """Serve a connection `_accept_queued` took, as the loop serves those it accepts itself."""
+    try:
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as uvloop's accept does
+        await loop.connect_accepted_socket(lambda: protocol, sock)
+    except (OSError, RuntimeError) as exc:  # the client left already, or the loop is closing
+        log.debug("a waiting %s connection could not be served: %s", protocol.limits.port, exc)
+        sock.close()
+
+
+def guarded_protocol(limits: ConnectionLimits, listener: socket.socket | None = None) -> type[GuardedProtocol]:
+    """A protocol class for `uvicorn.Config(http=...)` bound to one port's limits and, where given,
+    its listening socket (from which bursts of new connections are taken at once)."""
+    if listener is not None:
+        listener.setblocking(False)  # `_accept_queued` must find the queue empty, never wait on it
+    attributes: dict[str, Any] = {"limits": limits, "clients": {}, "listener": listener, "attaching": set()}
     return type(f"GuardedProtocol[{limits.port}]", (GuardedProtocol,), attributes)
 
 
@@ -260,3 +331,27 @@ async def sweep(connections: set[Any], limits: ConnectionLimits) -> None:
                 connection.expire()
             except Exception as exc:  # one broken connection must not stop the sweeper
                 log.warning("could not close a slow %s connection: %s", limits.port, exc)
+
+
+def chunk_writer(send: Any) -> Callable[[bytes], bool] | None:
+    """A direct writer of body chunks for a started chunked response on uvicorn's httptools protocol.
+
+    It returns False, writing nothing, once the client has left or reads too slowly (the send
+    buffer is over its high-water mark): from there on the app sends through ASGI, which waits.
+    None where `send` is not uvicorn's (another server, a middleware): the app sends through ASGI.
+    """
+    cycle = getattr(send, "__self__", None)
+    if type(cycle) is not RequestResponseCycle or not cycle.response_started or cycle.response_complete:
+        return None
+    if not cycle.chunked_encoding or cycle.scope["method"] == "HEAD":
+        return None
+    transport, flow = cycle.transport, cycle.flow
+
+    def write(chunk: bytes) -> bool:
+        if cycle.disconnected or flow.write_paused or transport.is_closing():
+            return False
+        if chunk:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        return True
+
+    return write

@@ -403,10 +403,15 @@ async def run_server(
         lambda: [((reason,), float(count)) for reason, count in sentinel.proxy.upstream_retries.items()],
     )
     proxy_server = _Server(
-        uvicorn.Config(sentinel.proxy, http=guarded_protocol(proxy_limits), access_log=settings.access_log, **common)
+        uvicorn.Config(
+            sentinel.proxy, http=guarded_protocol(proxy_limits, proxy_sock), access_log=settings.access_log, **common
+        )
     )
-    admin_server = _Server(uvicorn.Config(admin_app, http=guarded_protocol(admin_limits), access_log=False, **common))
+    admin_server = _Server(
+        uvicorn.Config(admin_app, http=guarded_protocol(admin_limits, admin_sock), access_log=False, **common)
+    )
     servers.update(proxy=proxy_server, admin=admin_server)
+    sentinel.extras["servers"] = servers
 
     if sentinel.audit is not None:
         await sentinel.audit.start()

@@ -4,17 +4,23 @@ connections past it; a stalled body is cut after the body timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import select
 import socket
 import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import requests
+import uvicorn
+import uvloop
+from uvicorn.server import ServerState
 
-from sentinel.connections import BODY, ConnectionLimits, client_group, expired, guarded_protocol
+from sentinel.connections import BODY, ConnectionLimits, GuardedProtocol, client_group, expired, guarded_protocol
 from tests.conftest import Running, wait_until
 from tests.support.upstream import Script, ScriptedUpstream
 
@@ -346,3 +352,148 @@ def test_ipv6_clients_are_counted_by_their_64() -> None:
     assert client_group("2001:db8:1:2:aaaa::1") == client_group("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
     assert client_group("2001:db8:1:3::1") != client_group("2001:db8:1:2::1")
     assert client_group("192.0.2.7") == "192.0.2.7"
+
+
+@contextlib.contextmanager
+def _burst(kind: str, *, take_queued: bool, clients: int, cap: int = 1000, request: bool = True) -> Any:
+    """A port whose listen queue holds `clients` connections (each with its request sent, if
+    `request`) before its event loop runs, as when a burst arrives while the loop is busy. Runs the
+    loop until every connection was made (served or refused); yields the number of turns that took,
+    the client sockets, the open server connections and the loop."""
+    loop = LOOPS[kind]()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = ConnectionLimits("proxy", header_timeout=SAFETY, body_timeout=SAFETY, max_connections=cap)
+    made: list[GuardedProtocol] = []
+
+    class Counted(guarded_protocol(limits, listener if take_queued else None)):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            made.append(self)
+            super().connection_made(transport)
+
+    config = uvicorn.Config(app, lifespan="off", log_config=None)
+    config.load()
+    state = ServerState()
+    server = loop.run_until_complete(
+        loop.create_server(
+            lambda: Counted(config=config, server_state=state, app_state={}, _loop=loop), sock=listener, backlog=128
+        )
+    )
+    socks = [socket.create_connection(listener.getsockname(), timeout=SAFETY) for _ in range(clients)]
+    try:
+        if request:
+            for client in socks:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+        async def turns_until_made() -> int:
+            turns = 0
+            while len(made) < clients:
+                turns += 1  # each sleep(0) lets the loop run one turn: I/O, then the callbacks due
+                assert turns < 100 * clients, "the connections were never made"
+                await asyncio.sleep(0)
+            return turns
+
+        yield loop.run_until_complete(turns_until_made()), socks, state.connections, loop
+    finally:
+        for client in socks:
+            client.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+        listener.close()
+
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.mark.parametrize("kind", sorted(LOOPS))
+def test_a_burst_of_new_connections_is_taken_from_the_listen_queue_in_a_few_turns(kind: str) -> None:
+    """libuv (uvloop) accepts one connection per turn of the event loop: on a proxy whose every turn
+    is long with the work of its open streams, a burst of 64 new clients waited 64 turns to be
+    accepted (docs/benchmarks.md). The port takes the rest of its queue when it accepts one."""
+    with _burst(kind, take_queued=True, clients=64) as (turns, socks, _, loop):
+        assert turns <= 8, turns
+        answers = [loop.run_until_complete(loop.run_in_executor(None, _read_until_closed, c)) for c in socks]
+        assert all(a.startswith(b"HTTP/1.1 200 ") and a.endswith(b"ok") for a in answers), answers
+    if kind == "uvloop":  # what it replaces: one connection per turn
+        with _burst(kind, take_queued=False, clients=64) as (turns, socks, _, loop):
+            assert turns >= 64, turns
+
+
+def test_connections_taken_from_the_queue_keep_the_port_s_cap() -> None:
+    """Taking queued connections admits none past `max_connections`: each one past it is answered
+    503 and closed (the 503 is written before the connection counts as made). The port takes only
+    as many as the cap has room for: the rest wait their turn in the queue, as without the burst."""
+    with _burst("uvloop", take_queued=True, clients=40, cap=10, request=False) as (turns, socks, open_now, _loop):
+        assert turns >= 30, turns
+        refused, _, _ = select.select(socks, [], [], 0)
+        assert (len(open_now), len(refused)) == (10, 30)
+        assert all(_read_until_closed(sock).startswith(b"HTTP/1.1 503 ") for sock in refused)
+
+
+def test_connections_taken_from_the_queue_as_the_port_shuts_down_are_closed_not_served() -> None:
+    """uvicorn's graceful shutdown closes the listening socket and tells each open connection to
+    finish; a connection taken from the queue just before (its protocol not made yet) missed that
+    word. Served, it would keep the shutdown waiting (a kept-alive client: until the graceful
+    timeout). It is closed unanswered, as the listen queue's connections are when the socket closes."""
+    loop = uvloop.new_event_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    limits = ConnectionLimits("proxy", header_timeout=SAFETY, body_timeout=SAFETY, max_connections=1000)
+    made: list[GuardedProtocol] = []
+    shutdown: list[asyncio.Task[None]] = []
+    all_made = asyncio.Event()
+
+    class ShutDownAfterTheFirst(guarded_protocol(limits, listener)):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            made.append(self)
+            super().connection_made(transport)  # the first one takes the queue's connections
+            if len(made) == len(socks):
+                all_made.set()
+            if not shutdown:  # SIGTERM now: before the connections taken are made
+                shutdown.append(loop.create_task(server.shutdown(sockets=[listener])))
+
+    config = uvicorn.Config(app, http=ShutDownAfterTheFirst, lifespan="off", log_config=None)
+    config.timeout_graceful_shutdown = SAFETY
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    loop.run_until_complete(server.startup(sockets=[listener]))
+    socks = [socket.create_connection(listener.getsockname(), timeout=SAFETY) for _ in range(8)]
+    try:
+        for client in socks:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+        loop.run_until_complete(asyncio.wait_for(all_made.wait(), SAFETY))
+        queued = [c for c in made if c.queued]
+        assert len(queued) == 7 and all(c.transport.is_closing() for c in queued)
+        loop.run_until_complete(asyncio.wait_for(shutdown[0], SAFETY))
+        assert [_unanswered(c) for c in socks[1:]] == [True] * 7  # the first was open as the shutdown began
+    finally:
+        for client in socks:
+            client.close()
+        for connection in made:
+            connection.transport.abort()
+        for task in shutdown:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*shutdown, return_exceptions=True))
+        loop.close()
+        listener.close()
+
+
+def _unanswered(sock: socket.socket) -> bool:
+    """Closed without an answer: an orderly end, or a reset (closed with its request unread)."""
+    try:
+        return _read_until_closed(sock) == b""
+    except ConnectionResetError:
+        return True

@@ -17,6 +17,7 @@ from typing import Protocol as TypingProtocol
 from urllib.parse import quote
 
 from sentinel.capture.routes import classify
+from sentinel.connections import chunk_writer
 from sentinel.interaction import ErrorType, Operation, Outcome, new_interaction_id
 from sentinel.proxy.errors import error_body
 from sentinel.proxy.exchange import Exchange
@@ -365,17 +366,32 @@ class ProxyApp:
         journal = self.journal is not None
         held = b""  # strict mode: the final frame waits until the record is durable
         stopped: bytes | None = None
-        read = resp.read_some
-        while chunk := await read():
-            now = _perf()
+
+        def keep(chunk: bytes) -> None:
             ex.response_bytes += len(chunk)
             if capture:
                 if ex.captured_bytes < cap:
                     chunks.append(chunk)
-                    times.append(now)
+                    times.append(_perf())
                     ex.captured_bytes += len(chunk)
                 else:
                     ex.truncated = True
+
+        if not filters and not journal and (write := chunk_writer(send)) is not None:
+            # Nothing to look at before a chunk goes on: each is written to the client from the
+            # upstream's read callback, without a task switch per chunk (12% less CPU per streamed
+            # call, docs/benchmarks.md). A client that reads slowly, or leaves, ends the relay; the
+            # loop below then sends the rest through ASGI, which waits for the client.
+            def take(chunk: bytes) -> bool:
+                if not write(chunk):
+                    return False
+                keep(chunk)
+                return True
+
+            await resp.relay(take)
+        read = resp.read_some
+        while chunk := await read():
+            keep(chunk)
             if filters:
                 try:
                     chunk = _feed(filters, chunk)

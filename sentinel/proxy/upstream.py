@@ -38,6 +38,9 @@ Contract, as the proxy relies on it:
   to its first byte (docs/benchmarks.md, issue #18). A failed background connect ends that round
   of warming; nothing retries it in a loop.
 - A HEAD answer ends with its head; its connection is reused like any other.
+- `UpstreamResponse.relay` hands the body to a callback from the connection's read callback, until
+  the callback refuses a chunk (kept for `read_some`) or the body ends: a streamed answer costs no
+  task switch per chunk.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ class _Connection(asyncio.Protocol):
         """Part of the request still waits to be written (the kernel did not take it all yet)."""
         self.reset = False
         """The server reset the connection (or refused what was written): it did not read all of it."""
+        self.relay: Callable[[bytes], bool] | None = None
+        """While set, body bytes go to it straight from the read callback (`UpstreamResponse.relay`)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -218,6 +223,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        relay = self.relay
+        if relay is not None:
+            if relay(body):
+                return
+            self.relay = None  # not taken (the client reads slowly, or left): buffered, and the reader woken
         self.buffer.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self._read_paused and self.transport is not None:
@@ -353,6 +363,28 @@ class UpstreamResponse:
                 raise conn.error
             waiter = conn._waiter = conn.loop.create_future()  # conn.wait(), inlined: once per chunk
             await waiter
+
+    async def relay(self, take: Callable[[bytes], bool]) -> None:
+        """Hand the body to `take` as it arrives, from the connection's read callback.
+
+        No task switch per chunk: `take` runs inside the network read, so it must be quick and must
+        not raise. It returns False for bytes it did not take; those stay buffered and relaying
+        stops. Returns when the body has ended or failed, or relaying stopped; `read_some` reads
+        what is left and reports how it ended.
+        """
+        conn = self._conn
+        assert conn is not None, "response already released"
+        if conn.buffer:
+            if not take(b"".join(conn.buffer)):
+                return
+            conn.take()  # taken: drop it (and read again, if reading had paused)
+        conn.relay = take
+        try:
+            while conn.relay is not None and not conn.complete and conn.error is None and not conn.closed:
+                waiter = conn._waiter = conn.loop.create_future()
+                await waiter
+        finally:
+            conn.relay = None
 
     async def read(self) -> bytes:
         """The whole body."""

@@ -3,13 +3,16 @@ upstream on a real socket: the bytes the client gets are the upstream's, and the
 
 from __future__ import annotations
 
+import json
+import socket
+
 import ollama
 import openai
 import pytest
 import requests
 
 from sentinel.interaction import Operation, Outcome, Protocol
-from tests.conftest import Running
+from tests.conftest import Running, wait_until
 from tests.support.frames import (
     JSON_HEADERS,
     NDJSON_HEADERS,
@@ -253,3 +256,47 @@ def test_many_small_chunks_and_one_big_one(upstream: ScriptedUpstream, proxy: Ru
     ) as response:
         assert b"".join(response.iter_content(chunk_size=None)) == script.body
     assert proxy.record().response_text == "".join(answer)
+
+
+def test_a_client_that_reads_slowly_gets_every_byte_in_order(upstream: ScriptedUpstream, proxy: Running) -> None:
+    """Chunks go to the client straight from the upstream's read callback until the client's send
+    buffer is full; then the proxy waits for the client through ASGI. The client here reads nothing
+    until Sentinel has had to wait for it, then reads everything: the bytes are the upstream's."""
+    frames = [
+        b"data: " + json.dumps({"choices": [{"delta": {"content": f"w{i:05d} " + "x" * 900}}]}).encode() + b"\n\n"
+        for i in range(3000)
+    ] + [b"data: [DONE]\n\n"]
+    script = upstream.script("/v1/chat/completions", Script(headers=SSE_HEADERS, chunks=frames))
+    body = json.dumps({"model": "m", "stream": True, "messages": []}).encode()
+    host, port = proxy.url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(30)
+        sock.connect((host, int(port)))
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: s\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        servers = proxy.sentinel.extras["servers"]
+        wait_until(lambda: any(c.flow.write_paused for c in list(servers["proxy"].server_state.connections)))
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, chunked = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert _dechunk(chunked) == script.body
+    record = proxy.record()
+    assert record.response_bytes == len(script.body)
+    assert record.response_text == "".join(f"w{i:05d} " + "x" * 900 for i in range(3000))
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = []
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[:size])
+        assert data[size : size + 2] == b"\r\n"
+        data = data[size + 2 :]

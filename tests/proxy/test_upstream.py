@@ -610,6 +610,65 @@ async def test_a_large_body_reaches_a_slow_reader_intact() -> None:
         await pool.close()
 
 
+async def test_a_relay_hands_over_chunks_until_it_refuses_one_and_read_some_gets_the_rest_in_order() -> None:
+    """`relay` calls its callback from the network read; the chunk it refuses, and all after it,
+    stay for `read_some`: nothing is lost, repeated or reordered, and the connection is reused."""
+    sent_first = asyncio.Event()
+    taken_first = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\naaa\r\n")
+        await writer.drain()
+        sent_first.set()
+        await taken_first.wait()  # the next chunks come in a later network read
+        writer.write(b"3\r\nbbb\r\n3\r\nccc\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(answer) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        response = await pool.send(b"GET", b"/", [], b"")
+        taken: list[bytes] = []
+
+        def take(chunk: bytes) -> bool:
+            if taken:
+                return False  # a client that cannot take more
+            taken.append(chunk)
+            taken_first.set()
+            return True
+
+        await sent_first.wait()
+        await asyncio.wait_for(response.relay(take), 30)
+        assert taken == [b"aaa"]
+        assert await response.read() == b"bbbccc"
+        response.release()
+        assert pool.stats()["idle"] == 1
+        await pool.close()
+
+
+async def test_a_relay_takes_a_whole_body_and_returns_at_its_end() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
+        await server.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(50):
+            writer.write(b"2\r\n%02d\r\n" % i)
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    async with raw_server(answer) as server:
+        pool = UpstreamPool(f"http://127.0.0.1:{server.port}")
+        response = await pool.send(b"GET", b"/", [], b"")
+        taken: list[bytes] = []
+        await asyncio.wait_for(response.relay(lambda chunk: taken.append(chunk) is None), 30)
+        assert b"".join(taken) == b"".join(b"%02d" % i for i in range(50))
+        assert await response.read_some() == b""
+        response.release()
+        assert pool.stats()["idle"] == 1
+        await pool.close()
+
+
 async def test_failures_are_told_apart() -> None:
     async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int) -> None:
         await server.request(reader)
