@@ -4,7 +4,8 @@ Recording, audit sealing and the JSON-lines sink run on the proxy's event loop: 
 arrives while they work waits for the current slice, so a slice is short (`SLICE_SECONDS`, about
 one streamed exchange's recording). When a batch has already taken `PATIENCE_SECONDS`, the loop is
 saturated and every yield waits a long turn; slices then grow to `CATCH_UP_SECONDS`, so the work
-keeps up instead of falling behind until records are dropped.
+keeps up instead of falling behind until records are dropped. `Foreground` lets work that can
+wait (recording) step aside while new requests are on their way to their first byte.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ R = TypeVar("R")
 SLICE_SECONDS = 0.00015
 CATCH_UP_SECONDS = 0.005
 PATIENCE_SECONDS = 0.01
+FOREGROUND_PATIENCE_SECONDS = 0.002
+"""The longest a slice waits for requests on their way to their first byte: while they keep coming
+(a steady load is never quiet), recording still gets a slice every 2 ms, and the recorder's
+backlog bound (catch-up slices) takes over if that is not enough."""
 
 
 class Slices:
@@ -50,3 +55,57 @@ async def map_in_slices(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         if slices.due():
             await slices.pause()
     return out
+
+
+class Foreground:
+    """Requests on their way to their first byte, which work that can wait lets go first.
+
+    The proxy counts a request from its arrival until its response starts (or it ends); the
+    recorder awaits `quiet()` before a slice and goes on when none is on its way, or after
+    `patience` seconds, so it is never starved. When 64 streams end and 64 new requests arrive at
+    once, the new requests are answered before the ended ones are recorded, instead of each waiting
+    behind a recording slice (docs/benchmarks.md).
+
+        foreground = Foreground()
+        foreground.begin()        # a request arrived
+        ...
+        foreground.end()          # its response started: waiters go on once none is left
+        await foreground.quiet()  # in the recorder, before a slice
+    """
+
+    __slots__ = ("_waiters", "starting")
+
+    def __init__(self) -> None:
+        self.starting = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def begin(self) -> None:
+        self.starting += 1
+
+    def end(self) -> None:
+        self.starting -= 1
+        if not self.starting and self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def quiet(self, patience: float = FOREGROUND_PATIENCE_SECONDS) -> None:
+        """Return once no request is on its way to its first byte, or after `patience` seconds."""
+        if not self.starting:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(patience, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -2,7 +2,8 @@
 
 It takes each finished `Exchange`, builds the `Interaction`, observes the metrics, emits the spans
 and offers the record to every sink. All of it runs on a task of its own, in small slices, so the
-request path only ever pays for one O(1) `submit`.
+request path only ever pays for one O(1) `submit`; and while new requests are on their way to their
+first byte (`Foreground`), slices wait for them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter
 
 from sentinel.capture.build import build_interaction
-from sentinel.cooperative import CATCH_UP_SECONDS, SLICE_SECONDS
+from sentinel.cooperative import CATCH_UP_SECONDS, FOREGROUND_PATIENCE_SECONDS, SLICE_SECONDS, Foreground
 from sentinel.proxy.exchange import Exchange
 from sentinel.sinks import Mailbox, SinkRunner
 from sentinel.telemetry.metrics import ProxyMetrics, ReadAtScrape
@@ -47,8 +48,12 @@ class Recorder:
         instance: str = "",
         provider: str = "auto",
         upstream_url: str = "",
+        foreground: Foreground | None = None,
+        patience: float = FOREGROUND_PATIENCE_SECONDS,
     ) -> None:
         self.metrics = metrics
+        self.foreground = foreground
+        self.patience = patience
         self.sinks = list(sinks)
         self.spans = spans
         self.instance = instance
@@ -114,6 +119,11 @@ class Recorder:
                 return
             if not mailbox and not mailbox.closed:
                 await asyncio.sleep(_DEFER_SECONDS)
+            if self.foreground is not None and len(mailbox) < _BACKLOG and not mailbox.closed:
+                # Requests on their way to their first byte go first: a burst of them is answered
+                # before the exchanges that just ended are recorded, and while they keep coming a
+                # slice still runs every `patience` seconds (docs/benchmarks.md).
+                await self.foreground.quiet(self.patience)
             deadline = _perf() + (SLICE_SECONDS if len(mailbox) < _BACKLOG else CATCH_UP_SECONDS)
             self.record(batch[0])
             while mailbox and _perf() < deadline:

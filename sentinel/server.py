@@ -35,6 +35,7 @@ from sentinel.backup.metrics import BackupCollector
 from sentinel.backup.state import RunLog
 from sentinel.config import ConfigError, Settings
 from sentinel.connections import ConnectionLimits, closed_counter, guarded_protocol, sweep
+from sentinel.cooperative import Foreground
 from sentinel.gpu.monitor import GpuMonitor
 from sentinel.policy.changes import PolicyHistory, log_change
 from sentinel.policy.hook import PolicyHook
@@ -150,6 +151,7 @@ def build(
         for sink in all_sinks
     ]
     spans = SpanEmitter.from_settings(settings.tracing, registry, span_processor)
+    foreground = Foreground()
     recorder = Recorder(
         registry,
         metrics,
@@ -159,6 +161,7 @@ def build(
         instance=instance,
         provider=settings.upstream.provider,
         upstream_url=settings.upstream.url,
+        foreground=foreground,
     )
     recorder.register_gauges(gauges)
     # Backups run in their own processes; their outcomes are read from the run log at scrape time.
@@ -202,6 +205,7 @@ def build(
     proxy = ProxyApp(
         settings.upstream.url,
         recorder,
+        foreground=foreground,
         traces=TraceStarter(settings.tracing.sample_ratio),
         upstream_api_key=api_key,
         timeouts=UpstreamTimeouts(up.connect_timeout, up.read_timeout, up.pool_timeout),

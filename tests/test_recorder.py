@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from sentinel import recorder as recorder_module
+from sentinel.cooperative import Foreground
 from sentinel.proxy.exchange import Exchange
 from sentinel.recorder import Recorder
 from sentinel.telemetry.metrics import ModelLabels, ProxyMetrics
@@ -80,3 +81,60 @@ async def test_a_request_arriving_just_after_an_exchange_ends_goes_first(monkeyp
     await asyncio.sleep(0)  # one turn of the loop: the recorder's, before this task's
     assert order.count("recorded") == 4  # a queue is not deferred: it is recorded straight away
     await recorder.stop(grace=30)
+
+
+async def test_recording_waits_for_requests_on_their_way_to_their_first_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 streams end and 64 new requests arrive at once: the new ones are answered first."""
+    monkeypatch.setattr(recorder_module, "_DEFER_SECONDS", 0)
+    registry = CollectorRegistry()
+    foreground = Foreground()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)), foreground=foreground, patience=3600)
+    recorded: list[object] = []
+    all_recorded = asyncio.Event()
+
+    def record(exchange: Exchange) -> None:
+        recorded.append(exchange)
+        if len(recorded) == 3:
+            all_recorded.set()
+
+    monkeypatch.setattr(recorder, "record", record)
+    await recorder.start()
+    foreground.begin()  # a request on its way to its first byte
+    ended = [object() for _ in range(3)]
+    for exchange in ended:
+        recorder.submit(exchange)  # type: ignore[arg-type]
+    for _ in range(1000):  # until the recorder has taken the first and waits (or, wrongly, recorded it)
+        if foreground._waiters or recorded:
+            break
+        await asyncio.sleep(0)
+    assert recorded == [] and foreground._waiters
+    foreground.end()  # its response started
+    await asyncio.wait_for(all_recorded.wait(), 30)
+    assert recorded == ended
+    await recorder.stop(grace=30)
+
+
+async def test_requests_that_never_stop_coming_do_not_starve_recording(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller holding a request on its way forever (an upstream that never answers it, while new
+    ones keep arriving) gets a slice recorded every `patience`, and a backlog recorded straight away."""
+    monkeypatch.setattr(recorder_module, "_DEFER_SECONDS", 0)
+    registry = CollectorRegistry()
+    foreground = Foreground()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)), foreground=foreground, patience=0.001)
+    recorded = 0
+    done = asyncio.Event()
+
+    def record(exchange: Exchange) -> None:
+        nonlocal recorded
+        recorded += 1
+        if recorded == 600:
+            done.set()
+
+    monkeypatch.setattr(recorder, "record", record)
+    foreground.begin()  # never ends
+    for _ in range(600):  # more than the backlog bound, too
+        recorder.submit(object())  # type: ignore[arg-type]
+    await recorder.start()
+    await asyncio.wait_for(done.wait(), 60)
+    await recorder.stop(grace=30)
+    assert recorded == 600 and foreground.starting == 1

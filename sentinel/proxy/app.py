@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 from sentinel.capture.routes import classify
 from sentinel.connections import chunk_writer
+from sentinel.cooperative import Foreground
 from sentinel.interaction import ErrorType, Operation, Outcome, new_interaction_id
 from sentinel.proxy.errors import error_body
 from sentinel.proxy.exchange import Exchange
@@ -82,7 +83,9 @@ class ProxyApp:
         in_flight: Any = None,
         request_hooks: Sequence[RequestHook] = (),
         journal: Journal | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
+        self.foreground = foreground
         self.upstream_url = upstream_url.rstrip("/")
         self.recorder = recorder
         self.traces = traces or TraceStarter()
@@ -188,13 +191,23 @@ class ProxyApp:
         in_flight = self._in_flight
         if in_flight is not None:
             in_flight.inc()
+        if self.foreground is not None:
+            self.foreground.begin()
+            ex.starting = True
         try:
             await self._exchange(ex, scope, headers, content_length, receive, send)
         finally:
+            self._started(ex)
             if in_flight is not None:
                 in_flight.dec()
             ex.t_end = _perf()
             self.recorder.submit(ex)
+
+    def _started(self, ex: Exchange) -> None:
+        """The response has started (or the exchange ended): recording need no longer wait for it."""
+        if ex.starting and self.foreground is not None:
+            ex.starting = False
+            self.foreground.end()
 
     async def _exchange(
         self,
@@ -355,6 +368,7 @@ class ProxyApp:
         if filters:
             out_headers = [(name, value) for name, value in out_headers if name != b"content-length"]
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
+        self._started(ex)
         await self._stream_body(ex, resp, send, filters)
 
     async def _stream_body(

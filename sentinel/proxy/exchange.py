@@ -54,6 +54,8 @@ class Exchange:
     client_disconnected: bool = False
     completed: bool = False
     """Set just before the last byte goes to the client; after it a disconnect is not an abort."""
+    starting: bool = False
+    """Counted in the proxy's `Foreground` (on its way to its first byte) until its response starts."""
     annotations: dict[str, Any] = field(default_factory=dict)
     journaled: bool = False
     """Strict mode: the completed record has been handed to the journal."""

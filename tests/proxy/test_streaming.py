@@ -300,3 +300,36 @@ def _dechunk(data: bytes) -> bytes:
         out.append(data[:size])
         assert data[size : size + 2] == b"\r\n"
         data = data[size + 2 :]
+
+
+def test_a_request_is_on_its_way_until_its_response_starts(upstream: ScriptedUpstream, proxy: Running) -> None:
+    """What the recorder steps aside for (`Foreground`): a request counts from its arrival until its
+    response starts, not while its stream runs on, and a failed one stops counting too."""
+    foreground = proxy.sentinel.proxy.foreground
+    assert foreground is not None and proxy.sentinel.recorder.foreground is foreground
+    while_upstream_answers: list[int] = []
+    frames = vllm_chat_stream(REASONING, ANSWER)
+    script = upstream.script(
+        "/v1/chat/completions",
+        Script(
+            headers=SSE_HEADERS,
+            chunks=frames,
+            pause_at=1,
+            before=lambda _: while_upstream_answers.append(foreground.starting),
+        ),
+    )
+    upstream.script("/v1/embeddings", Script(drop_before_head=True))
+    with requests.post(
+        proxy.url + "/v1/chat/completions", json={"model": "m", "stream": True, "messages": []}, stream=True, timeout=30
+    ) as response:
+        chunks = response.iter_content(chunk_size=None)
+        received = next(chunks)  # the first frame: the stream is open, held by the upstream
+        assert while_upstream_answers == [1]
+        wait_until(lambda: foreground.starting == 0)
+        script.gate.open()
+        received += b"".join(chunks)
+    assert received == script.body
+    failed = requests.post(proxy.url + "/v1/embeddings", json={"model": "m", "input": "x"}, timeout=30)
+    assert failed.status_code == 502
+    proxy.records(2)
+    assert foreground.starting == 0 and not foreground._waiters
