@@ -4,6 +4,9 @@ but never longer than its patience."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+
+import pytest
 
 from sentinel.cooperative import Foreground
 
@@ -59,3 +62,29 @@ async def test_a_cancelled_waiter_leaves_nothing_behind() -> None:
     assert waiting.cancelled() and not foreground._waiters
     foreground.end()  # nothing left to wake, and no error
     assert foreground.starting == 0
+
+
+async def test_a_waiter_cancels_its_timer_however_it_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Released by `end()` or cancelled: no patience timer is left on the loop."""
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = []
+    call_later = loop.call_later
+
+    def noted(delay: float, callback: Callable[..., object], *args: object) -> asyncio.TimerHandle:
+        timers.append(call_later(delay, callback, *args))
+        return timers[-1]
+
+    monkeypatch.setattr(loop, "call_later", noted)
+    foreground = Foreground()
+    foreground.begin()
+    released = asyncio.create_task(foreground.quiet(HOUR))
+    await parked(foreground, released)
+    foreground.end()
+    await released  # already let go: no `wait_for`, whose own timer would be noted too
+    foreground.begin()
+    cancelled = asyncio.create_task(foreground.quiet(HOUR))
+    await parked(foreground, cancelled)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert len(timers) == 2 and all(timer.cancelled() for timer in timers)
+    assert not foreground._waiters

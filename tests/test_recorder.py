@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -138,3 +139,51 @@ async def test_requests_that_never_stop_coming_do_not_starve_recording(monkeypat
     await asyncio.wait_for(done.wait(), 60)
     await recorder.stop(grace=30)
     assert recorded == 600 and foreground.starting == 1
+
+
+class LoggedForeground(Foreground):
+    """Notes the recorder's queue depth each time it steps aside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth: Callable[[], int] = lambda: 0
+        self.waited_at: list[int] = []
+
+    async def quiet(self, patience: float = 0.002) -> None:
+        self.waited_at.append(self.depth())
+        await super().quiet(patience)
+
+
+def held_recorder(monkeypatch: pytest.MonkeyPatch) -> tuple[Recorder, LoggedForeground, list[object]]:
+    """A recorder behind a request that never starts and a patience no test waits out: it records only
+    when it does not wait at all."""
+    monkeypatch.setattr(recorder_module, "_DEFER_SECONDS", 0)
+    registry = CollectorRegistry()
+    foreground = LoggedForeground()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)), foreground=foreground, patience=3600)
+    foreground.depth = lambda: len(recorder.mailbox)
+    recorded: list[object] = []
+    monkeypatch.setattr(recorder, "record", recorded.append)
+    foreground.begin()  # never ends
+    return recorder, foreground, recorded
+
+
+async def test_a_backlog_is_recorded_without_waiting_for_the_foreground(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 256 waiting exchanges recording must keep up: it does not step aside, however busy the
+    foreground."""
+    recorder, foreground, recorded = held_recorder(monkeypatch)
+    waited_at = foreground.waited_at
+    exchanges = [object() for _ in range(recorder_module._BACKLOG + 44)]
+    for exchange in exchanges:
+        recorder.submit(exchange)  # type: ignore[arg-type]
+    await recorder.start()
+    for _ in range(10_000):  # until all are recorded, or it waits
+        if len(recorded) == len(exchanges) or waited_at:
+            break
+        await asyncio.sleep(0)
+    assert waited_at == [] or max(waited_at) < recorder_module._BACKLOG, waited_at
+    assert len(recorded) >= len(exchanges) - recorder_module._BACKLOG
+    foreground.end()
+    await recorder.stop(grace=30)
+    assert recorded == exchanges
+
