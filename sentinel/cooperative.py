@@ -85,10 +85,14 @@ class Foreground:
     def end(self) -> None:
         self.starting -= 1
         if not self.starting and self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self.release()
+
+    def release(self) -> None:
+        """Let every waiter go on now, whoever is still on the way (the recorder is stopping)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def quiet(self, patience: float = FOREGROUND_PATIENCE_SECONDS) -> None:
         """Return once no request is on its way to its first byte, or after `patience` seconds."""

@@ -99,6 +99,8 @@ class Recorder:
     async def stop(self, grace: float = 10.0) -> None:
         """Record what is queued, then drain and stop the sinks."""
         self.mailbox.close()
+        if self.foreground is not None:
+            self.foreground.release()  # a recorder stepping aside goes on; once closed it never waits
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, grace)

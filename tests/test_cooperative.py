@@ -88,3 +88,16 @@ async def test_a_waiter_cancels_its_timer_however_it_goes_on(monkeypatch: pytest
     await asyncio.gather(cancelled, return_exceptions=True)
     assert len(timers) == 2 and all(timer.cancelled() for timer in timers)
     assert not foreground._waiters
+
+
+async def test_release_lets_waiters_go_on_while_requests_are_still_starting() -> None:
+    """For shutdown: the count is left alone, the next `end()` has nothing to wake."""
+    foreground = Foreground()
+    foreground.begin()
+    waiting = asyncio.create_task(foreground.quiet(HOUR))
+    await parked(foreground, waiting)
+    foreground.release()
+    await asyncio.wait_for(waiting, 30)
+    assert foreground.starting == 1 and not foreground._waiters
+    foreground.end()
+    assert foreground.starting == 0

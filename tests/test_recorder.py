@@ -187,3 +187,19 @@ async def test_a_backlog_is_recorded_without_waiting_for_the_foreground(monkeypa
     await recorder.stop(grace=30)
     assert recorded == exchanges
 
+
+async def test_stopping_lets_a_waiting_recorder_go_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown while the recorder steps aside: what is queued is recorded within the grace, whatever
+    the patience, and once closed it does not step aside again."""
+    recorder, foreground, recorded = held_recorder(monkeypatch)
+    waited_at = foreground.waited_at
+    exchanges = [object() for _ in range(3)]
+    for exchange in exchanges:
+        recorder.submit(exchange)  # type: ignore[arg-type]
+    await recorder.start()
+    while not foreground._waiters:
+        assert not recorded
+        await asyncio.sleep(0)
+    await asyncio.wait_for(recorder.stop(grace=30), 60)
+    assert recorded == exchanges and waited_at == [2]
+    assert foreground.starting == 1 and not foreground._waiters
