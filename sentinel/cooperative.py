@@ -62,9 +62,10 @@ class Foreground:
 
     The proxy counts a request from its arrival until its response starts (or it ends); the
     recorder awaits `quiet()` before a slice and goes on when none is on its way, or after
-    `patience` seconds, so it is never starved. When 64 streams end and 64 new requests arrive at
-    once, the new requests are answered before the ended ones are recorded, instead of each waiting
-    behind a recording slice (docs/benchmarks.md).
+    `patience` seconds, so it is never starved (and stops asking while its waits keep running out:
+    `Recorder._step_aside`). When 64 streams end and 64 new requests arrive at once, the new
+    requests are answered before the ended ones are recorded, instead of each waiting behind a
+    recording slice (docs/benchmarks.md).
 
         foreground = Foreground()
         foreground.begin()        # a request arrived
@@ -94,10 +95,11 @@ class Foreground:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def quiet(self, patience: float = FOREGROUND_PATIENCE_SECONDS) -> None:
-        """Return once no request is on its way to its first byte, or after `patience` seconds."""
+    async def quiet(self, patience: float = FOREGROUND_PATIENCE_SECONDS) -> bool:
+        """Return once no request is on its way to its first byte (True), or after `patience`
+        seconds with some still on their way (False)."""
         if not self.starting:
-            return
+            return True
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
@@ -108,6 +110,7 @@ class Foreground:
             timer.cancel()
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+        return not self.starting
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

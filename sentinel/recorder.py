@@ -35,6 +35,9 @@ _DEFER_SECONDS = 0.001
 next request the moment a response ends, and that request should not queue behind the recording
 of the last one (at concurrency 1 it did, for ~0.6 ms: docs/benchmarks.md)."""
 
+_STEP_ASIDE_RETRY_SECONDS = 0.1
+"""How often a recorder that stopped stepping aside (its waits kept running out) tries again."""
+
 
 class Recorder:
     def __init__(
@@ -54,6 +57,9 @@ class Recorder:
         self.metrics = metrics
         self.foreground = foreground
         self.patience = patience
+        self.gave_up = 0.0
+        """Moving share of recent waits for the foreground that ran out of patience."""
+        self._retry_at = 0.0
         self.sinks = list(sinks)
         self.spans = spans
         self.instance = instance
@@ -122,10 +128,7 @@ class Recorder:
             if not mailbox and not mailbox.closed:
                 await asyncio.sleep(_DEFER_SECONDS)
             if self.foreground is not None and len(mailbox) < _BACKLOG and not mailbox.closed:
-                # Requests on their way to their first byte go first: a burst of them is answered
-                # before the exchanges that just ended are recorded, and while they keep coming a
-                # slice still runs every `patience` seconds (docs/benchmarks.md).
-                await self.foreground.quiet(self.patience)
+                await self._step_aside(self.foreground)
             deadline = _perf() + (SLICE_SECONDS if len(mailbox) < _BACKLOG else CATCH_UP_SECONDS)
             self.record(batch[0])
             while mailbox and _perf() < deadline:
@@ -133,6 +136,25 @@ class Recorder:
             if self.spans is not None:
                 self.spans.after_slice()
             await asyncio.sleep(0)
+
+    async def _step_aside(self, foreground: Foreground) -> None:
+        """Let requests on their way to their first byte go first, while that pays.
+
+        It pays when they start within `patience`, as a fast model server's do: a burst of new
+        requests is then answered before the exchanges that just ended are recorded. It does not
+        when they keep coming or a model server takes longer than that to answer: every wait would
+        run out and only slow recording down. So once most recent waits ran out (`gave_up`, a moving
+        share of the last eight or so), the recorder stops stepping aside, and tries again once
+        every `_STEP_ASIDE_RETRY_SECONDS` (docs/benchmarks.md).
+        """
+        if not foreground.starting:
+            return
+        if self.gave_up >= 0.5 and _perf() < self._retry_at:
+            return
+        went_quiet = await foreground.quiet(self.patience)
+        self.gave_up += ((0.0 if went_quiet else 1.0) - self.gave_up) / 8
+        if self.gave_up >= 0.5:
+            self._retry_at = _perf() + _STEP_ASIDE_RETRY_SECONDS
 
     def record(self, exchange: Exchange) -> None:
         try:

@@ -112,6 +112,7 @@ async def test_recording_waits_for_requests_on_their_way_to_their_first_byte(mon
     foreground.end()  # its response started
     await asyncio.wait_for(all_recorded.wait(), 30)
     assert recorded == ended
+    assert recorder.gave_up == 0  # the wait paid: it ended when the request started
     await recorder.stop(grace=30)
 
 
@@ -203,3 +204,43 @@ async def test_stopping_lets_a_waiting_recorder_go_on(monkeypatch: pytest.Monkey
     await asyncio.wait_for(recorder.stop(grace=30), 60)
     assert recorded == exchanges and waited_at == [2]
     assert foreground.starting == 1 and not foreground._waiters
+
+
+async def test_recording_stops_stepping_aside_when_its_waits_keep_running_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model server that takes longer than the patience to answer (or a load that is never quiet):
+    every wait would run out and only slow recording down. After a few, the recorder stops waiting,
+    and tries again once every `_STEP_ASIDE_RETRY_SECONDS`."""
+    now = 0.0
+    monkeypatch.setattr(recorder_module, "_perf", lambda: now)  # slices never run out; the retry clock is ours
+    monkeypatch.setattr(recorder_module, "_DEFER_SECONDS", 0)
+    registry = CollectorRegistry()
+    waits: list[bool] = []
+
+    class Watched(Foreground):
+        async def quiet(self, patience: float = 0.002) -> bool:
+            went_quiet = await super().quiet(patience)
+            waits.append(went_quiet)
+            return went_quiet
+
+    foreground = Watched()
+    recorder = Recorder(registry, ProxyMetrics(registry, ModelLabels([], 20)), foreground=foreground, patience=0.001)
+    recorded = asyncio.Queue[object]()
+    monkeypatch.setattr(recorder, "record", recorded.put_nowait)
+    await recorder.start()
+    foreground.begin()  # on its way for the whole test
+
+    async def record_one() -> None:  # one exchange, one slice
+        exchange = object()
+        recorder.submit(exchange)  # type: ignore[arg-type]
+        assert await asyncio.wait_for(recorded.get(), 30) is exchange
+
+    for _ in range(20):
+        await record_one()
+    assert waits == [False] * 6  # a moving share over about eight waits: past one half after six
+    assert recorder.gave_up >= 0.5
+    now += recorder_module._STEP_ASIDE_RETRY_SECONDS
+    for _ in range(5):
+        await record_one()
+    assert waits == [False] * 7  # one try, which ran out too
+    foreground.end()
+    await recorder.stop(grace=30)
