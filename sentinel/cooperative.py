@@ -22,9 +22,10 @@ SLICE_SECONDS = 0.00015
 CATCH_UP_SECONDS = 0.005
 PATIENCE_SECONDS = 0.01
 FOREGROUND_PATIENCE_SECONDS = 0.002
-"""The longest a slice waits for requests on their way to their first byte: while they keep coming
-(a steady load is never quiet), recording still gets a slice every 2 ms, and the recorder's
-backlog bound (catch-up slices) takes over if that is not enough."""
+"""The longest a slice waits for requests on their way to their first byte. Recording is never
+starved: a recorder whose waits keep running out (a steady load is never quiet; a model server may
+take longer than this to answer) stops waiting (`Recorder._step_aside`), and it never waits with a
+backlog (catch-up slices)."""
 
 
 class Slices:
