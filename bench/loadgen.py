@@ -1,7 +1,8 @@
 """Closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending its next request as soon as
 the previous response ends. Records, per request, time to first body byte and time to the last byte.
 The N connections open together, so each one's first request is part of a cold burst (new
-connections, and for a proxy new upstream connections); `ttfb_*_warm_ms` leave those out.
+connections, and for a proxy new upstream connections); `ttfb_*_warm_ms` leave those out and
+`ttfb_*_cold_ms` are those alone.
 
 It is a raw asyncio protocol on uvloop with the httptools parser so that it stays cheap enough to
 drive the proxy from one core; run it pinned to a different core than the system under test.
@@ -29,6 +30,8 @@ class Result:
     first_bytes: list[float] = field(default_factory=list)
     first_bytes_warm: list[float] = field(default_factory=list)
     """Time to first byte of requests that were not the first on their connection."""
+    first_bytes_cold: list[float] = field(default_factory=list)
+    """Time to first byte of each connection's first request (the cold burst)."""
     chunks: int = 0
     errors: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
@@ -82,9 +85,9 @@ class Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         self.result.statuses[status] = self.result.statuses.get(status, 0) + 1
         self.result.latencies.append(now - self.sent)
-        self.result.first_bytes.append((self.first or now) - self.sent)
-        if self.warm:
-            self.result.first_bytes_warm.append((self.first or now) - self.sent)
+        first_byte = (self.first or now) - self.sent
+        self.result.first_bytes.append(first_byte)
+        (self.result.first_bytes_warm if self.warm else self.result.first_bytes_cold).append(first_byte)
         self.warm = True
         if now < self.deadline:
             self.send()
@@ -136,6 +139,8 @@ def summary(result: Result) -> dict[str, float]:
         "ttfb_p99_ms": percentile(result.first_bytes, 99) * ms,
         "ttfb_p50_warm_ms": percentile(result.first_bytes_warm, 50) * ms,
         "ttfb_p99_warm_ms": percentile(result.first_bytes_warm, 99) * ms,
+        "ttfb_p50_cold_ms": percentile(result.first_bytes_cold, 50) * ms,
+        "ttfb_max_cold_ms": max(result.first_bytes_cold, default=0.0) * ms,
         "errors": result.errors,
         "non_2xx": sum(n for status, n in result.statuses.items() if not 200 <= status < 300),
         "body_events": result.chunks,
