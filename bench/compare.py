@@ -153,8 +153,8 @@ def line(run: dict[str, float], stream: bool) -> str:
     text = (
         f"{run['rps']:7.0f}/s  p50/p99 {run['p50_ms']:7.2f}/{run['p99_ms']:7.2f} ms  "
         f"ttfb p50/p99 {run['ttfb_p50_ms']:5.2f}/{run['ttfb_p99_ms']:6.2f} ms "
-        f"(warm p99 {run['ttfb_p99_warm_ms']:5.2f}, cold p50/max {run.get('ttfb_p50_cold_ms', 0):5.2f}/"
-        f"{run.get('ttfb_max_cold_ms', 0):5.2f})  "
+        f"(warm p99 {run['ttfb_p99_warm_ms']:5.2f}, cold p50/max {run['ttfb_p50_cold_ms']:5.2f}/"
+        f"{run['ttfb_max_cold_ms']:5.2f})  "
         f"cpu {run['cpu_us']:5.0f} us/req (kernel {run['sys_us']:4.0f})  upstream {run['upstream_cpu_us']:4.0f}"
     )
     if stream:
