@@ -1,0 +1,179 @@
+"""The cold burst alone: bursts of N new connections, each sending one request as it connects.
+
+The stream bench's overall first-byte p99 is set by each round's first requests (docs/benchmarks.md,
+"The cold burst, taken apart"). This repeats only that part, directly to the mock model server and
+via Sentinel in interleaved bursts, in issue #2's layout (Sentinel and the mock on CPU 0, this load
+generator and a null OTLP receiver on CPU 1), and reports the time to first byte by the order in
+which the requests were sent: which of them wait, and for how long.
+
+    python bench/cold_burst.py --bursts 30                  # streamed answers, 64 per burst
+    python bench/cold_burst.py --bursts 30 --no-stream --env SENTINEL_AUDIT_MODE=off
+
+Connections open one after another as `bench/loadgen.py` opens them (each sends its request as soon
+as it is connected) and close after their answer; bursts are `--gap` seconds apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httptools
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from proxy import PY, free_port, pinned, settle, wait_http  # noqa: E402
+
+
+class _Request(asyncio.Protocol):
+    def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
+        self.request, self.done = request, done
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sent = self.first = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.sent = time.perf_counter()
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._end(exc)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.first:
+            self.first = time.perf_counter()
+
+    def on_message_complete(self) -> None:
+        self.first = self.first or time.perf_counter()
+        self._end(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc or ConnectionError("closed before the answer ended"))
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if not self.done.done():
+            self.done.set_exception(exc) if exc else self.done.set_result(None)
+
+
+async def burst(url: str, connections: int, body: bytes) -> tuple[list[float], float]:
+    """One burst: each request's time to first byte (ms, in sending order) and the span from the
+    first send to the last first byte (ms)."""
+    parts = urlsplit(url)
+    request = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer bench-key\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    loop = asyncio.get_running_loop()
+    sent: list[_Request] = []
+    for _ in range(connections):
+        request_protocol = _Request(request, loop.create_future())
+        await loop.create_connection(lambda r=request_protocol: r, parts.hostname, parts.port)
+        sent.append(request_protocol)
+    await asyncio.gather(*(r.done for r in sent))
+    return [(r.first - r.sent) * 1e3 for r in sent], (max(r.first for r in sent) - sent[0].sent) * 1e3
+
+
+def table(name: str, bursts: list[tuple[list[float], float]], groups: int = 8) -> list[str]:
+    """Medians over bursts: by sending order (in `groups` groups), overall percentiles, the span."""
+    size = len(bursts[0][0])
+    step = max(1, size // groups)
+    cells = []
+    for start in range(0, size, step):
+        end = min(size, start + step)
+        cells.append(f"{statistics.median(statistics.median(ttfb[start:end]) for ttfb, _ in bursts):.1f}")
+    everything = sorted(t for ttfb, _ in bursts for t in ttfb)
+
+    def pct(q: float) -> float:
+        return everything[min(len(everything) - 1, round(q / 100 * (len(everything) - 1)))]
+
+    span = statistics.median(s for _, s in bursts)
+    return [f"| {name} | " + " | ".join(cells) + f" | {pct(50):.1f} / {pct(67):.1f} / {pct(99):.1f} | {span:.1f} |"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bursts", type=int, default=30, help="bursts each way (default 30)")
+    parser.add_argument("-c", "--connections", type=int, default=64)
+    parser.add_argument("--gap", type=float, default=0.2, help="seconds between bursts (default 0.2)")
+    parser.add_argument("--no-stream", action="store_true", help="non-streamed answers")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for Sentinel (repeatable)")
+    args = parser.parse_args()
+
+    upstream_port, proxy_port, admin_port, otlp_port = free_port(), free_port(), free_port(), free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix="sentinel-cold-burst-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    env.update(
+        {
+            "SENTINEL_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+            "SENTINEL_PORT": str(proxy_port),
+            "SENTINEL_ADMIN_PORT": str(admin_port),
+            "SENTINEL_DATA_DIR": str(data_dir),
+            "SENTINEL_LOG_LEVEL": "warning",
+            "SENTINEL_TRACING_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}/v1/traces",
+            "SENTINEL_SINKS_JSONL_PATH": "interactions.jsonl",
+        }
+    )
+    env.update(item.partition("=")[::2] for item in args.env)
+    stream = not args.no_stream
+    body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]' + (b',"stream":true}' if stream else b"}")
+    urls = {
+        "direct": f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
+        "via Sentinel": f"http://127.0.0.1:{proxy_port}/v1/chat/completions",
+    }
+    results: dict[str, list[tuple[list[float], float]]] = {name: [] for name in urls}
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, data_dir, True)
+        for cpu, cmd, extra in (
+            (0, [PY, str(HERE / "upstream.py"), "--port", str(upstream_port), "--pace-ms", "2"], None),
+            (1, [PY, str(HERE / "otlp_sink.py"), "--port", str(otlp_port)], None),
+            (0, [PY, "-m", "sentinel", "serve"], env),
+        ):
+            process = subprocess.Popen(
+                pinned(cpu, cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=extra
+            )
+            stack.callback(process.wait, 30)
+            stack.callback(process.terminate)
+        wait_http(f"http://127.0.0.1:{admin_port}/healthz")
+        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {1})
+
+        async def run() -> None:
+            for _ in range(args.bursts):
+                for name, url in urls.items():
+                    results[name].append(await burst(url, args.connections, body))
+                    await asyncio.sleep(args.gap)
+
+        uvloop.run(run())
+        settle(f"http://127.0.0.1:{admin_port}")
+
+    size = args.connections
+    step = max(1, size // 8)
+    heads = [f"{start}-{min(size, start + step) - 1}" for start in range(0, size, step)]
+    print(f"time to first byte, ms: medians over {args.bursts} bursts of {size} ({'streamed' if stream else 'whole'})")
+    print()
+    print("| | " + " | ".join(f"sent {h}" for h in heads) + " | p50 / p67 / p99 | last first byte |")
+    print("|---|" + "---|" * len(heads) + "---|---|")
+    for name, bursts in results.items():
+        print("\n".join(table(name, bursts)))
+
+
+if __name__ == "__main__":
+    main()
