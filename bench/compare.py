@@ -62,6 +62,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--direct", action="store_true", help="also measure the upstream without Sentinel")
     parser.add_argument("--prompt-bytes", type=int, default=200)
+    parser.add_argument(
+        "--upstream-nice",
+        type=int,
+        default=0,
+        help="run the mock model server at this nice value: a lower CPU weight than Sentinel's on their "
+        "shared core (docs/benchmarks.md, *Why single bursts vary*); 0, the default, is issue #2's layout",
+    )
     args = parser.parse_args()
 
     with ExitStack() as stack:
@@ -75,7 +82,10 @@ def main() -> None:
             return process
 
         upstream_port, otlp_port = free_port(), free_port()
-        upstream = spawn(pinned(0, [PY, str(HERE / "upstream.py"), "--port", str(upstream_port), "--pace-ms", "2"]))
+        mock = [PY, str(HERE / "upstream.py"), "--port", str(upstream_port), "--pace-ms", "2"]
+        if args.upstream_nice:
+            mock = ["nice", "-n", str(args.upstream_nice), *mock]
+        upstream = spawn(pinned(0, mock))
         spawn(pinned(1, [PY, str(HERE / "otlp_sink.py"), "--port", str(otlp_port)]))
         targets: list[dict[str, object]] = []
         if args.direct:
