@@ -39,7 +39,7 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from proxy import PY, free_port, pinned, settle, wait_http  # noqa: E402
+from proxy import PY, free_port, pinned, sentinel_env, settle, wait_http  # noqa: E402
 
 
 def schedstat(pid: int) -> tuple[int, int]:
@@ -180,18 +180,7 @@ def main() -> None:
 
     upstream_port, proxy_port, admin_port, otlp_port = free_port(), free_port(), free_port(), free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="sentinel-cold-burst-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
-    env.update(
-        {
-            "SENTINEL_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-            "SENTINEL_PORT": str(proxy_port),
-            "SENTINEL_ADMIN_PORT": str(admin_port),
-            "SENTINEL_DATA_DIR": str(data_dir),
-            "SENTINEL_LOG_LEVEL": "warning",
-            "SENTINEL_TRACING_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}/v1/traces",
-            "SENTINEL_SINKS_JSONL_PATH": "interactions.jsonl",
-        }
-    )
+    env = sentinel_env(upstream_port, proxy_port, admin_port, otlp_port, data_dir)
     env.update(item.partition("=")[::2] for item in args.env)
     stream = not args.no_stream
     body = b'{"model":"m","messages":[{"role":"user","content":"hi"}]' + (b',"stream":true}' if stream else b"}")

@@ -89,6 +89,26 @@ def settle(admin_url: str, timeout: float = 60.0) -> float:
     return time.monotonic() - started
 
 
+def sentinel_env(
+    upstream_port: int, proxy_port: int, admin_port: int, otlp_port: int, data_dir: Path
+) -> dict[str, str]:
+    """The environment of a benchmarked `sentinel serve`: this one's, less any SENTINEL_ setting, plus
+    the bench's ports, a scratch data directory, spans to the null OTLP receiver and the JSON-lines sink."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
+    env.update(
+        {
+            "SENTINEL_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
+            "SENTINEL_PORT": str(proxy_port),
+            "SENTINEL_ADMIN_PORT": str(admin_port),
+            "SENTINEL_DATA_DIR": str(data_dir),
+            "SENTINEL_LOG_LEVEL": "warning",
+            "SENTINEL_TRACING_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}/v1/traces",
+            "SENTINEL_SINKS_JSONL_PATH": "interactions.jsonl",
+        }
+    )
+    return env
+
+
 def loadgen(url: str, concurrency: int, seconds: float, stream: bool, prompt_bytes: int) -> dict[str, float]:
     args = [
         PY,
@@ -136,18 +156,7 @@ def main() -> None:
 
     upstream_port, proxy_port, admin_port, otlp_port = free_port(), free_port(), free_port(), free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="sentinel-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SENTINEL_")}
-    env.update(
-        {
-            "SENTINEL_UPSTREAM_URL": f"http://127.0.0.1:{upstream_port}",
-            "SENTINEL_PORT": str(proxy_port),
-            "SENTINEL_ADMIN_PORT": str(admin_port),
-            "SENTINEL_DATA_DIR": str(data_dir),
-            "SENTINEL_LOG_LEVEL": "warning",
-            "SENTINEL_TRACING_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}/v1/traces",
-            "SENTINEL_SINKS_JSONL_PATH": "interactions.jsonl",
-        }
-    )
+    env = sentinel_env(upstream_port, proxy_port, admin_port, otlp_port, data_dir)
     for item in args.env:
         key, _, value = item.partition("=")
         env[key] = value
