@@ -17,7 +17,8 @@ from sentinel.interaction import Outcome
 from sentinel.proxy.app import ProxyApp
 from sentinel.proxy.exchange import Exchange
 from sentinel.proxy.hooks import JournalUnavailable, Refusal, ResponseFilter, StopResponse
-from tests.conftest import Running, wait_until
+from tests.conftest import Running
+from tests.support.foreground import WatchedForeground, watch_foreground
 from tests.support.frames import SSE_HEADERS, vllm_chat_stream
 from tests.support.upstream import Script, ScriptedUpstream, refused_port
 
@@ -174,17 +175,17 @@ def test_clients_that_leave_stop_counting(upstream: ScriptedUpstream, proxy: Run
     frames = vllm_chat_stream([], [f"w{i} " for i in range(50)])
     upstream.script("/v1/chat/completions", Script(hang_before_head=True, chunks=[b"{}"]))
     upstream.script("/v1/completions", Script(headers=SSE_HEADERS, chunks=frames, stall_after=1))
-    foreground = foreground_of(proxy)
+    foreground = watch_foreground(proxy)
     body = orjson.dumps(CHAT)
     with raw_request(proxy, chat_head(len(body) + 100), body):
-        wait_until(lambda: foreground.starting == 1)  # arrived, its body not yet complete
+        foreground.wait_for(lambda: foreground.starting == 1)  # arrived, its body not yet complete
     with raw_request(proxy, chat_head(len(body)), body):
-        wait_until(lambda: len(upstream.seen) == 1)  # at the upstream, which never answers
+        upstream.wait_for(lambda: len(upstream.seen) == 1)  # at the upstream, which never answers
         assert foreground.starting == 1
     with raw_request(proxy, chat_head(len(body), "/v1/completions"), body) as sock:
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the stream has started
-        wait_until(lambda: foreground.starting == 0)
-    wait_until(lambda: sum(seen.cancelled for seen in upstream.seen) == 2)
+        foreground.wait_for(lambda: foreground.starting == 0)
+    upstream.wait_for(lambda: sum(seen.cancelled for seen in upstream.seen) == 2)
     records = proxy.records(3)
     assert all(record.outcome is Outcome.ABORTED for record in records)
     settled(proxy, 3)
@@ -201,7 +202,7 @@ def test_requests_held_at_the_upstream_do_not_keep_the_others_from_being_recorde
     body = orjson.dumps(CHAT)
     held = [raw_request(proxy, chat_head(len(body), "/v1/completions"), body) for _ in range(16)]
     try:
-        wait_until(lambda: len(upstream.seen) == 16)
+        upstream.wait_for(lambda: len(upstream.seen) == 16)
         assert foreground.starting == 16
         with requests.Session() as session:
             for index in range(40):
@@ -228,7 +229,7 @@ def test_a_cancelled_handler_stops_counting(upstream: ScriptedUpstream) -> None:
             self.submitted.append(exchange)
 
     async def scenario() -> None:
-        foreground = Foreground()
+        foreground = WatchedForeground()
         recorder = Recorder()
         app = ProxyApp(upstream.url, recorder, foreground=foreground)
         await app.start()
@@ -253,9 +254,10 @@ def test_a_cancelled_handler_stops_counting(upstream: ScriptedUpstream) -> None:
 
         reading = asyncio.create_task(app(scope("/v1/chat/completions"), receive_nothing, send))
         waiting = asyncio.create_task(app(scope("/v1/chat/completions"), receive_body, send))
-        while foreground.starting < 2 or not upstream.seen:  # one reads its body, one waits upstream
-            assert not reading.done() and not waiting.done()
-            await asyncio.sleep(0)
+        # One reads its body, one waits upstream; the waits block a worker thread, not this loop.
+        await asyncio.to_thread(foreground.wait_for, lambda: foreground.starting == 2)
+        await asyncio.to_thread(upstream.wait_for, lambda: len(upstream.seen) == 1)
+        assert not reading.done() and not waiting.done()
         reading.cancel()
         waiting.cancel()
         await asyncio.gather(reading, waiting, return_exceptions=True)

@@ -13,6 +13,7 @@ import requests
 
 from sentinel.interaction import Operation, Outcome, Protocol
 from tests.conftest import Running, wait_until
+from tests.support.foreground import watch_foreground
 from tests.support.frames import (
     JSON_HEADERS,
     NDJSON_HEADERS,
@@ -305,8 +306,7 @@ def _dechunk(data: bytes) -> bytes:
 def test_a_request_is_on_its_way_until_its_response_starts(upstream: ScriptedUpstream, proxy: Running) -> None:
     """What the recorder steps aside for (`Foreground`): a request counts from its arrival until its
     response starts, not while its stream runs on, and a failed one stops counting too."""
-    foreground = proxy.sentinel.proxy.foreground
-    assert foreground is not None and proxy.sentinel.recorder.foreground is foreground
+    foreground = watch_foreground(proxy)
     while_upstream_answers: list[int] = []
     frames = vllm_chat_stream(REASONING, ANSWER)
     script = upstream.script(
@@ -325,7 +325,7 @@ def test_a_request_is_on_its_way_until_its_response_starts(upstream: ScriptedUps
         chunks = response.iter_content(chunk_size=None)
         received = next(chunks)  # the first frame: the stream is open, held by the upstream
         assert while_upstream_answers == [1]
-        wait_until(lambda: foreground.starting == 0)
+        foreground.wait_for(lambda: foreground.starting == 0)
         script.gate.open()
         received += b"".join(chunks)
     assert received == script.body

@@ -111,6 +111,19 @@ class ScriptedUpstream:
         self.seen: list[Seen] = []
         self.url = ""
         self.cancelled = asyncio.Event()
+        self.changed = threading.Condition()
+        """Notified when a request is seen and when one is cancelled (see `wait_for`)."""
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Block until `predicate()` holds, woken by each request seen or cancelled; from any thread
+        but the servers' loop. `timeout` is only a safety net."""
+        with self.changed:
+            if not self.changed.wait_for(predicate, timeout):
+                raise AssertionError("the upstream never reached the expected state")
+
+    def _changed(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
 
     def script(self, path: str, script: Script) -> Script:
         self.scripts[path] = script
@@ -127,6 +140,7 @@ class ScriptedUpstream:
         )
         if not request.headers.get("User-Agent", "").startswith("sentinel-probe/"):
             self.seen.append(seen)
+            self._changed()
         script = self.scripts.get(raw_path) or self.scripts.get(request.path)
         if script is None:
             return web.json_response({"error": {"message": f"no script for {request.path}"}}, status=404)
@@ -164,6 +178,7 @@ class ScriptedUpstream:
         except (asyncio.CancelledError, ConnectionResetError):
             seen.cancelled = True
             self.cancelled.set()
+            self._changed()
             raise
 
 
