@@ -39,6 +39,7 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from loadgen import percentile  # noqa: E402
 from proxy import PY, free_port, pinned, sentinel_env, settle, wait_http  # noqa: E402
 
 
@@ -157,13 +158,10 @@ def table(name: str, bursts: list[Burst], groups: int = 8) -> list[str]:
     for start in range(0, size, step):
         end = min(size, start + step)
         cells.append(f"{statistics.median(statistics.median(b.ttfb[start:end]) for b in bursts):.1f}")
-    everything = sorted(t for b in bursts for t in b.ttfb)
-
-    def pct(q: float) -> float:
-        return everything[min(len(everything) - 1, round(q / 100 * (len(everything) - 1)))]
-
+    everything = [t for b in bursts for t in b.ttfb]
+    p50, p67, p99 = (percentile(everything, q) for q in (50, 67, 99))
     span = statistics.median(b.span for b in bursts)
-    return [f"| {name} | " + " | ".join(cells) + f" | {pct(50):.1f} / {pct(67):.1f} / {pct(99):.1f} | {span:.1f} |"]
+    return [f"| {name} | " + " | ".join(cells) + f" | {p50:.1f} / {p67:.1f} / {p99:.1f} | {span:.1f} |"]
 
 
 def main() -> None:
